@@ -1,0 +1,58 @@
+// A llama.cpp model and context owned by the addon: loading with clear errors, tokenization, and
+// full-sequence evaluation that returns the logits of every position.
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace ppc {
+
+struct model_params {
+    int32_t n_gpu_layers = 0;    // layers offloaded to a GPU backend (CUDA build)
+    int32_t n_threads    = 0;    // 0: all cores
+    uint32_t n_ctx       = 0;    // 0: grows to the longest evaluated sequence
+    uint32_t n_batch     = 512;
+};
+
+class llama_session {
+public:
+    llama_session(const std::string & path, const model_params & params);
+    ~llama_session();
+    llama_session(const llama_session &) = delete;
+    llama_session & operator=(const llama_session &) = delete;
+
+    const llama_model * model() const { return model_; }
+    const llama_vocab * vocab() const { return vocab_; }
+    int32_t n_vocab() const { return llama_vocab_n_tokens(vocab_); }
+
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    std::string token_to_piece(llama_token token) const;
+
+    // Logits of every position of `tokens` (n_tokens x n_vocab, row-major), one sequence from
+    // position 0. Serialized per session.
+    std::vector<float> eval_logits(const std::vector<llama_token> & tokens);
+
+    std::mutex & mutex() { return mutex_; }
+
+private:
+    void ensure_context(uint32_t n_tokens);
+
+    llama_model * model_ = nullptr;
+    const llama_vocab * vocab_ = nullptr;
+    llama_context * ctx_ = nullptr;
+    uint32_t ctx_size_ = 0;
+    model_params params_;
+    std::mutex mutex_;
+};
+
+// Routes llama.cpp / ggml logging: silent unless PPC_GPT_LOG=1, but the latest error lines are kept
+// so that failures can say why.
+void install_llama_logger();
+std::string last_llama_errors();
+
+} // namespace ppc

@@ -1,0 +1,99 @@
+// Shared CLI plumbing: errors with exit codes, progress on a TTY or as JSON lines, tables.
+
+/** A mistake in how the command was called: exit code 2. */
+export class UsageError extends Error {
+    override name = "UsageError";
+}
+
+export interface OutputMode {
+    json: boolean;
+}
+
+/** Progress reporter: a bar on a TTY, JSON lines on stderr with --json, silent otherwise. */
+export function progressReporter(mode: OutputMode, stage: string, unit: "bytes" | "items" | "tokens" = "items"): {
+    update: (done: number, total: number) => void;
+    finish: () => void;
+} {
+    const tty = process.stderr.isTTY && !mode.json;
+    let last = 0;
+    const started = Date.now();
+    const fmt = (x: number) => unit === "bytes" ? formatBytes(x) : Math.round(x).toLocaleString("en-US");
+    return {
+        update(done, total) {
+            const now = Date.now();
+            if (now - last < 100 && done < total)
+                return;
+            last = now;
+            if (mode.json) {
+                process.stderr.write(JSON.stringify({event: "progress", stage, done, total, unit}) + "\n");
+            } else if (tty) {
+                const width = 30;
+                const frac = total > 0 ? Math.min(1, done / total) : 0;
+                const filled = Math.round(frac * width);
+                const elapsed = (now - started) / 1000;
+                const eta = frac > 0 ? elapsed / frac - elapsed : 0;
+                process.stderr.write(`\r${stage} [${"#".repeat(filled)}${"-".repeat(width - filled)}] ` +
+                    `${(frac * 100).toFixed(0).padStart(3)}% ${fmt(done)}/${fmt(total)} eta ${eta.toFixed(0)}s `);
+            }
+        },
+        finish() {
+            if (tty && last > 0)
+                process.stderr.write("\n");
+        },
+    };
+}
+
+export function formatBytes(n: number): string {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) {
+        n /= 1024;
+        i++;
+    }
+    return `${i === 0 ? n : n.toFixed(n < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+export function formatCount(n: number): string {
+    return n.toLocaleString("en-US");
+}
+
+/** Left-aligned text table with a header row. */
+export function table(header: string[], rows: (string | number)[][]): string {
+    const cells = [header, ...rows.map((r) => r.map(String))];
+    const widths = header.map((_, c) => Math.max(...cells.map((r) => (r[c] ?? "").length)));
+    const line = (r: string[]) => r.map((x, c) => x.padEnd(widths[c])).join("  ").trimEnd();
+    return [line(cells[0]), line(widths.map((w) => "-".repeat(w))), ...cells.slice(1).map(line)].join("\n") + "\n";
+}
+
+export function printJson(value: unknown): void {
+    process.stdout.write(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v), 2) + "\n");
+}
+
+/** Parses "2,5,7" / "2-4,9" into sorted unique integers; throws UsageError otherwise. */
+export function parseLayerList(text: string): number[] {
+    const out: number[] = [];
+    for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+        const range = /^(\d+)-(\d+)$/.exec(part);
+        if (range) {
+            const a = Number(range[1]), b = Number(range[2]);
+            if (b < a)
+                throw new UsageError(`bad layer range "${part}"`);
+            for (let i = a; i <= b; i++)
+                out.push(i);
+        } else if (/^\d+$/.test(part)) {
+            out.push(Number(part));
+        } else {
+            throw new UsageError(`--layers takes comma-separated layer indices or ranges like 2,5,7-9 (got "${part}")`);
+        }
+    }
+    if (out.length === 0)
+        throw new UsageError("--layers needs at least one layer index");
+    return out;
+}
+
+export function parseNumber(text: string, name: string, check: (x: number) => boolean, expect: string): number {
+    const x = Number(text);
+    if (text.trim() === "" || !Number.isFinite(x) || !check(x))
+        throw new UsageError(`${name} must be ${expect} (got "${text}")`);
+    return x;
+}
