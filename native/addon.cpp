@@ -3,6 +3,7 @@
 // promise and runs off the JS thread.
 #include <napi.h>
 
+#include "addon.h"
 #include "capture/model.h"
 #include "common/async.h"
 #include "gguf/gguf_file.h"
@@ -293,6 +294,10 @@ Napi::Value system_info_js(const Napi::CallbackInfo & info) {
 
 // ---------------------------------------------------------------- models
 
+struct addon_data {
+    Napi::FunctionReference model_ctor;
+};
+
 class Model : public Napi::ObjectWrap<Model> {
 public:
     static Napi::Function define(Napi::Env env) {
@@ -300,6 +305,7 @@ public:
             InstanceMethod<&Model::info>("info"),
             InstanceMethod<&Model::tokenize>("tokenize"),
             InstanceMethod<&Model::token_to_piece>("tokenToPiece"),
+            InstanceMethod<&Model::detokenize>("detokenize"),
             InstanceMethod<&Model::eval_logits>("evalLogits"),
             InstanceMethod<&Model::close>("close"),
         });
@@ -352,6 +358,18 @@ private:
         return Napi::String::New(info.Env(), s->token_to_piece(info[0].As<Napi::Number>().Int32Value()));
     }
 
+    Napi::Value detokenize(const Napi::CallbackInfo & info) {
+        auto s = live(info.Env());
+        if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+            throw Napi::TypeError::New(info.Env(), "tokens must be an Int32Array");
+        }
+        Napi::Int32Array ta = info[0].As<Napi::Int32Array>();
+        const bool remove_special  = info.Length() > 1 && info[1].ToBoolean();
+        const bool unparse_special = info.Length() > 2 && info[2].ToBoolean();
+        return Napi::String::New(info.Env(), s->detokenize(std::vector<llama_token>(ta.Data(), ta.Data() + ta.ElementLength()),
+                                                           remove_special, unparse_special));
+    }
+
     Napi::Value eval_logits(const Napi::CallbackInfo & info) {
         auto s = live(info.Env());
         if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
@@ -377,11 +395,19 @@ private:
     }
 
     std::shared_ptr<llama_session> session_;
+
+public:
+    static std::shared_ptr<llama_session> unwrap(Napi::Value v) {
+        if (!v.IsObject()) throw Napi::TypeError::New(v.Env(), "expected a Model from loadModel()");
+        Napi::Object o = v.As<Napi::Object>();
+        auto * data = v.Env().GetInstanceData<addon_data>();
+        if (!o.InstanceOf(data->model_ctor.Value())) throw Napi::TypeError::New(v.Env(), "expected a Model from loadModel()");
+        Model * m = Napi::ObjectWrap<Model>::Unwrap(o);
+        if (!m->session_) throw Napi::Error::New(v.Env(), "the model was closed");
+        return m->session_;
+    }
 };
 
-struct addon_data {
-    Napi::FunctionReference model_ctor;
-};
 
 Napi::Value load_model_js(const Napi::CallbackInfo & info) {
     const std::string path = arg_string(info, 0, "path");
@@ -395,6 +421,7 @@ Napi::Value load_model_js(const Napi::CallbackInfo & info) {
         num("threads", p.n_threads);
         num("contextSize", p.n_ctx);
         num("batchSize", p.n_batch);
+        if (o.Has("vocabOnly")) p.vocab_only = o.Get("vocabOnly").ToBoolean();
     }
     return run_async<std::shared_ptr<llama_session>>(info.Env(),
         [path, p](const progress_fn &) { return std::make_shared<llama_session>(path, p); },
@@ -419,10 +446,14 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("ggmlTypes", Napi::Function::New(env, ggml_types_js));
     exports.Set("systemInfo", Napi::Function::New(env, system_info_js));
     exports.Set("loadModel", Napi::Function::New(env, load_model_js));
+    register_extensions(env, exports);
     return exports;
 }
 
 } // namespace
+
+std::shared_ptr<llama_session> unwrap_model(Napi::Value v) { return Model::unwrap(v); }
+
 } // namespace ppc
 
 static Napi::Object init_addon(Napi::Env env, Napi::Object exports) { return ppc::init(env, exports); }

@@ -7,9 +7,12 @@ export interface LoadedModel {
     /** Tokenizes as llama.cpp does; `addSpecial` adds BOS/EOS as the model's metadata asks (default true). */
     tokenize(text: string, options?: {addSpecial?: boolean; parseSpecial?: boolean}): Int32Array;
     tokenToPiece(token: number): string;
+    detokenize(tokens: Int32Array | number[], options?: {removeSpecial?: boolean; unparseSpecial?: boolean}): string;
     /** Logits of every position of one sequence starting at position 0: [tokens.length][nVocab]. */
     logits(tokens: Int32Array | number[]): Promise<Float32Array>;
     close(): void;
+    /** The underlying addon object, for native functions that take a model. */
+    readonly handle: NativeModel;
 }
 
 export async function loadModel(path: string, options: NativeModelOptions = {}): Promise<LoadedModel> {
@@ -20,7 +23,10 @@ export async function loadModel(path: string, options: NativeModelOptions = {}):
         info,
         tokenize: (text, o = {}) => m.tokenize(text, o.addSpecial ?? true, o.parseSpecial ?? false),
         tokenToPiece: (t) => m.tokenToPiece(t),
+        detokenize: (tokens, o = {}) => m.detokenize(tokens instanceof Int32Array ? tokens : Int32Array.from(tokens),
+            o.removeSpecial ?? false, o.unparseSpecial ?? false),
         logits: (tokens) => m.evalLogits(tokens instanceof Int32Array ? tokens : Int32Array.from(tokens)),
         close: () => m.close(),
+        handle: m,
     };
 }

@@ -75,6 +75,7 @@ export interface NativeModel {
     info(): NativeModelInfo;
     tokenize(text: string, addSpecial: boolean, parseSpecial: boolean): Int32Array;
     tokenToPiece(token: number): string;
+    detokenize(tokens: Int32Array, removeSpecial: boolean, unparseSpecial: boolean): string;
     /** Logits of every position, row-major [tokens.length][nVocab]. */
     evalLogits(tokens: Int32Array): Promise<Float32Array>;
     close(): void;
@@ -85,6 +86,8 @@ export interface NativeModelOptions {
     threads?: number;
     contextSize?: number;
     batchSize?: number;
+    /** Load the tokenizer only (no weights): tokenize/detokenize work, evaluation does not. */
+    vocabOnly?: boolean;
 }
 
 export type ProgressCallback = (done: number, total: number) => void;

@@ -45,6 +45,7 @@ llama_session::llama_session(const std::string & path, const model_params & para
     last_llama_errors();
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;
+    mp.vocab_only = params.vocab_only;
     model_ = llama_model_load_from_file(path.c_str(), mp);
     if (!model_) {
         const std::string why = last_llama_errors();
@@ -81,6 +82,18 @@ std::string llama_session::token_to_piece(llama_token token) const {
     return std::string(buf, (size_t) n);
 }
 
+std::string llama_session::detokenize(const std::vector<llama_token> & tokens, bool remove_special, bool unparse_special) const {
+    std::string out(tokens.size() * 8 + 16, '\0');
+    int32_t n = llama_detokenize(vocab_, tokens.data(), (int32_t) tokens.size(), out.data(), (int32_t) out.size(), remove_special, unparse_special);
+    if (n < 0) {
+        out.resize((size_t) -n);
+        n = llama_detokenize(vocab_, tokens.data(), (int32_t) tokens.size(), out.data(), (int32_t) out.size(), remove_special, unparse_special);
+    }
+    if (n < 0) throw std::runtime_error("detokenization failed");
+    out.resize((size_t) n);
+    return out;
+}
+
 void llama_session::ensure_context(uint32_t n_tokens) {
     const uint32_t want = params_.n_ctx ? params_.n_ctx : std::max<uint32_t>(256, n_tokens);
     if (n_tokens > want) {
@@ -106,6 +119,7 @@ void llama_session::ensure_context(uint32_t n_tokens) {
 }
 
 std::vector<float> llama_session::eval_logits(const std::vector<llama_token> & tokens) {
+    if (params_.vocab_only) throw std::logic_error("this model was loaded with vocabOnly: it has no weights to evaluate");
     if (tokens.empty()) throw std::invalid_argument("no tokens to evaluate");
     const int32_t n_vocab = this->n_vocab();
     for (llama_token t : tokens) {

@@ -17,6 +17,7 @@ struct model_params {
     int32_t n_threads    = 0;    // 0: all cores
     uint32_t n_ctx       = 0;    // 0: grows to the longest evaluated sequence
     uint32_t n_batch     = 512;
+    bool vocab_only      = false; // tokenizer only: no weights are loaded
 };
 
 class llama_session {
@@ -32,6 +33,8 @@ public:
 
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     std::string token_to_piece(llama_token token) const;
+    std::string detokenize(const std::vector<llama_token> & tokens, bool remove_special, bool unparse_special) const;
+    const model_params & params() const { return params_; }
 
     // Logits of every position of `tokens` (n_tokens x n_vocab, row-major), one sequence from
     // position 0. Serialized per session.

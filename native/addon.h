@@ -1,0 +1,19 @@
+// What binding files share. Each capability keeps its bindings in its own folder and exports a
+// register_*(env, exports) function, called from register_extensions() in bindings.cpp.
+#pragma once
+
+#include <napi.h>
+
+#include "capture/model.h"
+
+#include <memory>
+
+namespace ppc {
+
+// The llama_session behind a JS Model object from loadModel(); throws a JS TypeError otherwise.
+std::shared_ptr<llama_session> unwrap_model(Napi::Value v);
+
+// Adds every capability's bindings to the module's exports (bindings.cpp).
+void register_extensions(Napi::Env env, Napi::Object exports);
+
+} // namespace ppc

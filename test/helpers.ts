@@ -1,0 +1,58 @@
+// Shared test fixtures: the ../shared folder (models, datasets), temporary folders, and naive
+// double-precision references that the numerical tests compare against.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import {fileURLToPath} from "node:url";
+import type {ExecutionContext} from "ava";
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+/** The shared fixtures folder: PPC_SHARED_DIR, else ../shared beside the checkout. */
+export const sharedDir = process.env.PPC_SHARED_DIR ?? path.resolve(repoRoot, "..", "shared");
+
+export function sharedPath(...parts: string[]): string {
+    return path.join(sharedDir, ...parts);
+}
+
+export const hasShared = fs.existsSync(path.join(sharedDir, "models", "stories260K.gguf"));
+if (!hasShared)
+    console.warn(`ppc-gpt tests: ${sharedDir} not found (set PPC_SHARED_DIR); tests that need shared fixtures are skipped`);
+
+export const stories260K = sharedPath("models", "stories260K.gguf");
+export const llama2TinyRandom = sharedPath("models", "llama-2-tiny-random.gguf");
+
+/** A fresh temporary folder, removed when the test ends. */
+export function tempDir(t: ExecutionContext): string {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-test-"));
+    t.teardown(() => fs.rmSync(dir, {recursive: true, force: true}));
+    return dir;
+}
+
+/** Path of the built CLI entry point. */
+export const cliPath = path.join(repoRoot, "dist", "ts", "cli", "main.js");
+
+/** Log-softmax of one logits row in double precision. */
+export function logSoftmax(row: ArrayLike<number>): Float64Array {
+    let max = -Infinity;
+    for (let i = 0; i < row.length; i++)
+        max = Math.max(max, row[i]);
+    let sum = 0;
+    for (let i = 0; i < row.length; i++)
+        sum += Math.exp(row[i] - max);
+    const lse = max + Math.log(sum);
+    const out = new Float64Array(row.length);
+    for (let i = 0; i < row.length; i++)
+        out[i] = row[i] - lse;
+    return out;
+}
+
+/** Largest |a - b| relative to the largest |b|. */
+export function maxRelativeDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+    let diff = 0, scale = 0;
+    for (let i = 0; i < a.length; i++) {
+        diff = Math.max(diff, Math.abs(a[i] - b[i]));
+        scale = Math.max(scale, Math.abs(b[i]));
+    }
+    return diff / (scale || 1);
+}

@@ -1,0 +1,77 @@
+// JSON Lines in and out: errors name the file and line; whole-file writes are atomic; appends
+// (for resumable jobs) write whole lines only, and a torn last line is detected on reading.
+import fs from "node:fs";
+import path from "node:path";
+import readline from "node:readline";
+import {taskItemProblem, type TaskItem} from "./task-item.js";
+
+export class DataError extends Error {
+    override name = "DataError";
+    constructor(readonly file: string, readonly line: number | undefined, message: string) {
+        super(`${file}${line !== undefined ? `:${line}` : ""}: ${message}`);
+    }
+}
+
+/** Streams the JSON values of a JSONL file; blank lines are skipped. */
+export async function* readJsonl(file: string): AsyncGenerator<{value: unknown; line: number}> {
+    let stream: fs.ReadStream;
+    try {
+        await fs.promises.access(file, fs.constants.R_OK);
+        stream = fs.createReadStream(file, {encoding: "utf8"});
+    } catch (err) {
+        throw new DataError(file, undefined, `cannot read: ${(err as Error).message}`);
+    }
+    const lines = readline.createInterface({input: stream, crlfDelay: Infinity});
+    let n = 0;
+    for await (const text of lines) {
+        n++;
+        if (text.trim() === "")
+            continue;
+        let value: unknown;
+        try {
+            value = JSON.parse(text);
+        } catch (err) {
+            throw new DataError(file, n, `not valid JSON (${(err as Error).message})`);
+        }
+        yield {value, line: n};
+    }
+}
+
+/** Reads a whole JSONL file of task items, validating each line. */
+export async function readTaskItems(file: string): Promise<TaskItem[]> {
+    const items: TaskItem[] = [];
+    for await (const {value, line} of readJsonl(file)) {
+        const problem = taskItemProblem(value);
+        if (problem)
+            throw new DataError(file, line, problem);
+        items.push(value as TaskItem);
+    }
+    return items;
+}
+
+/** Writes values as JSONL to a temporary file beside `file`, then renames it into place. */
+export async function writeJsonlAtomic(file: string, values: Iterable<unknown>): Promise<void> {
+    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
+    try {
+        const fh = await fs.promises.open(tmp, "wx");
+        try {
+            let chunk = "";
+            for (const v of values) {
+                chunk += JSON.stringify(v) + "\n";
+                if (chunk.length > 1 << 20) {
+                    await fh.write(chunk);
+                    chunk = "";
+                }
+            }
+            if (chunk)
+                await fh.write(chunk);
+            await fh.sync();
+        } finally {
+            await fh.close();
+        }
+        await fs.promises.rename(tmp, file);
+    } catch (err) {
+        await fs.promises.rm(tmp, {force: true});
+        throw err;
+    }
+}
