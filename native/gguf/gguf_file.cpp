@@ -160,7 +160,8 @@ void gguf_file::parse() {
     const uint64_t n_kv      = c.pod<uint64_t>("metadata count");
     // Each KV needs at least 12 bytes, each tensor info at least 28: reject absurd counts early.
     if (n_kv > size_ / 12 || n_tensors > size_ / 28) {
-        c.fail(fmt("implausible counts: %" PRIu64 " metadata entries, %" PRIu64 " tensors", n_kv, n_tensors));
+        c.fail(fmt("truncated or corrupt header: %" PRIu64 " metadata entries and %" PRIu64 " tensors cannot fit in %" PRIu64 " bytes",
+                   n_kv, n_tensors, size_));
     }
 
     kvs_.reserve(n_kv);
@@ -182,11 +183,11 @@ void gguf_file::parse() {
             if (kv.elem_type == GGUF_VT_ARRAY) c.fail("'" + kv.key + "' is an array of arrays, which GGUF readers do not support");
             if (kv.elem_type >= GGUF_VT_COUNT) c.fail(fmt("'%s' has invalid array element type %u", kv.key.c_str(), kv.elem_type));
             if (kv.elem_type == GGUF_VT_STRING) {
-                if (kv.n_elem > (uint64_t) (c.end - c.p) / 8) c.fail("'" + kv.key + "': array longer than the file");
+                if (kv.n_elem > (uint64_t) (c.end - c.p) / 8) c.fail(fmt("truncated file: '%s' declares %" PRIu64 " elements, more than the file holds", kv.key.c_str(), kv.n_elem));
                 for (uint64_t j = 0; j < kv.n_elem; ++j) c.str(ctx.c_str());
             } else {
                 const uint64_t esz = gguf_vtype_size(kv.elem_type);
-                if (kv.n_elem > (uint64_t) (c.end - c.p) / esz) c.fail("'" + kv.key + "': array longer than the file");
+                if (kv.n_elem > (uint64_t) (c.end - c.p) / esz) c.fail(fmt("truncated file: '%s' declares %" PRIu64 " elements, more than the file holds", kv.key.c_str(), kv.n_elem));
                 c.skip(kv.n_elem * esz, ctx.c_str());
             }
         } else {
