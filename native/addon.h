@@ -16,4 +16,12 @@ std::shared_ptr<llama_session> unwrap_model(Napi::Value v);
 // Adds every capability's bindings to the module's exports (bindings.cpp).
 void register_extensions(Napi::Env env, Napi::Object exports);
 
+// capture/layer_scores_bindings.cpp: layerScores, dumpHiddenStates
+void register_layer_scores(Napi::Env env, Napi::Object exports);
+
+// Log-likelihood scoring (capture/loglik_bindings.cpp).
+void register_loglik(Napi::Env env, Napi::Object exports);
+// Token embeddings, neighbour search, CusText clusters (embed/bindings.cpp).
+void register_embed(Napi::Env env, Napi::Object exports);
+
 } // namespace ppc

@@ -9,6 +9,7 @@
 //   PPC_CPU=portable|baseline|native   CPU code generation (default portable: AVX2/FMA/F16C)
 //   PPC_BUILD_JOBS=N      parallel compile jobs (default: number of CPUs)
 //   PPC_FROM_SOURCE=1     ignore prebuilt binaries
+//   PPC_BUILD_DIR=dir     build folder (default build/; the addon is looked up in build/Release)
 import {createRequire} from "node:module";
 import fs from "node:fs";
 import os from "node:os";
@@ -31,7 +32,8 @@ function loads(file) {
     }
 }
 
-const built = path.join(root, "build", "Release", "ppc_gpt.node");
+const buildDir = path.resolve(root, env.PPC_BUILD_DIR ?? "build");
+const built = path.join(buildDir, "Release", "ppc_gpt.node");
 const prebuilt = path.join(root, "prebuilds", `${process.platform}-${process.arch}`, "ppc_gpt.node");
 if (!force && env.PPC_FROM_SOURCE !== "1" && fs.existsSync(prebuilt) && loads(prebuilt)) {
     console.error(`ppc-gpt: using prebuilt ${path.relative(root, prebuilt)}`);
@@ -65,7 +67,7 @@ const started = Date.now();
 const {BuildSystem} = require("cmake-js");
 const buildSystem = new BuildSystem({
     directory: path.join(root, "native"),
-    out: path.join(root, "build"),
+    out: buildDir,
     parallel: jobs,
     cMakeOptions,
 });

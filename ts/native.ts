@@ -92,6 +92,84 @@ export interface NativeModelOptions {
 
 export type ProgressCallback = (done: number, total: number) => void;
 
+/** A log-likelihood scoring context from `loglikOpen` (opaque). */
+export interface NativeLoglikScorer {
+    readonly __nativeLoglikScorer: never;
+}
+
+export interface NativeLoglikOptions {
+    /** KV cells of the scoring context: tokens of all items in flight (grows for a larger item). */
+    contextSize?: number;
+    /** Tokens per llama_decode. */
+    batchSize?: number;
+    /** Sequences in flight (at least the largest number of choices; at most 256). */
+    sequences?: number;
+    threads?: number;
+    /** false: re-evaluate the context for every continuation (the naive anchor of the benchmark). */
+    shareContext?: boolean;
+    /** LoRA adapters applied without merging; scale multiplies alpha/r. */
+    lora?: {path: string; scale?: number}[];
+}
+
+export interface NativeLoglikRequest {
+    context: Int32Array;
+    continuations: Int32Array[];
+}
+
+/** One entry per continuation, in request order. */
+export interface NativeLoglikResult {
+    logprobs: Float64Array;
+    greedy: Uint8Array;
+    tokens: Int32Array;
+}
+
+export interface NativeVocabInfo {
+    bos: number;
+    eos: number;
+    addBos: boolean;
+    addEos: boolean;
+    nCtxTrain: number;
+}
+
+/** A GGUF tensor read as F32 (`embedReadTensor`): row i of `data` is rows x cols, row-major. */
+export interface NativeF32Tensor {
+    name: string;
+    /** ggml type of the stored tensor. */
+    type: string;
+    typeId: number;
+    rows: number;
+    cols: number;
+    /** Absolute file offset and size of the stored bytes. */
+    offset: number;
+    nBytes: number;
+    data: Float32Array;
+}
+
+/** Similarity metric of the embedding functions: 0 cosine, 1 negative Euclidean distance. */
+export type NativeEmbedMetric = 0 | 1;
+
+export interface NativeNeighbourLists {
+    m: number;
+    /** Per query: entries filled (fewer than m only when the domain is smaller). */
+    count: Int32Array;
+    /** queries x m token ids, most similar first (ties: smaller id first); -1 past count. */
+    tokens: Int32Array;
+    /** queries x m exact similarities (double precision). */
+    similarity: Float64Array;
+}
+
+export interface NativeClusterPartition {
+    /** n_clusters + 1 offsets into members. */
+    offsets: Int32Array;
+    /** Token ids, cluster by cluster: seed first, then by similarity to the seed. */
+    members: Int32Array;
+    /** n_clusters + 1 offsets into similarities. */
+    similarityOffsets: Float64Array;
+    /** Per cluster of size n: n x n exact similarities, [i * n + j] = s(member i, member j). */
+    similarities: Float64Array;
+    stats: {batches: number; rowsSearched: number; rowsWasted: number; compactions: number};
+}
+
 export interface NativeAddon {
     ggufRead(path: string, maxArrayValues: number): Promise<GgufFileInfo>;
     removeLayers(input: string, output: string, layers: number[], onProgress?: ProgressCallback): Promise<NativeLayerRemovalResult>;
@@ -101,6 +179,28 @@ export interface NativeAddon {
     ggmlTypes(): GgmlTypeInfo[];
     systemInfo(): {llama: string; cuda: boolean; devices: {name: string; description: string; memoryTotal: number}[]};
     loadModel(path: string, options?: NativeModelOptions): Promise<NativeModel>;
+    /** Per-layer sums of cos / angular / contribution over counted positions (capture/layer_scores). */
+    layerScores(model: NativeModel, sequences: {tokens: Int32Array; mask?: Uint8Array}[],
+        options: {maxBatchTokens: number; maxSequences: number}, onProgress?: ProgressCallback):
+        Promise<{nLayer: number; tokens: number; cosSum: number[]; angularSum: number[]; contributionSum: number[]}>;
+    /** Hidden states at every block boundary: (nLayer + 1) x tokens x nEmbd. */
+    dumpHiddenStates(model: NativeModel, tokens: Int32Array): Promise<Float32Array>;
+    loglikOpen(model: NativeModel, options?: NativeLoglikOptions): Promise<NativeLoglikScorer>;
+    loglikScore(scorer: NativeLoglikScorer, requests: NativeLoglikRequest[], onProgress?: ProgressCallback): Promise<NativeLoglikResult>;
+    loglikCancel(scorer: NativeLoglikScorer): void;
+    loglikClose(scorer: NativeLoglikScorer): void;
+    loglikInfo(scorer: NativeLoglikScorer): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; adapters: number};
+    modelVocabInfo(model: NativeModel): NativeVocabInfo;
+    embedReadTensor(path: string, name: string, threads: number, onProgress?: ProgressCallback): Promise<NativeF32Tensor>;
+    /** Every token's llama_token_attr bits, raw vocabulary text and detokenized piece. */
+    embedVocab(model: NativeModel): {attributes: Int32Array; texts: string[]; pieces: string[]};
+    /** queries x domain exact similarities (double precision); domain: ascending distinct ids. */
+    embedSimilarityRows(data: Float32Array, cols: number, queries: Int32Array, domain: Int32Array, metric: NativeEmbedMetric,
+        threads: number): Promise<Float64Array>;
+    embedNearest(data: Float32Array, cols: number, queries: Int32Array, domain: Int32Array, m: number, metric: NativeEmbedMetric,
+        threads: number, onProgress?: ProgressCallback): Promise<NativeNeighbourLists>;
+    embedClusters(data: Float32Array, cols: number, domain: Int32Array, k: number, metric: NativeEmbedMetric, threads: number,
+        onProgress?: ProgressCallback): Promise<NativeClusterPartition>;
 }
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");

@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // ppc-gpt command line: one file per verb, each a thin layer over the library.
 import {Command, CommanderError} from "commander";
+import {biCommand} from "./bi.js";
+import {evalCommand} from "./eval.js";
 import {inspectCommand} from "./inspect.js";
 import {UsageError} from "./output.js";
+import {perplexityCommand} from "./perplexity.js";
 import {pruneCommand} from "./prune.js";
 
 function fail(verb: string, err: unknown): never {
@@ -24,8 +27,10 @@ const program = new Command("ppc-gpt")
 Exit codes: 0 done, 1 failed, 2 usage error.
 Run 'ppc-gpt <command> --help' for a command's options and examples.`);
 
-for (const cmd of [pruneCommand(), inspectCommand()])
+for (const cmd of [pruneCommand(), inspectCommand(), biCommand()])
     program.addCommand(cmd.exitOverride());
+program.addCommand(evalCommand().exitOverride());
+program.addCommand(perplexityCommand().exitOverride());
 
 try {
     await program.parseAsync(process.argv);

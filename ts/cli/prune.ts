@@ -1,9 +1,10 @@
 import {Command, Option} from "commander";
 import {planPruning, pruningStrategies, readScoresFile, type PruningPlan, type PruningStrategy} from "../prune/plan.js";
 import {removeLayers} from "../prune/remove.js";
+import {addScoringOptions, runBlockInfluence, type BiCliOptions} from "./bi.js";
 import {formatBytes, formatCount, parseLayerList, parseNumber, printJson, progressReporter, UsageError} from "./output.js";
 
-interface PruneOptions {
+interface PruneOptions extends Partial<BiCliOptions> {
     output?: string;
     layers?: string;
     strategy?: PruningStrategy;
@@ -25,7 +26,7 @@ function describePlan(plan: PruningPlan): string {
 }
 
 export function pruneCommand(): Command {
-    return new Command("prune")
+    return addScoringOptions(new Command("prune"))
         .description("Remove whole transformer layers from a GGUF model (structured pruning by GGUF surgery)")
         .argument("<model>", "input GGUF model (never modified)")
         .option("-o, --output <file>", "output GGUF model (written atomically)")
@@ -42,7 +43,9 @@ Strategies (the first layers of each order are removed):
   even, odd  alternate layers (even- or odd-numbered), from the top of the stack down
   symmetric  from the middle of the stack outward
   magnitude  smallest mean |w| over the block's weight matrices first
-  scores     lowest of the given per-layer scores first (e.g. Block Influence)
+  scores     lowest of the given per-layer scores first (e.g. the JSON that \`ppc-gpt bi --json\` writes)
+  bi         Block Influence computed here from --data items (BI_label + BI_rationale) or --text lines;
+             --metric, --positions, --limit, --batch-tokens, --threads, --gpu-layers apply as in \`ppc-gpt bi\`
 
 Every kept tensor is copied byte for byte (quantized ones too); blk.N names are renumbered, the
 layer count and every per-layer metadata array are rewritten, and the original layer numbering
@@ -52,7 +55,8 @@ Examples:
   ppc-gpt prune model.gguf --layers 2,5 -o pruned.gguf
   ppc-gpt prune model.gguf --strategy top --ratio 0.3 -o pruned.gguf
   ppc-gpt prune model.gguf --strategy magnitude --count 4 --plan-only --json
-  ppc-gpt prune model.gguf --strategy scores --scores bi.json --ratio 0.3 -o pruned.gguf`)
+  ppc-gpt prune model.gguf --strategy scores --scores bi.json --ratio 0.3 -o pruned.gguf
+  ppc-gpt prune model.gguf --strategy bi --data synthetic.jsonl --ratio 0.3 -o pruned.gguf`)
         .action(async (model: string, opts: PruneOptions) => {
             const mode = {json: Boolean(opts.json)};
             if (opts.layers !== undefined && opts.strategy !== undefined)
@@ -77,16 +81,18 @@ Examples:
                     throw new UsageError("--strategy scores needs --scores <file>");
                 if (opts.strategy !== "scores" && opts.scores)
                     throw new UsageError("--scores goes with --strategy scores");
+                if (opts.strategy === "bi" && opts.text === undefined && opts.data === undefined)
+                    throw new UsageError("--strategy bi needs --data <items.jsonl> or --text <file> to score layers on");
+                if (opts.strategy !== "bi" && (opts.text !== undefined || opts.data !== undefined))
+                    throw new UsageError("--data and --text go with --strategy bi");
                 const ratio = opts.ratio === undefined ? undefined
                     : parseNumber(opts.ratio, "--ratio", (x) => x >= 0 && x < 1, "a number in [0, 1)");
                 const count = opts.count === undefined ? undefined
                     : parseNumber(opts.count, "--count", (x) => Number.isInteger(x) && x >= 1, "a positive integer");
+                const scores = opts.strategy === "bi" ? (await runBlockInfluence(model, opts as BiCliOptions, mode.json)).bi
+                    : opts.scores ? readScoresFile(opts.scores) : undefined;
                 const progress = progressReporter(mode, "magnitude", "bytes");
-                plan = await planPruning(model, {
-                    strategy: opts.strategy!, ratio, count,
-                    scores: opts.scores ? readScoresFile(opts.scores) : undefined,
-                    onProgress: progress.update,
-                });
+                plan = await planPruning(model, {strategy: opts.strategy!, ratio, count, scores, onProgress: progress.update});
                 progress.finish();
                 if (opts.planOnly) {
                     if (mode.json)

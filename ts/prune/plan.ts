@@ -4,7 +4,7 @@ import fs from "node:fs";
 import {native} from "../native.js";
 import {GgufModelFile, readGguf} from "../gguf/read.js";
 
-export const pruningStrategies = ["top", "even", "odd", "symmetric", "magnitude", "scores"] as const;
+export const pruningStrategies = ["top", "even", "odd", "symmetric", "magnitude", "scores", "bi"] as const;
 export type PruningStrategy = (typeof pruningStrategies)[number];
 
 export interface PruningPlanOptions {
@@ -13,7 +13,7 @@ export interface PruningPlanOptions {
     ratio?: number;
     /** Exact number of layers to remove (instead of `ratio`). */
     count?: number;
-    /** Per-layer importance scores for `scores` (lowest removed first), e.g. Block Influence. */
+    /** Per-layer importance scores for `scores` and `bi` (lowest removed first); `bi` marks them as Block Influence. */
     scores?: number[];
     onProgress?: (done: number, total: number) => void;
 }
@@ -119,10 +119,10 @@ export async function planPruning(model: string | GgufModelFile, options: Prunin
 
     let order: number[];
     let layerValues: number[] | undefined;
-    if (options.strategy === "magnitude" || options.strategy === "scores") {
-        if (options.strategy === "scores") {
+    if (options.strategy === "magnitude" || options.strategy === "scores" || options.strategy === "bi") {
+        if (options.strategy !== "magnitude") {
             if (!options.scores)
-                throw new RangeError("the scores strategy needs per-layer scores");
+                throw new RangeError(`the ${options.strategy} strategy needs per-layer scores`);
             if (options.scores.length !== n)
                 throw new RangeError(`${options.scores.length} scores given for a model of ${n} layers`);
             layerValues = options.scores;

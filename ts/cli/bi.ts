@@ -1,0 +1,118 @@
+import fs from "node:fs";
+import path from "node:path";
+import {Command, Option} from "commander";
+import {readTaskItems} from "../data/jsonl.js";
+import {loadModel} from "../model.js";
+import {blockInfluence, blockInfluenceSvg, layerMetrics, metricValues, modelIdentity, scoreLayers, textSequences,
+    type BlockInfluenceReport, type CountedPositions, type LayerMetric} from "../prune/block-influence.js";
+import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
+import {parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+
+export interface BiCliOptions extends ModelCliOptions {
+    text?: string;
+    data?: string;
+    metric: LayerMetric;
+    positions: CountedPositions;
+    limit?: string;
+    batchTokens: string;
+}
+
+export interface TextReport {
+    n_layer: number;
+    metric: LayerMetric;
+    tokens: number;
+    sequences: number;
+    bi: number[];
+    model: ReturnType<typeof modelIdentity>;
+}
+
+/** Reads one sequence per non-empty line. */
+export function readTextLines(file: string): string[] {
+    let text: string;
+    try {
+        text = fs.readFileSync(file, "utf8");
+    } catch (err) {
+        throw new Error(`cannot read ${file}: ${(err as Error).message}`);
+    }
+    const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
+    if (lines.length === 0)
+        throw new Error(`${file}: no text (one sequence per line)`);
+    return lines;
+}
+
+/** Runs the scoring that `bi` and `prune --strategy bi` share. */
+export async function runBlockInfluence(model: string, opts: BiCliOptions, json: boolean): Promise<BlockInfluenceReport | TextReport> {
+    if ((opts.text === undefined) === (opts.data === undefined))
+        throw new UsageError("give exactly one of --text <file> or --data <items.jsonl>");
+    const limit = opts.limit === undefined ? undefined : parseNumber(opts.limit, "--limit", (x) => Number.isInteger(x) && x >= 1, "a positive integer");
+    const maxBatchTokens = parseNumber(opts.batchTokens, "--batch-tokens", (x) => Number.isInteger(x) && x >= 16, "an integer >= 16");
+    if (opts.text !== undefined && opts.positions !== "all")
+        throw new UsageError("--positions target needs --data (plain text has no target part)");
+    const texts = opts.text !== undefined ? readTextLines(opts.text).slice(0, limit) : undefined;
+    const items = opts.data !== undefined ? (await readTaskItems(opts.data)).slice(0, limit) : undefined;
+    const m = await loadModel(model, modelLoadOptions(opts));
+    const progress = progressReporter({json}, "scoring", "tokens");
+    try {
+        if (texts) {
+            const s = await scoreLayers(m, textSequences(m, texts), {maxBatchTokens, onProgress: progress.update});
+            return {n_layer: s.nLayer, metric: opts.metric, tokens: s.tokens, sequences: texts.length,
+                bi: metricValues(s, opts.metric), model: modelIdentity(model)};
+        }
+        return await blockInfluence(m, items!, {metric: opts.metric, positions: opts.positions, maxBatchTokens, onProgress: progress.update});
+    } finally {
+        progress.finish();
+        m.close();
+    }
+}
+
+export function addScoringOptions(cmd: Command): Command {
+    return addModelOptions(cmd
+        .option("--text <file>", "plain text, one sequence per line (tokenized with special tokens; every position counts)")
+        .option("--data <items.jsonl>", "task items: BI_label on question+choices->answer, BI_rationale on ->rationale")
+        .addOption(new Option("--metric <m>", "bi: 1 - mean cos; angular: mean arccos(cos)/pi; contribution: mean |dX|/|X|")
+            .choices([...layerMetrics]).default("bi"))
+        .addOption(new Option("--positions <p>", "with --data: count every position, or only the answer/rationale tokens")
+            .choices(["all", "target"]).default("all"))
+        .option("--limit <n>", "use only the first n sequences / items")
+        .option("--batch-tokens <n>", "tokens per decode (several sequences share one)", "512"));
+}
+
+export function biCommand(): Command {
+    return addScoringOptions(new Command("bi")
+        .description("Score layers by Block Influence (1 - mean cosine of the hidden states entering and leaving each block)")
+        .argument("<model>", "GGUF model file"))
+        .option("--json", "print the report as JSON")
+        .option("--plot <file.svg>", "draw the scores per layer as an SVG chart")
+        .option("-o, --output <file.json>", "also write the JSON report to a file (accepted by prune --scores)")
+        .addHelpText("after", `
+Block Influence of layer i (ShortGPT, PPC-GPT): BI_i = 1 - E_t[cos(X_i,t, X_i+1,t)], with X_i the hidden
+state entering block i and X_i+1 the one leaving it, averaged over token positions. Low BI = the block
+barely changes its input = a candidate for removal. With --data, PPC-GPT's score BI = BI_label + BI_rationale.
+
+Examples:
+  ppc-gpt bi model.gguf --text corpus.txt
+  ppc-gpt bi model.gguf --data synthetic.jsonl --json -o bi.json --plot bi.svg
+  ppc-gpt prune model.gguf --strategy scores --scores bi.json --ratio 0.3 -o pruned.gguf`)
+        .action(async (model: string, opts: BiCliOptions & {json?: boolean; plot?: string; output?: string}) => {
+            const report = await runBlockInfluence(model, opts, Boolean(opts.json));
+            const series = "bi_label" in report
+                ? [{name: "BI", values: report.bi}, {name: "BI_label", values: report.bi_label},
+                    ...(report.bi_rationale ? [{name: "BI_rationale", values: report.bi_rationale}] : [])]
+                : [{name: opts.metric, values: report.bi}];
+            if (opts.plot)
+                writeAtomic(opts.plot, blockInfluenceSvg(series, `${opts.metric} per layer: ${path.basename(model)}`));
+            if (opts.output)
+                writeAtomic(opts.output, JSON.stringify(report, null, 2) + "\n");
+            if (opts.json)
+                return printJson(report);
+            const ranks = [...report.bi.keys()].sort((a, b) => report.bi[a] - report.bi[b]);
+            process.stdout.write(table(["layer", ...series.map((s) => s.name), "rank (low first)"],
+                report.bi.map((_, i) => [i, ...series.map((s) => s.values[i].toFixed(6)), ranks.indexOf(i)])));
+        });
+}
+
+function writeAtomic(file: string, text: string): void {
+    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, file);
+}
