@@ -55,7 +55,7 @@ const llamaDir = ensureLlamaSource(path.join(root, ".cache"));
 
 const cMakeOptions = {
     PPC_LLAMA_DIR: llamaDir,
-    NODE_ADDON_API_DIR: require("node-addon-api").include_dir.replace(/"/g, ""),
+    NODE_ADDON_API_DIR: path.dirname(require.resolve("node-addon-api")),
     PPC_CPU: cpu,
     PPC_CUDA: cuda ? "ON" : "OFF",
 };

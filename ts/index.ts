@@ -15,3 +15,36 @@ export {removeLayers} from "./prune/remove.js";
 export type {LayerRemovalResult, RemoveLayersOptions} from "./prune/remove.js";
 export {loadModel} from "./model.js";
 export type {LoadedModel} from "./model.js";
+export {evaluate, evaluateItems, loadEvalItems, selectItems, PairEncoder, vocabInfo, LoglikScorer, scoreLoglikelihoods, argmax, charLength,
+    choiceMetrics, mean, meanStderr, sampleStddev, summarizeAccuracy, perplexity, rollingWindows, evalTaskNames, evalTasks} from "./eval/index.js";
+export type {EvalItemResult, EvalResult, EvalSummary, EvaluateOptions, SelectOptions, EncodedPair, EncodeOptions, ContinuationScore,
+    LoglikScorerOptions, LoraAdapterSpec, ScoreOptions, TokenRequest, AccuracySummary, ChoiceMetrics, PerplexityOptions, PerplexityResult,
+    EvalTaskName, EvalTaskSpec, FormattedItem} from "./eval/index.js";
+export {loadTask, taskFile, datasets, datasetNames, defaultDataDir, loadAi2Jsonl, loadArc, loadOpenBookQa, loadCommonsenseQa, loadFiqaPosts,
+    loadFinloraSentiment, loadPhraseBank, fiqaScoreClass, sentimentChoices, sentimentClasses, sentimentInstructions} from "./data/loaders/index.js";
+export type {DatasetName, LoadTaskOptions, Ai2LoadOptions, SentimentClass} from "./data/loaders/index.js";
+export {scoreLayers, blockInfluence, blockInfluenceSvg, exampleSequence, textSequences, metricValues, modelIdentity,
+    layerMetrics} from "./prune/block-influence.js";
+export type {LayerScores, LayerScoreOptions, LayerMetric, TokenSequence, CountedPositions, BlockInfluenceReport,
+    BlockInfluenceOptions, ModelIdentity} from "./prune/block-influence.js";
+export {formatInput, labelExample, rationaleExample, labelTaskPrefix, rationaleTaskPrefix, promptFormatVersion} from "./data/prompt.js";
+export type {PromptExample} from "./data/prompt.js";
+export {readJsonl, readTaskItems, writeJsonlAtomic, DataError} from "./data/jsonl.js";
+export {taskItemProblem} from "./data/task-item.js";
+export type {TaskItem, TaskChoice, SyntheticItem} from "./data/task-item.js";
+export {synthesize, synthesizeOne, readParents, deriveSeed, syntheticId, defaultTemperatures, defaultMaxTokens} from "./synth/pipeline.js";
+export type {SynthesizeOptions, SynthSummary, SynthProgress, SynthTemperatures, SynthMaxTokens, AttemptOutcome, AttemptContext} from "./synth/pipeline.js";
+export {GeneratorError, Semaphore} from "./synth/generator.js";
+export type {Generator, GenerateRequest, GenerateResult, ChatMessage, JsonSchema, FinishReason, StructuredOutputSupport} from "./synth/generator.js";
+export {createEmbeddedGenerator, EmbeddedGenerator} from "./synth/embedded.js";
+export type {EmbeddedGeneratorOptions} from "./synth/embedded.js";
+export {createRemoteGenerator, RemoteGenerator, chatCompletionsUrl, parseRetryAfter, defaultApiKeyEnv} from "./synth/remote.js";
+export type {RemoteGeneratorOptions, RemoteGeneratorStats, ResponseFormatLevel, RetryInfo} from "./synth/remote.js";
+export {PROMPT_VERSION, promptVersion, questionMessages, answerMessages, rationaleMessages, questionSchema, answerSchema, rationaleSchema,
+    RATIONALE_END} from "./synth/prompts.js";
+export type {PromptFormat, DraftQuestion} from "./synth/prompts.js";
+export {parseQuestionReply, parseAnswerReply, parseRationaleReply, extractJsonObject, answerLetter} from "./synth/parse.js";
+export {rejectionReasons, validateDraft, agreeVotes, questionKey} from "./synth/validate.js";
+export type {RejectionReason} from "./synth/validate.js";
+export {SyntheticStore, journalPath} from "./synth/store.js";
+export type {StoreRecovery, RejectionRecord, RunRecord} from "./synth/store.js";

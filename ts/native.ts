@@ -88,6 +88,10 @@ export interface NativeModelOptions {
     batchSize?: number;
     /** Load the tokenizer only (no weights): tokenize/detokenize work, evaluation does not. */
     vocabOnly?: boolean;
+    /** logits(): flash attention on/off (default: llama.cpp's auto). */
+    flashAttention?: boolean;
+    /** logits(): KV cache type (default "f16", llama.cpp's default; "f32" avoids rounding keys and values). */
+    kvCacheType?: "f16" | "f32";
 }
 
 export type ProgressCallback = (done: number, total: number) => void;
@@ -107,6 +111,10 @@ export interface NativeLoglikOptions {
     threads?: number;
     /** false: re-evaluate the context for every continuation (the naive anchor of the benchmark). */
     shareContext?: boolean;
+    /** Flash attention (default false: its CPU kernel's fp16 accumulation makes results depend on batching). */
+    flashAttention?: boolean;
+    /** KV cache type: "f32" (default, no rounding of keys and values) or "f16" (half the memory). */
+    kvCacheType?: "f16" | "f32";
     /** LoRA adapters applied without merging; scale multiplies alpha/r. */
     lora?: {path: string; scale?: number}[];
 }
@@ -181,7 +189,7 @@ export interface NativeAddon {
     loadModel(path: string, options?: NativeModelOptions): Promise<NativeModel>;
     /** Per-layer sums of cos / angular / contribution over counted positions (capture/layer_scores). */
     layerScores(model: NativeModel, sequences: {tokens: Int32Array; mask?: Uint8Array}[],
-        options: {maxBatchTokens: number; maxSequences: number}, onProgress?: ProgressCallback):
+        options: {maxBatchTokens: number; maxSequences: number; capture?: boolean}, onProgress?: ProgressCallback):
         Promise<{nLayer: number; tokens: number; cosSum: number[]; angularSum: number[]; contributionSum: number[]}>;
     /** Hidden states at every block boundary: (nLayer + 1) x tokens x nEmbd. */
     dumpHiddenStates(model: NativeModel, tokens: Int32Array): Promise<Float32Array>;
@@ -189,7 +197,7 @@ export interface NativeAddon {
     loglikScore(scorer: NativeLoglikScorer, requests: NativeLoglikRequest[], onProgress?: ProgressCallback): Promise<NativeLoglikResult>;
     loglikCancel(scorer: NativeLoglikScorer): void;
     loglikClose(scorer: NativeLoglikScorer): void;
-    loglikInfo(scorer: NativeLoglikScorer): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; adapters: number};
+    loglikInfo(scorer: NativeLoglikScorer): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; flashAttention: boolean; adapters: number};
     modelVocabInfo(model: NativeModel): NativeVocabInfo;
     embedReadTensor(path: string, name: string, threads: number, onProgress?: ProgressCallback): Promise<NativeF32Tensor>;
     /** Every token's llama_token_attr bits, raw vocabulary text and detokenized piece. */

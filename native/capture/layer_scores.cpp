@@ -150,7 +150,7 @@ bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
 
 // A context dedicated to capture: the callback is fixed at creation, outputs are requested for
 // every token (so the last block is not cut to the output rows), sequences share one KV pool.
-llama_context * make_capture_context(llama_session & session, capture_state & st, uint32_t n_tokens, uint32_t n_seq) {
+llama_context * make_capture_context(llama_session & session, capture_state & st, uint32_t n_tokens, uint32_t n_seq, bool capture = true) {
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = std::max<uint32_t>(n_tokens, 64);
     cp.n_batch = cp.n_ctx;
@@ -166,8 +166,8 @@ llama_context * make_capture_context(llama_session & session, capture_state & st
                                                           : (int32_t) std::max(1u, std::thread::hardware_concurrency());
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
-    cp.cb_eval = capture_callback;
-    cp.cb_eval_user_data = &st;
+    cp.cb_eval = capture ? capture_callback : nullptr;
+    cp.cb_eval_user_data = capture ? &st : nullptr;
     llama_context * ctx = llama_init_from_model(const_cast<llama_model *>(session.model()), cp);
     if (!ctx) {
         const std::string why = last_llama_errors();
@@ -180,7 +180,7 @@ struct batch_range { size_t begin, end; uint32_t n_tokens; };
 
 // Runs one decode over sequences [r.begin, r.end) and checks that every block was seen.
 void decode_batch(llama_context * ctx, capture_state & st, const std::vector<scored_sequence> & seqs,
-                  const batch_range & r, llama_batch & batch, std::vector<uint8_t> & mask) {
+                  const batch_range & r, llama_batch & batch, std::vector<uint8_t> & mask, bool capturing = true) {
     llama_memory_clear(llama_get_memory(ctx), true);
     batch.n_tokens = 0;
     mask.clear();
@@ -213,6 +213,7 @@ void decode_batch(llama_context * ctx, capture_state & st, const std::vector<sco
         const std::string why = last_llama_errors();
         throw std::runtime_error("llama_decode failed (" + std::to_string(rc) + ")" + (why.empty() ? "" : ": " + why));
     }
+    if (!capturing) return;
     if (st.next_layer != st.n_layer || !st.have_input) {
         char desc[128];
         llama_model_desc(const_cast<llama_model *>(llama_get_model(ctx)), desc, sizeof(desc));
@@ -276,14 +277,14 @@ layer_score_sums compute_layer_scores(llama_session & session, const std::vector
     st.gpu = &gpu_stats;
 #endif
 
-    llama_context * ctx = make_capture_context(session, st, ctx_tokens, ctx_seqs);
+    llama_context * ctx = make_capture_context(session, st, ctx_tokens, ctx_seqs, params.capture);
     llama_batch batch = llama_batch_init((int32_t) ctx_tokens, 0, 1);
     std::vector<uint8_t> mask;
     try {
         progress_fn report = progress ? progress : [](const struct progress &) {};
         struct progress p{0, (double) total_tokens};
         for (const auto & r : ranges) {
-            decode_batch(ctx, st, seqs, r, batch, mask);
+            decode_batch(ctx, st, seqs, r, batch, mask, params.capture);
             p.done += r.n_tokens;
             report(p);
         }

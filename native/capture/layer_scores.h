@@ -34,6 +34,7 @@ struct layer_score_sums {
 struct layer_score_params {
     uint32_t max_batch_tokens = 512;        // tokens per decode (several sequences share one)
     uint32_t max_sequences    = 16;         // sequences per decode
+    bool     capture          = true;       // false: the same decodes without the callback (timing baseline)
 };
 
 // Runs every sequence through the model (batched) and accumulates the per-layer sums.

@@ -46,6 +46,7 @@ Napi::Value layer_scores_js(const Napi::CallbackInfo & info) {
         Napi::Object o = info[2].As<Napi::Object>();
         if (o.Has("maxBatchTokens") && o.Get("maxBatchTokens").IsNumber()) params.max_batch_tokens = o.Get("maxBatchTokens").As<Napi::Number>().Uint32Value();
         if (o.Has("maxSequences") && o.Get("maxSequences").IsNumber()) params.max_sequences = o.Get("maxSequences").As<Napi::Number>().Uint32Value();
+        if (o.Has("capture")) params.capture = o.Get("capture").ToBoolean();
         if (params.max_batch_tokens == 0 || params.max_sequences == 0) throw Napi::RangeError::New(env, "maxBatchTokens and maxSequences must be positive");
     }
     Napi::Function on_progress = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
