@@ -158,10 +158,12 @@ llama_context * make_capture_context(llama_session & session, capture_state & st
     cp.n_seq_max = std::max<uint32_t>(1, n_seq);
     cp.kv_unified = true;
     cp.no_perf = true;
-    // F32 KV cache: no half-precision rounding of keys and values inside the scores; capture
-    // contexts are short-lived and small.
+    // F32 KV cache and no flash attention: ggml's CPU flash-attention kernel accumulates in fp16 for
+    // small decodes, which would make the scores depend on how sequences are packed (~1e-4);
+    // the plain attention path rounds the same values the same way whatever the packing.
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     const int32_t threads = session.params().n_threads > 0 ? session.params().n_threads
                                                           : (int32_t) std::max(1u, std::thread::hardware_concurrency());
     cp.n_threads = threads;
