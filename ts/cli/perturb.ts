@@ -1,0 +1,253 @@
+import fs from "node:fs";
+import {Command, Option} from "commander";
+import {DataError} from "../data/jsonl.js";
+import {embeddingsFormat} from "../privacy/embeddings.js";
+import {mechanismNames, perturbFile, readStopwords, createPerturber, type MechanismName, type PerturberOptions,
+    type PerturbReport} from "../privacy/perturb.js";
+import {parseSeed} from "../privacy/rng.js";
+import {formatCount, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+
+interface PerturbCliOptions {
+    embeddings?: string;
+    tokenizer?: string;
+    tensor?: string;
+    mechanism: MechanismName;
+    epsilon: string;
+    k?: string;
+    similarity?: "cosine" | "euclidean";
+    in?: string;
+    out?: string;
+    seed?: string;
+    keepPunctuation?: boolean;
+    keepStopwords?: boolean;
+    stopwords?: string;
+    table?: boolean;
+    tokens?: string;
+    report?: string;
+    cacheDir?: string;
+    cache: boolean;
+    threads?: string;
+    json?: boolean;
+}
+
+const GUARANTEES = `
+Mechanisms (each token x is replaced by y with P(y|x) ∝ exp(ε·u(x,y) / (2·Δu))):
+  custext  (default) CusText, conservative mapping. The text tokens are partitioned greedily into
+           clusters of K (default 20) nearest tokens (seed = smallest unassigned token id; the last
+           cluster holds the remainder); x is replaced only by a member of its own cluster, with
+           u = similarity of embeddings (cosine by default) min-max normalised to [0,1] over the
+           cluster, Δu = 1. Guarantee: for any two tokens x, x′ of the same cluster and every output
+           y, P(y|x) ≤ e^ε·P(y|x′) (ε-DP per token within a cluster). Clusters have disjoint
+           outputs: the cluster of every token is revealed.
+  santext  SanText. Every text token may become every text token, u(x,y) = −‖e_x − e_y‖ (Euclidean
+           distance of the raw dequantised token_embd rows), Δu = 1. Guarantee (metric DP): for all
+           tokens x, x′, y, P(y|x) ≤ exp(ε·d(x,x′))·P(y|x′).
+Composition: a record (question + choices) whose n tokens are perturbed spends n·ε (sequential
+composition); the report gives ε per token, per record and summed over the dataset. Tokens kept
+verbatim (--keep-punctuation, stopwords) are not protected. Control, unknown, unused and
+user-defined tokens are never emitted: the tokenizer runs without special-token parsing, and any
+such token it still produces (e.g. an added token's string) is dropped and counted. Ids, labels
+and answer keys are copied; rationale, source and other fields are dropped. The sampler draws
+53-bit uniforms from the OS CSPRNG unless --seed is given (a seed makes the noise reproducible by
+anyone who knows it: tests and audits only). Details: docs/perturb.md.`;
+
+function parseTokenList(text: string): number[] {
+    const out: number[] = [];
+    for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+        const range = /^(\d+)-(\d+)$/.exec(part);
+        if (range) {
+            const a = Number(range[1]), b = Number(range[2]);
+            if (b < a)
+                throw new UsageError(`bad token range "${part}"`);
+            for (let i = a; i <= b; i++)
+                out.push(i);
+        } else if (/^\d+$/.test(part)) {
+            out.push(Number(part));
+        } else {
+            throw new UsageError(`--tokens takes token ids or ranges like 3,17,100-120 (got "${part}")`);
+        }
+    }
+    if (out.length === 0)
+        throw new UsageError("--tokens needs at least one token id");
+    return [...new Set(out)];
+}
+
+/** Streams {"<x>": {"<y>": p, …}, …} to stdout (inputs and outputs ascending), honouring backpressure. */
+async function writeTableJson(rows: AsyncIterable<{input: number; outputs: Int32Array; probabilities: Float64Array}>): Promise<void> {
+    const out = process.stdout;
+    const write = async (s: string) => {
+        if (!out.write(s))
+            await new Promise<void>((resolve) => out.once("drain", resolve));
+    };
+    let first = true, chunk = "{";
+    for await (const d of rows) {
+        const idx = Array.from(d.outputs.keys()).sort((a, b) => d.outputs[a] - d.outputs[b]);
+        chunk += `${first ? "" : ","}\n"${d.input}":{` + idx.map((i) => `"${d.outputs[i]}":${JSON.stringify(d.probabilities[i])}`).join(",") + "}";
+        first = false;
+        if (chunk.length > 1 << 20) {
+            await write(chunk);
+            chunk = "";
+        }
+    }
+    await write(chunk + "\n}\n");
+}
+
+function humanReport(r: PerturbReport): string {
+    const m = r.mechanism, d = r.dataset;
+    let s = `mechanism      ${m.name}, ε = ${m.epsilon} per token` +
+        (m.custext ? `, K = ${m.custext.k}, ${m.custext.similarity}, ${formatCount(m.custext.clusters)} clusters ` +
+            `(${m.custext.smallestCluster}..${m.custext.largestCluster} tokens), index ${m.custext.index.cached ? "from cache" :
+                `built in ${m.custext.index.seconds.toFixed(2)} s`}` : "") + "\n" +
+        `guarantee      ${m.guarantee.statement}\n` +
+        `domain         ${formatCount(m.domainSize)} of ${formatCount(m.vocabularySize)} tokens (model ${m.modelHash.slice(0, 16)})\n` +
+        `randomness     ${m.randomness}\n` +
+        `records        ${formatCount(d.records)} (${formatCount(d.texts)} texts) -> ${r.output}\n` +
+        `tokens         ${formatCount(d.tokens)}: ${formatCount(d.perturbed)} perturbed (${formatCount(d.changed)} changed), ` +
+        `kept ${formatCount(d.keptPunctuation)} punctuation, ${formatCount(d.keptStopwords)} stopword; dropped ${formatCount(d.dropped)} non-text\n` +
+        `ε per record   min ${d.epsilonPerRecord.min}, mean ${d.epsilonPerRecord.mean.toFixed(1)}, max ${d.epsilonPerRecord.max} ` +
+        `(sequential composition over its perturbed tokens)\n` +
+        `ε dataset      ${d.epsilonTotal} summed over all records\n`;
+    const dropped = Object.entries(r.droppedFields);
+    if (dropped.length)
+        s += `dropped fields ${dropped.map(([k, n]) => `${k} (${n})`).join(", ")}\n`;
+    s += `time           ${r.seconds.toFixed(2)} s (${formatCount(Math.round(r.tokensPerSecond))} tokens/s)\n`;
+    const show = r.records.slice(0, 10);
+    s += "\n" + table(["id", "tokens", "perturbed", "changed", "kept", "dropped", "ε"], show.map((x) => [
+        x.id, x.tokens, x.perturbed, x.changed, x.keptPunctuation + x.keptStopwords, x.dropped, x.epsilon]));
+    if (r.records.length > show.length)
+        s += `… ${formatCount(r.records.length - show.length)} more records (--json or --report for all)\n`;
+    return s;
+}
+
+export function perturbCommand(): Command {
+    return new Command("perturb")
+        .description("Perturb private task data token by token with a differentially private Exponential Mechanism (client side)")
+        .option("--embeddings <file>", "GGUF model (its token_embd tensor, any type) or embeddings file (.npy, or text: one row of numbers per token id)")
+        .option("--tokenizer <gguf>", "GGUF model for the tokenizer (default: the --embeddings model)")
+        .option("--tensor <name>", "GGUF tensor holding the embeddings (default token_embd.weight)")
+        .addOption(new Option("--mechanism <name>", "perturbation mechanism").choices([...mechanismNames]).default("custext"))
+        .option("--epsilon <e>", "privacy parameter ε per token, > 0", "3")
+        .option("--k <n>", "custext: cluster size K (default 20)")
+        .addOption(new Option("--similarity <metric>", "custext: embedding similarity (default cosine)").choices(["cosine", "euclidean"]))
+        .option("--in <file>", "task items JSONL ({id, question, choices:[{label,text}], answer?}); never modified")
+        .option("--out <file>", "perturbed JSONL, written atomically")
+        .option("--seed <n>", "reproducible randomness (tests and audits only; default: OS CSPRNG)")
+        .option("--keep-punctuation", "keep punctuation/symbol/whitespace tokens verbatim (and never emit them)")
+        .option("--keep-stopwords", "keep the built-in English stopwords verbatim")
+        .option("--stopwords <file>", "keep the words of this file (one per line) verbatim")
+        .option("--table", "print the exact output distribution of every input token instead of perturbing")
+        .option("--tokens <ids>", "with --table: only these input token ids, e.g. 3,17,100-120")
+        .option("--report <file>", "also write the JSON privacy report to this file")
+        .option("--cache-dir <dir>", "neighbour-index cache (default $PPC_GPT_CACHE_DIR, $XDG_CACHE_HOME/ppc-gpt or ~/.cache/ppc-gpt)")
+        .option("--no-cache", "build the custext index without reading or writing the cache")
+        .option("--threads <n>", "native threads (default: all cores)")
+        .option("--json", "print machine-readable JSON (progress as JSON lines on stderr)")
+        .addHelpText("after", `${GUARANTEES}
+
+Examples:
+  ppc-gpt perturb --embeddings model.gguf --mechanism custext --epsilon 3 --in private.jsonl --out perturbed.jsonl
+  ppc-gpt perturb --embeddings model.gguf --epsilon 1 --keep-punctuation --keep-stopwords --in d.jsonl --out p.jsonl --json
+  ppc-gpt perturb --embeddings model.gguf --mechanism santext --epsilon 10 --in d.jsonl --out p.jsonl --seed 7
+  ppc-gpt perturb --embeddings model.gguf --mechanism custext --epsilon 3 --table --json > table.json
+  ppc-gpt perturb --embeddings vectors.npy --tokenizer model.gguf --table --tokens 100-120`)
+        .action(async (opts: PerturbCliOptions) => {
+            const mode = {json: Boolean(opts.json)};
+            if (!opts.embeddings)
+                throw new UsageError("--embeddings <file> is required (a GGUF model, or a .npy/text embeddings file with --tokenizer)");
+            if (!opts.tokenizer && !/\.gguf$/i.test(opts.embeddings) && embeddingsFormat(opts.embeddings) !== "gguf")
+                throw new UsageError(`${opts.embeddings} is an embeddings file, not a GGUF model: give the tokenizer with --tokenizer <gguf>`);
+            const epsilon = parseNumber(opts.epsilon, "--epsilon", (x) => x > 0, "a number > 0");
+            const k = opts.k === undefined ? undefined
+                : parseNumber(opts.k, "--k", (x) => Number.isInteger(x) && x >= 1 && x <= 65536, "an integer in [1, 65536]");
+            if (opts.mechanism !== "custext" && (k !== undefined || opts.similarity !== undefined))
+                throw new UsageError("--k and --similarity apply to --mechanism custext only");
+            const threads = opts.threads === undefined ? undefined
+                : parseNumber(opts.threads, "--threads", (x) => Number.isInteger(x) && x >= 1 && x <= 1024, "an integer in [1, 1024]");
+            let seed: number | undefined;
+            if (opts.seed !== undefined) {
+                try {
+                    seed = parseSeed(opts.seed);
+                } catch (err) {
+                    throw new UsageError(`--seed: ${(err as Error).message}`);
+                }
+            }
+            if (opts.keepStopwords && opts.stopwords)
+                throw new UsageError("give --keep-stopwords (built-in English list) or --stopwords <file>, not both");
+            if (opts.cacheDir !== undefined && !opts.cache)
+                throw new UsageError("give --cache-dir or --no-cache, not both");
+            const stopwords = opts.stopwords ? readStopwords(opts.stopwords) : opts.keepStopwords ? true as const : undefined;
+            if (opts.table) {
+                if (opts.in || opts.out || opts.report)
+                    throw new UsageError("--table prints the mechanism's distributions; it takes no --in, --out or --report");
+            } else {
+                if (opts.tokens)
+                    throw new UsageError("--tokens goes with --table");
+                if (!opts.in || !opts.out)
+                    throw new UsageError("--in <file> and --out <file> are required (or --table)");
+                if (!fs.existsSync(opts.in))
+                    throw new DataError(opts.in, undefined, "no such file");
+            }
+            const bars = new Map<string, ReturnType<typeof progressReporter>>();
+            const finished = new Set<string>();
+            const options: PerturberOptions = {
+                embeddings: opts.embeddings, tokenizer: opts.tokenizer, tensor: opts.tensor, mechanism: opts.mechanism, epsilon, k,
+                similarity: opts.similarity, keepPunctuation: opts.keepPunctuation, stopwords, seed, threads,
+                cacheDir: opts.cache ? opts.cacheDir : false,
+                onProgress: (stage, done, total) => {
+                    if (finished.has(stage))
+                        return;
+                    let bar = bars.get(stage);
+                    if (!bar) {
+                        bar = progressReporter(mode, stage, stage === "embeddings" ? "items" : stage === "index" ? "tokens" : "items");
+                        bars.set(stage, bar);
+                    }
+                    bar.update(done, total);
+                    if (done >= total) {
+                        bar.finish();
+                        finished.add(stage);
+                    }
+                },
+                onWarning: (message) => process.stderr.write(mode.json ? JSON.stringify({event: "warning", message}) + "\n"
+                    : `ppc-gpt perturb: warning: ${message}\n`),
+            };
+
+            if (opts.table) {
+                const tokens = opts.tokens ? parseTokenList(opts.tokens) : undefined;
+                const perturber = await createPerturber(options);
+                try {
+                    for (const t of tokens ?? [])
+                        if (!perturber.mechanism.has(t))
+                            throw new UsageError(`--tokens: token ${t} is not in the ${perturber.summary.name} domain ` +
+                                `(${perturber.describeToken(t)}; control, unknown, unused and user-defined tokens are never perturbed` +
+                                `${perturber.summary.keepPunctuation ? ", nor punctuation with --keep-punctuation" : ""})`);
+                    const inputs = tokens ?? Array.from(perturber.mechanism.domain);
+                    if (opts.mechanism === "santext" && inputs.length * perturber.mechanism.domain.length > 5e7)
+                        throw new UsageError(`the santext table of ${formatCount(inputs.length)} inputs x ${formatCount(perturber.mechanism.domain.length)} ` +
+                            `outputs has ${(inputs.length * perturber.mechanism.domain.length).toExponential(1)} entries; choose inputs with --tokens`);
+                    if (mode.json)
+                        return await writeTableJson(perturber.table(inputs));
+                    const v = perturber.vocabulary;
+                    process.stdout.write(`${perturber.summary.guarantee.statement}\n\n`);
+                    for await (const d of perturber.table(inputs)) {
+                        const idx = Array.from(d.outputs.keys()).sort((a, b) => d.probabilities[b] - d.probabilities[a]);
+                        const top = idx.slice(0, 8).map((i) => `${JSON.stringify(v.pieces[d.outputs[i]])}(${d.outputs[i]}) ${d.probabilities[i].toPrecision(3)}`);
+                        process.stdout.write(`${String(d.input).padStart(6)} ${JSON.stringify(v.pieces[d.input]).padEnd(14)} -> ${top.join(", ")}` +
+                            `${idx.length > 8 ? `, … (${idx.length} outputs)` : ""}\n`);
+                    }
+                } finally {
+                    perturber.close();
+                }
+                return;
+            }
+
+            const report = await perturbFile({...options, input: opts.in!, output: opts.out!});
+            if (opts.report) {
+                const tmp = `${opts.report}.tmp-${process.pid}`;
+                fs.writeFileSync(tmp, JSON.stringify(report, null, 2) + "\n");
+                fs.renameSync(tmp, opts.report);
+            }
+            if (mode.json)
+                return printJson(report);
+            process.stdout.write(humanReport(report));
+        });
+}
