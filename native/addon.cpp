@@ -422,6 +422,12 @@ Napi::Value load_model_js(const Napi::CallbackInfo & info) {
         num("contextSize", p.n_ctx);
         num("batchSize", p.n_batch);
         if (o.Has("vocabOnly")) p.vocab_only = o.Get("vocabOnly").ToBoolean();
+        if (o.Has("flashAttention") && o.Get("flashAttention").IsBoolean()) p.flash_attn = o.Get("flashAttention").ToBoolean() ? 1 : 0;
+        if (o.Has("kvCacheType") && o.Get("kvCacheType").IsString()) {
+            const std::string t = o.Get("kvCacheType").As<Napi::String>().Utf8Value();
+            if (t != "f16" && t != "f32") throw Napi::RangeError::New(info.Env(), "kvCacheType must be \"f16\" or \"f32\"");
+            p.kv_f32 = t == "f32";
+        }
     }
     return run_async<std::shared_ptr<llama_session>>(info.Env(),
         [path, p](const progress_fn &) { return std::make_shared<llama_session>(path, p); },

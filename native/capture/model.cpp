@@ -106,6 +106,11 @@ void llama_session::ensure_context(uint32_t n_tokens) {
     cp.n_batch = std::min(params_.n_batch, want);
     cp.n_ubatch = cp.n_batch;
     cp.n_seq_max = 1;
+    if (params_.flash_attn >= 0) cp.flash_attn_type = params_.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (params_.kv_f32) {
+        cp.type_k = GGML_TYPE_F32;
+        cp.type_v = GGML_TYPE_F32;
+    }
     const int32_t threads = params_.n_threads > 0 ? params_.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
     cp.n_threads = threads;
     cp.n_threads_batch = threads;

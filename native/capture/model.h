@@ -18,6 +18,8 @@ struct model_params {
     uint32_t n_ctx       = 0;    // 0: grows to the longest evaluated sequence
     uint32_t n_batch     = 512;
     bool vocab_only      = false; // tokenizer only: no weights are loaded
+    int32_t flash_attn   = -1;    // eval_logits context: -1 llama.cpp's default (auto), 0 off, 1 on
+    bool kv_f32          = false; // eval_logits context: f32 KV cache instead of f16
 };
 
 class llama_session {

@@ -1,0 +1,211 @@
+// Node-API bindings of the log-likelihood scorer (capture/loglik.h) and the vocabulary facts the
+// TypeScript tokenization needs (BOS/EOS and whether the model adds them).
+#include "addon.h"
+#include "capture/loglik.h"
+#include "common/async.h"
+
+#include <memory>
+
+namespace ppc {
+
+namespace {
+
+// A scorer as JS holds it: an External tagged with this type, so that no other External passes.
+struct scorer_handle {
+    std::shared_ptr<loglik_scorer> scorer;
+    std::shared_ptr<cancel_token> cancel;  // of the score() call in flight
+};
+
+const napi_type_tag k_scorer_tag = {0x7070632d676c6f67ull, 0x6c696b2d73636f72ull};
+
+scorer_handle & unwrap_scorer(Napi::Value v, bool live = true) {
+    if (!v.IsExternal() || !v.As<Napi::External<scorer_handle>>().CheckTypeTag(&k_scorer_tag)) {
+        throw Napi::TypeError::New(v.Env(), "expected a scorer from loglikOpen()");
+    }
+    scorer_handle & h = *v.As<Napi::External<scorer_handle>>().Data();
+    if (live && !h.scorer) throw Napi::Error::New(v.Env(), "the scorer was closed");
+    return h;
+}
+
+uint32_t opt_u32(const Napi::Object & o, const char * key, uint32_t def, uint32_t lo, uint32_t hi) {
+    if (!o.Has(key) || o.Get(key).IsUndefined()) return def;
+    Napi::Value v = o.Get(key);
+    if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string(key) + " must be a number");
+    const double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= lo && d <= hi) || d != (double) (int64_t) d) {
+        throw Napi::RangeError::New(o.Env(), std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    }
+    return (uint32_t) d;
+}
+
+std::vector<llama_token> int32_tokens(Napi::Value v, const std::string & what) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+        throw Napi::TypeError::New(v.Env(), what + " must be an Int32Array");
+    }
+    Napi::Int32Array a = v.As<Napi::Int32Array>();
+    return std::vector<llama_token>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// loglikOpen(model, {contextSize, batchSize, sequences, threads, shareContext, lora: [{path, scale}]})
+Napi::Value loglik_open(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1) throw Napi::TypeError::New(env, "loglikOpen(model, options)");
+    std::shared_ptr<llama_session> session = unwrap_model(info[0]);
+    loglik_params p;
+    if (info.Length() > 1 && !info[1].IsUndefined()) {
+        if (!info[1].IsObject()) throw Napi::TypeError::New(env, "options must be an object");
+        Napi::Object o = info[1].As<Napi::Object>();
+        p.n_ctx = opt_u32(o, "contextSize", p.n_ctx, 0, 1u << 24);
+        p.n_batch = opt_u32(o, "batchSize", p.n_batch, 1, 1u << 16);
+        p.n_seq_max = opt_u32(o, "sequences", p.n_seq_max, 1, 256);
+        p.n_threads = (int32_t) opt_u32(o, "threads", 0, 0, 1024);
+        if (o.Has("shareContext") && !o.Get("shareContext").IsUndefined()) p.share_context = o.Get("shareContext").ToBoolean();
+        if (o.Has("flashAttention") && !o.Get("flashAttention").IsUndefined()) p.flash_attn = o.Get("flashAttention").ToBoolean();
+        if (o.Has("kvCacheType") && !o.Get("kvCacheType").IsUndefined()) {
+            const std::string t = o.Get("kvCacheType").ToString().Utf8Value();
+            if (t != "f32" && t != "f16") throw Napi::RangeError::New(env, "kvCacheType must be \"f32\" or \"f16\"");
+            p.kv_f32 = t == "f32";
+        }
+        if (o.Has("lora") && !o.Get("lora").IsUndefined()) {
+            if (!o.Get("lora").IsArray()) throw Napi::TypeError::New(env, "lora must be an array of {path, scale}");
+            Napi::Array a = o.Get("lora").As<Napi::Array>();
+            for (uint32_t i = 0; i < a.Length(); ++i) {
+                Napi::Value e = a.Get(i);
+                if (!e.IsObject() || !e.As<Napi::Object>().Get("path").IsString()) {
+                    throw Napi::TypeError::New(env, "lora[" + std::to_string(i) + "] must be {path: string, scale?: number}");
+                }
+                Napi::Object eo = e.As<Napi::Object>();
+                lora_spec s;
+                s.path = eo.Get("path").As<Napi::String>().Utf8Value();
+                if (eo.Has("scale") && !eo.Get("scale").IsUndefined()) {
+                    if (!eo.Get("scale").IsNumber()) throw Napi::TypeError::New(env, "lora[" + std::to_string(i) + "].scale must be a number");
+                    s.scale = eo.Get("scale").As<Napi::Number>().FloatValue();
+                }
+                p.adapters.push_back(s);
+            }
+        }
+    }
+    return run_async<std::shared_ptr<loglik_scorer>>(env,
+        [session, p](const progress_fn &) { return std::make_shared<loglik_scorer>(session, p); },
+        [](Napi::Env env, std::shared_ptr<loglik_scorer> & s) -> Napi::Value {
+            auto * h = new scorer_handle{s, nullptr};
+            Napi::External<scorer_handle> ext = Napi::External<scorer_handle>::New(env, h, [](Napi::Env, scorer_handle * x) { delete x; });
+            ext.TypeTag(&k_scorer_tag);
+            return ext;
+        });
+}
+
+struct score_output {
+    std::vector<std::vector<loglik_score>> scores;
+};
+
+// loglikScore(scorer, [{context: Int32Array, continuations: Int32Array[]}], onProgress?)
+//   -> {logprobs: Float64Array, greedy: Uint8Array, tokens: Int32Array}, one entry per continuation in order
+Napi::Value loglik_score_js(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2) throw Napi::TypeError::New(env, "loglikScore(scorer, requests, onProgress?)");
+    scorer_handle & h = unwrap_scorer(info[0]);
+    if (!info[1].IsArray()) throw Napi::TypeError::New(env, "requests must be an array");
+    Napi::Array arr = info[1].As<Napi::Array>();
+    auto requests = std::make_shared<std::vector<loglik_request>>(arr.Length());
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+        Napi::Value e = arr.Get(i);
+        const std::string at = "requests[" + std::to_string(i) + "]";
+        if (!e.IsObject()) throw Napi::TypeError::New(env, at + " must be {context, continuations}");
+        Napi::Object o = e.As<Napi::Object>();
+        (*requests)[i].context = int32_tokens(o.Get("context"), at + ".context");
+        if (!o.Get("continuations").IsArray()) throw Napi::TypeError::New(env, at + ".continuations must be an array of Int32Array");
+        Napi::Array c = o.Get("continuations").As<Napi::Array>();
+        for (uint32_t j = 0; j < c.Length(); ++j) {
+            (*requests)[i].continuations.push_back(int32_tokens(c.Get(j), at + ".continuations[" + std::to_string(j) + "]"));
+        }
+    }
+    Napi::Function on_progress;
+    if (info.Length() > 2 && info[2].IsFunction()) on_progress = info[2].As<Napi::Function>();
+    std::shared_ptr<loglik_scorer> scorer = h.scorer;
+    auto cancel = std::make_shared<cancel_token>();
+    h.cancel = cancel;
+    return run_async<score_output>(env,
+        [scorer, requests, cancel](const progress_fn & progress) {
+            score_output out;
+            out.scores = scorer->score(*requests, progress, cancel.get());
+            return out;
+        },
+        [](Napi::Env env, score_output & out) -> Napi::Value {
+            size_t n = 0;
+            for (const auto & r : out.scores) n += r.size();
+            Napi::Float64Array logprobs = Napi::Float64Array::New(env, n);
+            Napi::Uint8Array greedy = Napi::Uint8Array::New(env, n);
+            Napi::Int32Array tokens = Napi::Int32Array::New(env, n);
+            size_t k = 0;
+            for (const auto & r : out.scores) {
+                for (const loglik_score & s : r) {
+                    logprobs[k] = s.logprob;
+                    greedy[k] = s.is_greedy ? 1 : 0;
+                    tokens[k] = s.n_tokens;
+                    ++k;
+                }
+            }
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("logprobs", logprobs);
+            o.Set("greedy", greedy);
+            o.Set("tokens", tokens);
+            return o;
+        },
+        on_progress);
+}
+
+Napi::Value loglik_cancel_js(const Napi::CallbackInfo & info) {
+    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loglikCancel(scorer)");
+    scorer_handle & h = unwrap_scorer(info[0], false);
+    if (h.cancel) h.cancel->cancelled.store(true);
+    return info.Env().Undefined();
+}
+
+Napi::Value loglik_close_js(const Napi::CallbackInfo & info) {
+    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loglikClose(scorer)");
+    scorer_handle & h = unwrap_scorer(info[0], false);
+    h.scorer.reset();  // in-flight work holds its own reference
+    return info.Env().Undefined();
+}
+
+Napi::Value loglik_info_js(const Napi::CallbackInfo & info) {
+    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loglikInfo(scorer)");
+    scorer_handle & h = unwrap_scorer(info[0]);
+    Napi::Object o = Napi::Object::New(info.Env());
+    const loglik_params & p = h.scorer->params();
+    o.Set("contextSize", p.n_ctx);
+    o.Set("batchSize", p.n_batch);
+    o.Set("sequences", p.n_seq_max);
+    o.Set("shareContext", p.share_context);
+    o.Set("flashAttention", p.flash_attn);
+    o.Set("kvCacheType", p.kv_f32 ? "f32" : "f16");
+    o.Set("adapters", (double) p.adapters.size());
+    return o;
+}
+
+// modelVocabInfo(model) -> {bos, eos, addBos, addEos, nCtxTrain}
+Napi::Value model_vocab_info_js(const Napi::CallbackInfo & info) {
+    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "modelVocabInfo(model)");
+    std::shared_ptr<llama_session> s = unwrap_model(info[0]);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("bos", llama_vocab_bos(s->vocab()));
+    o.Set("eos", llama_vocab_eos(s->vocab()));
+    o.Set("addBos", llama_vocab_get_add_bos(s->vocab()));
+    o.Set("addEos", llama_vocab_get_add_eos(s->vocab()));
+    o.Set("nCtxTrain", llama_model_n_ctx_train(s->model()));
+    return o;
+}
+
+} // namespace
+
+void register_loglik(Napi::Env env, Napi::Object exports) {
+    exports.Set("loglikOpen", Napi::Function::New(env, loglik_open));
+    exports.Set("loglikScore", Napi::Function::New(env, loglik_score_js));
+    exports.Set("loglikCancel", Napi::Function::New(env, loglik_cancel_js));
+    exports.Set("loglikClose", Napi::Function::New(env, loglik_close_js));
+    exports.Set("loglikInfo", Napi::Function::New(env, loglik_info_js));
+    exports.Set("modelVocabInfo", Napi::Function::New(env, model_vocab_info_js));
+}
+
+} // namespace ppc

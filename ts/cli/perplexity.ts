@@ -1,0 +1,60 @@
+import fs from "node:fs";
+import {Command} from "commander";
+import {perplexity} from "../eval/perplexity.js";
+import {addScorerOptions, scorerOptions, type ScorerCliOptions} from "./eval.js";
+import {parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+
+interface PerplexityCliOptions extends ScorerCliOptions {
+    text?: string;
+    window?: string;
+    stride?: string;
+    json?: boolean;
+}
+
+export function perplexityCommand(): Command {
+    return addScorerOptions(new Command("perplexity")
+        .description("Perplexity of a text file (lm-evaluation-harness rolling log-likelihood)")
+        .argument("<model>", "GGUF model file")
+        .option("--text <file>", "UTF-8 text file to score")
+        .option("--window <n>", "tokens the model sees at once (default: training context, at most 2048)")
+        .option("--stride <n>", "new tokens predicted per window after the first (default: the window; smaller gives every token more context)"))
+        .option("--json", "print machine-readable JSON")
+        .addHelpText("after", `
+Every token of the text is predicted once: the first window from BOS, each later window from the
+tokens before it. Reported: token perplexity exp(-LL/tokens), and the harness's word_perplexity,
+byte_perplexity and bits_per_byte.
+
+Examples:
+  ppc-gpt perplexity stories260K.gguf --text story.txt
+  ppc-gpt perplexity model.gguf --text wiki.txt --window 512 --stride 256 --json`)
+        .action(async (model: string, opts: PerplexityCliOptions) => {
+            const mode = {json: Boolean(opts.json)};
+            if (!opts.text)
+                throw new UsageError("--text <file> is required");
+            const window = opts.window === undefined ? undefined
+                : parseNumber(opts.window, "--window", (x) => Number.isInteger(x) && x >= 1, "a positive integer");
+            const stride = opts.stride === undefined ? undefined
+                : parseNumber(opts.stride, "--stride", (x) => Number.isInteger(x) && x >= 1 && (window === undefined || x <= window),
+                    "a positive integer no larger than --window");
+            let text: string;
+            try {
+                text = await fs.promises.readFile(opts.text, "utf8");
+            } catch (err) {
+                throw new Error(`${opts.text}: cannot read: ${(err as Error).message}`);
+            }
+            if (text.trim() === "")
+                throw new Error(`${opts.text}: the file is empty`);
+            const progress = progressReporter(mode, "perplexity", "items");
+            const started = performance.now();
+            const r = await perplexity(model, text, {window, stride, ...scorerOptions(opts), onProgress: progress.update});
+            progress.finish();
+            const seconds = (performance.now() - started) / 1000;
+            if (mode.json)
+                return printJson({model, text: opts.text, ...r, seconds});
+            process.stdout.write(table(["tokens", "windows", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"],
+                [[r.tokens, r.windows, r.perplexity.toFixed(4), r.word_perplexity.toFixed(4), r.byte_perplexity.toFixed(4),
+                    r.bits_per_byte.toFixed(4)]]));
+            process.stdout.write(`\nlog-likelihood ${r.loglikelihood.toFixed(4)} over ${r.tokens} tokens (window ${r.window}, stride ${r.stride})\n` +
+                `time           ${seconds.toFixed(2)} s\n`);
+        });
+}
