@@ -23,5 +23,7 @@ void register_layer_scores(Napi::Env env, Napi::Object exports);
 void register_loglik(Napi::Env env, Napi::Object exports);
 // Token embeddings, neighbour search, CusText clusters (embed/bindings.cpp).
 void register_embed(Napi::Env env, Napi::Object exports);
+// LoRA training, adapter inference and merging (lora/bindings.cpp).
+void register_lora(Napi::Env env, Napi::Object exports);
 
 } // namespace ppc

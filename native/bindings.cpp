@@ -9,6 +9,7 @@ void register_extensions(Napi::Env env, Napi::Object exports) {
     register_loglik(env, exports);
     register_embed(env, exports);
     register_layer_scores(env, exports);
+    register_lora(env, exports);
 }
 
 } // namespace ppc

@@ -48,3 +48,24 @@ export {rejectionReasons, validateDraft, agreeVotes, questionKey} from "./synth/
 export type {RejectionReason} from "./synth/validate.js";
 export {SyntheticStore, journalPath} from "./synth/store.js";
 export type {StoreRecovery, RejectionRecord, RunRecord} from "./synth/store.js";
+export {trainLora, readWeightedItems, validationLoss, LoraTrainer, initLoraAdapter, loraTargets, readLoraAdapter, writeLoraAdapter,
+    defaultTargetModules, loadCheckpoint, saveCheckpoint, ExampleEncoder, itemExamples, packMicroBatches, stepTokenWeights, mergeLora,
+    learningRateAt, lrSchedulers} from "./train/index.js";
+export type {TrainOptions, TrainResult, TrainEvent, LoraTrainerOptions, TrainerState, LoraAdapter, LoraConfig, LoraTarget, LoraTensor,
+    CheckpointMeta, EvalRecord, StepRecord, EncodedExample, ExampleEncodeOptions, ExampleKind, MicroBatch, TrainTask, WeightedItem,
+    MergeOptions, MergeResult, LrSchedule, LrScheduler} from "./train/index.js";
+export {exponentialMechanism, exponentialDistribution} from "./privacy/mechanism.js";
+export type {ExponentialMechanismOptions, PrivacyGuarantee, TokenDistribution, TokenMechanism, TokenUtilities} from "./privacy/mechanism.js";
+export {buildCusTextIndex, clusterSizes, cusTextMechanism, cusTextUtilities} from "./privacy/custext.js";
+export type {CusTextIndex, CusTextIndexOptions, EmbeddingMatrix, SimilarityMetric} from "./privacy/custext.js";
+export {sanTextMechanism, sanTextUtilities} from "./privacy/santext.js";
+export {loadEmbeddings} from "./privacy/embeddings.js";
+export type {LoadEmbeddingsOptions, TokenEmbeddings} from "./privacy/embeddings.js";
+export {perturbationDomain, readVocabulary} from "./privacy/vocab.js";
+export type {TokenVocabulary} from "./privacy/vocab.js";
+export {createPerturber, datasetReport, mechanismNames, perturbFile, TextPerturber} from "./privacy/perturb.js";
+export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, PerturberOptions, PerturbFileOptions, PerturbReport, RecordReport,
+    TextPerturbation} from "./privacy/perturb.js";
+export {secureUniform, seededUniform} from "./privacy/rng.js";
+export type {UniformSource} from "./privacy/rng.js";
+export {defaultCacheDir} from "./privacy/cache.js";

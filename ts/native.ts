@@ -102,7 +102,7 @@ export interface NativeLoglikScorer {
 }
 
 export interface NativeLoglikOptions {
-    /** KV cells of the scoring context: tokens of all items in flight (grows for a larger item). */
+    /** KV cells of the scoring context: tokens of all items in flight (grows for a larger item); 0: auto. */
     contextSize?: number;
     /** Tokens per llama_decode. */
     batchSize?: number;
@@ -178,6 +178,48 @@ export interface NativeClusterPartition {
     stats: {batches: number; rowsSearched: number; rowsWasted: number; compactions: number};
 }
 
+/** A LoRA trainer from `loraTrainerOpen` (opaque). */
+export interface NativeLoraTrainer {
+    readonly __nativeLoraTrainer: never;
+}
+
+/** Sequences packed into one llama_train_step call (native/lora). */
+export interface NativeMicroBatch {
+    tokens: Int32Array;
+    /** From 0 within each sequence; the tokens of a sequence are contiguous. */
+    positions: Int32Array;
+    /** In [0, sequences) of the trainer. */
+    seqIds: Int32Array;
+    /** Next-token target per position, -1 where no loss is taken. */
+    targets: Int32Array;
+    weights: Float32Array;
+}
+
+/** One trainable LoRA matrix and its AdamW moments. */
+export interface NativeLoraTensorState {
+    /** "<base tensor>.lora_a" / ".lora_b". */
+    name: string;
+    /** ggml order: [n_in, r] (A) or [r, n_out] (B). */
+    shape: [number, number];
+    value: Float32Array;
+    m: Float32Array;
+    v: Float32Array;
+}
+
+export interface NativeLoraStepOptions {
+    lr: number;
+    beta1?: number;
+    beta2?: number;
+    eps?: number;
+    weightDecay?: number;
+    /** Global gradient-norm clipping; 0 (default) disables it. */
+    maxGradNorm?: number;
+    /** LoRA dropout probability on each branch input. */
+    dropout?: number;
+    /** Non-negative integer below 2^53: the step's dropout masks. */
+    dropoutSeed?: number;
+}
+
 export interface NativeAddon {
     ggufRead(path: string, maxArrayValues: number): Promise<GgufFileInfo>;
     removeLayers(input: string, output: string, layers: number[], onProgress?: ProgressCallback): Promise<NativeLayerRemovalResult>;
@@ -197,7 +239,8 @@ export interface NativeAddon {
     loglikScore(scorer: NativeLoglikScorer, requests: NativeLoglikRequest[], onProgress?: ProgressCallback): Promise<NativeLoglikResult>;
     loglikCancel(scorer: NativeLoglikScorer): void;
     loglikClose(scorer: NativeLoglikScorer): void;
-    loglikInfo(scorer: NativeLoglikScorer): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; flashAttention: boolean; adapters: number};
+    loglikInfo(scorer: NativeLoglikScorer): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; flashAttention: boolean;
+        kvCacheType: "f32" | "f16"; adapters: number};
     modelVocabInfo(model: NativeModel): NativeVocabInfo;
     embedReadTensor(path: string, name: string, threads: number, onProgress?: ProgressCallback): Promise<NativeF32Tensor>;
     /** Every token's llama_token_attr bits, raw vocabulary text and detokenized piece. */
@@ -209,6 +252,35 @@ export interface NativeAddon {
         threads: number, onProgress?: ProgressCallback): Promise<NativeNeighbourLists>;
     embedClusters(data: Float32Array, cols: number, domain: Int32Array, k: number, metric: NativeEmbedMetric, threads: number,
         onProgress?: ProgressCallback): Promise<NativeClusterPartition>;
+    /** Tokenizes many texts on several threads: text i is tokens[offsets[i] .. offsets[i+1]). */
+    embedTokenizeBatch(model: NativeModel, texts: string[], addSpecial: boolean, parseSpecial: boolean, threads: number):
+        Promise<{offsets: Int32Array; tokens: Int32Array}>;
+    /** Detokenizes many token sequences (same layout) on several threads. */
+    embedDetokenizeBatch(model: NativeModel, tokens: Int32Array, offsets: Int32Array, removeSpecial: boolean, unparseSpecial: boolean,
+        threads: number): Promise<string[]>;
+    /** LoRA training (native/lora): a model, its adapter with trainable A/B, gradients and AdamW state. */
+    loraTrainerOpen(options: {modelPath: string; adapterPath: string; contextSize?: number; sequences?: number; threads?: number;
+        gpuLayers?: number}): Promise<NativeLoraTrainer>;
+    loraTrainerInfo(trainer: NativeLoraTrainer): {alpha: number; nVocab: number; step: number; tensors: {name: string; shape: [number, number]}[]};
+    /** Forward + backward over every micro-batch, then one AdamW update; loss = sum of weight * CE. */
+    loraTrainerStep(trainer: NativeLoraTrainer, batches: NativeMicroBatch[], options: NativeLoraStepOptions):
+        Promise<{loss: number; gradNorm: number; targets: number}>;
+    /** The gradient of the summed loss (one array per tensor, in loraTrainerInfo order); nothing is updated. */
+    loraTrainerGradients(trainer: NativeLoraTrainer, batches: NativeMicroBatch[], options?: {dropout?: number; dropoutSeed?: number}):
+        Promise<{loss: number; gradNorm: number; targets: number; gradients: Float32Array[]}>;
+    /** Loss without gradients or dropout; `logits`: rows of n_vocab for every position with a target. */
+    loraTrainerEvaluate(trainer: NativeLoraTrainer, batches: NativeMicroBatch[], options?: {logits?: boolean}):
+        Promise<{loss: number; targets: number; logits?: Float32Array}>;
+    loraTrainerState(trainer: NativeLoraTrainer): {step: number; tensors: NativeLoraTensorState[]};
+    loraTrainerSetState(trainer: NativeLoraTrainer, state: {step: number; tensors: NativeLoraTensorState[]}): void;
+    loraTrainerCancel(trainer: NativeLoraTrainer): void;
+    loraTrainerClose(trainer: NativeLoraTrainer): void;
+    /** W + scale * (alpha / r) * B A in each adapted tensor's own type; everything else byte for byte. */
+    loraMerge(base: string, adapter: string, output: string, options?: {scale?: number}, onProgress?: ProgressCallback):
+        Promise<{merged: string[]; alpha: number; rank: number; bytesWritten: number}>;
+    /** Logits of one sequence through llama.cpp's inference path with adapters loaded from files. */
+    loraLogits(modelPath: string, adapters: {path: string; scale?: number}[], tokens: Int32Array,
+        options?: {threads?: number; gpuLayers?: number}): Promise<Float32Array>;
 }
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");

@@ -1,12 +1,20 @@
 #!/usr/bin/env node
 // ppc-gpt command line: one file per verb, each a thin layer over the library.
 import {Command, CommanderError} from "commander";
-import {biCommand} from "./bi.js";
-import {evalCommand} from "./eval.js";
-import {inspectCommand} from "./inspect.js";
 import {UsageError} from "./output.js";
-import {perplexityCommand} from "./perplexity.js";
-import {pruneCommand} from "./prune.js";
+
+// Verbs are imported only when used: `ppc-gpt prune` never loads the generation or training stacks.
+const verbs: Record<string, () => Promise<Command>> = {
+    inspect: async () => (await import("./inspect.js")).inspectCommand(),
+    prune: async () => (await import("./prune.js")).pruneCommand(),
+    bi: async () => (await import("./bi.js")).biCommand(),
+    eval: async () => (await import("./eval.js")).evalCommand(),
+    perplexity: async () => (await import("./perplexity.js")).perplexityCommand(),
+    perturb: async () => (await import("./perturb.js")).perturbCommand(),
+    synth: async () => (await import("./synth.js")).synthCommand(),
+    train: async () => (await import("./train.js")).trainCommand(),
+    merge: async () => (await import("./merge.js")).mergeCommand(),
+};
 
 function fail(verb: string, err: unknown): never {
     const usage = err instanceof UsageError;
@@ -27,10 +35,9 @@ const program = new Command("ppc-gpt")
 Exit codes: 0 done, 1 failed, 2 usage error.
 Run 'ppc-gpt <command> --help' for a command's options and examples.`);
 
-for (const cmd of [pruneCommand(), inspectCommand(), biCommand()])
-    program.addCommand(cmd.exitOverride());
-program.addCommand(evalCommand().exitOverride());
-program.addCommand(perplexityCommand().exitOverride());
+const requested = process.argv[2];
+for (const name of requested !== undefined && requested in verbs ? [requested] : Object.keys(verbs))
+    program.addCommand((await verbs[name]()).exitOverride());
 
 try {
     await program.parseAsync(process.argv);

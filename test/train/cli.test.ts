@@ -1,0 +1,129 @@
+// `ppc-gpt train` and `ppc-gpt merge` as separate processes: JSON output and JSON-lines progress,
+// exit codes 0/1/2, errors that name the file, line, item or option.
+import {execFile} from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import {promisify} from "node:util";
+import test from "ava";
+import {loadModel} from "../../ts/model.js";
+import {native} from "../../ts/native.js";
+import {readLoraAdapter} from "../../ts/train/adapter.js";
+import {cliPath, hasShared, maxRelativeDiff, stories260K, tempDir} from "../helpers.js";
+import {makeModel} from "./helpers.js";
+
+const run = promisify(execFile);
+
+async function cli(args: string[]): Promise<{code: number; stdout: string; stderr: string}> {
+    try {
+        const {stdout, stderr} = await run(process.execPath, [cliPath, ...args], {maxBuffer: 1 << 26});
+        return {code: 0, stdout, stderr};
+    } catch (err) {
+        const e = err as {code: number; stdout: string; stderr: string};
+        return {code: e.code, stdout: e.stdout, stderr: e.stderr};
+    }
+}
+
+function items(n: number): object[] {
+    return Array.from({length: n}, (_, i) => ({
+        id: `q${i}`,
+        question: `Ben has ${i % 3 + 1} red balls. How many balls does Ben have?`,
+        choices: [{label: "A", text: "one"}, {label: "B", text: "two"}, {label: "C", text: "three"}],
+        answer: "ABC"[i % 3],
+        rationale: `Ben has ${["one", "two", "three"][i % 3]} balls, so the answer is ${"ABC"[i % 3]}.`,
+    }));
+}
+
+function writeJsonl(file: string, values: object[]): string {
+    fs.writeFileSync(file, values.map((v) => JSON.stringify(v)).join("\n") + "\n");
+    return file;
+}
+
+test("train --json writes an adapter llama.cpp loads; merge folds it in", async (t) => {
+    if (!hasShared)
+        return t.pass("shared fixtures absent");
+    const dir = tempDir(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(12));
+    const adapter = path.join(dir, "adapter.gguf");
+    const r = await cli(["train", stories260K, "--data", data, "-o", adapter, "--steps", "3", "--batch", "4", "--lr", "1e-3",
+        "--val-split", "0.25", "--micro-batch-tokens", "160", "--threads", "2", "--json"]);
+    t.is(r.code, 0, r.stderr);
+    const result = JSON.parse(r.stdout);
+    t.is(result.steps, 3);
+    t.is(result.items, 9);
+    t.is(result.validationItems, 3);
+    t.is(result.history.length, 3);
+    t.true(Number.isFinite(result.validation.loss));
+    const events = r.stderr.trim().split("\n").map((l) => JSON.parse(l));
+    t.is(events.filter((e) => e.event === "progress" && e.stage === "train").length, 3);
+    t.true(events.some((e) => e.event === "eval"));
+    t.is((await readLoraAdapter(adapter)).tensors.length, 70);
+
+    const merged = path.join(dir, "merged.gguf");
+    const m = await cli(["merge", stories260K, adapter, "-o", merged, "--json"]);
+    t.is(m.code, 0, m.stderr);
+    t.is(JSON.parse(m.stdout).merged.length, 35);
+    const model = await loadModel(merged);
+    const tokens = model.tokenize("Once upon a time");
+    model.close();
+    const a = await native().loraLogits(merged, [], tokens, {threads: 2});
+    const b = await native().loraLogits(stories260K, [{path: adapter}], tokens, {threads: 2});
+    t.true(maxRelativeDiff(a, b) < 1e-4);
+
+    const human = await cli(["merge", stories260K, adapter, "-o", path.join(dir, "m2.gguf")]);
+    t.is(human.code, 0);
+    t.regex(human.stdout, /merged\s+35 tensors \(rank 8, alpha 32/);
+});
+
+test("train: usage errors exit 2, bad data exits 1 naming the file, line or item", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const good = writeJsonl(path.join(dir, "good.jsonl"), items(4));
+    const o = path.join(dir, "out.gguf");
+    const usage: [string[], RegExp][] = [
+        [["train", model, "--data", good], /-o\/--output/],
+        [["train", model, "--data", good, "-o", o, "--steps", "0"], /--steps must be a positive integer/],
+        [["train", model, "--data", good, "-o", o, "--steps", "2", "--epochs", "1"], /--steps or --epochs/],
+        [["train", model, "--data", good, "-o", o, "--resume"], /--resume needs --checkpoint-dir/],
+        [["train", model, "--data", good, "-o", o, "--lora-dropout", "1.5"], /--lora-dropout must be a number in \[0, 0.99\]/],
+        [["train", model, "--data", good, "-o", o, "--task", "summary"], /task/],
+        [["merge", model, "adapter.gguf"], /-o\/--output/],
+    ];
+    for (const [args, message] of usage) {
+        const r = await cli(args);
+        t.is(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+
+    const noRationale = writeJsonl(path.join(dir, "no-rationale.jsonl"), [...items(2), {...items(3)[2], rationale: undefined}]);
+    const badJson = path.join(dir, "bad.jsonl");
+    fs.writeFileSync(badJson, `${JSON.stringify(items(1)[0])}\n{"id": "x", "question": \n`);
+    const badWeight = writeJsonl(path.join(dir, "weight.jsonl"), [items(1)[0], {...items(2)[1], weight: -1}]);
+    const noChoices = writeJsonl(path.join(dir, "choices.jsonl"), [{id: "z", question: "?", choices: []}]);
+    const failures: [string[], RegExp][] = [
+        [["train", model, "--data", noRationale, "-o", o], /item "q2" has no rationale/],
+        [["train", model, "--data", badJson, "-o", o], /bad\.jsonl:2: not valid JSON/],
+        [["train", model, "--data", badWeight, "-o", o], /weight\.jsonl:2: "weight" must be a non-negative number/],
+        [["train", model, "--data", noChoices, "-o", o], /choices\.jsonl:1: "choices" must be a non-empty array/],
+        [["train", model, "--data", path.join(dir, "missing.jsonl"), "-o", o], /missing\.jsonl: cannot read/],
+        [["train", model, "--data", good, "-o", o, "--target-modules", "attn_qkv"], /attn_qkv.*block matrices are: .*attn_q/],
+        [["train", model, "--data", good, "-o", o, "--checkpoint-dir", path.join(dir, "none"), "--resume"], /checkpoint\.json: cannot read/],
+        [["train", path.join(dir, "nope.gguf"), "--data", good, "-o", o], /nope\.gguf/],
+        [["merge", model, good, "-o", o], /good\.jsonl/],
+    ];
+    for (const [args, message] of failures) {
+        const r = await cli(args);
+        t.is(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+    const json = await cli(["train", model, "--data", noRationale, "-o", o, "--json"]);
+    t.is(json.code, 1);
+    t.regex(JSON.parse(json.stdout).error, /no rationale/);
+    t.false(fs.existsSync(o));
+});
+
+test("train --help teaches with examples", async (t) => {
+    const r = await cli(["train", "--help"]);
+    t.is(r.code, 0);
+    t.regex(r.stdout, /L_label \+ λ·L_rationale/);
+    t.regex(r.stdout, /Examples:\n\s+ppc-gpt train/);
+});

@@ -1,0 +1,478 @@
+// LoRA training of a (pruned) model on task items: METHOD.md step 4 (server: CoT distillation,
+// L = L_label + lambda * L_rationale over synthetic items) and step 6 (client: label loss over
+// private items). Batches of items, gradient accumulation over token-budgeted micro-batches,
+// AdamW with warmup and linear/cosine decay, validation loss, checkpoint and exact resume.
+import {createHash} from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import {readJsonl, DataError} from "../data/jsonl.js";
+import {taskItemProblem, type TaskItem} from "../data/task-item.js";
+import {readGguf} from "../gguf/read.js";
+import {loadModel} from "../model.js";
+import {defaultTargetModules, initLoraAdapter, writeLoraAdapter, type LoraAdapter} from "./adapter.js";
+import {loadCheckpoint, saveCheckpoint, type EvalRecord, type StepRecord} from "./checkpoint.js";
+import {ExampleEncoder, exampleLength, packMicroBatches, stepTokenWeights, type EncodedExample, type ExampleKind,
+    type MicroBatch, type TrainTask, type WeightedItem} from "./examples.js";
+import {deriveSeed, Random} from "./random.js";
+import {learningRateAt, lrSchedulers, type LrSchedule, type LrScheduler} from "./schedule.js";
+import {LoraTrainer} from "./trainer.js";
+
+export interface TrainOptions {
+    /** Base model GGUF (any type llama.cpp loads; F32/F16/Q8_0/Q4_K bases train on the CPU). */
+    model: string;
+    /** Training items: a TaskItem JSONL file (an item may carry a numeric "weight"), or the items. */
+    data: string | TaskItem[] | WeightedItem[];
+    /** Adapter GGUF to write (atomically). */
+    output: string;
+    /** "cot" (default): label + rationale examples; "label": label examples only. */
+    task?: TrainTask;
+    /** lambda of L_label + lambda * L_rationale (default 1). */
+    rationaleWeight?: number;
+    r?: number;
+    loraAlpha?: number;
+    loraDropout?: number;
+    /** Default: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down (those the model has). */
+    targetModules?: string[];
+    learningRate?: number;
+    weightDecay?: number;
+    adamBeta1?: number;
+    adamBeta2?: number;
+    adamEpsilon?: number;
+    /** Global gradient-norm clipping (default 1, as transformers; 0 disables it). */
+    maxGradNorm?: number;
+    lrScheduler?: LrScheduler;
+    warmupSteps?: number;
+    warmupRatio?: number;
+    /** Items per optimizer step (default 32): gradients accumulate over its micro-batches. */
+    batchSize?: number;
+    /** Optimizer steps; default `epochs` passes over the items. */
+    steps?: number;
+    /** Passes over the items when `steps` is not given (default 3). */
+    epochs?: number;
+    maxInputLength?: number;
+    maxTargetLength?: number;
+    /** Tokens of one micro-batch (default: the longest example, at least 256). */
+    microBatchTokens?: number;
+    /** Sequences of one micro-batch (default 64, at most 256). */
+    microBatchSequences?: number;
+    /** Held-out items for the validation loss: a JSONL file or items. */
+    validationData?: string | TaskItem[] | WeightedItem[];
+    /** Or hold out this share of the training items (seeded). */
+    validationSplit?: number;
+    /** Evaluate every N steps (and always at the end when there is validation data). */
+    evalEvery?: number;
+    /** Folder of the checkpoint (see checkpoint.ts). */
+    checkpointDir?: string;
+    /** Save a checkpoint every N steps (and at the end) when checkpointDir is set (default 100). */
+    saveEvery?: number;
+    /** Continue from checkpointDir's checkpoint. */
+    resume?: boolean;
+    seed?: number;
+    threads?: number;
+    gpuLayers?: number;
+    /** Stop after this many optimizer steps of this run (the schedule still spans `steps`): for staged runs. */
+    stopAfter?: number;
+    onProgress?: (event: TrainEvent) => void;
+    signal?: AbortSignal;
+}
+
+export type TrainEvent =
+    | {type: "step"; step: number; steps: number; epoch: number; loss: number; learningRate: number; gradNorm: number;
+        tokens: number; tokensPerSecond: number; elapsedSeconds: number; etaSeconds: number}
+    | ({type: "eval"} & EvalRecord)
+    | {type: "checkpoint"; step: number; path: string};
+
+export interface TrainResult {
+    output: string;
+    task: TrainTask;
+    /** Optimizer steps done in total (resumed runs included). */
+    steps: number;
+    totalSteps: number;
+    epochs: number;
+    items: number;
+    validationItems: number;
+    examples: number;
+    targetTensors: number;
+    trainableParameters: number;
+    /** Loss of the last step. */
+    trainLoss: number;
+    validation?: EvalRecord;
+    history: StepRecord[];
+    evaluations: EvalRecord[];
+    tokens: number;
+    seconds: number;
+    tokensPerSecond: number;
+    resumedFrom?: number;
+    checkpoint?: string;
+}
+
+interface ResolvedOptions {
+    task: TrainTask;
+    rationaleWeight: number;
+    r: number;
+    loraAlpha: number;
+    loraDropout: number;
+    targetModules: string[];
+    explicitTargets: boolean;
+    learningRate: number;
+    weightDecay: number;
+    adamBeta1: number;
+    adamBeta2: number;
+    adamEpsilon: number;
+    maxGradNorm: number;
+    lrScheduler: LrScheduler;
+    batchSize: number;
+    maxInputLength: number;
+    maxTargetLength: number;
+    microBatchSequences: number;
+    seed: number;
+    saveEvery: number;
+}
+
+function check(ok: boolean, name: string, expect: string, got: unknown): void {
+    if (!ok)
+        throw new RangeError(`${name} must be ${expect} (got ${JSON.stringify(got)})`);
+}
+
+const isInt = (x: unknown, lo: number, hi = Number.MAX_SAFE_INTEGER) => typeof x === "number" && Number.isInteger(x) && x >= lo && x <= hi;
+const isNum = (x: unknown, lo: number, hi: number) => typeof x === "number" && Number.isFinite(x) && x >= lo && x <= hi;
+
+function resolveOptions(o: TrainOptions): ResolvedOptions {
+    const r: ResolvedOptions = {
+        task: o.task ?? "cot",
+        rationaleWeight: o.rationaleWeight ?? 1,
+        r: o.r ?? 8,
+        loraAlpha: o.loraAlpha ?? 32,
+        loraDropout: o.loraDropout ?? 0.1,
+        targetModules: o.targetModules ?? [...defaultTargetModules],
+        explicitTargets: o.targetModules !== undefined,
+        learningRate: o.learningRate ?? 5e-5,
+        weightDecay: o.weightDecay ?? 0,
+        adamBeta1: o.adamBeta1 ?? 0.9,
+        adamBeta2: o.adamBeta2 ?? 0.999,
+        adamEpsilon: o.adamEpsilon ?? 1e-8,
+        maxGradNorm: o.maxGradNorm ?? 1,
+        lrScheduler: o.lrScheduler ?? "linear",
+        batchSize: o.batchSize ?? 32,
+        maxInputLength: o.maxInputLength ?? 64,
+        maxTargetLength: o.maxTargetLength ?? 128,
+        microBatchSequences: o.microBatchSequences ?? 64,
+        seed: o.seed ?? 42,
+        saveEvery: o.saveEvery ?? 100,
+    };
+    check(r.task === "cot" || r.task === "label", "task", "\"cot\" or \"label\"", r.task);
+    check(isNum(r.rationaleWeight, 0, 1e6), "rationaleWeight", "a non-negative number", r.rationaleWeight);
+    check(isInt(r.r, 1, 4096), "r", "an integer in [1, 4096]", r.r);
+    check(isNum(r.loraAlpha, 1e-9, 1e9), "loraAlpha", "a positive number", r.loraAlpha);
+    check(isNum(r.loraDropout, 0, 0.99), "loraDropout", "a number in [0, 0.99]", r.loraDropout);
+    check(Array.isArray(r.targetModules) && r.targetModules.length > 0 && r.targetModules.every((m) => typeof m === "string" && m !== ""),
+        "targetModules", "a non-empty list of module names", r.targetModules);
+    check(isNum(r.learningRate, 0, 10) && r.learningRate > 0, "learningRate", "a positive number", r.learningRate);
+    check(isNum(r.weightDecay, 0, 1e3), "weightDecay", "a non-negative number", r.weightDecay);
+    check(isNum(r.adamBeta1, 0, 0.999999), "adamBeta1", "in [0, 1)", r.adamBeta1);
+    check(isNum(r.adamBeta2, 0, 0.999999999), "adamBeta2", "in [0, 1)", r.adamBeta2);
+    check(isNum(r.adamEpsilon, 1e-30, 1), "adamEpsilon", "a positive number", r.adamEpsilon);
+    check(isNum(r.maxGradNorm, 0, 1e30), "maxGradNorm", "a non-negative number", r.maxGradNorm);
+    check(lrSchedulers.includes(r.lrScheduler), "lrScheduler", lrSchedulers.join(" | "), r.lrScheduler);
+    check(isInt(r.batchSize, 1), "batchSize", "a positive integer", r.batchSize);
+    check(isInt(r.maxInputLength, 1, 1 << 20), "maxInputLength", "a positive integer", r.maxInputLength);
+    check(isInt(r.maxTargetLength, 1, 1 << 20), "maxTargetLength", "a positive integer", r.maxTargetLength);
+    check(isInt(r.microBatchSequences, 1, 256), "microBatchSequences", "an integer in [1, 256]", r.microBatchSequences);
+    check(isInt(r.seed, 0), "seed", "a non-negative integer below 2^53", r.seed);
+    check(isInt(r.saveEvery, 1), "saveEvery", "a positive integer", r.saveEvery);
+    if (o.steps !== undefined && o.epochs !== undefined)
+        throw new RangeError("give steps or epochs, not both");
+    if (o.steps !== undefined)
+        check(isInt(o.steps, 1), "steps", "a positive integer", o.steps);
+    if (o.epochs !== undefined)
+        check(isInt(o.epochs, 1), "epochs", "a positive integer", o.epochs);
+    if (o.warmupSteps !== undefined && o.warmupRatio !== undefined)
+        throw new RangeError("give warmupSteps or warmupRatio, not both");
+    if (o.warmupSteps !== undefined)
+        check(isInt(o.warmupSteps, 0), "warmupSteps", "a non-negative integer", o.warmupSteps);
+    if (o.warmupRatio !== undefined)
+        check(isNum(o.warmupRatio, 0, 1), "warmupRatio", "a number in [0, 1]", o.warmupRatio);
+    if (o.validationSplit !== undefined) {
+        check(isNum(o.validationSplit, 0, 1) && o.validationSplit > 0 && o.validationSplit < 1, "validationSplit", "a number in (0, 1)", o.validationSplit);
+        if (o.validationData !== undefined)
+            throw new RangeError("give validationData or validationSplit, not both");
+    }
+    if (o.evalEvery !== undefined)
+        check(isInt(o.evalEvery, 1), "evalEvery", "a positive integer", o.evalEvery);
+    if (o.microBatchTokens !== undefined)
+        check(isInt(o.microBatchTokens, 2, 1 << 20), "microBatchTokens", "an integer >= 2", o.microBatchTokens);
+    if (o.stopAfter !== undefined)
+        check(isInt(o.stopAfter, 1), "stopAfter", "a positive integer", o.stopAfter);
+    if (o.resume && !o.checkpointDir)
+        throw new RangeError("resume needs checkpointDir");
+    if (o.threads !== undefined)
+        check(isInt(o.threads, 1, 1024), "threads", "a positive integer", o.threads);
+    if (o.gpuLayers !== undefined)
+        check(isInt(o.gpuLayers, -1, 100000), "gpuLayers", "an integer >= -1", o.gpuLayers);
+    return r;
+}
+
+/** Reads task items from JSONL; an item may carry "weight", a non-negative number scaling its loss. */
+export async function readWeightedItems(file: string): Promise<WeightedItem[]> {
+    const out: WeightedItem[] = [];
+    for await (const {value, line} of readJsonl(file)) {
+        const problem = taskItemProblem(value);
+        if (problem)
+            throw new DataError(file, line, problem);
+        const w = (value as {weight?: unknown}).weight;
+        if (w !== undefined && (typeof w !== "number" || !Number.isFinite(w) || w < 0))
+            throw new DataError(file, line, "\"weight\" must be a non-negative number");
+        out.push({item: value as TaskItem, weight: (w as number | undefined) ?? 1});
+    }
+    if (out.length === 0)
+        throw new DataError(file, undefined, "no items");
+    return out;
+}
+
+async function itemsOf(data: string | TaskItem[] | WeightedItem[]): Promise<WeightedItem[]> {
+    if (typeof data === "string")
+        return readWeightedItems(data);
+    if (data.length === 0)
+        throw new Error("no training items");
+    return data.map((d) => ("item" in d && "weight" in d ? d as WeightedItem : {item: d as TaskItem, weight: 1}));
+}
+
+function examplesHash(examples: EncodedExample[]): string {
+    const h = createHash("sha256");
+    for (const ex of examples) {
+        h.update(`${ex.item}:${ex.kind}:${ex.weight}:`);
+        h.update(new Uint8Array(ex.prompt.buffer, ex.prompt.byteOffset, ex.prompt.byteLength));
+        h.update("|");
+        h.update(new Uint8Array(ex.target.buffer, ex.target.byteOffset, ex.target.byteLength));
+        h.update(";");
+    }
+    return h.digest("hex");
+}
+
+/** Validation loss per task: the mean target-token cross-entropy of each, combined as in training. */
+export async function validationLoss(trainer: LoraTrainer, examples: EncodedExample[], task: TrainTask, rationaleWeight: number,
+    maxTokens: number, maxSequences: number, step: number): Promise<EvalRecord> {
+    const mean = async (kind: ExampleKind): Promise<number> => {
+        const exs = examples.filter((e) => e.kind === kind);
+        const batches = packMicroBatches(exs, exs.map(() => 1), maxTokens, maxSequences);
+        const r = await trainer.evaluate(batches);
+        return r.loss / r.targets;
+    };
+    const labelLoss = await mean("label");
+    if (task === "label")
+        return {step, loss: labelLoss, labelLoss};
+    const rationaleLoss = await mean("rationale");
+    return {step, loss: labelLoss + rationaleWeight * rationaleLoss, labelLoss, rationaleLoss};
+}
+
+function tokensOf(batches: MicroBatch[]): number {
+    return batches.reduce((s, b) => s + b.tokens.length, 0);
+}
+
+export async function trainLora(options: TrainOptions): Promise<TrainResult> {
+    const o = resolveOptions(options);
+    const started = Date.now();
+    // fail before training, not after it
+    const outDir = path.dirname(path.resolve(options.output));
+    if (!fs.existsSync(outDir) || !fs.statSync(outDir).isDirectory())
+        throw new Error(`the output folder ${outDir} does not exist`);
+    if (path.resolve(options.output) === path.resolve(options.model))
+        throw new Error(`the output ${options.output} would overwrite the base model`);
+
+    // --- data ---
+    let items = await itemsOf(options.data);
+    let validation: WeightedItem[] = [];
+    if (options.validationData !== undefined) {
+        validation = await itemsOf(options.validationData);
+    } else if (options.validationSplit !== undefined) {
+        if (items.length < 2)
+            throw new Error("a validation split needs at least two items");
+        const perm = new Random(deriveSeed(o.seed, "validation-split")).shuffle(items.map((_, i) => i));
+        const n = Math.min(items.length - 1, Math.max(1, Math.round(options.validationSplit * items.length)));
+        const held = new Set(perm.slice(0, n));
+        validation = items.filter((_, i) => held.has(i));
+        items = items.filter((_, i) => !held.has(i));
+    }
+
+    const vocab = await loadModel(options.model, {vocabOnly: true});
+    let examples: EncodedExample[], valExamples: EncodedExample[];
+    try {
+        const encoder = new ExampleEncoder(vocab, {task: o.task, maxInputLength: o.maxInputLength, maxTargetLength: o.maxTargetLength});
+        examples = encoder.encodeItems(items);
+        valExamples = encoder.encodeItems(validation);
+    } finally {
+        vocab.close();
+    }
+    const byItem: EncodedExample[][] = items.map(() => []);
+    for (const ex of examples)
+        byItem[ex.item].push(ex);
+
+    const longest = Math.max(...examples.map(exampleLength), ...valExamples.map(exampleLength));
+    const microBatchTokens = options.microBatchTokens ?? Math.max(256, longest);
+    if (longest > microBatchTokens)
+        throw new RangeError(`microBatchTokens ${microBatchTokens} is below the longest example (${longest} tokens)`);
+
+    // --- schedule ---
+    const stepsPerEpoch = Math.ceil(items.length / o.batchSize);
+    const totalSteps = options.steps ?? (options.epochs ?? 3) * stepsPerEpoch;
+    const warmupSteps = options.warmupSteps ?? Math.ceil((options.warmupRatio ?? 0) * totalSteps);
+    const schedule: LrSchedule = {learningRate: o.learningRate, scheduler: o.lrScheduler, warmupSteps, totalSteps};
+    const orders = new Map<number, number[]>();
+    const stepItems = (step: number): number[] => {
+        const epoch = Math.floor(step / stepsPerEpoch), b = step % stepsPerEpoch;
+        let order = orders.get(epoch);
+        if (!order) {
+            order = new Random(deriveSeed(o.seed, "order", epoch)).shuffle(items.map((_, i) => i));
+            orders.clear();
+            orders.set(epoch, order);
+        }
+        return order.slice(b * o.batchSize, (b + 1) * o.batchSize);
+    };
+
+    const gguf = await readGguf(options.model);
+    const fingerprint: Record<string, unknown> = {
+        model: path.basename(options.model),
+        modelBytes: fs.statSync(options.model).size,
+        architecture: gguf.architecture,
+        examples: examplesHash(examples),
+        validation: examplesHash(valExamples),
+        ...o,
+        totalSteps,
+        warmupSteps,
+        microBatchTokens,
+    };
+    delete fingerprint.saveEvery;
+
+    // --- adapter: fresh or from the checkpoint ---
+    let history: StepRecord[] = [], evaluations: EvalRecord[] = [];
+    let tokens = 0, priorSeconds = 0, startStep = 0;
+    let trainer: LoraTrainer;
+    const trainerOptions = {contextSize: microBatchTokens, sequences: o.microBatchSequences, threads: options.threads, gpuLayers: options.gpuLayers};
+    if (options.resume) {
+        const ckpt = await loadCheckpoint(options.checkpointDir!);
+        const mismatch = Object.keys({...fingerprint, ...ckpt.meta.fingerprint})
+            .filter((k) => JSON.stringify(fingerprint[k]) !== JSON.stringify(ckpt.meta.fingerprint[k]));
+        if (mismatch.length > 0)
+            throw new Error(`${options.checkpointDir}: the checkpoint was made with other settings or data (${mismatch.join(", ")} differ)`);
+        trainer = await LoraTrainer.open(options.model, ckpt.adapterPath, trainerOptions);
+        try {
+            trainer.setState(ckpt.state);
+        } catch (err) {
+            trainer.close();
+            throw err;
+        }
+        history = ckpt.meta.history;
+        evaluations = ckpt.meta.evaluations;
+        tokens = ckpt.meta.tokens;
+        priorSeconds = ckpt.meta.seconds;
+        startStep = ckpt.meta.step;
+    } else {
+        const init = initLoraAdapter(gguf, {r: o.r, loraAlpha: o.loraAlpha, targetModules: o.targetModules}, o.seed, o.explicitTargets);
+        const tmpDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), "ppc-gpt-lora-"));
+        try {
+            const initPath = path.join(tmpDir, "init.gguf");
+            await writeLoraAdapter(initPath, init);
+            trainer = await LoraTrainer.open(options.model, initPath, trainerOptions);
+        } finally {
+            await fs.promises.rm(tmpDir, {recursive: true, force: true});
+        }
+    }
+
+    const abort = () => trainer.cancel();
+    options.signal?.addEventListener("abort", abort);
+    const info = trainer.info;
+    const trainable = info.tensors.reduce((s, t) => s + t.shape[0] * t.shape[1], 0);
+    const adapterOf = (): LoraAdapter => trainer.adapter(gguf.architecture, o.r);
+    let checkpointPath: string | undefined;
+    const save = async (): Promise<void> => {
+        if (!options.checkpointDir)
+            return;
+        checkpointPath = await saveCheckpoint(options.checkpointDir, trainer.state(), {architecture: gguf.architecture, alpha: info.alpha, r: o.r},
+            {fingerprint, history, evaluations, tokens, seconds: priorSeconds + (Date.now() - started) / 1000});
+        options.onProgress?.({type: "checkpoint", step: trainer.info.step, path: checkpointPath});
+    };
+    const evaluate = async (step: number): Promise<void> => {
+        if (valExamples.length === 0)
+            return;
+        const rec = await validationLoss(trainer, valExamples, o.task, o.rationaleWeight, microBatchTokens, o.microBatchSequences, step);
+        evaluations.push(rec);
+        options.onProgress?.({type: "eval", ...rec});
+    };
+
+    try {
+        // with periodic evaluation, the curve starts at the untrained adapter (B = 0: the base model)
+        if (startStep === 0 && options.evalEvery !== undefined)
+            await evaluate(0);
+        const endStep = options.stopAfter !== undefined ? Math.min(totalSteps, startStep + options.stopAfter) : totalSteps;
+        const loopStart = Date.now();
+        let loopTokens = 0;
+        for (let step = startStep; step < endStep; step++) {
+            if (options.signal?.aborted)
+                throw new Error("training was cancelled");
+            const exs = stepItems(step).flatMap((i) => byItem[i]);
+            const batches = packMicroBatches(exs, stepTokenWeights(exs, {label: 1, rationale: o.rationaleWeight}),
+                microBatchTokens, o.microBatchSequences);
+            const learningRate = learningRateAt(schedule, step);
+            const r = await trainer.step(batches, {
+                lr: learningRate, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, weightDecay: o.weightDecay,
+                maxGradNorm: o.maxGradNorm, dropout: o.loraDropout, dropoutSeed: deriveSeed(o.seed, "dropout", step),
+            });
+            const n = tokensOf(batches);
+            tokens += n;
+            loopTokens += n;
+            history.push({step: step + 1, loss: r.loss, learningRate, gradNorm: r.gradNorm, tokens: n});
+            const elapsed = (Date.now() - loopStart) / 1000;
+            const done = step + 1 - startStep;
+            options.onProgress?.({
+                type: "step", step: step + 1, steps: totalSteps, epoch: (step + 1) / stepsPerEpoch, loss: r.loss, learningRate,
+                gradNorm: r.gradNorm, tokens, tokensPerSecond: loopTokens / Math.max(elapsed, 1e-9), elapsedSeconds: elapsed,
+                etaSeconds: elapsed / done * (endStep - step - 1),
+            });
+            const last = step + 1 === endStep;
+            if (options.evalEvery !== undefined && (step + 1) % options.evalEvery === 0 && !last)
+                await evaluate(step + 1);
+            if ((step + 1) % o.saveEvery === 0 && !last)
+                await save();
+        }
+        const finalStep = trainer.info.step;
+        if (valExamples.length > 0 && evaluations.at(-1)?.step !== finalStep)
+            await evaluate(finalStep);
+        await save();
+        await writeLoraAdapter(options.output, adapterOf(), [
+            {key: "general.name", type: "string", value: `${path.basename(options.model, ".gguf")} LoRA (${o.task})`},
+            {key: "ppc_gpt.lora.r", type: "uint32", value: o.r},
+            {key: "ppc_gpt.lora.dropout", type: "float32", value: o.loraDropout},
+            {key: "ppc_gpt.lora.target_modules", type: "array", elementType: "string", value: [...new Set(info.tensors.map((t) =>
+                t.name.replace(/^blk\.\d+\./, "").replace(/\.weight\.lora_[ab]$/, "")))]},
+            {key: "ppc_gpt.train.task", type: "string", value: o.task},
+            {key: "ppc_gpt.train.steps", type: "uint32", value: finalStep},
+        ]);
+        const seconds = priorSeconds + (Date.now() - started) / 1000;
+        const loopSeconds = (Date.now() - loopStart) / 1000;
+        return {
+            output: options.output,
+            task: o.task,
+            steps: finalStep,
+            totalSteps,
+            epochs: finalStep / stepsPerEpoch,
+            items: items.length,
+            validationItems: validation.length,
+            examples: examples.length,
+            targetTensors: info.tensors.length / 2,
+            trainableParameters: trainable,
+            trainLoss: history.at(-1)?.loss ?? NaN,
+            validation: evaluations.at(-1),
+            history,
+            evaluations,
+            tokens,
+            seconds,
+            tokensPerSecond: loopTokens / Math.max(loopSeconds, 1e-9),
+            ...(options.resume ? {resumedFrom: startStep} : {}),
+            ...(checkpointPath ? {checkpoint: checkpointPath} : {}),
+        };
+    } finally {
+        options.signal?.removeEventListener("abort", abort);
+        trainer.close();
+    }
+}

@@ -1,0 +1,90 @@
+// The native LoRA trainer (native/lora): llama.cpp's own forward graph of the base model with the
+// adapter's A/B matrices trainable, masked and weighted cross-entropy, backward, AdamW on the host.
+import {native, type NativeLoraStepOptions, type NativeLoraTensorState, type NativeLoraTrainer, type NativeMicroBatch} from "../native.js";
+import type {LoraAdapter} from "./adapter.js";
+
+export interface LoraTrainerOptions {
+    /** Tokens of one micro-batch, at most (the training context). */
+    contextSize?: number;
+    /** Sequences of one micro-batch, at most (<= 256). */
+    sequences?: number;
+    threads?: number;
+    /** Layers offloaded to the GPU (CUDA builds). */
+    gpuLayers?: number;
+}
+
+export interface TrainerState {
+    step: number;
+    tensors: NativeLoraTensorState[];
+}
+
+export class LoraTrainer {
+    private closed = false;
+
+    private constructor(private readonly handle: NativeLoraTrainer, readonly modelPath: string) {}
+
+    /** Loads the base model and an adapter file (F32 matrices) whose A/B become trainable. */
+    static async open(modelPath: string, adapterPath: string, options: LoraTrainerOptions = {}): Promise<LoraTrainer> {
+        const handle = await native().loraTrainerOpen({modelPath, adapterPath, ...options});
+        return new LoraTrainer(handle, modelPath);
+    }
+
+    private live(): NativeLoraTrainer {
+        if (this.closed)
+            throw new Error("the trainer was closed");
+        return this.handle;
+    }
+
+    get info(): {alpha: number; nVocab: number; step: number; tensors: {name: string; shape: [number, number]}[]} {
+        return native().loraTrainerInfo(this.live());
+    }
+
+    /** One optimizer step: gradients accumulated over every micro-batch, then AdamW. */
+    async step(batches: NativeMicroBatch[], options: NativeLoraStepOptions): Promise<{loss: number; gradNorm: number; targets: number}> {
+        return native().loraTrainerStep(this.live(), batches, options);
+    }
+
+    /** The gradient of the loss (sum of weight * cross-entropy) per tensor, in `info.tensors` order; updates nothing. */
+    async gradients(batches: NativeMicroBatch[], options: {dropout?: number; dropoutSeed?: number} = {}):
+        Promise<{loss: number; gradNorm: number; targets: number; gradients: Float32Array[]}> {
+        return native().loraTrainerGradients(this.live(), batches, options);
+    }
+
+    /** Loss (sum of weight * cross-entropy) without gradients or dropout; optionally the target positions' logits. */
+    async evaluate(batches: NativeMicroBatch[], options: {logits?: boolean} = {}): Promise<{loss: number; targets: number; logits?: Float32Array}> {
+        return native().loraTrainerEvaluate(this.live(), batches, options);
+    }
+
+    /** A/B, the AdamW moments and the step counter (copies). */
+    state(): TrainerState {
+        return native().loraTrainerState(this.live());
+    }
+
+    setState(state: TrainerState): void {
+        native().loraTrainerSetState(this.live(), state);
+    }
+
+    /** The adapter as it stands now. */
+    adapter(architecture: string, r: number): LoraAdapter {
+        const info = this.info;
+        return {
+            architecture,
+            alpha: info.alpha,
+            r,
+            tensors: this.state().tensors.map((t) => ({name: t.name, shape: t.shape, data: t.value})),
+        };
+    }
+
+    /** Stops the step or evaluation in flight between micro-batches (it rejects with "cancelled"). */
+    cancel(): void {
+        if (!this.closed)
+            native().loraTrainerCancel(this.handle);
+    }
+
+    close(): void {
+        if (this.closed)
+            return;
+        this.closed = true;
+        native().loraTrainerClose(this.handle);
+    }
+}
