@@ -1,9 +1,11 @@
 // Shared test fixtures: the ../shared folder (models, datasets), temporary folders, and naive
 // double-precision references that the numerical tests compare against.
+import {execFile} from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import {fileURLToPath} from "node:url";
+import {promisify} from "node:util";
 import type {ExecutionContext} from "ava";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -31,6 +33,20 @@ export function tempDir(t: ExecutionContext): string {
 
 /** Path of the built CLI entry point. */
 export const cliPath = path.join(repoRoot, "dist", "ts", "cli", "main.js");
+
+const execFileAsync = promisify(execFile);
+
+/** Runs the CLI as a child process; never throws for a non-zero exit. */
+export async function runCli(args: string[], options: {env?: NodeJS.ProcessEnv} = {}): Promise<{code: number; stdout: string; stderr: string}> {
+    try {
+        const {stdout, stderr} = await execFileAsync(process.execPath, [cliPath, ...args],
+            {maxBuffer: 1 << 28, ...(options.env ? {env: options.env} : {})});
+        return {code: 0, stdout, stderr};
+    } catch (err) {
+        const e = err as {code: number; stdout: string; stderr: string};
+        return {code: e.code, stdout: e.stdout, stderr: e.stderr};
+    }
+}
 
 /** Log-softmax of one logits row in double precision. */
 export function logSoftmax(row: ArrayLike<number>): Float64Array {

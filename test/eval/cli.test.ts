@@ -1,26 +1,15 @@
 // `ppc-gpt eval` and `ppc-gpt perplexity` as a user runs them: real processes, exit codes, JSON,
 // the --out file, and bad input.
-import {execFile} from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import {promisify} from "node:util";
 import test from "ava";
 import {evaluate} from "../../ts/eval/evaluate.js";
 import {perplexity} from "../../ts/eval/perplexity.js";
-import {cliPath, hasShared, stories260K, tempDir} from "../helpers.js";
+import {cliPath, hasShared, stories260K, tempDir, runCli} from "../helpers.js";
 
-const run = promisify(execFile);
 const sharedTest = hasShared ? test : test.skip;
 
-async function cli(args: string[]): Promise<{code: number; stdout: string; stderr: string}> {
-    try {
-        const {stdout, stderr} = await run(process.execPath, [cliPath, ...args], {maxBuffer: 64 << 20});
-        return {code: 0, stdout, stderr};
-    } catch (err) {
-        const e = err as {code: number; stdout: string; stderr: string};
-        return {code: e.code, stdout: e.stdout, stderr: e.stderr};
-    }
-}
+const cli = (args: string[]) => runCli(args);
 
 sharedTest("eval --json prints the summary and --out writes one line per item", async (t) => {
     const dir = tempDir(t);

@@ -1,35 +1,23 @@
 // Bad input to `ppc-gpt perturb` and to the embeddings loaders: clear messages naming the file,
 // line or option; exit code 2 for usage, 1 for failures; no output or temporary file left; the
 // input untouched. Also the embeddings file formats (.npy, text) against the GGUF they came from.
-import {execFile} from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import {promisify} from "node:util";
 import test from "ava";
 import {createPerturber} from "../../ts/privacy/perturb.js";
 import {loadEmbeddings} from "../../ts/privacy/embeddings.js";
 import {fileHash} from "../gguf-fixtures.js";
-import {cliPath, hasShared, stories260K, tempDir} from "../helpers.js";
+import {cliPath, hasShared, stories260K, tempDir, runCli} from "../helpers.js";
 import {refEmbeddings} from "./reference.js";
 
-const run = promisify(execFile);
 const maybe = hasShared ? test : test.skip;
 
 // The CLI's default index cache, kept out of the user's home folder.
 const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-cache-test-"));
 test.after.always(() => fs.rmSync(cacheDir, {recursive: true, force: true}));
 
-async function cli(args: string[]): Promise<{code: number; stdout: string; stderr: string}> {
-    try {
-        const {stdout, stderr} = await run(process.execPath, [cliPath, "perturb", ...args],
-            {maxBuffer: 1 << 26, env: {...process.env, PPC_GPT_CACHE_DIR: cacheDir}});
-        return {code: 0, stdout, stderr};
-    } catch (err) {
-        const e = err as {code: number; stdout: string; stderr: string};
-        return {code: e.code, stdout: e.stdout, stderr: e.stderr};
-    }
-}
+const cli = (args: string[]) => runCli(["perturb", ...args], {env: {...process.env, PPC_GPT_CACHE_DIR: cacheDir}});
 
 const item = {id: "x1", question: "Where do fish live?", choices: [{label: "A", text: "in water"}, {label: "B", text: "in trees"}], answer: "A"};
 
@@ -81,7 +69,7 @@ maybe("usage errors exit with code 2 and say what to do", async (t) => {
         [["--embeddings", stories260K, "--in", input], /--in <file> and --out <file> are required/],
         [["--embeddings", stories260K, "--table", "--in", input], /--table .* takes no --in, --out or --report/],
         [[...base, "--tokens", "3"], /--tokens goes with --table/],
-        [["--embeddings", stories260K, "--table", "--tokens", "3,x"], /--tokens takes token ids or ranges/],
+        [["--embeddings", stories260K, "--table", "--tokens", "3,x"], /--tokens takes comma-separated token ids or ranges/],
         [["--embeddings", stories260K, "--table", "--tokens", "1"], /token 1 is not in the custext domain \("<s>"/],
         [[...base, "--keep-stopwords", "--stopwords", input], /--keep-stopwords .* or --stopwords <file>, not both/],
         [[...base, "--no-cache", "--cache-dir", dir], /--cache-dir or --no-cache, not both/],

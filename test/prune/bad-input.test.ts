@@ -1,25 +1,14 @@
-import {execFile} from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import {promisify} from "node:util";
 import test from "ava";
 import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
 import {removeLayers} from "../../ts/prune/remove.js";
 import {readGguf} from "../../ts/gguf/read.js";
 import {fileHash} from "../gguf-fixtures.js";
-import {cliPath, tempDir} from "../helpers.js";
+import {cliPath, tempDir, runCli} from "../helpers.js";
 
-const run = promisify(execFile);
 
-async function cli(args: string[]): Promise<{code: number; stdout: string; stderr: string}> {
-    try {
-        const {stdout, stderr} = await run(process.execPath, [cliPath, ...args]);
-        return {code: 0, stdout, stderr};
-    } catch (err) {
-        const e = err as {code: number; stdout: string; stderr: string};
-        return {code: e.code, stdout: e.stdout, stderr: e.stderr};
-    }
-}
+const cli = (args: string[]) => runCli(args);
 
 async function model(t: import("ava").ExecutionContext): Promise<{dir: string; input: string}> {
     const dir = tempDir(t);

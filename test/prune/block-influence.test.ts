@@ -1,7 +1,5 @@
-import {execFile} from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import {promisify} from "node:util";
 import test from "ava";
 import {writeSyntheticModel, type SyntheticModelOptions} from "../../ts/gguf/synthetic.js";
 import {loadModel, type LoadedModel} from "../../ts/model.js";
@@ -10,7 +8,7 @@ import {blockInfluence, exampleSequence, scoreLayers, textSequences, type TokenS
 import {labelExample} from "../../ts/data/prompt.js";
 import type {TaskItem} from "../../ts/data/task-item.js";
 import {decodeTensor, rawTensors} from "../gguf-fixtures.js";
-import {cliPath, hasShared, stories260K, tempDir} from "../helpers.js";
+import {cliPath, hasShared, stories260K, tempDir, runCli} from "../helpers.js";
 
 const texts = [
     "Once upon a time, there was a little girl named Lily.",
@@ -198,16 +196,7 @@ test("task items: BI = BI_label + BI_rationale, each equal to scoring its own se
     model.close();
 });
 
-const run = promisify(execFile);
-async function cli(args: string[]) {
-    try {
-        const r = await run(process.execPath, [cliPath, ...args]);
-        return {code: 0, stdout: r.stdout, stderr: r.stderr};
-    } catch (err) {
-        const e = err as {code: number; stdout: string; stderr: string};
-        return {code: e.code, stdout: e.stdout, stderr: e.stderr};
-    }
-}
+const cli = (args: string[]) => runCli(args);
 
 test("CLI: bi --json/--plot, prune --strategy bi removes the planted weak layers, bad input fails cleanly", async (t) => {
     const dir = tempDir(t);

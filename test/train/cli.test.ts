@@ -1,27 +1,16 @@
 // `ppc-gpt train` and `ppc-gpt merge` as separate processes: JSON output and JSON-lines progress,
 // exit codes 0/1/2, errors that name the file, line, item or option.
-import {execFile} from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import {promisify} from "node:util";
 import test from "ava";
 import {loadModel} from "../../ts/model.js";
 import {native} from "../../ts/native.js";
 import {readLoraAdapter} from "../../ts/train/adapter.js";
-import {cliPath, hasShared, maxRelativeDiff, stories260K, tempDir} from "../helpers.js";
+import {cliPath, hasShared, maxRelativeDiff, stories260K, tempDir, runCli} from "../helpers.js";
 import {makeModel} from "./helpers.js";
 
-const run = promisify(execFile);
 
-async function cli(args: string[]): Promise<{code: number; stdout: string; stderr: string}> {
-    try {
-        const {stdout, stderr} = await run(process.execPath, [cliPath, ...args], {maxBuffer: 1 << 26});
-        return {code: 0, stdout, stderr};
-    } catch (err) {
-        const e = err as {code: number; stdout: string; stderr: string};
-        return {code: e.code, stdout: e.stdout, stderr: e.stderr};
-    }
-}
+const cli = (args: string[]) => runCli(args);
 
 function items(n: number): object[] {
     return Array.from({length: n}, (_, i) => ({

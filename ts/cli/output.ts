@@ -69,25 +69,25 @@ export function printJson(value: unknown): void {
     process.stdout.write(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v), 2) + "\n");
 }
 
-/** Parses "2,5,7" / "2-4,9" into sorted unique integers; throws UsageError otherwise. */
-export function parseLayerList(text: string): number[] {
+/** Parses "2,5,7-9" into integers (ranges expanded, order kept); `option` names the flag in errors. */
+export function parseIndexList(text: string, option: string, what = "indices"): number[] {
     const out: number[] = [];
     for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
         const range = /^(\d+)-(\d+)$/.exec(part);
         if (range) {
             const a = Number(range[1]), b = Number(range[2]);
             if (b < a)
-                throw new UsageError(`bad layer range "${part}"`);
+                throw new UsageError(`${option}: bad range "${part}"`);
             for (let i = a; i <= b; i++)
                 out.push(i);
         } else if (/^\d+$/.test(part)) {
             out.push(Number(part));
         } else {
-            throw new UsageError(`--layers takes comma-separated layer indices or ranges like 2,5,7-9 (got "${part}")`);
+            throw new UsageError(`${option} takes comma-separated ${what} or ranges like 2,5,7-9 (got "${part}")`);
         }
     }
     if (out.length === 0)
-        throw new UsageError("--layers needs at least one layer index");
+        throw new UsageError(`${option} needs at least one value`);
     return out;
 }
 

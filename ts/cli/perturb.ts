@@ -5,7 +5,7 @@ import {embeddingsFormat} from "../privacy/embeddings.js";
 import {mechanismNames, perturbFile, readStopwords, createPerturber, type MechanismName, type PerturberOptions,
     type PerturbReport} from "../privacy/perturb.js";
 import {parseSeed} from "../privacy/rng.js";
-import {formatCount, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {formatCount, parseIndexList, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 
 interface PerturbCliOptions {
     embeddings?: string;
@@ -51,26 +51,6 @@ and answer keys are copied; rationale, source and other fields are dropped. The 
 53-bit uniforms from the OS CSPRNG unless --seed is given (a seed makes the noise reproducible by
 anyone who knows it: tests and audits only). Details: docs/perturb.md.`;
 
-function parseTokenList(text: string): number[] {
-    const out: number[] = [];
-    for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
-        const range = /^(\d+)-(\d+)$/.exec(part);
-        if (range) {
-            const a = Number(range[1]), b = Number(range[2]);
-            if (b < a)
-                throw new UsageError(`bad token range "${part}"`);
-            for (let i = a; i <= b; i++)
-                out.push(i);
-        } else if (/^\d+$/.test(part)) {
-            out.push(Number(part));
-        } else {
-            throw new UsageError(`--tokens takes token ids or ranges like 3,17,100-120 (got "${part}")`);
-        }
-    }
-    if (out.length === 0)
-        throw new UsageError("--tokens needs at least one token id");
-    return [...new Set(out)];
-}
 
 /** Streams {"<x>": {"<y>": p, …}, …} to stdout (inputs and outputs ascending), honouring backpressure. */
 async function writeTableJson(rows: AsyncIterable<{input: number; outputs: Int32Array; probabilities: Float64Array}>): Promise<void> {
@@ -212,7 +192,7 @@ Examples:
             };
 
             if (opts.table) {
-                const tokens = opts.tokens ? parseTokenList(opts.tokens) : undefined;
+                const tokens = opts.tokens ? parseIndexList(opts.tokens, "--tokens", "token ids") : undefined;
                 const perturber = await createPerturber(options);
                 try {
                     for (const t of tokens ?? [])

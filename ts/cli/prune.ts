@@ -2,7 +2,7 @@ import {Command, Option} from "commander";
 import {planPruning, pruningStrategies, readScoresFile, type PruningPlan, type PruningStrategy} from "../prune/plan.js";
 import {removeLayers} from "../prune/remove.js";
 import {addScoringOptions, runBlockInfluence, type BiCliOptions} from "./bi.js";
-import {formatBytes, formatCount, parseLayerList, parseNumber, printJson, progressReporter, UsageError} from "./output.js";
+import {formatBytes, formatCount, parseIndexList, parseNumber, printJson, progressReporter, UsageError} from "./output.js";
 
 interface PruneOptions extends Partial<BiCliOptions> {
     output?: string;
@@ -71,7 +71,7 @@ Examples:
             if (opts.layers !== undefined) {
                 if (opts.ratio !== undefined || opts.count !== undefined || opts.scores !== undefined)
                     throw new UsageError("--ratio, --count and --scores go with --strategy, not --layers");
-                layers = parseLayerList(opts.layers);
+                layers = parseIndexList(opts.layers, "--layers", "layer indices");
                 if (opts.planOnly)
                     throw new UsageError("--plan-only goes with --strategy");
             } else {
