@@ -271,11 +271,21 @@ layer_removal_result remove_layers(const std::string & in_path, const std::strin
     out.write(hdr.bytes.data(), hdr.bytes.size());
     const uint64_t data_start = out.position();
     progress_fn report = progress ? progress : [](const struct progress &) {};
-    struct progress p{0, (double) data_size};
+    struct progress p{0, (double) data_size};  // input bytes copied (padding between tensors included)
     static const uint8_t zeros[256] = {0};
-    for (size_t i = 0; i < out_tensors.size(); ++i) {
-        const gguf_tensor_info & t = *out_tensors[i].src;
-        out.copy_from(in.fd(), in.data_offset() + t.offset, t.n_bytes, [&](uint64_t n) {
+    // Consecutive kept tensors that sit at the same relative offsets in the input as in the output
+    // (the usual case: both files pack tensors in order at one alignment) move as one range, so a
+    // removal costs a handful of large in-kernel copies rather than one per tensor.
+    for (size_t i = 0; i < out_tensors.size();) {
+        size_t j = i + 1;
+        while (j < out_tensors.size() &&
+               out_tensors[j].src->offset > out_tensors[i].src->offset &&
+               out_tensors[j].src->offset - out_tensors[i].src->offset == offsets[j] - offsets[i]) {
+            ++j;
+        }
+        const gguf_tensor_info & last = *out_tensors[j - 1].src;
+        const uint64_t begin = out_tensors[i].src->offset;
+        out.copy_from(in.fd(), in.data_offset() + begin, last.offset + last.n_bytes - begin, [&](uint64_t n) {
             if (cancel && cancel->cancelled.load()) throw std::runtime_error("cancelled");
             p.done += (double) n;
             report(p);
@@ -286,6 +296,7 @@ layer_removal_result remove_layers(const std::string & in_path, const std::strin
             out.write(zeros, n);
             pad -= n;
         }
+        i = j;
     }
     if (out.position() - data_start != data_size) {
         throw std::logic_error("internal error: wrote " + std::to_string(out.position() - data_start) +

@@ -12,6 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import {fileURLToPath} from "node:url";
 import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
+import {removeLayers} from "../../ts/prune/remove.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const arg = (name: string, def: string) => {
@@ -55,7 +56,18 @@ else
     process.stderr.write(`llama-quantize not found at ${quantize}: that anchor is skipped\n`);
 
 const results = new Map<string, {seconds: number[]; rssKiB: number[]}>(contenders.map((c) => [c.name, {seconds: [], rssKiB: []}]));
+// The library call alone, in this process (no Node start-up, no CLI): what an embedding tool pays.
+const library = "removeLayers() in-process (library)";
+results.set(library, {seconds: [], rssKiB: []});
 for (let i = 0; i < runs + 1; i++) {
+    {
+        const out = path.join(dir, "out.gguf");
+        fs.rmSync(out, {force: true});
+        const t0 = process.hrtime.bigint();
+        await removeLayers(model, out, remove);
+        if (i > 0)
+            results.get(library)!.seconds.push(Number(process.hrtime.bigint() - t0) / 1e9);
+    }
     for (const c of contenders) {
         const out = path.join(dir, "out.gguf");
         const m = measure(c.cmd(out), out);
@@ -80,5 +92,6 @@ console.log("| tool | wall s | × cp | peak RSS MiB |");
 console.log("|---|---|---|---|");
 for (const [name, r] of results) {
     const t = median(r.seconds);
-    console.log(`| ${name} | ${t.toFixed(3)} | ${(t / cpTime).toFixed(2)} | ${(Math.max(...r.rssKiB) / 1024).toFixed(1)} |`);
+    const rss = r.rssKiB.length ? (Math.max(...r.rssKiB) / 1024).toFixed(1) : "(in this process)";
+    console.log(`| ${name} | ${t.toFixed(3)} | ${(t / cpTime).toFixed(2)} | ${rss} |`);
 }
