@@ -39,7 +39,19 @@ if (!force && env.PPC_FROM_SOURCE !== "1" && fs.existsSync(prebuilt) && loads(pr
     console.error(`ppc-gpt: using prebuilt ${path.relative(root, prebuilt)}`);
     process.exit(0);
 }
-if (!force && fs.existsSync(built) && loads(built)) {
+const llamaDir = ensureLlamaSource(path.join(root, ".cache"));
+
+/** The llama.cpp tree an existing build was configured with (a new patch set means a new tree). */
+function configuredLlamaDir() {
+    try {
+        const cache = fs.readFileSync(path.join(buildDir, "CMakeCache.txt"), "utf8");
+        return /^PPC_LLAMA_DIR:PATH=(.*)$/m.exec(cache)?.[1];
+    } catch {
+        return undefined;
+    }
+}
+
+if (!force && fs.existsSync(built) && configuredLlamaDir() === llamaDir && loads(built)) {
     console.error(`ppc-gpt: native addon already built (${path.relative(root, built)}); npm run build:native rebuilds it`);
     process.exit(0);
 }
@@ -51,7 +63,6 @@ if (!["portable", "baseline", "native"].includes(cpu)) {
 }
 const cuda = env.PPC_CUDA === "1" || env.PPC_CUDA === "ON";
 const jobs = Number(env.PPC_BUILD_JOBS) || os.availableParallelism();
-const llamaDir = ensureLlamaSource(path.join(root, ".cache"));
 
 const cMakeOptions = {
     PPC_LLAMA_DIR: llamaDir,
@@ -75,7 +86,10 @@ const buildSystem = new BuildSystem({
 // from package.json next to CMakeLists.txt; ours is one folder up, so state it here.
 buildSystem.options.isNodeApi = true;
 try {
-    await buildSystem.compile();
+    // configure (re-applies the options to an existing build folder, e.g. a new llama.cpp tree),
+    // then an incremental build.
+    await buildSystem.configure();
+    await buildSystem.build();
 } catch (err) {
     console.error(`ppc-gpt: native build failed (${err.message}); it needs cmake >= 3.19, a C++17 compiler ` +
         "and git (and nvcc with PPC_CUDA=1)");
