@@ -63,6 +63,20 @@ export function logSoftmax(row: ArrayLike<number>): Float64Array {
     return out;
 }
 
+/**
+ * Naive reference: sum over k of log p(targets[k] | prefix + targets[<k]), from one full decode of
+ * prefix + targets through the model and a log-softmax in double precision.
+ */
+export async function continuationLogprob(model: {logits(tokens: number[]): Promise<Float32Array>; info: {nVocab: number}},
+    prefix: ArrayLike<number>, targets: ArrayLike<number>): Promise<number> {
+    const logits = await model.logits([...Array.from(prefix), ...Array.from(targets)]);
+    const V = model.info.nVocab;
+    let lp = 0;
+    for (let k = 0; k < targets.length; k++)
+        lp += logSoftmax(logits.subarray((prefix.length - 1 + k) * V, (prefix.length + k) * V))[targets[k]];
+    return lp;
+}
+
 /** Largest |a - b| relative to the largest |b|. */
 export function maxRelativeDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
     let diff = 0, scale = 0;

@@ -8,7 +8,7 @@ import {loadTask} from "../../ts/data/loaders/index.js";
 import type {TaskItem} from "../../ts/data/task-item.js";
 import {evaluate, evaluateItems, type EvalItemResult} from "../../ts/eval/evaluate.js";
 import {loadModel, type LoadedModel} from "../../ts/model.js";
-import {hasShared, stories260K, tempDir} from "../helpers.js";
+import {hasShared, stories260K, tempDir, continuationLogprob} from "../helpers.js";
 
 const sharedTest = hasShared ? test : test.skip;
 
@@ -17,21 +17,7 @@ async function plainLoglik(model: LoadedModel, context: string, continuation: st
     const bos = model.info.bos;
     const ctx = [bos, ...model.tokenize(context, {addSpecial: false})];
     const whole = [bos, ...model.tokenize(context + continuation, {addSpecial: false})];
-    const cont = whole.slice(ctx.length);
-    const logits = await model.logits([...ctx, ...cont]);
-    const V = model.info.nVocab;
-    let lp = 0;
-    for (let t = 0; t < cont.length; t++) {
-        const row = logits.subarray((ctx.length - 1 + t) * V, (ctx.length + t) * V);
-        let max = -Infinity;
-        for (let v = 0; v < V; v++)
-            max = Math.max(max, row[v]);
-        let sum = 0;
-        for (let v = 0; v < V; v++)
-            sum += Math.exp(row[v] - max);
-        lp += row[cont[t]] - max - Math.log(sum);
-    }
-    return lp;
+    return continuationLogprob(model, ctx, whole.slice(ctx.length));
 }
 
 async function checkItems(t: import("ava").ExecutionContext, ref: LoadedModel, items: TaskItem[], results: EvalItemResult[],
@@ -149,19 +135,7 @@ sharedTest("mc on a task-item file; unlabelled items and long prompts", async (t
         const whole = [bos, ...model.tokenize(context + res.items[0].continuations[j], {addSpecial: false})];
         const cont = whole.slice(ctx.length);
         const kept = ctx.slice(ctx.length - (41 - cont.length));
-        const logits = await ref.logits([...kept, ...cont]);
-        const V = ref.info.nVocab;
-        let lp = 0;
-        for (let k = 0; k < cont.length; k++) {
-            const row = logits.subarray((kept.length - 1 + k) * V, (kept.length + k) * V);
-            let max = -Infinity;
-            for (let v = 0; v < V; v++)
-                max = Math.max(max, row[v]);
-            let sum = 0;
-            for (let v = 0; v < V; v++)
-                sum += Math.exp(row[v] - max);
-            lp += row[cont[k]] - max - Math.log(sum);
-        }
+        const lp = await continuationLogprob(ref, kept, cont);
         t.true(Math.abs(res.items[0].loglikelihoods[j] - lp) < 1e-4, `truncated choice ${j}: ${res.items[0].loglikelihoods[j]} vs ${lp}`);
     }
 });

@@ -6,7 +6,7 @@ import {LoglikScorer, scoreLoglikelihoods, type TokenRequest} from "../../ts/eva
 import {syntheticModel, type SyntheticModelOptions} from "../../ts/gguf/synthetic.js";
 import {writeGguf, type GgufTensorSpec} from "../../ts/gguf/write.js";
 import {loadModel, type LoadedModel} from "../../ts/model.js";
-import {tempDir} from "../helpers.js";
+import {tempDir, continuationLogprob} from "../helpers.js";
 
 const base: SyntheticModelOptions = {architecture: "llama", layers: 2, embedding: 64, heads: 4, kvHeads: 2, feedForward: 128, vocab: 600, seed: 3};
 
@@ -70,22 +70,8 @@ async function writeMerged(file: string, merges: {tensor: LoraTensor; r: number;
     }));
 }
 
-async function reference(model: LoadedModel, context: ArrayLike<number>, continuation: ArrayLike<number>): Promise<number> {
-    const logits = await model.logits([...Array.from(context), ...Array.from(continuation)]);
-    const V = model.info.nVocab;
-    let lp = 0;
-    for (let t = 0; t < continuation.length; t++) {
-        const row = logits.subarray((context.length - 1 + t) * V, (context.length + t) * V);
-        let max = -Infinity;
-        for (let v = 0; v < V; v++)
-            max = Math.max(max, row[v]);
-        let sum = 0;
-        for (let v = 0; v < V; v++)
-            sum += Math.exp(row[v] - max);
-        lp += row[continuation[t]] - max - Math.log(sum);
-    }
-    return lp;
-}
+const reference = (model: LoadedModel, context: ArrayLike<number>, continuation: ArrayLike<number>) =>
+    continuationLogprob(model, context, continuation);
 
 test("LoRA adapters applied without merging equal the merged model's full-sequence decode", async (t) => {
     const dir = tempDir(t);

@@ -3,7 +3,7 @@
 import test from "ava";
 import {perplexity, rollingWindows} from "../../ts/eval/perplexity.js";
 import {loadModel, type LoadedModel} from "../../ts/model.js";
-import {hasShared, stories260K} from "../helpers.js";
+import {hasShared, stories260K, continuationLogprob} from "../helpers.js";
 
 const sharedTest = hasShared ? test : test.skip;
 
@@ -11,23 +11,7 @@ const text = "Once upon a time, there was a little girl named Lily. She liked to
     "One day, she saw a dog. The dog was sad because it was lost. Lily wanted to help the dog find its home.\n" +
     "They walked and walked until they found a little house. A kind old man came out and smiled.";
 
-/** Sum of log p(targets[k] | prefix + targets[<k]) from one decode of prefix + targets. */
-async function logprobOf(model: LoadedModel, prefix: number[], targets: number[]): Promise<number> {
-    const logits = await model.logits([...prefix, ...targets].slice(0, prefix.length + targets.length - 1));
-    const V = model.info.nVocab;
-    let lp = 0;
-    for (let k = 0; k < targets.length; k++) {
-        const row = logits.subarray((prefix.length - 1 + k) * V, (prefix.length + k) * V);
-        let max = -Infinity;
-        for (let v = 0; v < V; v++)
-            max = Math.max(max, row[v]);
-        let sum = 0;
-        for (let v = 0; v < V; v++)
-            sum += Math.exp(row[v] - max);
-        lp += row[targets[k]] - max - Math.log(sum);
-    }
-    return lp;
-}
+const logprobOf = (model: LoadedModel, prefix: number[], targets: number[]) => continuationLogprob(model, prefix, targets);
 
 test("rollingWindows predicts every token once and never shows the model more than the window", (t) => {
     const tokens = Array.from({length: 103}, (_, i) => 1000 + i);
