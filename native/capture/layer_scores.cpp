@@ -180,6 +180,21 @@ llama_context * make_capture_context(llama_session & session, capture_state & st
 
 struct batch_range { size_t begin, end; uint32_t n_tokens; };
 
+// Owns a capture context and its batch for the length of one scoring call.
+struct capture_run {
+    llama_context * ctx;
+    llama_batch batch;
+    capture_run(llama_session & session, capture_state & st, uint32_t n_tokens, uint32_t n_seq, bool capture)
+        : ctx(make_capture_context(session, st, n_tokens, n_seq, capture)),
+          batch(llama_batch_init((int32_t) std::max<uint32_t>(n_tokens, 64), 0, 1)) {}
+    ~capture_run() {
+        llama_batch_free(batch);
+        llama_free(ctx);
+    }
+    capture_run(const capture_run &) = delete;
+    capture_run & operator=(const capture_run &) = delete;
+};
+
 // Runs one decode over sequences [r.begin, r.end) and checks that every block was seen.
 void decode_batch(llama_context * ctx, capture_state & st, const std::vector<scored_sequence> & seqs,
                   const batch_range & r, llama_batch & batch, std::vector<uint8_t> & mask, bool capturing = true) {
@@ -279,24 +294,15 @@ layer_score_sums compute_layer_scores(llama_session & session, const std::vector
     st.gpu = &gpu_stats;
 #endif
 
-    llama_context * ctx = make_capture_context(session, st, ctx_tokens, ctx_seqs, params.capture);
-    llama_batch batch = llama_batch_init((int32_t) ctx_tokens, 0, 1);
+    capture_run run(session, st, ctx_tokens, ctx_seqs, params.capture);
     std::vector<uint8_t> mask;
-    try {
-        progress_fn report = progress ? progress : [](const struct progress &) {};
-        struct progress p{0, (double) total_tokens};
-        for (const auto & r : ranges) {
-            decode_batch(ctx, st, seqs, r, batch, mask, params.capture);
-            p.done += r.n_tokens;
-            report(p);
-        }
-    } catch (...) {
-        llama_batch_free(batch);
-        llama_free(ctx);
-        throw;
+    progress_fn report = progress ? progress : [](const struct progress &) {};
+    struct progress p{0, (double) total_tokens};
+    for (const auto & r : ranges) {
+        decode_batch(run.ctx, st, seqs, r, run.batch, mask, params.capture);
+        p.done += r.n_tokens;
+        report(p);
     }
-    llama_batch_free(batch);
-    llama_free(ctx);
     return sums;
 }
 
@@ -309,18 +315,9 @@ std::vector<float> dump_hidden_states(llama_session & session, const std::vector
     std::vector<float> dump;
     st.dump = &dump;
     std::vector<scored_sequence> seqs{{tokens, {}}};
-    llama_context * ctx = make_capture_context(session, st, (uint32_t) tokens.size(), 1);
-    llama_batch batch = llama_batch_init((int32_t) tokens.size(), 0, 1);
+    capture_run run(session, st, (uint32_t) tokens.size(), 1, true);
     std::vector<uint8_t> mask;
-    try {
-        decode_batch(ctx, st, seqs, {0, 1, (uint32_t) tokens.size()}, batch, mask);
-    } catch (...) {
-        llama_batch_free(batch);
-        llama_free(ctx);
-        throw;
-    }
-    llama_batch_free(batch);
-    llama_free(ctx);
+    decode_batch(run.ctx, st, seqs, {0, 1, (uint32_t) tokens.size()}, run.batch, mask);
     return dump;
 }
 

@@ -31,6 +31,18 @@ bool on_cuda(const ggml_tensor * t) {
     return name && strncmp(name, "CUDA", 4) == 0;
 }
 
+// Sums four per-thread partials over a block of 256 threads; the totals land in sh[j][0].
+__device__ void block_sum4(double (&sh)[4][256], double a, double b, double c, double d) {
+    sh[0][threadIdx.x] = a; sh[1][threadIdx.x] = b; sh[2][threadIdx.x] = c; sh[3][threadIdx.x] = d;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            for (int j = 0; j < 4; ++j) sh[j][threadIdx.x] += sh[j][threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+}
+
 // One block per token: the four dot products over the hidden dimension, reduced in double.
 __global__ void token_stats_kernel(const float * __restrict__ x, const float * __restrict__ y, int64_t n_embd,
                                    double * __restrict__ out, int64_t n_tokens) {
@@ -43,14 +55,7 @@ __global__ void token_stats_kernel(const float * __restrict__ x, const float * _
         xy += a * b; xx += a * a; yy += b * b; dd += (b - a) * (b - a);
     }
     __shared__ double sh[4][256];
-    sh[0][threadIdx.x] = xy; sh[1][threadIdx.x] = xx; sh[2][threadIdx.x] = yy; sh[3][threadIdx.x] = dd;
-    __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            for (int j = 0; j < 4; ++j) sh[j][threadIdx.x] += sh[j][threadIdx.x + s];
-        }
-        __syncthreads();
-    }
+    block_sum4(sh, xy, xx, yy, dd);
     if (threadIdx.x == 0) {
         xy = sh[0][0]; xx = sh[1][0]; yy = sh[2][0]; dd = sh[3][0];
         double c = (xx > 0 && yy > 0) ? xy / sqrt(xx * yy) : 1.0;
@@ -70,14 +75,7 @@ __global__ void masked_sum_kernel(const double * __restrict__ per_token, const u
         c += per_token[t]; a += per_token[n_tokens + t]; r += per_token[2 * n_tokens + t]; n += 1;
     }
     __shared__ double sh[4][256];
-    sh[0][threadIdx.x] = c; sh[1][threadIdx.x] = a; sh[2][threadIdx.x] = r; sh[3][threadIdx.x] = n;
-    __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            for (int j = 0; j < 4; ++j) sh[j][threadIdx.x] += sh[j][threadIdx.x + s];
-        }
-        __syncthreads();
-    }
+    block_sum4(sh, c, a, r, n);
     if (threadIdx.x == 0) {
         for (int j = 0; j < 4; ++j) sums[j] = sh[j][0];
     }
