@@ -25,5 +25,7 @@ void register_loglik(Napi::Env env, Napi::Object exports);
 void register_embed(Napi::Env env, Napi::Object exports);
 // LoRA training, adapter inference and merging (lora/bindings.cpp).
 void register_lora(Napi::Env env, Napi::Object exports);
+// Continuous-batching text generation (generate/bindings.cpp).
+void register_generate(Napi::Env env, Napi::Object exports);
 
 } // namespace ppc

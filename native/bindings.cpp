@@ -4,12 +4,11 @@
 namespace ppc {
 
 void register_extensions(Napi::Env env, Napi::Object exports) {
-    (void) env;
-    (void) exports;
     register_loglik(env, exports);
     register_embed(env, exports);
     register_layer_scores(env, exports);
     register_lora(env, exports);
+    register_generate(env, exports);
 }
 
 } // namespace ppc

@@ -14,6 +14,8 @@ export type {PruningPlan, PruningPlanOptions, PruningStrategy} from "./prune/pla
 export {removeLayers} from "./prune/remove.js";
 export type {LayerRemovalResult, RemoveLayersOptions} from "./prune/remove.js";
 export {loadModel} from "./model.js";
+export {BatchGenerator} from "./generate/batch-generator.js";
+export type {BatchGeneratorOptions, GenerationRequest, GenerationResult} from "./generate/batch-generator.js";
 export type {LoadedModel} from "./model.js";
 export {evaluate, evaluateItems, loadEvalItems, selectItems, PairEncoder, vocabInfo, LoglikScorer, scoreLoglikelihoods, argmax, charLength,
     choiceMetrics, mean, meanStderr, sampleStddev, summarizeAccuracy, perplexity, rollingWindows, evalTaskNames, evalTasks} from "./eval/index.js";

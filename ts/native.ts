@@ -131,6 +131,55 @@ export interface NativeLoglikResult {
     tokens: Int32Array;
 }
 
+/** A continuous-batching generator from `generatorOpen` (opaque). */
+export interface NativeGenerator {
+    readonly __nativeGenerator: never;
+}
+
+export interface NativeGeneratorOptions {
+    /** Sequences decoded together (slots), 1..256 (default 4). */
+    sequences?: number;
+    /** KV cells of each sequence: prompt and reply together (default 2048). */
+    contextSize?: number;
+    /** Tokens per llama_decode, at least `sequences` (default 512). */
+    batchSize?: number;
+    threads?: number;
+    /** Default: llama.cpp's choice (auto). */
+    flashAttention?: boolean;
+    /** Default "f16". */
+    kvCacheType?: "f16" | "f32";
+}
+
+export interface NativeGenerationRequest {
+    prompt: Int32Array;
+    /** Default 256. */
+    maxTokens?: number;
+    /** 0 (default): greedy. */
+    temperature?: number;
+    /** Defaults as node-llama-cpp's: topK 40, topP 0.95, minP 0. */
+    topK?: number;
+    topP?: number;
+    minP?: number;
+    seed?: number;
+    /** GBNF grammar the reply must follow. */
+    grammar?: string;
+    grammarRoot?: string;
+    /** Strings that end the reply (cut from the text). */
+    stop?: string[];
+    /** Tokens that end the reply, besides the vocabulary's end-of-generation tokens. */
+    stopTokens?: Int32Array;
+}
+
+export interface NativeGenerationResult {
+    id: number;
+    text: string;
+    /** The reply's tokens; an end-of-generation or stop token is not included. */
+    tokens: Int32Array;
+    finish: "stop" | "length" | "cancelled";
+    promptTokens: number;
+    completionTokens: number;
+}
+
 export interface NativeVocabInfo {
     bos: number;
     eos: number;
@@ -242,6 +291,14 @@ export interface NativeAddon {
     loglikInfo(scorer: NativeLoglikScorer): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; flashAttention: boolean;
         kvCacheType: "f32" | "f16"; adapters: number};
     modelVocabInfo(model: NativeModel): NativeVocabInfo;
+    generatorOpen(model: NativeModel, options?: NativeGeneratorOptions): Promise<NativeGenerator>;
+    /** Queues a request; throws RangeError for one that can never run (prompt too long, bad grammar...). */
+    generatorSubmit(generator: NativeGenerator, request: NativeGenerationRequest): number;
+    generatorCancel(generator: NativeGenerator, id: number): void;
+    generatorPending(generator: NativeGenerator): number;
+    /** Decodes until at least one request finished; resolves with those; [] when idle. One run at a time. */
+    generatorRun(generator: NativeGenerator): Promise<NativeGenerationResult[]>;
+    generatorClose(generator: NativeGenerator): void;
     embedReadTensor(path: string, name: string, threads: number, onProgress?: ProgressCallback): Promise<NativeF32Tensor>;
     /** Every token's llama_token_attr bits, raw vocabulary text and detokenized piece. */
     embedVocab(model: NativeModel): {attributes: Int32Array; texts: string[]; pieces: string[]};

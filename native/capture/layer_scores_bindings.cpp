@@ -7,14 +7,6 @@ namespace ppc {
 
 namespace {
 
-std::vector<llama_token> int32_tokens(const Napi::Value & v, const char * what) {
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-        throw Napi::TypeError::New(v.Env(), std::string(what) + " must be an Int32Array");
-    }
-    Napi::Int32Array a = v.As<Napi::Int32Array>();
-    return std::vector<llama_token>(a.Data(), a.Data() + a.ElementLength());
-}
-
 Napi::Array doubles(Napi::Env env, const std::vector<double> & v) {
     Napi::Array a = Napi::Array::New(env, v.size());
     for (size_t i = 0; i < v.size(); ++i) a.Set((uint32_t) i, v[i]);

@@ -27,25 +27,6 @@ scorer_handle & unwrap_scorer(Napi::Value v, bool live = true) {
     return h;
 }
 
-uint32_t opt_u32(const Napi::Object & o, const char * key, uint32_t def, uint32_t lo, uint32_t hi) {
-    if (!o.Has(key) || o.Get(key).IsUndefined()) return def;
-    Napi::Value v = o.Get(key);
-    if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string(key) + " must be a number");
-    const double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= lo && d <= hi) || d != (double) (int64_t) d) {
-        throw Napi::RangeError::New(o.Env(), std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-    }
-    return (uint32_t) d;
-}
-
-std::vector<llama_token> int32_tokens(Napi::Value v, const std::string & what) {
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-        throw Napi::TypeError::New(v.Env(), what + " must be an Int32Array");
-    }
-    Napi::Int32Array a = v.As<Napi::Int32Array>();
-    return std::vector<llama_token>(a.Data(), a.Data() + a.ElementLength());
-}
-
 // loglikOpen(model, {contextSize, batchSize, sequences, threads, shareContext, lora: [{path, scale}]})
 Napi::Value loglik_open(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
@@ -55,10 +36,10 @@ Napi::Value loglik_open(const Napi::CallbackInfo & info) {
     if (info.Length() > 1 && !info[1].IsUndefined()) {
         if (!info[1].IsObject()) throw Napi::TypeError::New(env, "options must be an object");
         Napi::Object o = info[1].As<Napi::Object>();
-        p.n_ctx = opt_u32(o, "contextSize", p.n_ctx, 0, 1u << 24);
-        p.n_batch = opt_u32(o, "batchSize", p.n_batch, 1, 1u << 16);
-        p.n_seq_max = opt_u32(o, "sequences", p.n_seq_max, 1, 256);
-        p.n_threads = (int32_t) opt_u32(o, "threads", 0, 0, 1024);
+        p.n_ctx = (uint32_t) opt_number(o, "contextSize", p.n_ctx, 0, 1u << 24, true);
+        p.n_batch = (uint32_t) opt_number(o, "batchSize", p.n_batch, 1, 1u << 16, true);
+        p.n_seq_max = (uint32_t) opt_number(o, "sequences", p.n_seq_max, 1, 256, true);
+        p.n_threads = (int32_t) opt_number(o, "threads", 0, 0, 1024, true);
         if (o.Has("shareContext") && !o.Get("shareContext").IsUndefined()) p.share_context = o.Get("shareContext").ToBoolean();
         if (o.Has("flashAttention") && !o.Get("flashAttention").IsUndefined()) p.flash_attn = o.Get("flashAttention").ToBoolean();
         if (o.Has("kvCacheType") && !o.Get("kvCacheType").IsUndefined()) {

@@ -71,12 +71,12 @@ std::vector<llama_token> llama_session::tokenize(const std::string & text, bool 
     return out;
 }
 
-std::string llama_session::token_to_piece(llama_token token) const {
+std::string llama_session::token_to_piece(llama_token token, bool special) const {
     char buf[256];
-    const int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof(buf), 0, true);
+    const int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof(buf), 0, special);
     if (n < 0) {
         std::string s((size_t) -n, '\0');
-        llama_token_to_piece(vocab_, token, s.data(), (int32_t) s.size(), 0, true);
+        llama_token_to_piece(vocab_, token, s.data(), (int32_t) s.size(), 0, special);
         return s;
     }
     return std::string(buf, (size_t) n);

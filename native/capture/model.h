@@ -34,7 +34,8 @@ public:
     int32_t n_vocab() const { return llama_vocab_n_tokens(vocab_); }
 
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
-    std::string token_to_piece(llama_token token) const;
+    // special: control tokens render as their text (e.g. "<|im_end|>"); otherwise as nothing.
+    std::string token_to_piece(llama_token token, bool special = true) const;
     std::string detokenize(const std::vector<llama_token> & tokens, bool remove_special, bool unparse_special) const;
     const model_params & params() const { return params_; }
 

@@ -1,5 +1,9 @@
 #include "common/async.h"
 
+#include <cmath>
+#include <iomanip>
+#include <sstream>
+
 namespace ppc {
 
 std::string arg_string(const Napi::CallbackInfo & info, size_t i, const char * name) {
@@ -24,6 +28,37 @@ Napi::Function opt_function(const Napi::Object & obj, const char * key) {
         throw Napi::TypeError::New(obj.Env(), std::string(key) + " must be a function");
     }
     return v.As<Napi::Function>();
+}
+
+namespace {
+
+// 1, 0.95, 16777216: how a JS user writes numbers (std::to_string would print 1.000000).
+std::string format_number(double d) {
+    std::ostringstream os;
+    os << std::setprecision(12) << d;
+    return os.str();
+}
+
+} // namespace
+
+double opt_number(const Napi::Object & o, const char * key, double def, double lo, double hi, bool integer) {
+    if (!o.Has(key) || o.Get(key).IsUndefined()) return def;
+    Napi::Value v = o.Get(key);
+    if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string(key) + " must be a number");
+    const double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= lo && d <= hi) || (integer && d != std::floor(d))) {
+        throw Napi::RangeError::New(o.Env(), std::string(key) + " must be " + (integer ? "an integer " : "") + "in [" +
+                                             format_number(lo) + ", " + format_number(hi) + "], got " + format_number(d));
+    }
+    return d;
+}
+
+std::vector<int32_t> int32_tokens(const Napi::Value & v, const std::string & what) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+        throw Napi::TypeError::New(v.Env(), what + " must be an Int32Array");
+    }
+    Napi::Int32Array a = v.As<Napi::Int32Array>();
+    return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
 }
 
 } // namespace ppc

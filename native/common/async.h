@@ -5,11 +5,13 @@
 #include <napi.h>
 
 #include <atomic>
+#include <cstdint>
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace ppc {
 
@@ -118,5 +120,9 @@ Napi::Promise run_async(Napi::Env env,
 std::string arg_string(const Napi::CallbackInfo & info, size_t i, const char * name);
 Napi::Object arg_object(const Napi::CallbackInfo & info, size_t i, const char * name);
 Napi::Function opt_function(const Napi::Object & obj, const char * key);
+// An optional number property in [lo, hi] (a whole number if `integer`); `def` when absent.
+double opt_number(const Napi::Object & o, const char * key, double def, double lo, double hi, bool integer = false);
+// An Int32Array (token ids) copied out; `what` names it in the TypeError.
+std::vector<int32_t> int32_tokens(const Napi::Value & v, const std::string & what);
 
 } // namespace ppc

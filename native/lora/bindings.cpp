@@ -29,18 +29,6 @@ trainer_handle & unwrap_trainer(Napi::Value v) {
     return h;
 }
 
-double get_number(const Napi::Object & o, const char * key, double def, double lo, double hi, bool integer = false) {
-    if (!o.Has(key) || o.Get(key).IsUndefined()) return def;
-    Napi::Value v = o.Get(key);
-    if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string(key) + " must be a number");
-    const double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= lo && d <= hi) || (integer && d != std::floor(d))) {
-        throw Napi::RangeError::New(o.Env(), std::string(key) + " must be " + (integer ? "an integer " : "") + "in [" +
-                                             std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(d));
-    }
-    return d;
-}
-
 template <typename T, napi_typedarray_type type>
 std::vector<T> typed_vector(const Napi::Object & o, const char * key, const std::string & at, const char * type_name) {
     Napi::Value v = o.Get(key);
@@ -94,10 +82,10 @@ Napi::Value trainer_open(const Napi::CallbackInfo & info) {
     }
     p.model_path   = o.Get("modelPath").As<Napi::String>().Utf8Value();
     p.adapter_path = o.Get("adapterPath").As<Napi::String>().Utf8Value();
-    p.n_ctx        = (uint32_t) get_number(o, "contextSize", p.n_ctx, 2, 1 << 20, true);
-    p.n_seq_max    = (uint32_t) get_number(o, "sequences", p.n_seq_max, 1, k_lora_max_sequences, true);
-    p.n_threads    = (int32_t) get_number(o, "threads", 0, 0, 1024, true);
-    p.n_gpu_layers = (int32_t) get_number(o, "gpuLayers", 0, -1, 100000, true);
+    p.n_ctx        = (uint32_t) opt_number(o, "contextSize", p.n_ctx, 2, 1 << 20, true);
+    p.n_seq_max    = (uint32_t) opt_number(o, "sequences", p.n_seq_max, 1, k_lora_max_sequences, true);
+    p.n_threads    = (int32_t) opt_number(o, "threads", 0, 0, 1024, true);
+    p.n_gpu_layers = (int32_t) opt_number(o, "gpuLayers", 0, -1, 100000, true);
     return run_async<std::shared_ptr<lora_trainer>>(env,
         [p](const progress_fn &) { return std::make_shared<lora_trainer>(p); },
         [](Napi::Env env, std::shared_ptr<lora_trainer> & t) -> Napi::Value {
@@ -142,15 +130,15 @@ Napi::Value trainer_step(const Napi::CallbackInfo & info) {
     auto batches = micro_batches(info[1]);
     Napi::Object o = arg_object(info, 2, "options");
     adamw_params opt;
-    opt.lr            = (float) get_number(o, "lr", opt.lr, 0, 1e3);
-    opt.beta1         = (float) get_number(o, "beta1", opt.beta1, 0, 0.999999);
-    opt.beta2         = (float) get_number(o, "beta2", opt.beta2, 0, 0.999999999);
-    opt.eps           = (float) get_number(o, "eps", opt.eps, 1e-30, 1);
-    opt.weight_decay  = (float) get_number(o, "weightDecay", opt.weight_decay, 0, 1e3);
-    opt.max_grad_norm = (float) get_number(o, "maxGradNorm", opt.max_grad_norm, 0, 1e30);
-    const float dropout = (float) get_number(o, "dropout", 0, 0, 0.99);
+    opt.lr            = (float) opt_number(o, "lr", opt.lr, 0, 1e3);
+    opt.beta1         = (float) opt_number(o, "beta1", opt.beta1, 0, 0.999999);
+    opt.beta2         = (float) opt_number(o, "beta2", opt.beta2, 0, 0.999999999);
+    opt.eps           = (float) opt_number(o, "eps", opt.eps, 1e-30, 1);
+    opt.weight_decay  = (float) opt_number(o, "weightDecay", opt.weight_decay, 0, 1e3);
+    opt.max_grad_norm = (float) opt_number(o, "maxGradNorm", opt.max_grad_norm, 0, 1e30);
+    const float dropout = (float) opt_number(o, "dropout", 0, 0, 0.99);
     // a seed of up to 53 bits travels as a number
-    const uint64_t seed = (uint64_t) get_number(o, "dropoutSeed", 0, 0, 9007199254740991.0, true);
+    const uint64_t seed = (uint64_t) opt_number(o, "dropoutSeed", 0, 0, 9007199254740991.0, true);
     std::shared_ptr<lora_trainer> t = h.trainer;
     std::shared_ptr<std::atomic<bool>> cancel = h.cancel;
     cancel->store(false);
@@ -177,8 +165,8 @@ Napi::Value trainer_gradients(const Napi::CallbackInfo & info) {
     uint64_t seed = 0;
     if (info.Length() > 2 && info[2].IsObject()) {
         Napi::Object o = info[2].As<Napi::Object>();
-        dropout = (float) get_number(o, "dropout", 0, 0, 0.99);
-        seed = (uint64_t) get_number(o, "dropoutSeed", 0, 0, 9007199254740991.0, true);
+        dropout = (float) opt_number(o, "dropout", 0, 0, 0.99);
+        seed = (uint64_t) opt_number(o, "dropoutSeed", 0, 0, 9007199254740991.0, true);
     }
     std::shared_ptr<lora_trainer> t = h.trainer;
     std::shared_ptr<std::atomic<bool>> cancel = h.cancel;
@@ -264,7 +252,7 @@ Napi::Value trainer_set_state(const Napi::CallbackInfo & info) {
     if (info.Length() < 2) throw Napi::TypeError::New(env, "loraTrainerSetState(trainer, state)");
     std::shared_ptr<lora_trainer> t = unwrap_trainer(info[0]).trainer;
     Napi::Object o = arg_object(info, 1, "state");
-    const int64_t step = (int64_t) get_number(o, "step", 0, 0, 9007199254740991.0, true);
+    const int64_t step = (int64_t) opt_number(o, "step", 0, 0, 9007199254740991.0, true);
     if (!o.Get("tensors").IsArray()) throw Napi::TypeError::New(env, "state.tensors must be an array");
     Napi::Array arr = o.Get("tensors").As<Napi::Array>();
     std::vector<lora_param> state(arr.Length());
@@ -317,7 +305,7 @@ Napi::Value merge_js(const Napi::CallbackInfo & info) {
     const std::string adapter = arg_string(info, 1, "adapter");
     const std::string output = arg_string(info, 2, "output");
     float scale = 1.0f;
-    if (info.Length() > 3 && info[3].IsObject()) scale = (float) get_number(info[3].As<Napi::Object>(), "scale", 1.0, -1e6, 1e6);
+    if (info.Length() > 3 && info[3].IsObject()) scale = (float) opt_number(info[3].As<Napi::Object>(), "scale", 1.0, -1e6, 1e6);
     Napi::Function on_progress;
     if (info.Length() > 4 && info[4].IsFunction()) on_progress = info[4].As<Napi::Function>();
     return run_async<lora_merge_result>(env,
@@ -351,7 +339,7 @@ Napi::Value logits_js(const Napi::CallbackInfo & info) {
         }
         lora_file f;
         f.path = e.As<Napi::Object>().Get("path").As<Napi::String>().Utf8Value();
-        f.scale = (float) get_number(e.As<Napi::Object>(), "scale", 1.0, -1e6, 1e6);
+        f.scale = (float) opt_number(e.As<Napi::Object>(), "scale", 1.0, -1e6, 1e6);
         adapters.push_back(f);
     }
     if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
@@ -361,8 +349,8 @@ Napi::Value logits_js(const Napi::CallbackInfo & info) {
     std::vector<llama_token> tokens(ta.Data(), ta.Data() + ta.ElementLength());
     int32_t threads = 0, gpu_layers = 0;
     if (info.Length() > 3 && info[3].IsObject()) {
-        threads = (int32_t) get_number(info[3].As<Napi::Object>(), "threads", 0, 0, 1024, true);
-        gpu_layers = (int32_t) get_number(info[3].As<Napi::Object>(), "gpuLayers", 0, -1, 100000, true);
+        threads = (int32_t) opt_number(info[3].As<Napi::Object>(), "threads", 0, 0, 1024, true);
+        gpu_layers = (int32_t) opt_number(info[3].As<Napi::Object>(), "gpuLayers", 0, -1, 100000, true);
     }
     return run_async<std::vector<float>>(env,
         [model, adapters, tokens, threads, gpu_layers](const progress_fn &) {

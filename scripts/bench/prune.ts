@@ -1,8 +1,9 @@
-// Benchmark: layer removal on a generated >= 500 MB model, against `cp` of the same file and
+// Benchmark: layer removal on generated 0.5 GB and 2 GB models, against `cp` of the same file and
 // `llama-quantize --prune-layers ... COPY` built from the same llama.cpp source, in one run.
 // Wall time (median of N runs, warm page cache) and peak RSS of each, as separate processes.
 //
-//   node dist/scripts/bench/prune.js [--runs 5] [--dir bench-out] [--quantize build/bench-tools/bin/llama-quantize]
+//   node dist/scripts/bench/prune.js [--runs 5] [--sizes 0.5,2] [--dir bench-out]
+//                                    [--quantize build/bench-tools/bin/llama-quantize]
 //
 // Build the anchor once:  cmake -S .cache/llama.cpp-<v> -B build/bench-tools -DBUILD_SHARED_LIBS=OFF \
 //   -DLLAMA_OPENSSL=OFF && cmake --build build/bench-tools --target llama-quantize
@@ -24,19 +25,40 @@ const dir = path.resolve(arg("--dir", path.join(root, "bench-out")));
 const quantize = path.resolve(arg("--quantize", path.join(root, "build", "bench-tools", "bin", "llama-quantize")));
 fs.mkdirSync(dir, {recursive: true});
 
-const model = path.join(dir, "prune-bench-f16.gguf");
 const layers = 10;
 const remove = [3, 7];
-if (!fs.existsSync(model)) {
-    process.stderr.write("generating the model (~590 MB, f16)...\n");
-    await writeSyntheticModel(model, {architecture: "llama", layers, embedding: 1536, heads: 12, kvHeads: 4,
-        feedForward: 4096, vocab: 4096, type: "f16"});
+// Two sizes: the issue's 0.5 GB floor, where Node's fixed start-up (~0.1 s) is a visible share of
+// cp's time, and a 2 GB model, closer to the files the tool is for (a 7B F16 model is 14 GB).
+const sizes = arg("--sizes", "0.5,2").split(",").map(Number);
+const models = sizes.map((gb) => ({
+    gb,
+    file: path.join(dir, gb === 0.5 ? "prune-bench-f16.gguf" : `prune-bench-${gb}G-f16.gguf`),
+    // n_embd 1536 / ff 4096: 504 MiB; n_embd 3072 / ff 8192: 1.9 GiB (10 layers, vocab 4096, F16)
+    options: gb === 0.5
+        ? {architecture: "llama" as const, layers, embedding: 1536, heads: 12, kvHeads: 4, feedForward: 4096, vocab: 4096, type: "f16" as const}
+        : {architecture: "llama" as const, layers, embedding: 3072, heads: 24, kvHeads: 8, feedForward: 8192, vocab: 4096, type: "f16" as const},
+}));
+for (const m of models) {
+    if (m.gb !== 0.5 && m.gb !== 2)
+        throw new Error(`--sizes: only 0.5 and 2 are defined (got ${m.gb})`);
+    if (!fs.existsSync(m.file)) {
+        process.stderr.write(`generating ${path.basename(m.file)} (~${m.gb} GB, f16)...\n`);
+        await writeSyntheticModel(m.file, m.options);
+    }
 }
-const size = fs.statSync(model).size;
+
+/**
+ * Before every timed run: the previous output is deleted and dirty pages are written back (`sync`),
+ * so no tool pays for another's write-back or dirty-page throttling.
+ */
+function settle(out: string): void {
+    fs.rmSync(out, {force: true});
+    spawnSync("sync");
+}
 
 /** Runs a command under GNU time: wall seconds and peak RSS in KiB. */
 function measure(cmd: string[], out: string): {seconds: number; rssKiB: number} {
-    fs.rmSync(out, {force: true});
+    settle(out);
     const r = spawnSync("/usr/bin/time", ["-f", "%e %M", ...cmd], {encoding: "utf8"});
     if (r.status !== 0)
         throw new Error(`${cmd.join(" ")} failed: ${r.stderr}`);
@@ -45,53 +67,57 @@ function measure(cmd: string[], out: string): {seconds: number; rssKiB: number} 
 }
 
 const cli = path.join(root, "dist", "ts", "cli", "main.js");
-const contenders: {name: string; cmd: (out: string) => string[]}[] = [
-    {name: "cp (anchor)", cmd: (out) => ["cp", model, out]},
-    {name: "ppc-gpt prune", cmd: (out) => [process.execPath, cli, "prune", model, "--layers", remove.join(","), "-o", out]},
-];
 const haveQuantize = fs.existsSync(quantize);
-if (haveQuantize)
-    contenders.push({name: "llama-quantize --prune-layers", cmd: (out) => [quantize, "--prune-layers", remove.join(","), model, out, "COPY", "2"]});
-else
+if (!haveQuantize)
     process.stderr.write(`llama-quantize not found at ${quantize}: that anchor is skipped\n`);
-
-const results = new Map<string, {seconds: number[]; rssKiB: number[]}>(contenders.map((c) => [c.name, {seconds: [], rssKiB: []}]));
-// The library call alone, in this process (no Node start-up, no CLI): what an embedding tool pays.
 const library = "removeLayers() in-process (library)";
-results.set(library, {seconds: [], rssKiB: []});
-for (let i = 0; i < runs + 1; i++) {
-    {
-        const out = path.join(dir, "out.gguf");
-        fs.rmSync(out, {force: true});
+const out = path.join(dir, "out.gguf");
+
+async function benchModel(model: string): Promise<Map<string, {seconds: number[]; rssKiB: number[]}>> {
+    const contenders: {name: string; cmd: string[]}[] = [
+        {name: "cp (anchor)", cmd: ["cp", model, out]},
+        {name: "ppc-gpt prune (CLI)", cmd: [process.execPath, cli, "prune", model, "--layers", remove.join(","), "-o", out]},
+    ];
+    if (haveQuantize)
+        contenders.push({name: "llama-quantize --prune-layers", cmd: [quantize, "--prune-layers", remove.join(","), model, out, "COPY", "2"]});
+    const results = new Map<string, {seconds: number[]; rssKiB: number[]}>(contenders.map((c) => [c.name, {seconds: [], rssKiB: []}]));
+    // The library call alone, in this process (no Node start-up, no CLI): what an embedding tool pays.
+    results.set(library, {seconds: [], rssKiB: []});
+    for (let i = 0; i < runs + 1; i++) {
+        settle(out);
         const t0 = process.hrtime.bigint();
         await removeLayers(model, out, remove);
         if (i > 0)
             results.get(library)!.seconds.push(Number(process.hrtime.bigint() - t0) / 1e9);
-    }
-    for (const c of contenders) {
-        const out = path.join(dir, "out.gguf");
-        const m = measure(c.cmd(out), out);
-        if (i > 0) {  // the first round warms the page cache
-            results.get(c.name)!.seconds.push(m.seconds);
-            results.get(c.name)!.rssKiB.push(m.rssKiB);
+        for (const c of contenders) {
+            const m = measure(c.cmd, out);
+            if (i > 0) {  // the first round warms the page cache
+                results.get(c.name)!.seconds.push(m.seconds);
+                results.get(c.name)!.rssKiB.push(m.rssKiB);
+            }
         }
     }
+    fs.rmSync(out, {force: true});
+    return results;
 }
-fs.rmSync(path.join(dir, "out.gguf"), {force: true});
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const cpTime = median(results.get("cp (anchor)")!.seconds);
 const cpuModel = os.cpus()[0]?.model ?? "unknown";
 let kernel = "";
 try {
     kernel = execFileSync("uname", ["-r"], {encoding: "utf8"}).trim();
 } catch { /* informational */ }
-console.log(`model ${path.basename(model)}: ${(size / 2 ** 20).toFixed(0)} MiB, ${layers} layers, removing ${remove.join(",")}`);
 console.log(`machine: ${os.cpus().length} x ${cpuModel}, Linux ${kernel}, ${new Date().toISOString().slice(0, 10)}; median of ${runs} warm runs`);
-console.log("| tool | wall s | × cp | peak RSS MiB |");
-console.log("|---|---|---|---|");
-for (const [name, r] of results) {
-    const t = median(r.seconds);
-    const rss = r.rssKiB.length ? (Math.max(...r.rssKiB) / 1024).toFixed(1) : "(in this process)";
-    console.log(`| ${name} | ${t.toFixed(3)} | ${(t / cpTime).toFixed(2)} | ${rss} |`);
+for (const m of models) {
+    const results = await benchModel(m.file);
+    const size = fs.statSync(m.file).size;
+    const cpTime = median(results.get("cp (anchor)")!.seconds);
+    console.log(`\nmodel ${path.basename(m.file)}: ${(size / 2 ** 20).toFixed(0)} MiB, ${layers} layers, removing ${remove.join(",")}`);
+    console.log("| tool | wall s | × cp | peak RSS MiB |");
+    console.log("|---|---|---|---|");
+    for (const [name, r] of results) {
+        const t = median(r.seconds);
+        const rss = r.rssKiB.length ? (Math.max(...r.rssKiB) / 1024).toFixed(1) : "(in this process)";
+        console.log(`| ${name} | ${t.toFixed(3)} | ${(t / cpTime).toFixed(2)} | ${rss} |`);
+    }
 }

@@ -1,4 +1,4 @@
-// The embedded backend for real: node-llama-cpp on stories260K (a tiny model that writes
+// The embedded backend for real: the addon's batched generator on stories260K (a tiny model that writes
 // children's stories). Its replies are story text, so attempts get rejected; the rejections must
 // be clean, recorded and counted, and whatever is accepted must still be a valid item.
 import {spawn} from "node:child_process";
@@ -39,7 +39,7 @@ const lines = (file: string) => fs.readFileSync(file, "utf8").split("\n").filter
 
 maybe("grammar-enforced JSON from 4 parallel sequences matches the schema; without a grammar the model tells stories", async (t) => {
     const gen = await shared();
-    t.is(gen.name, "node-llama-cpp:stories260K.gguf");
+    t.is(gen.name, "ppc-gpt:stories260K.gguf");
     t.is(gen.concurrency, 4);
     const schema = {
         type: "object",
@@ -110,7 +110,7 @@ maybe("with grammars every reply parses; accepted items are valid and rejections
         t.is(taskItemProblem(item), undefined);
         t.is(item.votes.length, 3);
         t.true(item.votes.every((v) => v === item.answer));
-        t.is(item.generator, "node-llama-cpp:stories260K.gguf");
+        t.is(item.generator, "ppc-gpt:stories260K.gguf");
         t.is(item.prompt_version, "ppc-synth-1/json");
     }
     const rejected = lines(`${output}.journal`).filter((j) => j.type === "rejected");
@@ -139,7 +139,7 @@ maybe("ppc-gpt synth --model runs the embedded path as a child process", async (
     const code = await new Promise((resolve) => child.on("close", resolve));
     t.is(code, 0, stderr);
     const summary = JSON.parse(stdout);
-    t.is(summary.generator, "node-llama-cpp:stories260K.gguf");
+    t.is(summary.generator, "ppc-gpt:stories260K.gguf");
     t.is(summary.accepted + summary.rejected, 4);
     t.is(Object.values(summary.reasons as Record<string, number>).reduce((a, b) => a + b, 0), summary.rejected);
     t.true(summary.rejected >= 1);

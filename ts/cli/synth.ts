@@ -24,7 +24,7 @@ interface SynthOptions {
     apiKeyEnv?: string;
     contextSize?: string;
     threads?: string;
-    gpu?: boolean;
+    gpuLayers?: string;
     json?: boolean;
 }
 
@@ -99,7 +99,7 @@ export function synthCommand(): Command {
         .description("Generate synthetic task items with rationales from perturbed ones (PPC-GPT step 2), on a local GGUF or an OpenAI-compatible server")
         .option("--in <file>", "perturbed task items (JSONL); never modified")
         .option("--out <file>", "synthetic items (JSONL); an existing file is continued, not overwritten")
-        .option("--model <gguf>", "generate with a local GGUF model (node-llama-cpp)")
+        .option("--model <gguf>", "generate with a local GGUF model (the addon's llama.cpp, continuous batching)")
         .option("--base-url <url>", "generate with an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
         .option("--remote-model <name>", "model name to request from --base-url")
         .option("--ratio <k>", "synthetic items per perturbed item", "8")
@@ -115,7 +115,7 @@ export function synthCommand(): Command {
         .option("--api-key-env <name>", `environment variable holding the API key (default ${defaultApiKeyEnv.join(", then ")})`)
         .option("--context-size <n>", "context tokens per sequence (--model)")
         .option("--threads <n>", "CPU threads (--model)")
-        .option("--gpu", "use node-llama-cpp's GPU backend when one works on this machine (--model)")
+        .option("--gpu-layers <n>", "layers to offload to the GPU in a CUDA build of the addon (--model; default 0, 999 = all)")
         .option("--json", "print the summary as JSON (progress as JSON lines on stderr)")
         .addHelpText("after", `
 For each perturbed item the generator writes up to k new multiple-choice questions. Each new
@@ -162,18 +162,18 @@ Examples:
             const retries = int(opts.retries, "--retries", 0)!;
             const contextSize = int(opts.contextSize, "--context-size", 64);
             const threads = int(opts.threads, "--threads", 1);
-            if (opts.baseUrl !== undefined && (opts.contextSize || opts.threads || opts.gpu))
-                throw new UsageError("--context-size, --threads and --gpu go with --model");
+            const gpuLayers = int(opts.gpuLayers, "--gpu-layers", 0);
+            if (opts.baseUrl !== undefined && (opts.contextSize || opts.threads || opts.gpuLayers))
+                throw new UsageError("--context-size, --threads and --gpu-layers go with --model");
             if (opts.model !== undefined && opts.apiKeyEnv)
                 throw new UsageError("--api-key-env goes with --base-url");
 
             const progress = synthProgress(mode);
             let generator: Generator;
             if (opts.model !== undefined) {
-                // node-llama-cpp is loaded only for the embedded backend
+                // the model and node-llama-cpp (chat templates, grammars) are loaded only for the embedded backend
                 const {createEmbeddedGenerator} = await import("../synth/embedded.js");
-                generator = await createEmbeddedGenerator({modelPath: opts.model, sequences: concurrency ?? 4, contextSize, threads,
-                    gpu: opts.gpu ? "auto" : false});
+                generator = await createEmbeddedGenerator({modelPath: opts.model, sequences: concurrency ?? 4, contextSize, threads, gpuLayers});
             } else {
                 try {
                     generator = createRemoteGenerator({baseUrl: opts.baseUrl!, model: opts.remoteModel!, apiKeyEnv: opts.apiKeyEnv,
