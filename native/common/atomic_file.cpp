@@ -29,6 +29,7 @@ std::string base_of(const std::string & path) {
     throw std::runtime_error(what + ": " + strerror(errno));
 }
 
+constexpr uint64_t k_page = 4096;
 constexpr uint64_t k_chunk = 64ull << 20;        // progress / cancellation granularity
 constexpr size_t   k_buffer = 4u << 20;          // fallback copy buffer
 
@@ -65,7 +66,11 @@ void atomic_output::write(const void * data, size_t n) {
 
 void atomic_output::copy_from(int in_fd, uint64_t offset, uint64_t n, const std::function<void(uint64_t)> & on_chunk) {
     while (n > 0) {
-        const uint64_t chunk = std::min(n, k_chunk);
+        // An unaligned start is copied alone up to the input's next page boundary: every later
+        // in-kernel copy then starts page-aligned in the input (and in the output, where the caller
+        // kept the input's offset within a page), which the kernel copies much faster.
+        const uint64_t head = offset % k_page;
+        const uint64_t chunk = std::min(n, head ? k_page - head : k_chunk);
         uint64_t left = chunk;
         while (left > 0 && use_copy_range_) {
             loff_t in_off = (loff_t) offset;

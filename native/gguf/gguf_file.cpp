@@ -369,6 +369,12 @@ void gguf_buffer::kv_int(const std::string & key, uint32_t type, int64_t v) {
     }
 }
 
+void gguf_buffer::kv_string(const std::string & key, const std::string & v) {
+    str(key);
+    pod<uint32_t>(GGUF_VT_STRING);
+    str(v);
+}
+
 void gguf_buffer::kv_bool_array(const std::string & key, const std::vector<bool> & v) {
     str(key);
     pod<uint32_t>(GGUF_VT_ARRAY);

@@ -111,6 +111,7 @@ public:
     void str(const std::string & s);
     // Key, type tag and value of a scalar integer KV with the given GGUF integer type.
     void kv_int(const std::string & key, uint32_t type, int64_t v);
+    void kv_string(const std::string & key, const std::string & v);
     void kv_bool_array(const std::string & key, const std::vector<bool> & v);
     void kv_u32_array(const std::string & key, const std::vector<uint32_t> & v);
     void pad_to(size_t alignment);

@@ -248,10 +248,27 @@ layer_removal_result remove_layers(const std::string & in_path, const std::strin
     hdr.kv_u32_array("ppc_gpt.pruning.original_layers", res.original_kept);
     hdr.kv_int("ppc_gpt.pruning.original_block_count", GGUF_VT_UINT32, ancestor_block_count);
     n_kv_out += 2;
+
+    // llama.cpp requires tensor data packed densely after the header, so the one free choice is
+    // where the data section starts. A padding string makes it start at the input's offset within
+    // a 4 KiB page: then every run of kept tensors that follows whole-page removals (the usual
+    // case: a layer's size is a multiple of 4 KiB for common widths) sits at its input's page
+    // offset, and the kernel copies whole pages, measured ~1.4x faster than copies whose pages
+    // straddle (BENCHMARKS.md). At most 4 KiB of spaces.
+    constexpr uint64_t k_page = 4096;
+    const uint32_t align = in.alignment();
+    if (align <= k_page && k_page % align == 0) {
+        static const std::string pad_key = "ppc_gpt.pruning.page_padding";
+        uint64_t infos = 0;  // the tensor infos' size: name, dims, type, offset
+        for (const auto & pt : out_tensors) infos += 8 + pt.name.size() + 4 + 8ull * pt.src->n_dims + 4 + 8;
+        const uint64_t fixed = hdr.bytes.size() + (8 + pad_key.size() + 4 + 8) + infos;
+        const uint64_t want = in.data_offset() % k_page;
+        hdr.kv_string(pad_key, std::string((size_t) ((want + k_page - fixed % k_page) % k_page), ' '));
+        ++n_kv_out;
+    }
     memcpy(hdr.bytes.data() + n_kv_pos, &n_kv_out, 8);
 
     // --- tensor infos: same order as the input, data packed at the input's alignment ---
-    const uint32_t align = in.alignment();
     std::vector<uint64_t> offsets;
     uint64_t data_size = 0;
     for (const auto & pt : out_tensors) {

@@ -1,8 +1,8 @@
-// Benchmark: layer removal on generated 0.5 GB and 2 GB models, against `cp` of the same file and
+// Benchmark: layer removal on generated 0.5 GB and 2 GB (and, on request, 4.5 GB) models, against `cp` of the same file and
 // `llama-quantize --prune-layers ... COPY` built from the same llama.cpp source, in one run.
 // Wall time (median of N runs, warm page cache) and peak RSS of each, as separate processes.
 //
-//   node dist/scripts/bench/prune.js [--runs 5] [--sizes 0.5,2] [--dir bench-out]
+//   node dist/scripts/bench/prune.js [--runs 5] [--sizes 0.5,2[,5]] [--dir bench-out]
 //                                    [--quantize build/bench-tools/bin/llama-quantize]
 //
 // Build the anchor once:  cmake -S .cache/llama.cpp-<v> -B build/bench-tools -DBUILD_SHARED_LIBS=OFF \
@@ -12,7 +12,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import {fileURLToPath} from "node:url";
-import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
+import {writeSyntheticModel, type SyntheticModelOptions} from "../../ts/gguf/synthetic.js";
 import {removeLayers} from "../../ts/prune/remove.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
@@ -30,17 +30,20 @@ const remove = [3, 7];
 // Two sizes: the issue's 0.5 GB floor, where Node's fixed start-up (~0.1 s) is a visible share of
 // cp's time, and a 2 GB model, closer to the files the tool is for (a 7B F16 model is 14 GB).
 const sizes = arg("--sizes", "0.5,2").split(",").map(Number);
-const models = sizes.map((gb) => ({
-    gb,
-    file: path.join(dir, gb === 0.5 ? "prune-bench-f16.gguf" : `prune-bench-${gb}G-f16.gguf`),
-    // n_embd 1536 / ff 4096: 504 MiB; n_embd 3072 / ff 8192: 1.9 GiB (10 layers, vocab 4096, F16)
-    options: gb === 0.5
-        ? {architecture: "llama" as const, layers, embedding: 1536, heads: 12, kvHeads: 4, feedForward: 4096, vocab: 4096, type: "f16" as const}
-        : {architecture: "llama" as const, layers, embedding: 3072, heads: 24, kvHeads: 8, feedForward: 8192, vocab: 4096, type: "f16" as const},
-}));
+// 10 layers, F16: n_embd 1536 / ff 4096 / vocab 4096 is 504 MiB; n_embd 3072 / ff 8192 is 1.9 GiB;
+// 12 layers at n_embd 4096 / ff 11008 / vocab 32000 (a 7B model's widths) is 4.5 GiB.
+const shapes: Record<string, SyntheticModelOptions> = {
+    "0.5": {architecture: "llama", layers, embedding: 1536, heads: 12, kvHeads: 4, feedForward: 4096, vocab: 4096, type: "f16"},
+    "2": {architecture: "llama", layers, embedding: 3072, heads: 24, kvHeads: 8, feedForward: 8192, vocab: 4096, type: "f16"},
+    "5": {architecture: "llama", layers: 12, embedding: 4096, heads: 32, kvHeads: 8, feedForward: 11008, vocab: 32000, type: "f16"},
+};
+const models = sizes.map((gb) => {
+    const options = shapes[String(gb)];
+    if (!options)
+        throw new Error(`--sizes: one of ${Object.keys(shapes).join(", ")} (got ${gb})`);
+    return {gb, options, file: path.join(dir, gb === 0.5 ? "prune-bench-f16.gguf" : `prune-bench-${gb}G-f16.gguf`)};
+});
 for (const m of models) {
-    if (m.gb !== 0.5 && m.gb !== 2)
-        throw new Error(`--sizes: only 0.5 and 2 are defined (got ${m.gb})`);
     if (!fs.existsSync(m.file)) {
         process.stderr.write(`generating ${path.basename(m.file)} (~${m.gb} GB, f16)...\n`);
         await writeSyntheticModel(m.file, m.options);
@@ -112,7 +115,7 @@ for (const m of models) {
     const results = await benchModel(m.file);
     const size = fs.statSync(m.file).size;
     const cpTime = median(results.get("cp (anchor)")!.seconds);
-    console.log(`\nmodel ${path.basename(m.file)}: ${(size / 2 ** 20).toFixed(0)} MiB, ${layers} layers, removing ${remove.join(",")}`);
+    console.log(`\nmodel ${path.basename(m.file)}: ${(size / 2 ** 20).toFixed(0)} MiB, ${m.options.layers} layers, removing ${remove.join(",")}`);
     console.log("| tool | wall s | × cp | peak RSS MiB |");
     console.log("|---|---|---|---|");
     for (const [name, r] of results) {

@@ -62,6 +62,9 @@ async function checkSurgery(t: import("ava").ExecutionContext, input: string, ou
     }
     t.deepEqual(after.value("ppc_gpt.pruning.original_layers"), kept.map((i) => before.originalLayers[i]));
     t.is(after.info.alignment, before.info.alignment);
+    // The data section starts at the input's offset within a 4 KiB page (whole-page copies).
+    t.is(after.info.dataOffset % 4096, before.info.dataOffset % 4096);
+    t.regex(String(after.value("ppc_gpt.pruning.page_padding")), /^ {0,4095}$/);
 }
 
 const generated: [string, Omit<SyntheticModelOptions, "branchScale">][] = [

@@ -27,6 +27,13 @@ function fail(verb: string, err: unknown): never {
     process.exit(usage ? 2 : 1);
 }
 
+// `ppc-gpt inspect model.gguf | head`: a reader that goes away ends the output, not in a stack trace.
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code === "EPIPE")
+        process.exit(0);
+    throw err;
+});
+
 const program = new Command("ppc-gpt")
     .description("Compress large language models into private, task-specific small ones (PPC-GPT, PruFed) on llama.cpp")
     .exitOverride()
