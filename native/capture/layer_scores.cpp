@@ -164,10 +164,8 @@ llama_context * make_capture_context(llama_session & session, capture_state & st
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    const int32_t threads = session.params().n_threads > 0 ? session.params().n_threads
-                                                          : (int32_t) std::max(1u, std::thread::hardware_concurrency());
-    cp.n_threads = threads;
-    cp.n_threads_batch = threads;
+    cp.n_threads = resolve_threads(session.params().n_threads);
+    cp.n_threads_batch = cp.n_threads;
     cp.cb_eval = capture ? capture_callback : nullptr;
     cp.cb_eval_user_data = capture ? &st : nullptr;
     llama_context * ctx = llama_init_from_model(const_cast<llama_model *>(session.model()), cp);

@@ -93,7 +93,7 @@ void loglik_scorer::ensure_context(uint32_t n_cells, uint32_t n_seqs) {
     if (ctx_ && ctx_size_ >= want_cells && ctx_seqs_ >= want_seqs) return;
     free_context();
 
-    llama_context_params cp = llama_context_default_params();
+    llama_context_params cp = session_->context_params(params_.n_threads, params_.flash_attn ? 1 : 0, params_.kv_f32);
     cp.n_ctx = want_cells;
     cp.n_batch = std::max<uint32_t>(params_.n_batch, 2);  // room for a padding token (see score())
     cp.n_ubatch = cp.n_batch;
@@ -103,17 +103,6 @@ void loglik_scorer::ensure_context(uint32_t n_cells, uint32_t n_seqs) {
     // One KV stream for all sequences: llama_memory_seq_cp then shares the context's cells instead
     // of copying buffers, which is the point of scoring choices from one evaluated context.
     cp.kv_unified = true;
-    cp.flash_attn_type = params_.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    if (params_.kv_f32) {
-        cp.type_k = GGML_TYPE_F32;
-        cp.type_v = GGML_TYPE_F32;
-    }
-    const int32_t threads = params_.n_threads > 0 ? params_.n_threads
-                          : session_->params().n_threads > 0 ? session_->params().n_threads
-                          : (int32_t) std::max(1u, std::thread::hardware_concurrency());
-    cp.n_threads = threads;
-    cp.n_threads_batch = threads;
-    cp.no_perf = true;
     ctx_ = llama_init_from_model(const_cast<llama_model *>(session_->model()), cp);
     if (!ctx_) throw std::runtime_error(llama_error("llama.cpp cannot create a scoring context"));
     ctx_size_ = llama_n_ctx(ctx_);

@@ -94,6 +94,24 @@ std::string llama_session::detokenize(const std::vector<llama_token> & tokens, b
     return out;
 }
 
+int32_t resolve_threads(int32_t requested) {
+    return requested > 0 ? requested : (int32_t) std::max(1u, std::thread::hardware_concurrency());
+}
+
+llama_context_params llama_session::context_params(int32_t n_threads, int32_t flash_attn, bool kv_f32) const {
+    llama_context_params cp = llama_context_default_params();
+    const int32_t threads = resolve_threads(n_threads > 0 ? n_threads : params_.n_threads);
+    cp.n_threads = threads;
+    cp.n_threads_batch = threads;
+    if (flash_attn >= 0) cp.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (kv_f32) {
+        cp.type_k = GGML_TYPE_F32;
+        cp.type_v = GGML_TYPE_F32;
+    }
+    cp.no_perf = true;
+    return cp;
+}
+
 void llama_session::ensure_context(uint32_t n_tokens) {
     const uint32_t want = params_.n_ctx ? params_.n_ctx : std::max<uint32_t>(256, n_tokens);
     if (n_tokens > want) {
@@ -101,20 +119,11 @@ void llama_session::ensure_context(uint32_t n_tokens) {
     }
     if (ctx_ && ctx_size_ >= want) return;
     if (ctx_) llama_free(ctx_);
-    llama_context_params cp = llama_context_default_params();
+    llama_context_params cp = context_params(0, params_.flash_attn, params_.kv_f32);
     cp.n_ctx = want;
     cp.n_batch = std::min(params_.n_batch, want);
     cp.n_ubatch = cp.n_batch;
     cp.n_seq_max = 1;
-    if (params_.flash_attn >= 0) cp.flash_attn_type = params_.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    if (params_.kv_f32) {
-        cp.type_k = GGML_TYPE_F32;
-        cp.type_v = GGML_TYPE_F32;
-    }
-    const int32_t threads = params_.n_threads > 0 ? params_.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
-    cp.n_threads = threads;
-    cp.n_threads_batch = threads;
-    cp.no_perf = true;
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) {
         const std::string why = last_llama_errors();

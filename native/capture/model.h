@@ -39,6 +39,11 @@ public:
     std::string detokenize(const std::vector<llama_token> & tokens, bool remove_special, bool unparse_special) const;
     const model_params & params() const { return params_; }
 
+    // What every context of this session starts from: threads (`n_threads` > 0, else the session's
+    // setting, else all cores), flash attention (-1 llama.cpp's auto, 0 off, 1 on), an f32 KV
+    // cache if `kv_f32` (else llama.cpp's f16), no performance counters.
+    llama_context_params context_params(int32_t n_threads, int32_t flash_attn, bool kv_f32) const;
+
     // Logits of every position of `tokens` (n_tokens x n_vocab, row-major), one sequence from
     // position 0. Serialized per session.
     std::vector<float> eval_logits(const std::vector<llama_token> & tokens);
@@ -55,6 +60,9 @@ private:
     model_params params_;
     std::mutex mutex_;
 };
+
+// `requested` if > 0, else every core.
+int32_t resolve_threads(int32_t requested);
 
 // Routes llama.cpp / ggml logging: silent unless PPC_GPT_LOG=1, but the latest error lines are kept
 // so that failures can say why.

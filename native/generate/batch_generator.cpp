@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
-#include <thread>
 
 namespace ppc {
 
@@ -72,7 +71,7 @@ batch_generator::batch_generator(std::shared_ptr<llama_session> session, const g
 
     std::lock_guard<std::mutex> lock(session_->mutex());
     last_llama_errors();
-    llama_context_params cp = llama_context_default_params();
+    llama_context_params cp = session_->context_params(params_.n_threads, params_.flash_attn, params_.kv_f32);
     // One KV stream per sequence: a sequence attends to its own cells only, and freeing a slot
     // frees its cells whatever the others hold.
     cp.kv_unified = false;
@@ -80,18 +79,6 @@ batch_generator::batch_generator(std::shared_ptr<llama_session> session, const g
     cp.n_ctx = params_.n_slots * params_.n_ctx_slot;
     cp.n_batch = params_.n_batch;
     cp.n_ubatch = params_.n_batch;
-    cp.flash_attn_type = params_.flash_attn < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO
-                       : params_.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    if (params_.kv_f32) {
-        cp.type_k = GGML_TYPE_F32;
-        cp.type_v = GGML_TYPE_F32;
-    }
-    const int32_t threads = params_.n_threads > 0 ? params_.n_threads
-                          : session_->params().n_threads > 0 ? session_->params().n_threads
-                          : (int32_t) std::max(1u, std::thread::hardware_concurrency());
-    cp.n_threads = threads;
-    cp.n_threads_batch = threads;
-    cp.no_perf = true;
     ctx_ = llama_init_from_model(const_cast<llama_model *>(session_->model()), cp);
     if (!ctx_) throw std::runtime_error(llama_error("llama.cpp cannot create a generation context"));
     if (llama_n_ctx_seq(ctx_) < params_.n_ctx_slot) {

@@ -56,7 +56,7 @@ std::vector<float> lora_inference_logits(const std::string & model_path, const s
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;
-    const int32_t threads = n_threads > 0 ? n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
+    const int32_t threads = resolve_threads(n_threads);
     cp.n_threads = threads;
     cp.n_threads_batch = threads;
     cp.no_perf = true;

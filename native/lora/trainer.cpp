@@ -67,7 +67,7 @@ lora_trainer::lora_trainer(const lora_trainer_params & params) : p_(params) {
         cp.n_seq_max  = p_.n_seq_max;
         cp.kv_unified = true;
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED; // no backward pass
-        const int32_t threads = p_.n_threads > 0 ? p_.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
+        const int32_t threads = resolve_threads(p_.n_threads);
         cp.n_threads       = threads;
         cp.n_threads_batch = threads;
         cp.no_perf = true;
