@@ -254,6 +254,21 @@ bool batch_generator::append_token(slot & s, llama_token token, std::vector<gene
 
 std::vector<generation_result> batch_generator::run(const cancel_token * cancel) {
     std::lock_guard<std::mutex> lock(session_->mutex());
+    try {
+        return step_until_finished(cancel);
+    } catch (...) {
+        // The caller fails every request in flight; start the next ones from a clean state.
+        llama_memory_clear(llama_get_memory(ctx_), true);
+        for (slot & s : slots_) s = slot{};
+        running_ = 0;
+        std::lock_guard<std::mutex> queue_lock(queue_mutex_);
+        queue_.clear();
+        cancelled_.clear();
+        throw;
+    }
+}
+
+std::vector<generation_result> batch_generator::step_until_finished(const cancel_token * cancel) {
     std::vector<generation_result> finished;
     for (;;) {
         if (cancel && cancel->cancelled.load()) throw std::runtime_error("generation cancelled");

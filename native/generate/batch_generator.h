@@ -77,7 +77,8 @@ public:
     size_t pending() const;
 
     // Decodes steps until at least one request has finished, and returns those that finished; an
-    // empty result means nothing is left to do. `cancel` (all work) is polled between steps.
+    // empty result means nothing is left to do. `cancel` (all work) is polled between steps. If it
+    // throws (cancelled, llama_decode failed), every queued and running request is dropped.
     std::vector<generation_result> run(const cancel_token * cancel);
 
     const generator_params & params() const { return params_; }
@@ -86,6 +87,7 @@ private:
     struct slot;
     struct queued;
 
+    std::vector<generation_result> step_until_finished(const cancel_token * cancel);
     void admit_locked(std::vector<generation_result> & finished);
     void finish(slot & s, finish_reason why, std::vector<generation_result> & finished);
     llama_token sample(slot & s, int32_t i_batch);
