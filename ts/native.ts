@@ -295,7 +295,6 @@ export interface NativeAddon {
     /** Queues a request; throws RangeError for one that can never run (prompt too long, bad grammar...). */
     generatorSubmit(generator: NativeGenerator, request: NativeGenerationRequest): number;
     generatorCancel(generator: NativeGenerator, id: number): void;
-    generatorPending(generator: NativeGenerator): number;
     /** Decodes until at least one request finished; resolves with those; [] when idle. One run at a time. */
     generatorRun(generator: NativeGenerator): Promise<NativeGenerationResult[]>;
     generatorClose(generator: NativeGenerator): void;

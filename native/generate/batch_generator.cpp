@@ -141,11 +141,6 @@ void batch_generator::cancel(uint64_t id) {
     cancelled_.push_back(id);
 }
 
-size_t batch_generator::pending() const {
-    std::lock_guard<std::mutex> lock(queue_mutex_);
-    return queue_.size() + running_;
-}
-
 void batch_generator::finish(slot & s, finish_reason why, std::vector<generation_result> & finished) {
     llama_memory_seq_rm(llama_get_memory(ctx_), (llama_seq_id) (&s - slots_.data()), -1, -1);
     generation_result r;
@@ -157,7 +152,6 @@ void batch_generator::finish(slot & s, finish_reason why, std::vector<generation
     r.n_generated = s.n_generated;
     finished.push_back(std::move(r));
     s = slot{};
-    --running_;
 }
 
 // Applies cancellations and moves queued requests into free slots. Caller holds queue_mutex_.
@@ -186,7 +180,6 @@ void batch_generator::admit_locked(std::vector<generation_result> & finished) {
         s.request = std::move(q.request);
         s.chain = std::move(q.chain);
         s.grammar = std::move(q.grammar);
-        ++running_;
     }
     queue_.erase(queue_.begin(), queue_.begin() + (std::ptrdiff_t) next);
 }
@@ -260,7 +253,6 @@ std::vector<generation_result> batch_generator::run(const cancel_token * cancel)
         // The caller fails every request in flight; start the next ones from a clean state.
         llama_memory_clear(llama_get_memory(ctx_), true);
         for (slot & s : slots_) s = slot{};
-        running_ = 0;
         std::lock_guard<std::mutex> queue_lock(queue_mutex_);
         queue_.clear();
         cancelled_.clear();

@@ -14,7 +14,6 @@
 #include "capture/model.h"
 #include "common/async.h"
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -73,8 +72,6 @@ public:
     uint64_t submit(generation_request request);
     // The request ends with finish_reason::cancelled at the next step (queued or running).
     void cancel(uint64_t id);
-    // Requests queued or running.
-    size_t pending() const;
 
     // Decodes steps until at least one request has finished, and returns those that finished; an
     // empty result means nothing is left to do. `cancel` (all work) is polled between steps. If it
@@ -100,11 +97,10 @@ private:
     std::vector<slot> slots_;
     std::vector<llama_token_data> candidates_;  // n_vocab entries, reused by every sampling
 
-    mutable std::mutex queue_mutex_;
+    std::mutex queue_mutex_;
     std::vector<queued> queue_;        // submitted, not yet in a slot
     std::vector<uint64_t> cancelled_;  // ids cancelled since the last step
     uint64_t next_id_ = 1;
-    std::atomic<size_t> running_{0};   // requests in slots
 };
 
 } // namespace ppc

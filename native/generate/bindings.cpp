@@ -107,11 +107,6 @@ Napi::Value generator_cancel(const Napi::CallbackInfo & info) {
     return info.Env().Undefined();
 }
 
-Napi::Value generator_pending(const Napi::CallbackInfo & info) {
-    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "generatorPending(generator)");
-    return Napi::Number::New(info.Env(), (double) unwrap_generator(info[0]).generator->pending());
-}
-
 // generatorRun(generator) -> [{id, text, tokens, finish, promptTokens, completionTokens}]: the requests that
 // finished; [] when nothing is queued or running.
 Napi::Value generator_run(const Napi::CallbackInfo & info) {
@@ -156,7 +151,6 @@ void register_generate(Napi::Env env, Napi::Object exports) {
     exports.Set("generatorOpen", Napi::Function::New(env, generator_open));
     exports.Set("generatorSubmit", Napi::Function::New(env, generator_submit));
     exports.Set("generatorCancel", Napi::Function::New(env, generator_cancel));
-    exports.Set("generatorPending", Napi::Function::New(env, generator_pending));
     exports.Set("generatorRun", Napi::Function::New(env, generator_run));
     exports.Set("generatorClose", Napi::Function::New(env, generator_close));
 }
