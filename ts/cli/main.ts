@@ -15,6 +15,7 @@ const verbs: Record<string, () => Promise<Command>> = {
     train: async () => (await import("./train.js")).trainCommand(),
     merge: async () => (await import("./merge.js")).mergeCommand(),
     server: async () => (await import("./server.js")).serverCommand(),
+    worker: async () => (await import("./worker.js")).workerCommand(),
 };
 
 function fail(verb: string, err: unknown): never {

@@ -1,6 +1,8 @@
 import {Command} from "commander";
 import {serverDefaults, startFederatedServer, type GeneratorConfig} from "../federated/server.js";
-import {SqliteJobStore} from "../federated/store.js";
+import {SqliteJobStore, type JobStore} from "../federated/store.js";
+import {isPostgresUrl, PostgresJobStore} from "../federated/store-postgres.js";
+import {queueDefaults, type QueueSettings} from "../federated/distributed.js";
 import {createToken} from "../federated/tokens.js";
 import {parseNumber, printJson, table, UsageError} from "./output.js";
 
@@ -20,7 +22,10 @@ interface ServerCliOptions {
     maxBodyMb: string;
     maxItems: string;
     maxConcurrentJobs: string;
-    workers: string;
+    workers?: string;
+    store?: string;
+    heartbeatSeconds?: string;
+    leaseSeconds?: string;
     threads?: string;
     checkpointEvery: string;
     json?: boolean;
@@ -29,7 +34,8 @@ interface ServerCliOptions {
 const int = (v: string, name: string, min: number) =>
     parseNumber(v, name, (x) => Number.isInteger(x) && x >= min, min === 0 ? "a non-negative integer" : `an integer >= ${min}`);
 
-function generatorConfig(opts: ServerCliOptions, threads: number | undefined): GeneratorConfig {
+export function generatorConfig(opts: Pick<ServerCliOptions, "generatorModel" | "generatorUrl" | "generatorRemoteModel" | "generatorApiKeyEnv" |
+    "generatorConcurrency" | "contextSize">, threads: number | undefined): GeneratorConfig {
     if ((opts.generatorModel === undefined) === (opts.generatorUrl === undefined))
         throw new UsageError("choose the generator: --generator-model <big.gguf> or --generator-url <url> --generator-remote-model <name>");
     const concurrency = opts.generatorConcurrency === undefined ? undefined : int(opts.generatorConcurrency, "--generator-concurrency", 1);
@@ -45,10 +51,37 @@ function generatorConfig(opts: ServerCliOptions, threads: number | undefined): G
         concurrency: concurrency ?? 8};
 }
 
+function postgresUrl(store: string): string {
+    if (!isPostgresUrl(store))
+        throw new UsageError(`--store must be a postgres:// URL (got "${store}"); without --store the embedded store under --data-dir is used`);
+    return store;
+}
+
+export function queueOptions(opts: {heartbeatSeconds?: string; leaseSeconds?: string}): Partial<QueueSettings> {
+    const seconds = (v: string, name: string) => parseNumber(v, name, (x) => x > 0 && x <= 3600, "a number of seconds in (0, 3600]");
+    const heartbeatSeconds = seconds(opts.heartbeatSeconds ?? String(queueDefaults.heartbeatSeconds), "--heartbeat-seconds");
+    const leaseSeconds = seconds(opts.leaseSeconds ?? String(queueDefaults.leaseSeconds), "--lease-seconds");
+    if (leaseSeconds < 2 * heartbeatSeconds)
+        throw new UsageError(`--lease-seconds (${leaseSeconds}) must be at least twice --heartbeat-seconds (${heartbeatSeconds})`);
+    return {heartbeatSeconds, leaseSeconds};
+}
+
 function dataDirOf(opts: {dataDir?: string}): string {
     if (!opts.dataDir)
         throw new UsageError("--data-dir <dir> is required");
     return opts.dataDir;
+}
+
+/** The token verbs' store: --store postgres://… when given, else the embedded store under --data-dir. */
+async function tokenStore(opts: {dataDir?: string; store?: string}): Promise<JobStore> {
+    if (opts.store !== undefined) {
+        if (!isPostgresUrl(opts.store))
+            throw new UsageError(`--store must be a postgres:// URL (got "${opts.store}")`);
+        return PostgresJobStore.open(opts.store);
+    }
+    if (!opts.dataDir)
+        throw new UsageError("--data-dir <dir> (or --store postgres://…) is required");
+    return SqliteJobStore.open(opts.dataDir);
 }
 
 function tokenCommand(): Command {
@@ -57,14 +90,15 @@ function tokenCommand(): Command {
         .description("Create a token for a client; it is printed once and only its sha256 is stored")
         .requiredOption("--name <name>", "client name (letters, digits, . _ -)")
         .option("--data-dir <dir>", "the server's data dir")
-        .option("--admin", "mark the token as an admin token (reserved for later use)")
+        .option("--store <postgres-url>", "the server's PostgreSQL store instead of --data-dir")
+        .option("--admin", "mark the token as an admin token (it may read GET /v1/workers)")
         .option("--json", "print {id, name, token} as JSON")
-        .action((opts: {name: string; dataDir?: string; admin?: boolean; json?: boolean}) => {
-            const store = SqliteJobStore.open(dataDirOf(opts));
+        .action(async (opts: {name: string; dataDir?: string; store?: string; admin?: boolean; json?: boolean}) => {
+            const store = await tokenStore(opts);
             try {
                 let made;
                 try {
-                    made = createToken(store, opts.name, {admin: opts.admin});
+                    made = await createToken(store, opts.name, {admin: opts.admin});
                 } catch (err) {
                     throw new UsageError((err as Error).message);
                 }
@@ -74,41 +108,43 @@ function tokenCommand(): Command {
                 process.stderr.write(`token ${made.record.id} for "${opts.name}" created; it is shown only now. Give it to the client as ` +
                     `PPC_GPT_TOKEN or in a --token-file.\n`);
             } finally {
-                store.close();
+                await store.close();
             }
         });
     token.command("revoke")
         .description("Revoke every live token with this name, or the token with this id")
         .argument("<name-or-id>")
         .option("--data-dir <dir>", "the server's data dir")
+        .option("--store <postgres-url>", "the server's PostgreSQL store instead of --data-dir")
         .option("--json", "print the revoked tokens as JSON")
-        .action((nameOrId: string, opts: {dataDir?: string; json?: boolean}) => {
-            const store = SqliteJobStore.open(dataDirOf(opts));
+        .action(async (nameOrId: string, opts: {dataDir?: string; store?: string; json?: boolean}) => {
+            const store = await tokenStore(opts);
             try {
-                const revoked = store.revokeToken(nameOrId, new Date().toISOString());
+                const revoked = await store.revokeToken(nameOrId, new Date().toISOString());
                 if (revoked.length === 0)
                     throw new Error(`no live token named or with id "${nameOrId}"`);
                 if (opts.json)
                     return printJson({revoked: revoked.map(({token_sha256: _h, ...r}) => r)});
                 process.stdout.write(revoked.map((r) => `revoked ${r.id} (${r.name})`).join("\n") + "\n");
             } finally {
-                store.close();
+                await store.close();
             }
         });
     token.command("list")
         .description("List tokens (names, ids, dates; never the tokens)")
         .option("--data-dir <dir>", "the server's data dir")
+        .option("--store <postgres-url>", "the server's PostgreSQL store instead of --data-dir")
         .option("--json", "print JSON")
-        .action((opts: {dataDir?: string; json?: boolean}) => {
-            const store = SqliteJobStore.open(dataDirOf(opts));
+        .action(async (opts: {dataDir?: string; store?: string; json?: boolean}) => {
+            const store = await tokenStore(opts);
             try {
-                const tokens = store.listTokens().map(({token_sha256: _h, ...r}) => r);
+                const tokens = (await store.listTokens()).map(({token_sha256: _h, ...r}) => r);
                 if (opts.json)
                     return printJson({tokens});
                 process.stdout.write(table(["id", "name", "admin", "created", "revoked"],
                     tokens.map((t) => [t.id, t.name, t.admin ? "yes" : "", t.created_at, t.revoked_at ?? ""])));
             } finally {
-                store.close();
+                await store.close();
             }
         });
     return token;
@@ -132,7 +168,10 @@ export function serverCommand(): Command {
         .option("--max-body-mb <n>", "largest request body in MiB, after gzip decompression", String(serverDefaults.maxBodyBytes / (1024 * 1024)))
         .option("--max-items <n>", "most items per job", String(serverDefaults.maxItemsPerJob))
         .option("--max-concurrent-jobs <n>", "most queued or running jobs per client", String(serverDefaults.maxConcurrentJobsPerClient))
-        .option("--workers <n>", "jobs run at once", String(serverDefaults.workers))
+        .option("--workers <n>", `jobs run at once (default ${serverDefaults.workers}; with --store postgres://…: stages run in this process, default 0)`)
+        .option("--store <postgres-url>", "keep jobs in PostgreSQL and run stages on 'ppc-gpt worker' processes (docs/federated.md, Scale-out)")
+        .option("--heartbeat-seconds <s>", "with --store: seconds between worker heartbeats", String(queueDefaults.heartbeatSeconds))
+        .option("--lease-seconds <s>", "with --store: a worker silent this long is dead; its stage goes to another", String(queueDefaults.leaseSeconds))
         .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
         .option("--checkpoint-every <n>", "training checkpoint interval in steps (a kill loses at most this many)", String(serverDefaults.checkpointEvery))
         .option("--json", "print the listening URL as a JSON line")
@@ -149,7 +188,13 @@ Examples:
   ppc-gpt server --data-dir srv --model source.gguf --port 0 --json \\
       --generator-url http://127.0.0.1:8000/v1 --generator-remote-model qwen2.5-72b-instruct
   ppc-gpt server token list --data-dir srv
-  ppc-gpt server token revoke acme --data-dir srv`)
+  ppc-gpt server token revoke acme --data-dir srv
+
+Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
+  ppc-gpt server token create --name ops --admin --store postgres://ppc@db/ppc
+  ppc-gpt server --store postgres://ppc@db/ppc --data-dir /mnt/ppc --model source.gguf \
+      --generator-url http://gen:8000/v1 --generator-remote-model big
+  ppc-gpt worker --store postgres://ppc@db/ppc --artifacts /mnt/ppc --model source.gguf --stages bi,prune,train,merge`)
         .action(async (opts: ServerCliOptions) => {
             const dataDir = dataDirOf(opts);
             if (!opts.model)
@@ -163,7 +208,9 @@ Examples:
                 dataDir, model: opts.model, generator: generatorConfig(opts, threads), host: opts.host, port,
                 ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
                 maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
-                maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1), workers: int(opts.workers, "--workers", 1),
+                maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1),
+                workers: opts.workers === undefined ? undefined : int(opts.workers, "--workers", opts.store === undefined ? 1 : 0),
+                ...(opts.store !== undefined ? {store: postgresUrl(opts.store), queue: queueOptions(opts)} : {}),
                 threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
             });
             if (opts.json)

@@ -17,7 +17,7 @@ import {checkpointFile} from "../train/checkpoint.js";
 import {mergeLora} from "../train/merge.js";
 import {trainLora} from "../train/train.js";
 import type {ArtifactRef, ArtifactStore} from "./artifacts.js";
-import type {JobModelInfo, StageName} from "./protocol.js";
+import {stageNames, type JobModelInfo, type StageName} from "./protocol.js";
 import type {JobRecord, JobStore, StageRecord} from "./store.js";
 
 export interface PipelineEnv {
@@ -185,41 +185,59 @@ export function finalModel(env: Pick<PipelineEnv, "artifacts" | "sourceModel">, 
 }
 
 /**
+ * Runs one stage of the job (a no-op when it is done or skipped) and records it: running, then
+ * done with its artifact and result, or failed. Throws the stage's error, or JobCancelledError when
+ * `run.signal` was aborted (the stage row then stays "running" for whoever resumes it).
+ */
+export async function runJobStage(env: PipelineEnv, run: StageRun, name: StageName, onStageChange: () => void): Promise<void> {
+    const store = env.store;
+    const work = env.workDir(run.job.id);
+    await fs.promises.mkdir(work, {recursive: true});
+    const stages = await store.stages(run.job.id);
+    const row = stageOf(stages, name);
+    if (row.status === "done" || row.status === "skipped")
+        return;
+    if (run.signal.aborted)
+        throw new JobCancelledError("the job was cancelled");
+    const started = Date.now();
+    await store.updateStage(run.job.id, name, {status: "running", started_at: new Date(started).toISOString(), finished_at: null, seconds: null});
+    await store.updateJob(run.job.id, {stage: name}, now());
+    onStageChange();
+    let out: StageOutput;
+    try {
+        switch (name) {
+            case "synth": out = await synthStage(env, run, work); break;
+            case "bi": out = await biStage(env, run, stages, work); break;
+            case "prune": out = await pruneStage(env, run, stages, work); break;
+            case "train": out = await trainStage(env, run, stages, work); break;
+            case "merge": out = await mergeStage(env, run, stages, work); break;
+        }
+    } catch (err) {
+        if (run.signal.aborted)
+            throw new JobCancelledError("the job was cancelled");
+        await store.updateStage(run.job.id, name, {status: "failed", finished_at: now(), seconds: (Date.now() - started) / 1000});
+        throw new Error(`${name} stage: ${(err as Error).message}`, {cause: err});
+    }
+    if (run.signal.aborted)
+        throw new JobCancelledError("the job was cancelled");
+    await store.updateStage(run.job.id, name, {status: "done", finished_at: now(), seconds: (Date.now() - started) / 1000,
+        artifact_sha256: out.artifact?.sha256 ?? null, result: out.result});
+    onStageChange();
+}
+
+/** The first stage of the job that is neither done nor skipped (undefined when the job is complete). */
+export function nextStage(stages: StageRecord[]): StageName | undefined {
+    for (const name of stageNames)
+        if (!["done", "skipped"].includes(stageOf(stages, name).status))
+            return name;
+    return undefined;
+}
+
+/**
  * Runs every stage of the job that is not done yet, in order, recording each as it finishes.
  * Throws the first stage's error (the caller records the job as failed).
  */
 export async function runJobStages(env: PipelineEnv, run: StageRun, onStageChange: () => void): Promise<void> {
-    const work = env.workDir(run.job.id);
-    await fs.promises.mkdir(work, {recursive: true});
-    const store = env.store;
-    for (const name of ["synth", "bi", "prune", "train", "merge"] as const) {
-        const stages = store.stages(run.job.id);
-        const row = stageOf(stages, name);
-        if (row.status === "done" || row.status === "skipped")
-            continue;
-        if (run.signal.aborted)
-            throw new JobCancelledError("the job was cancelled");
-        const started = Date.now();
-        store.updateStage(run.job.id, name, {status: "running", started_at: new Date(started).toISOString(), finished_at: null, seconds: null});
-        store.updateJob(run.job.id, {stage: name}, now());
-        onStageChange();
-        let out: StageOutput;
-        try {
-            switch (name) {
-                case "synth": out = await synthStage(env, run, work); break;
-                case "bi": out = await biStage(env, run, stages, work); break;
-                case "prune": out = await pruneStage(env, run, stages, work); break;
-                case "train": out = await trainStage(env, run, stages, work); break;
-                case "merge": out = await mergeStage(env, run, stages, work); break;
-            }
-        } catch (err) {
-            if (run.signal.aborted)
-                throw new JobCancelledError("the job was cancelled");
-            store.updateStage(run.job.id, name, {status: "failed", finished_at: now(), seconds: (Date.now() - started) / 1000});
-            throw new Error(`${name} stage: ${(err as Error).message}`, {cause: err});
-        }
-        store.updateStage(run.job.id, name, {status: "done", finished_at: now(), seconds: (Date.now() - started) / 1000,
-            artifact_sha256: out.artifact?.sha256 ?? null, result: out.result});
-        onStageChange();
-    }
+    for (const name of stageNames)
+        await runJobStage(env, run, name, onStageChange);
 }

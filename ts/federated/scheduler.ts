@@ -26,6 +26,8 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
     private readonly running = new Map<string, Running>();
     private readonly progress = new Map<string, JobProgress>();
     private closed = false;
+    private kicking: Promise<void> | undefined;
+    private kickAgain = false;
 
     constructor(private readonly env: PipelineEnv, private readonly workers: number, private readonly protectedArtifacts: Set<string>) {
         super();
@@ -35,11 +37,11 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
     /** Puts jobs a previous process left running back in the queue, drops orphaned files, starts work. */
     async start(): Promise<void> {
         const now = new Date().toISOString();
-        for (const job of this.env.store.jobsIn(["running"])) {
-            for (const s of this.env.store.stages(job.id))
+        for (const job of await this.env.store.jobsIn(["running"])) {
+            for (const s of await this.env.store.stages(job.id))
                 if (s.status === "running")
-                    this.env.store.updateStage(job.id, s.name, {status: "pending"});
-            this.env.store.updateJob(job.id, {status: "queued"}, now);
+                    await this.env.store.updateStage(job.id, s.name, {status: "pending"});
+            await this.env.store.updateJob(job.id, {status: "queued"}, now);
         }
         await this.collectGarbage();
         this.kick();
@@ -47,13 +49,13 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
 
     /** Removes work folders and artifacts of jobs that no longer exist (e.g. a delete cut short by a kill). */
     private async collectGarbage(): Promise<void> {
-        const ids = this.env.store.allJobIds();
+        const ids = await this.env.store.allJobIds();
         const root = this.env.workDir("x").replace(/x$/, "");
         if (fs.existsSync(root))
             for (const name of fs.readdirSync(root))
                 if (!ids.has(name))
                     await fs.promises.rm(root + name, {recursive: true, force: true});
-        const referenced = this.env.store.referencedArtifacts();
+        const referenced = await this.env.store.referencedArtifacts();
         for (const sha of this.env.artifacts.list())
             if (!referenced.has(sha) && !this.protectedArtifacts.has(sha))
                 await this.env.artifacts.remove(sha);
@@ -65,24 +67,42 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
         return this.progress.get(jobId) ?? null;
     }
 
-    /** Starts queued jobs while a worker is free. */
+    /** Starts queued jobs while a worker is free (one pass at a time; a kick during a pass runs another). */
     kick(): void {
         if (this.closed)
             return;
-        for (const job of this.env.store.jobsIn(["queued"])) {
-            if (this.running.size >= this.workers)
-                return;
-            if (!this.running.has(job.id))
-                this.launch(job);
+        if (this.kicking) {
+            this.kickAgain = true;
+            return;
         }
+        this.kicking = (async () => {
+            do {
+                this.kickAgain = false;
+                for (const job of await this.env.store.jobsIn(["queued"])) {
+                    if (this.running.size >= this.workers || this.closed)
+                        break;
+                    if (!this.running.has(job.id))
+                        this.launch(job);
+                }
+            } while (this.kickAgain && !this.closed);
+        })().catch((err) => {
+            process.stderr.write(`scheduler: ${(err as Error).message}\n`);
+        }).finally(() => {
+            this.kicking = undefined;
+        });
+    }
+
+    /** A job was submitted. */
+    async jobAdded(_jobId: string): Promise<void> {
+        this.kick();
     }
 
     private launch(job: JobRecord): void {
         const controller = new AbortController();
         const added = new Set<string>();
         const store = this.env.store;
-        store.updateJob(job.id, {status: "running", error: null}, new Date().toISOString());
-        this.emit("change", job.id);
+        const started = Promise.resolve(store.updateJob(job.id, {status: "running", error: null}, new Date().toISOString()))
+            .then(() => this.emit("change", job.id));
         let last = 0;
         const onProgress = (stage: string, done: number, total: number) => {
             const p = {stage, done, total};
@@ -95,17 +115,18 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
         };
         const done = (async () => {
             try {
+                await started;
                 await runJobStages(this.env, {job, signal: controller.signal, onProgress: onProgress as never, added}, () => {
                     this.progress.delete(job.id);
                     this.emit("change", job.id);
                 });
-                if (store.job(job.id))
-                    store.updateJob(job.id, {status: "succeeded", stage: null}, new Date().toISOString());
+                if (await store.job(job.id))
+                    await store.updateJob(job.id, {status: "succeeded", stage: null}, new Date().toISOString());
                 await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
             } catch (err) {
-                if (!(err instanceof JobCancelledError) && store.job(job.id)) {
+                if (!(err instanceof JobCancelledError) && await store.job(job.id)) {
                     const message = err instanceof Error ? err.message : String(err);
-                    store.updateJob(job.id, {status: "failed", error: message}, new Date().toISOString());
+                    await store.updateJob(job.id, {status: "failed", error: message}, new Date().toISOString());
                     process.stderr.write(`job ${job.id} failed: ${message}\n`);
                     await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
                 }
@@ -124,7 +145,7 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
      * if it runs, then deletes its work folder and every artifact no other job references.
      */
     async erase(jobId: string): Promise<void> {
-        const refs = this.env.store.deleteJob(jobId);
+        const refs = await this.env.store.deleteJob(jobId);
         const run = this.running.get(jobId);
         this.emit("change", jobId);
         if (run) {
@@ -133,7 +154,7 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
             refs.push(...run.added);
         }
         await fs.promises.rm(this.env.workDir(jobId), {recursive: true, force: true});
-        const referenced = this.env.store.referencedArtifacts();
+        const referenced = await this.env.store.referencedArtifacts();
         for (const sha of new Set(refs))
             if (!referenced.has(sha) && !this.protectedArtifacts.has(sha))
                 await this.env.artifacts.remove(sha);
@@ -146,6 +167,7 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
     /** Stops every running job (its state stays resumable) and accepts no more work. */
     async close(): Promise<void> {
         this.closed = true;
+        await this.kicking;
         for (const r of this.running.values())
             r.controller.abort(new JobCancelledError("the server is shutting down"));
         await Promise.all([...this.running.values()].map((r) => r.done));

@@ -20,6 +20,8 @@ import {
     errorSchema, stageNames, terminalJobStates, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
 } from "./protocol.js";
 import {JobScheduler} from "./scheduler.js";
+import {DistributedRunner, type QueueSettings} from "./distributed.js";
+import {isPostgresUrl, PostgresJobStore, StoreUnavailableError, type WorkerRecord} from "./store-postgres.js";
 import {SqliteJobStore, TooManyJobsError, type JobRecord, type JobStore, type TokenRecord} from "./store.js";
 import {authenticate} from "./tokens.js";
 
@@ -28,7 +30,15 @@ export type GeneratorConfig =
     | {kind: "remote"; baseUrl: string; model: string; apiKeyEnv?: string; concurrency?: number; timeoutMs?: number; maxRetries?: number};
 
 export interface FederatedServerOptions {
+    /** Artifacts and work files (with a PostgreSQL store: the directory every worker mounts), and the embedded store. */
     dataDir: string;
+    /**
+     * A postgres:// URL keeps jobs, tokens and stage state in PostgreSQL and runs stages on workers
+     * (`ppc-gpt worker`); absent: the embedded SQLite store under dataDir, stages in this process.
+     */
+    store?: string;
+    /** Heartbeat, lease, expiry and retry settings of the PostgreSQL queue. */
+    queue?: Partial<QueueSettings>;
     /** The source model M_S (GGUF). */
     model: string;
     generator: GeneratorConfig;
@@ -40,7 +50,7 @@ export interface FederatedServerOptions {
     maxBodyBytes?: number;
     maxItemsPerJob?: number;
     maxConcurrentJobsPerClient?: number;
-    /** Jobs run at once (default 1). */
+    /** Jobs run at once (default 1; with a PostgreSQL store: stages run by this process, default 0). */
     workers?: number;
     /** CPU threads of BI scoring and training (default: all cores). */
     threads?: number;
@@ -84,6 +94,8 @@ class HttpError extends Error {
 function errorBody(err: FastifyError): {status: number; body: {error: string; code: string}} {
     if (err instanceof HttpError)
         return {status: err.statusCode, body: {error: err.message, code: err.code}};
+    if ((err as Error) instanceof StoreUnavailableError)
+        return {status: 503, body: {error: "the job store is unavailable; retry shortly", code: "store_unavailable"}};
     if (err.validation && err.validation.length > 0) {
         const v = err.validation[0] as {instancePath?: string; message?: string; keyword?: string; params?: Record<string, unknown>};
         const where = (v.instancePath ?? "").replace(/^\//, "") || (err.validationContext === "body" ? "body" : String(err.validationContext));
@@ -121,7 +133,7 @@ function canonicalJson(value: unknown): string {
     return JSON.stringify(value);
 }
 
-async function createGenerator(config: GeneratorConfig): Promise<Generator> {
+export async function createGenerator(config: GeneratorConfig): Promise<Generator> {
     if (config.kind === "embedded") {
         const {createEmbeddedGenerator} = await import("../synth/embedded.js");
         return createEmbeddedGenerator({modelPath: config.modelPath, sequences: config.sequences ?? 4, contextSize: config.contextSize,
@@ -149,7 +161,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     if (!fs.existsSync(options.model))
         throw new Error(`source model ${options.model} does not exist`);
     const dataDir = path.resolve(options.dataDir);
-    const store = SqliteJobStore.open(dataDir);
+    const distributed = isPostgresUrl(options.store);
+    const store: JobStore = distributed ? await PostgresJobStore.open(options.store!) : SqliteJobStore.open(dataDir);
     const artifacts = new ArtifactStore(dataDir);
     const source = await sourceModelInfo(options.model);
 
@@ -165,7 +178,13 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery,
         workDir: (id) => path.join(dataDir, "jobs", id),
     };
-    const scheduler = new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]));
+    const scheduler = distributed
+        ? new DistributedRunner({store: store as PostgresJobStore, env, workers: options.workers ?? 0, settings: options.queue,
+            protectedArtifacts: new Set([kit.sha256]), log})
+        : new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]));
+    if (distributed)
+        // workers check their source model against this one
+        await (store as PostgresJobStore).setSetting("source", {name: source.name, sha256: source.sha256, kit_sha256: kit.sha256});
 
     const info: ServerInfo = {
         protocol: protocolVersion,
@@ -198,7 +217,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     app.addHook("onRequest", async (request) => {
         if (publicRoutes.has(request.routeOptions.url ?? ""))
             return;
-        const client = authenticate(store, request.headers.authorization);
+        const client = await authenticate(store, request.headers.authorization);
         if (!client)
             throw new HttpError(401, errorCodes.unauthorized, "missing, invalid or revoked bearer token");
         request.client = client;
@@ -232,16 +251,16 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     app.setNotFoundHandler((request, reply) =>
         reply.code(404).send({error: `no route ${request.method} ${request.url.split("?")[0]}`, code: errorCodes.notFound}));
 
-    const ownJob = (request: FastifyRequest, id: string): JobRecord => {
-        const job = store.job(id);
+    const ownJob = async (request: FastifyRequest, id: string): Promise<JobRecord> => {
+        const job = await store.job(id);
         // another client's job does not exist for this one
         if (!job || job.client_id !== request.client!.id)
             throw new HttpError(404, errorCodes.notFound, `no job ${id}`);
         return job;
     };
 
-    const jobStatus = (job: JobRecord): JobStatus => {
-        const stages = store.stages(job.id);
+    const jobStatus = async (job: JobRecord): Promise<JobStatus> => {
+        const stages = await store.stages(job.id);
         const byName = (n: StageName) => stages.find((s) => s.name === n);
         const synth = byName("synth");
         const synthCounts = synth?.status === "done" ? synth.result as {accepted: number; rejected: number} : null;
@@ -289,18 +308,18 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             const location = routes.job(id);
             return reply.code(202).header("location", location).send({id, status: "queued", location});
         };
-        const replay = () => {
-            const hit = key === undefined ? undefined : store.idempotencyHit(client.id, key);
+        const replay = async () => {
+            const hit = key === undefined ? undefined : await store.idempotencyHit(client.id, key);
             if (!hit)
                 return undefined;
             if (hit.body_sha256 !== bodySha)
                 throw new HttpError(422, errorCodes.idempotencyMismatch, `Idempotency-Key "${key}" was used with a different body`);
             return accepted(hit.job_id);
         };
-        const earlier = replay();
+        const earlier = await replay();
         if (earlier)
             return earlier;
-        if (store.activeJobCount(client.id) >= maxActive)
+        if (await store.activeJobCount(client.id) >= maxActive)
             throw new HttpError(429, errorCodes.tooManyJobs, `this client already has ${maxActive} queued or running job(s); wait for one to finish`);
 
         const jsonl = Buffer.from(body.items.map((i) => JSON.stringify({id: i.id, question: i.question, choices: i.choices})).join("\n") + "\n");
@@ -314,7 +333,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 skipped.push("bi");
             if (!spec.server_retraining)
                 skipped.push("train", "merge");
-            store.createJob({id, client_id: client.id, spec, items: body.items.length, items_sha256: itemsSha, skipped,
+            await store.createJob({id, client_id: client.id, spec, items: body.items.length, items_sha256: itemsSha, skipped,
                 ...(key !== undefined ? {idempotency: {key, body_sha256: bodySha}} : {})}, new Date().toISOString(), maxActive);
         } catch (err) {
             const n = inFlightItems.get(itemsSha)! - 1;
@@ -323,12 +342,12 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             else
                 inFlightItems.set(itemsSha, n);
             // nothing of a rejected request stays behind
-            if (n === 0 && !store.referencedArtifacts().has(itemsSha))
+            if (n === 0 && !(await Promise.resolve(store.referencedArtifacts()).catch(() => new Set([itemsSha]))).has(itemsSha))
                 await artifacts.remove(itemsSha);
             if (err instanceof TooManyJobsError)
                 throw new HttpError(429, errorCodes.tooManyJobs, err.message);
             if (/UNIQUE|constraint/i.test((err as Error).message)) {
-                const again = replay();  // the same key, submitted twice at once
+                const again = await replay();  // the same key, submitted twice at once
                 if (again)
                     return again;
             }
@@ -339,27 +358,32 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             inFlightItems.delete(itemsSha);
         else
             inFlightItems.set(itemsSha, n);
-        scheduler.kick();
+        try {
+            await scheduler.jobAdded(id);
+        } catch (err) {
+            // the job is stored; the queue reconciler picks it up when the store is back
+            log(`job ${id}: could not queue it yet: ${(err as Error).message}`);
+        }
         return accepted(id);
     });
 
     app.get(routes.jobs, {schema: {summary: "This client's jobs", security: [{bearer: []}], response: {200: jobListSchema, 401: errorSchema}}},
-        async (request) => ({jobs: store.jobsOf(request.client!.id).map(jobStatus)}));
+        async (request) => ({jobs: await Promise.all((await store.jobsOf(request.client!.id)).map(jobStatus))}));
 
     const idRoute = `${routes.jobs}/:id`;
     app.get<{Params: {id: string}}>(idRoute, {schema: {summary: "Status of a job", security: [{bearer: []}], params: jobIdParamsSchema,
         response: {200: jobStatusSchema, ...errorResponses}}},
-    async (request) => jobStatus(ownJob(request, request.params.id)));
+    async (request) => jobStatus(await ownJob(request, request.params.id)));
 
     app.get<{Params: {id: string}}>(`${idRoute}/events`, {schema: {summary: "Server-sent events: status and progress of a job",
         security: [{bearer: []}], params: jobIdParamsSchema}},
-    async (request, reply) => streamEvents(request, reply, ownJob(request, request.params.id).id));
+    async (request, reply) => streamEvents(request, reply, (await ownJob(request, request.params.id)).id));
 
     app.get<{Params: {id: string}}>(`${idRoute}/model`, {schema: {summary: "The job's model (GGUF; Range supported)", security: [{bearer: []}],
         params: jobIdParamsSchema, response: {...errorResponses, 409: errorSchema, 416: errorSchema}}},
     async (request, reply) => {
-        const job = ownJob(request, request.params.id);
-        const model = job.status === "succeeded" ? finalModel(env, store.stages(job.id)) : undefined;
+        const job = await ownJob(request, request.params.id);
+        const model = job.status === "succeeded" ? finalModel(env, await store.stages(job.id)) : undefined;
         if (!model)
             throw new HttpError(409, errorCodes.notReady, `job ${job.id} is ${job.status}; its model is ready when it has succeeded`);
         return sendStoredFile(request, reply, model.file, model.info.sha256, model.info.size);
@@ -368,11 +392,37 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     app.delete<{Params: {id: string}}>(idRoute, {schema: {summary: "Cancel a job and erase everything stored of it", security: [{bearer: []}],
         params: jobIdParamsSchema, response: {...errorResponses, 204: {type: "null"}}}},
     async (request, reply) => {
-        const job = ownJob(request, request.params.id);
+        const job = await ownJob(request, request.params.id);
         await scheduler.erase(job.id);
         scheduler.kick();
         return reply.code(204).send();
     });
+
+    app.get(routes.jobs.replace(/jobs$/, "workers"), {schema: {summary: "Workers and the stages they hold (admin token)", security: [{bearer: []}],
+        response: {401: errorSchema, 403: errorSchema}}},
+    async (request) => {
+        if (!request.client!.admin)
+            throw new HttpError(403, "forbidden", "GET /v1/workers needs an admin token (server token create --admin)");
+        return {store: distributed ? "postgres" : "embedded", workers: await workerList()};
+    });
+
+    /** With the embedded store, the only worker is this process: its running jobs are what it holds. */
+    async function workerList(): Promise<WorkerRecord[]> {
+        if (scheduler instanceof DistributedRunner)
+            return scheduler.workers();
+        const running = await store.jobsIn(["running"]);
+        const claims = await Promise.all(running.map(async (job) => {
+            const stage = (await store.stages(job.id)).find((s) => s.status === "running");
+            const p = scheduler.progressOf(job.id);
+            return stage ? [{job_id: job.id, stage: stage.name, queue_job_id: "", claimed_at: stage.started_at ?? job.updated_at,
+                progress: p ? {done: p.done, total: p.total} : null}] : [];
+        }));
+        const now = new Date().toISOString();
+        return [{id: "in-process", host: (await import("node:os")).hostname(), pid: process.pid, stages: [...stageNames],
+            concurrency: options.workers ?? serverDefaults.workers, started_at: startedAt, last_seen: now, seconds_since_seen: 0, draining: false,
+            claims: claims.flat()}];
+    }
+    const startedAt = new Date().toISOString();
 
     function streamEvents(request: FastifyRequest, reply: FastifyReply, id: string): void {
         reply.hijack();
@@ -393,16 +443,24 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             clearInterval(ping);
             res.end();
         };
+        // one status read at a time, in order
+        let reading: Promise<void> = Promise.resolve();
         const onChange = (jobId: string) => {
             if (jobId !== id)
                 return;
-            const job = store.job(id);
-            if (!job)
-                return finish();
-            const status = jobStatus(job);
-            send(eventNames.status, status);
-            if (terminalJobStates.includes(status.status))
-                finish();
+            reading = reading.then(async () => {
+                if (closed)
+                    return;
+                const job = await store.job(id);
+                if (!job)
+                    return finish();
+                const status = await jobStatus(job);
+                send(eventNames.status, status);
+                if (terminalJobStates.includes(status.status))
+                    finish();
+            }).catch(() => {
+                // the store is away for a moment: the next change (or the client's reconnect) brings the status
+            });
         };
         const onProgress = (jobId: string, p: unknown) => {
             if (jobId === id)
@@ -433,7 +491,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 await scheduler.close();
                 await app.close();
                 await generator.close();
-                store.close();
+                await store.close();
             })();
             return closing;
         },

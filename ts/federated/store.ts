@@ -57,35 +57,42 @@ export interface NewJob {
 
 export type IdempotencyHit = {job_id: string; body_sha256: string};
 
-/** What the server needs of a store; a later PostgreSQL store implements the same. */
-export interface JobStore {
-    createToken(token: Omit<TokenRecord, "revoked_at">): void;
-    /** The live (not revoked) token with this hash. */
-    tokenByHash(sha256: string): TokenRecord | undefined;
-    /** Revokes by name or id; returns the revoked records (none when nothing matched). */
-    revokeToken(nameOrId: string, at: string): TokenRecord[];
-    listTokens(): TokenRecord[];
+/** A value, or a promise of it: the embedded store answers at once, the PostgreSQL one over the network. */
+export type Awaitable<T> = T | Promise<T>;
 
-    idempotencyHit(clientId: string, key: string): IdempotencyHit | undefined;
+/**
+ * What the server needs of a store: `SqliteJobStore` (embedded, the default) and
+ * `PostgresJobStore` (store-postgres.ts, shared by a server and its workers) implement it.
+ * Callers await every answer.
+ */
+export interface JobStore {
+    createToken(token: Omit<TokenRecord, "revoked_at">): Awaitable<void>;
+    /** The live (not revoked) token with this hash. */
+    tokenByHash(sha256: string): Awaitable<TokenRecord | undefined>;
+    /** Revokes by name or id; returns the revoked records (none when nothing matched). */
+    revokeToken(nameOrId: string, at: string): Awaitable<TokenRecord[]>;
+    listTokens(): Awaitable<TokenRecord[]>;
+
+    idempotencyHit(clientId: string, key: string): Awaitable<IdempotencyHit | undefined>;
     /**
      * Creates the job, its stage rows and its idempotency key in one transaction; throws
      * TooManyJobsError when the client already has `maxActive` queued or running jobs.
      */
-    createJob(job: NewJob, now: string, maxActive: number): void;
-    job(id: string): JobRecord | undefined;
-    jobsOf(clientId: string): JobRecord[];
+    createJob(job: NewJob, now: string, maxActive: number): Awaitable<void>;
+    job(id: string): Awaitable<JobRecord | undefined>;
+    jobsOf(clientId: string): Awaitable<JobRecord[]>;
     /** Jobs in these states, oldest first. */
-    jobsIn(states: JobState[]): JobRecord[];
-    activeJobCount(clientId: string): number;
-    updateJob(id: string, fields: Partial<Pick<JobRecord, "status" | "stage" | "error">>, now: string): void;
-    stages(jobId: string): StageRecord[];
-    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name">>): void;
+    jobsIn(states: JobState[]): Awaitable<JobRecord[]>;
+    activeJobCount(clientId: string): Awaitable<number>;
+    updateJob(id: string, fields: Partial<Pick<JobRecord, "status" | "stage" | "error">>, now: string): Awaitable<void>;
+    stages(jobId: string): Awaitable<StageRecord[]>;
+    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name">>): Awaitable<void>;
     /** Deletes the job's rows (job, stages, idempotency keys); returns the artifacts it referenced. */
-    deleteJob(id: string): string[];
+    deleteJob(id: string): Awaitable<string[]>;
     /** Every artifact some job still references. */
-    referencedArtifacts(): Set<string>;
-    allJobIds(): Set<string>;
-    close(): void;
+    referencedArtifacts(): Awaitable<Set<string>>;
+    allJobIds(): Awaitable<Set<string>>;
+    close(): Awaitable<void>;
 }
 
 export class TooManyJobsError extends Error {

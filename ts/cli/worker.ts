@@ -1,0 +1,115 @@
+import {Command} from "commander";
+import {queueDefaults} from "../federated/distributed.js";
+import {stageNames, type StageName} from "../federated/protocol.js";
+import {isPostgresUrl, redactUrl} from "../federated/store-postgres.js";
+import {startWorker} from "../federated/worker.js";
+import {parseNumber, UsageError} from "./output.js";
+import {generatorConfig, queueOptions} from "./server.js";
+
+interface WorkerCliOptions {
+    store?: string;
+    artifacts?: string;
+    model?: string;
+    stages: string;
+    concurrency: string;
+    generatorModel?: string;
+    generatorUrl?: string;
+    generatorRemoteModel?: string;
+    generatorApiKeyEnv?: string;
+    generatorConcurrency?: string;
+    contextSize?: string;
+    threads?: string;
+    checkpointEvery: string;
+    heartbeatSeconds: string;
+    leaseSeconds: string;
+    drainSeconds: string;
+    storeWaitSeconds: string;
+    json?: boolean;
+}
+
+const int = (v: string, name: string, min: number) =>
+    parseNumber(v, name, (x) => Number.isInteger(x) && x >= min, min === 0 ? "a non-negative integer" : `an integer >= ${min}`);
+
+function parseStages(v: string): StageName[] {
+    const list = v.split(",").map((s) => s.trim()).filter(Boolean);
+    const bad = list.filter((s) => !(stageNames as readonly string[]).includes(s));
+    if (list.length === 0 || bad.length > 0)
+        throw new UsageError(`--stages: ${bad.length ? `unknown stage(s) ${bad.join(", ")}` : "empty"}; choose among ${stageNames.join(",")}`);
+    return [...new Set(list)] as StageName[];
+}
+
+export function workerCommand(): Command {
+    return new Command("worker")
+        .description("Claim and run stages of the server's jobs from a PostgreSQL store (scale-out; docs/federated.md)")
+        .option("--store <postgres-url>", "the server's store (the same URL as its --store)")
+        .option("--artifacts <dir>", "the directory every machine mounts: the server's --data-dir")
+        .option("--model <source.gguf>", "the source model M_S (the server's file, or a copy with the same sha256)")
+        .option("--stages <list>", "stages this worker takes, e.g. bi,prune,train for a GPU machine", stageNames.join(","))
+        .option("--concurrency <n>", "stages run at once", "1")
+        .option("--generator-model <big.gguf>", "for the synth stage: generate with this local GGUF")
+        .option("--generator-url <url>", "for the synth stage: an OpenAI-compatible server")
+        .option("--generator-remote-model <name>", "model name to request from --generator-url")
+        .option("--generator-api-key-env <name>", "environment variable holding the generator's API key")
+        .option("--generator-concurrency <n>", "parallel sequences (embedded, default 4) or requests (remote, default 8)")
+        .option("--context-size <n>", "context tokens per sequence of the embedded generator")
+        .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
+        .option("--checkpoint-every <n>", "training checkpoint interval in steps (a dead worker's successor loses at most this many)", "50")
+        .option("--heartbeat-seconds <s>", "seconds between heartbeats", String(queueDefaults.heartbeatSeconds))
+        .option("--lease-seconds <s>", "a worker silent this long is dead and its stage goes to another", String(queueDefaults.leaseSeconds))
+        .option("--drain-seconds <s>", "on SIGTERM, wait this long for running stages before handing them back", "60")
+        .option("--store-wait-seconds <s>", "how long to wait for a database that went away before giving a stage back", "600")
+        .option("--json", "JSON lines on stdout (started, stopped)")
+        .addHelpText("after", `
+A worker claims stages (synth, bi, prune, train, merge) of any job from the queue in PostgreSQL,
+keeps a lease on them with a heartbeat, and writes each stage's output to the shared directory
+before marking it done. A worker killed mid-stage loses its lease after --lease-seconds and
+another worker resumes the job from its last finished stage (training from its last checkpoint).
+SIGTERM drains: no new stages; the running ones finish within --drain-seconds or are handed back.
+
+Examples:
+  ppc-gpt worker --store postgres://ppc@db/ppc --artifacts /mnt/ppc --model source.gguf \\
+      --generator-url http://gen:8000/v1 --generator-remote-model big          # every stage
+  ppc-gpt worker --store postgres://ppc@db/ppc --artifacts /mnt/ppc --model source.gguf \\
+      --stages bi,prune,train,merge --concurrency 2                             # a GPU machine`)
+        .action(async (opts: WorkerCliOptions) => {
+            if (!opts.store || !isPostgresUrl(opts.store))
+                throw new UsageError("--store postgres://… is required (the server's PostgreSQL store)");
+            if (!opts.artifacts)
+                throw new UsageError("--artifacts <dir> is required (the directory every machine mounts)");
+            if (!opts.model)
+                throw new UsageError("--model <source.gguf> is required");
+            const stages = parseStages(opts.stages);
+            const threads = opts.threads === undefined ? undefined : int(opts.threads, "--threads", 1);
+            const wantsGenerator = opts.generatorModel !== undefined || opts.generatorUrl !== undefined;
+            if (stages.includes("synth") && !wantsGenerator)
+                throw new UsageError("the synth stage needs a generator: --generator-url <url> --generator-remote-model <name>, or --generator-model " +
+                    "<big.gguf>; or leave synth out of --stages");
+            const seconds = (v: string, name: string) => parseNumber(v, name, (x) => x >= 0 && x <= 86400, "a number of seconds in [0, 86400]");
+            const running = await startWorker({
+                store: opts.store, artifacts: opts.artifacts, model: opts.model, stages,
+                generator: wantsGenerator ? generatorConfig(opts, threads) : undefined,
+                concurrency: int(opts.concurrency, "--concurrency", 1), threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
+                queue: queueOptions(opts), storeWaitMs: seconds(opts.storeWaitSeconds, "--store-wait-seconds") * 1000,
+            });
+            const w = running.worker;
+            if (opts.json)
+                process.stdout.write(JSON.stringify({event: "started", id: w.id, pid: process.pid, stages: w.stages, concurrency: w.concurrency}) + "\n");
+            else
+                process.stdout.write(`ppc-gpt worker ${w.id} takes ${w.stages.join(",")} (x${w.concurrency}) from ${redactUrl(opts.store)}\n`);
+            const drainMs = seconds(opts.drainSeconds, "--drain-seconds") * 1000;
+            await new Promise<void>((resolve) => {
+                let signals = 0;
+                const stop = () => {
+                    signals++;
+                    // a second signal: hand back at once
+                    void running.drain(signals > 1 ? 0 : drainMs).then(resolve);
+                    if (signals > 1)
+                        void w.drain(0);
+                };
+                process.on("SIGINT", stop);
+                process.on("SIGTERM", stop);
+            });
+            if (opts.json)
+                process.stdout.write(JSON.stringify({event: "stopped", id: w.id}) + "\n");
+        });
+}
