@@ -492,21 +492,24 @@ export class DistributedRunner extends EventEmitter<SchedulerEvents> {
         }
     }
 
-    /** Turns changes made by other processes into `change` and `progress` events (only while someone listens). */
+    /** Keeps the workers' progress at hand and turns changes made by other processes into events (while someone listens). */
     private async watch(): Promise<void> {
-        if (this.watching || this.listenerCount("change") + this.listenerCount("progress") === 0)
+        if (this.watching)
             return;
         this.watching = true;
         try {
-            const since = new Date(Date.now() - 10 * 60_000).toISOString();
-            const now = await this.store.jobFingerprints(since);
-            for (const [id, f] of now)
-                if (this.fingerprints.get(id) !== f)
-                    this.emit("change", id);
-            for (const id of this.fingerprints.keys())
-                if (!now.has(id))
-                    this.emit("change", id);
-            this.fingerprints = now;
+            if (this.listenerCount("change") > 0) {
+                const since = new Date(Date.now() - 10 * 60_000).toISOString();
+                const now = await this.store.jobFingerprints(since);
+                for (const [id, f] of now)
+                    if (this.fingerprints.get(id) !== f)
+                        this.emit("change", id);
+                for (const id of this.fingerprints.keys())
+                    if (!now.has(id))
+                        this.emit("change", id);
+                this.fingerprints = now;
+            } else
+                this.fingerprints.clear();
             const progress = new Map<string, JobProgress>();
             for (const w of await this.store.workers())
                 for (const c of w.claims)

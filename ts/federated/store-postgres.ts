@@ -177,6 +177,20 @@ export class PostgresJobStore implements JobStore {
         return this.retry(() => this.pool.query<R>(text, values));
     }
 
+    /**
+     * Runs a query once, never waiting for a lost database: heartbeats and the reaper must not
+     * act late on a judgement made before an outage.
+     */
+    private async once<R = Row>(text: string, values?: unknown[]): Promise<QueryResult<R>> {
+        try {
+            return await this.pool.query<R>(text, values);
+        } catch (err) {
+            if (isConnectionError(err))
+                throw new StoreUnavailableError(`the job store ${redactUrl(this.url)} is unavailable: ${(err as Error).message}`, {cause: err});
+            throw err;
+        }
+    }
+
     /** Runs `fn`, again and again while the database is unreachable, for up to `retryUnavailableMs`. */
     async retry<T>(fn: () => Promise<T>): Promise<T> {
         const until = Date.now() + this.retryUnavailableMs;
@@ -355,7 +369,7 @@ export class PostgresJobStore implements JobStore {
 
     /** Writes a heartbeat; false when the row is gone (the worker was declared dead and lost its claims). */
     async heartbeat(id: string, claims: WorkerClaim[], draining: boolean): Promise<boolean> {
-        const r = await this.query(`update ${this.t("workers")} set last_seen = now(), claims = $2, draining = $3 where id = $1`,
+        const r = await this.once(`update ${this.t("workers")} set last_seen = now(), claims = $2, draining = $3 where id = $1`,
             [id, JSON.stringify(claims), draining]);
         return (r.rowCount ?? 0) > 0;
     }
@@ -374,7 +388,7 @@ export class PostgresJobStore implements JobStore {
      * clock) and returns them: one caller gets each, so their claims are handed on exactly once.
      */
     async reapStaleWorkers(staleSeconds: number): Promise<WorkerRecord[]> {
-        const r = await this.query(`delete from ${this.t("workers")} where last_seen < now() - make_interval(secs => $1) ` +
+        const r = await this.once(`delete from ${this.t("workers")} where last_seen < now() - make_interval(secs => $1) ` +
             "returning *, extract(epoch from now() - last_seen)::float8 as seconds_since_seen", [staleSeconds]);
         return r.rows.map(workerOf);
     }

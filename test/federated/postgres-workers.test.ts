@@ -1,0 +1,193 @@
+// Scale-out with real processes: PostgreSQL (a throwaway cluster), one `ppc-gpt server --store
+// postgres://…` that runs no stages itself, and `ppc-gpt worker` processes sharing the artifacts
+// directory. A worker killed with -9 in the middle of training loses its lease and the other one
+// finishes the job from the last checkpoint; PostgreSQL stopped and started under a running job
+// pauses the work (the server answers 503 meanwhile) and loses nothing.
+import {spawn, type ChildProcess} from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import readline from "node:readline";
+import test, {type ExecutionContext} from "ava";
+import type {JobStatus} from "../../ts/federated/protocol.js";
+import {cliPath, hasShared, runCli, stories260K, tempDir} from "../helpers.js";
+import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
+import {PostgresCluster, skipPostgres} from "./postgres-cluster.js";
+import {auth, getJson, items, sha256, startServer, submit, waitJob} from "./server-process.js";
+
+const maybe = hasShared && !skipPostgres ? test.serial : test.skip;
+
+/** Heartbeats every second and a 4 s lease, so a dead worker is noticed quickly. */
+const lease = ["--heartbeat-seconds", "1", "--lease-seconds", "4"];
+
+interface WorkerProcess {
+    id: string;
+    child: ChildProcess;
+    stderr: () => string;
+    exited: Promise<number | null>;
+}
+
+async function startWorkerProcess(t: ExecutionContext, url: string, shared: string, genUrl: string, extra: string[] = []): Promise<WorkerProcess> {
+    const child = spawn(process.execPath, [cliPath, "worker", "--store", url, "--artifacts", shared, "--model", stories260K,
+        "--generator-url", genUrl, "--generator-remote-model", "teacher", "--threads", "1", "--checkpoint-every", "2", "--json", ...lease, ...extra],
+    {stdio: ["ignore", "pipe", "pipe"]});
+    let stderr = "";
+    child.stderr!.on("data", (d) => stderr += d);
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    t.teardown(async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+            child.kill("SIGKILL");
+            await exited;
+        }
+    });
+    const id = await new Promise<string>((resolve, reject) => {
+        readline.createInterface({input: child.stdout!}).once("line", (line) => {
+            try {
+                resolve(JSON.parse(line).id);
+            } catch {
+                reject(new Error(`worker printed ${line}\n${stderr}`));
+            }
+        });
+        child.once("exit", (code) => reject(new Error(`worker exited with ${code} before starting:\n${stderr}`)));
+    });
+    return {id, child, stderr: () => stderr, exited};
+}
+
+async function pgToken(url: string, name: string, admin = false): Promise<string> {
+    const r = await runCli(["server", "token", "create", "--name", name, "--store", url, ...(admin ? ["--admin"] : [])]);
+    if (r.code !== 0)
+        throw new Error(`token create failed: ${r.stderr}`);
+    return r.stdout.trim();
+}
+
+async function until<T>(what: string, check: () => Promise<T | undefined | false>, timeoutMs = 90_000): Promise<T> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+        const v = await check();
+        if (v)
+            return v;
+        if (Date.now() > end)
+            throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 100));
+    }
+}
+
+interface WorkersView {
+    store: string;
+    workers: {id: string; pid: number; claims: {job_id: string; stage: string; claimed_at: string; progress: {done: number; total: number} | null}[]}[];
+}
+
+async function downloadChecked(t: ExecutionContext, url: string, token: string, s: JobStatus): Promise<void> {
+    const res = await fetch(`${url}/v1/jobs/${s.id}/model`, {headers: auth(token)});
+    t.is(res.status, 200);
+    t.is(sha256(Buffer.from(await res.arrayBuffer())), s.model!.sha256);
+}
+
+const spec = (steps: number) => ({k: 2, server_steps: steps, batch_size: 2, r: 2, max_input_length: 32, max_target_length: 24, seed: 7});
+
+maybe("a server and two workers run three jobs; a worker killed -9 mid-training hands its job to the other", async (t) => {
+    const pg = await PostgresCluster.create(t);
+    const shared = tempDir(t);
+    const teacher = new Teacher();
+    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
+    t.teardown(() => gen.stop());
+    const admin = await pgToken(pg.url, "ops", true);
+    const token = await pgToken(pg.url, "acme");
+    const server = await startServer(t, shared, ["--store", pg.url, "--model", stories260K, "--generator-url", gen.baseUrl,
+        "--generator-remote-model", "teacher", "--max-concurrent-jobs", "3", ...lease]);
+    const w1 = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
+    const w2 = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
+
+    // the long job trains long enough to be killed in the middle; two short ones run beside it
+    const ids: string[] = [];
+    for (const steps of [120, 4, 4]) {
+        const r = await submit(server.url, token, {spec: spec(steps), items: items(3)});
+        t.is(r.status, 202, JSON.stringify(r.json));
+        ids.push(r.json.id);
+    }
+    const [long] = ids;
+
+    t.is((await getJson(server.url, token, "/v1/workers")).status, 403, "workers are for admin tokens only");
+    const checkpoint = path.join(shared, "jobs", long, "checkpoint", "checkpoint.json");
+    const holder = await until("the long job in training with a checkpoint on disk", async () => {
+        const view = (await getJson(server.url, admin, "/v1/workers")).json as WorkersView;
+        const w = view.workers.find((x) => x.claims.some((c) => c.job_id === long && c.stage === "train" && (c.progress?.done ?? 0) >= 4));
+        return w && fs.existsSync(checkpoint) ? {view, w} : undefined;
+    }, 150_000);
+    t.is(holder.view.store, "postgres");
+    t.deepEqual(holder.view.workers.map((w) => w.id).sort(), [w1.id, w2.id].sort());
+    const claim = holder.w.claims.find((c) => c.job_id === long)!;
+    t.false(Number.isNaN(Date.parse(claim.claimed_at)), "since when");
+    const victim = holder.w.id === w1.id ? w1 : w2;
+    const survivor = victim === w1 ? w2 : w1;
+    victim.child.kill("SIGKILL");
+    await victim.exited;
+    const savedStep = JSON.parse(fs.readFileSync(checkpoint, "utf8")).step as number;
+    t.true(savedStep > 0 && savedStep < 120, `checkpoint at step ${savedStep}`);
+
+    const done: JobStatus[] = [];
+    for (const id of ids)
+        done.push(await waitJob(server.url, token, id, () => false, 240_000));
+    for (const s of done) {
+        t.is(s.status, "succeeded", `${s.id}: ${s.error}\n${server.stderr()}\n${survivor.stderr()}`);
+        t.deepEqual(s.stages.map((x) => x.status), ["done", "done", "done", "done", "done"]);
+        await downloadChecked(t, server.url, token, s);
+    }
+    t.regex(server.stderr() + survivor.stderr(), new RegExp(`worker ${victim.id}.*sent no heartbeat`), "the dead worker was noticed");
+    // the survivor resumed training from the checkpoint the dead worker left in the shared directory
+    const store = await (await import("../../ts/federated/store-postgres.js")).PostgresJobStore.open(pg.url);
+    t.teardown(() => store.close());
+    const train = (await store.stages(long)).find((x) => x.name === "train")!.result as {steps: number; resumed_from: number | null};
+    t.is(train.steps, 120);
+    t.true(train.resumed_from !== null && train.resumed_from >= savedStep, `resumed from ${train.resumed_from}, checkpoint was at ${savedStep}`);
+    // the dead worker is gone from the list; the survivor holds nothing
+    const after = (await getJson(server.url, admin, "/v1/workers")).json as WorkersView;
+    t.deepEqual(after.workers.map((w) => w.id), [survivor.id]);
+    t.deepEqual(after.workers[0].claims, []);
+    t.false(fs.existsSync(path.join(shared, "jobs", long)), "the work folder is gone once the job is done");
+
+    // SIGTERM drains: the survivor exits cleanly and removes itself
+    survivor.child.kill("SIGTERM");
+    t.is(await survivor.exited, 0, survivor.stderr());
+    t.deepEqual(((await getJson(server.url, admin, "/v1/workers")).json as WorkersView).workers, []);
+});
+
+maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then the job finishes, nothing lost", async (t) => {
+    const pg = await PostgresCluster.create(t);
+    const shared = tempDir(t);
+    const teacher = new Teacher();
+    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
+    t.teardown(() => gen.stop());
+    const token = await pgToken(pg.url, "acme");
+    const server = await startServer(t, shared, ["--store", pg.url, "--model", stories260K, "--generator-url", gen.baseUrl,
+        "--generator-remote-model", "teacher", ...lease]);
+    const worker = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
+    const first = await submit(server.url, token, {spec: spec(80), items: items(3)});
+    const second = await submit(server.url, token, {spec: spec(4), items: items(2)});
+    t.is(first.status, 202);
+    t.is(second.status, 202);
+    await until("the first job in training", async () => {
+        const s = (await getJson(server.url, token, `/v1/jobs/${first.json.id}`)).json as JobStatus;
+        return s.stage === "train" && (s.progress?.done ?? 0) >= 2;
+    }, 150_000);
+
+    await pg.stop();
+    const down = await getJson(server.url, token, `/v1/jobs/${first.json.id}`);
+    t.is(down.status, 503);
+    t.is(down.json.code, "store_unavailable");
+    const refused = await submit(server.url, token, {spec: spec(4), items: items(2)});
+    t.is(refused.status, 503, "a submission while the store is down is refused, not half-stored");
+    // longer than the lease: after the restart nobody may be declared dead for the outage itself
+    await new Promise((r) => setTimeout(r, 6000));
+    t.is(server.child.exitCode, null, "the server is still running");
+    t.is(worker.child.exitCode, null, "the worker is still running");
+    await pg.start();
+
+    for (const r of [first, second]) {
+        const s = await waitJob(server.url, token, r.json.id, () => false, 240_000);
+        t.is(s.status, "succeeded", `${s.error}\n${server.stderr()}\n${worker.stderr()}`);
+        await downloadChecked(t, server.url, token, s);
+    }
+    t.notRegex(worker.stderr(), /lost its lease/, "the outage did not cost the worker its lease");
+    const jobs = (await getJson(server.url, token, "/v1/jobs")).json.jobs as JobStatus[];
+    t.deepEqual(jobs.map((j) => j.id).sort(), [first.json.id, second.json.id].sort(), "exactly the two accepted jobs exist");
+});
