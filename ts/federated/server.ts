@@ -46,6 +46,8 @@ export interface FederatedServerOptions {
     threads?: number;
     /** Training checkpoint interval in steps (default 50). */
     checkpointEvery?: number;
+    /** Token limit of every generator reply during synthesis (default: synth's 1024 / 512). */
+    synthMaxTokens?: number;
     /** Log lines (job failures, listening) go here; default stderr. */
     log?: (line: string) => void;
 }
@@ -162,7 +164,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const generator = await createGenerator(options.generator);
     const env: PipelineEnv = {
         store, artifacts, sourceModel: path.resolve(options.model), sourceSha256: source.sha256, generator,
-        threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery,
+        threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery, synthMaxTokens: options.synthMaxTokens,
         workDir: (id) => path.join(dataDir, "jobs", id),
     };
     const scheduler = new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]));
