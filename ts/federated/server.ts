@@ -172,7 +172,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const info: ServerInfo = {
         protocol: protocolVersion,
         model: {name: source.name, sha256: source.sha256, architecture: source.architecture, layers: source.layers, parameters: source.parameters},
-        generator: {kind: options.generator.kind, name: generator.name},
+        // a remote generator is named by its model only: its internal address is not the clients' business
+        generator: {kind: options.generator.kind, name: options.generator.kind === "remote" ? options.generator.model : generator.name},
         privacy: {mechanisms: [...privacyMechanisms], epsilon: {...epsilonRange}},
         limits: {max_body_bytes: maxBodyBytes, max_items_per_job: maxItems, max_concurrent_jobs_per_client: maxActive},
         job_spec_defaults: fillJobSpec(undefined),
