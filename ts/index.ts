@@ -71,3 +71,4 @@ export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, Pertu
 export {secureUniform, seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
+export {writePerturbationKit, isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
