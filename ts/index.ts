@@ -71,4 +71,6 @@ export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, Pertu
 export {secureUniform, seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
+export {releaseItems, idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
+export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
 export {writePerturbationKit, isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
