@@ -14,6 +14,7 @@ const verbs: Record<string, () => Promise<Command>> = {
     synth: async () => (await import("./synth.js")).synthCommand(),
     train: async () => (await import("./train.js")).trainCommand(),
     merge: async () => (await import("./merge.js")).mergeCommand(),
+    server: async () => (await import("./server.js")).serverCommand(),
     client: async () => (await import("./client.js")).clientCommand(),
 };
 
@@ -38,6 +39,7 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
 const program = new Command("ppc-gpt")
     .description("Compress large language models into private, task-specific small ones (PPC-GPT, PruFed) on llama.cpp")
     .exitOverride()
+    .enablePositionalOptions()  // \`server --data-dir D\` and \`server token create --data-dir D\` each get their own
     .showHelpAfterError(false)
     .addHelpText("after", `
 Exit codes: 0 done, 1 failed, 2 usage error.

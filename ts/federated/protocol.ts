@@ -232,7 +232,6 @@ export const privacySchema = {
 } as const;
 
 export const jobSpecSchema = {
-    $id: "JobSpec",
     type: "object",
     additionalProperties: false,
     description: "Job settings; every field optional, defaults are the paper's (see job_spec_defaults in /v1/info).",

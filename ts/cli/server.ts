@@ -1,0 +1,185 @@
+import {Command} from "commander";
+import {serverDefaults, startFederatedServer, type GeneratorConfig} from "../federated/server.js";
+import {SqliteJobStore} from "../federated/store.js";
+import {createToken} from "../federated/tokens.js";
+import {parseNumber, printJson, table, UsageError} from "./output.js";
+
+interface ServerCliOptions {
+    host: string;
+    port: string;
+    dataDir?: string;
+    model?: string;
+    generatorModel?: string;
+    generatorUrl?: string;
+    generatorRemoteModel?: string;
+    generatorApiKeyEnv?: string;
+    generatorConcurrency?: string;
+    contextSize?: string;
+    tlsCert?: string;
+    tlsKey?: string;
+    maxBodyMb: string;
+    maxItems: string;
+    maxConcurrentJobs: string;
+    workers: string;
+    threads?: string;
+    checkpointEvery: string;
+    json?: boolean;
+}
+
+const int = (v: string, name: string, min: number) =>
+    parseNumber(v, name, (x) => Number.isInteger(x) && x >= min, min === 0 ? "a non-negative integer" : `an integer >= ${min}`);
+
+function generatorConfig(opts: ServerCliOptions, threads: number | undefined): GeneratorConfig {
+    if ((opts.generatorModel === undefined) === (opts.generatorUrl === undefined))
+        throw new UsageError("choose the generator: --generator-model <big.gguf> or --generator-url <url> --generator-remote-model <name>");
+    const concurrency = opts.generatorConcurrency === undefined ? undefined : int(opts.generatorConcurrency, "--generator-concurrency", 1);
+    if (opts.generatorModel !== undefined) {
+        if (opts.generatorRemoteModel !== undefined || opts.generatorApiKeyEnv !== undefined)
+            throw new UsageError("--generator-remote-model and --generator-api-key-env go with --generator-url");
+        return {kind: "embedded", modelPath: opts.generatorModel, sequences: concurrency ?? 4, threads,
+            contextSize: opts.contextSize === undefined ? undefined : int(opts.contextSize, "--context-size", 64)};
+    }
+    if (!opts.generatorRemoteModel)
+        throw new UsageError("--generator-url needs --generator-remote-model <name>");
+    return {kind: "remote", baseUrl: opts.generatorUrl!, model: opts.generatorRemoteModel, apiKeyEnv: opts.generatorApiKeyEnv,
+        concurrency: concurrency ?? 8};
+}
+
+function dataDirOf(opts: {dataDir?: string}): string {
+    if (!opts.dataDir)
+        throw new UsageError("--data-dir <dir> is required");
+    return opts.dataDir;
+}
+
+function tokenCommand(): Command {
+    const token = new Command("token").description("Create, revoke and list client tokens (works while the server runs)");
+    token.command("create")
+        .description("Create a token for a client; it is printed once and only its sha256 is stored")
+        .requiredOption("--name <name>", "client name (letters, digits, . _ -)")
+        .option("--data-dir <dir>", "the server's data dir")
+        .option("--admin", "mark the token as an admin token (reserved for later use)")
+        .option("--json", "print {id, name, token} as JSON")
+        .action((opts: {name: string; dataDir?: string; admin?: boolean; json?: boolean}) => {
+            const store = SqliteJobStore.open(dataDirOf(opts));
+            try {
+                let made;
+                try {
+                    made = createToken(store, opts.name, {admin: opts.admin});
+                } catch (err) {
+                    throw new UsageError((err as Error).message);
+                }
+                if (opts.json)
+                    return printJson({id: made.record.id, name: made.record.name, admin: made.record.admin, token: made.token});
+                process.stdout.write(made.token + "\n");
+                process.stderr.write(`token ${made.record.id} for "${opts.name}" created; it is shown only now. Give it to the client as ` +
+                    `PPC_GPT_TOKEN or in a --token-file.\n`);
+            } finally {
+                store.close();
+            }
+        });
+    token.command("revoke")
+        .description("Revoke every live token with this name, or the token with this id")
+        .argument("<name-or-id>")
+        .option("--data-dir <dir>", "the server's data dir")
+        .option("--json", "print the revoked tokens as JSON")
+        .action((nameOrId: string, opts: {dataDir?: string; json?: boolean}) => {
+            const store = SqliteJobStore.open(dataDirOf(opts));
+            try {
+                const revoked = store.revokeToken(nameOrId, new Date().toISOString());
+                if (revoked.length === 0)
+                    throw new Error(`no live token named or with id "${nameOrId}"`);
+                if (opts.json)
+                    return printJson({revoked: revoked.map(({token_sha256: _h, ...r}) => r)});
+                process.stdout.write(revoked.map((r) => `revoked ${r.id} (${r.name})`).join("\n") + "\n");
+            } finally {
+                store.close();
+            }
+        });
+    token.command("list")
+        .description("List tokens (names, ids, dates; never the tokens)")
+        .option("--data-dir <dir>", "the server's data dir")
+        .option("--json", "print JSON")
+        .action((opts: {dataDir?: string; json?: boolean}) => {
+            const store = SqliteJobStore.open(dataDirOf(opts));
+            try {
+                const tokens = store.listTokens().map(({token_sha256: _h, ...r}) => r);
+                if (opts.json)
+                    return printJson({tokens});
+                process.stdout.write(table(["id", "name", "admin", "created", "revoked"],
+                    tokens.map((t) => [t.id, t.name, t.admin ? "yes" : "", t.created_at, t.revoked_at ?? ""])));
+            } finally {
+                store.close();
+            }
+        });
+    return token;
+}
+
+export function serverCommand(): Command {
+    const cmd = new Command("server").enablePositionalOptions()
+        .description("Run the PPC-GPT server: perturbed items in, a pruned and distilled model out (HTTP API /v1, docs/federated.md)")
+        .option("--host <host>", "address to listen on", serverDefaults.host)
+        .option("--port <n>", "port to listen on (0: a free one; the URL is printed)", String(serverDefaults.port))
+        .option("--data-dir <dir>", "job store, artifacts and work files (created if missing)")
+        .option("--model <source.gguf>", "the source model M_S that jobs prune and distill")
+        .option("--generator-model <big.gguf>", "generate synthetic data with this local GGUF (embedded llama.cpp)")
+        .option("--generator-url <url>", "or with an OpenAI-compatible server (vLLM, llama-server…), e.g. http://127.0.0.1:8000/v1")
+        .option("--generator-remote-model <name>", "model name to request from --generator-url")
+        .option("--generator-api-key-env <name>", "environment variable holding the generator's API key")
+        .option("--generator-concurrency <n>", "parallel sequences (embedded, default 4) or requests (remote, default 8)")
+        .option("--context-size <n>", "context tokens per sequence of the embedded generator")
+        .option("--tls-cert <file>", "serve HTTPS with this PEM certificate (with --tls-key)")
+        .option("--tls-key <file>", "PEM private key of --tls-cert")
+        .option("--max-body-mb <n>", "largest request body in MiB, after gzip decompression", String(serverDefaults.maxBodyBytes / (1024 * 1024)))
+        .option("--max-items <n>", "most items per job", String(serverDefaults.maxItemsPerJob))
+        .option("--max-concurrent-jobs <n>", "most queued or running jobs per client", String(serverDefaults.maxConcurrentJobsPerClient))
+        .option("--workers <n>", "jobs run at once", String(serverDefaults.workers))
+        .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
+        .option("--checkpoint-every <n>", "training checkpoint interval in steps (a kill loses at most this many)", String(serverDefaults.checkpointEvery))
+        .option("--json", "print the listening URL as a JSON line")
+        .addHelpText("after", `
+The server holds the source model and the generator, takes jobs from clients (perturbed questions
+and choices, never answers), and runs each job through synth -> bi -> prune -> train -> merge.
+Every stage's output is stored (SQLite + content-addressed files under --data-dir) before the
+next starts; a killed server resumes every unfinished job when started again. Clients need a
+token: create one with 'ppc-gpt server token create'.
+
+Examples:
+  ppc-gpt server token create --name acme --data-dir srv        # prints the token once
+  ppc-gpt server --data-dir srv --model source.gguf --generator-model big.gguf --port 8080
+  ppc-gpt server --data-dir srv --model source.gguf --port 0 --json \\
+      --generator-url http://127.0.0.1:8000/v1 --generator-remote-model qwen2.5-72b-instruct
+  ppc-gpt server token list --data-dir srv
+  ppc-gpt server token revoke acme --data-dir srv`)
+        .action(async (opts: ServerCliOptions) => {
+            const dataDir = dataDirOf(opts);
+            if (!opts.model)
+                throw new UsageError("--model <source.gguf> is required");
+            if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
+                throw new UsageError("give --tls-cert and --tls-key together");
+            const threads = opts.threads === undefined ? undefined : int(opts.threads, "--threads", 1);
+            const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
+            const maxBodyMb = parseNumber(opts.maxBodyMb, "--max-body-mb", (x) => x > 0 && x <= 4096, "a number in (0, 4096]");
+            const server = await startFederatedServer({
+                dataDir, model: opts.model, generator: generatorConfig(opts, threads), host: opts.host, port,
+                ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
+                maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
+                maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1), workers: int(opts.workers, "--workers", 1),
+                threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
+            });
+            if (opts.json)
+                process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, model: server.info.model,
+                    perturbation_kit: server.info.perturbation_kit}) + "\n");
+            else
+                process.stdout.write(`ppc-gpt server listening on ${server.url} (source ${server.info.model.name}, ` +
+                    `generator ${server.info.generator.name}, data ${dataDir})\n`);
+            await new Promise<void>((resolve) => {
+                const stop = () => resolve();
+                process.once("SIGINT", stop);
+                process.once("SIGTERM", stop);
+            });
+            // unfinished jobs stay resumable: they continue when the server starts again
+            await server.close();
+        });
+    cmd.addCommand(tokenCommand());
+    return cmd;
+}

@@ -1,0 +1,225 @@
+// One job's pipeline on the server: synth -> bi -> prune -> train -> merge, each stage calling the
+// stage library the way its CLI verb does. A stage's output becomes an artifact and its row is
+// marked done before the next stage starts, so a restarted server skips every finished stage;
+// synth resumes mid-way from its journal and train from its last checkpoint (both kept in the
+// job's work folder until the job ends).
+import fs from "node:fs";
+import path from "node:path";
+import {readTaskItems} from "../data/jsonl.js";
+import {readGguf} from "../gguf/read.js";
+import {loadModel} from "../model.js";
+import {blockInfluence, type BlockInfluenceReport} from "../prune/block-influence.js";
+import {planPruning, type PruningPlan} from "../prune/plan.js";
+import {removeLayers} from "../prune/remove.js";
+import type {Generator} from "../synth/generator.js";
+import {synthesize} from "../synth/pipeline.js";
+import {checkpointFile} from "../train/checkpoint.js";
+import {mergeLora} from "../train/merge.js";
+import {trainLora} from "../train/train.js";
+import type {ArtifactRef, ArtifactStore} from "./artifacts.js";
+import type {JobModelInfo, StageName} from "./protocol.js";
+import type {JobRecord, JobStore, StageRecord} from "./store.js";
+
+export interface PipelineEnv {
+    store: JobStore;
+    artifacts: ArtifactStore;
+    /** The source model M_S. */
+    sourceModel: string;
+    sourceSha256: string;
+    generator: Generator;
+    /** Parallel synthesis attempts (default: the generator's concurrency). */
+    synthConcurrency?: number;
+    /** CPU threads of BI scoring and training. */
+    threads?: number;
+    /** Training checkpoint interval in steps (a kill loses at most this many steps). */
+    checkpointEvery: number;
+    /** Folder of one job's unfinished work (synth journal, checkpoints). */
+    workDir: (jobId: string) => string;
+}
+
+export interface StageRun {
+    job: JobRecord;
+    signal: AbortSignal;
+    onProgress: (stage: StageName, done: number, total: number) => void;
+    /** Artifacts this run added (so that a cancelled job's leftovers can be found). */
+    added: Set<string>;
+}
+
+interface StageOutput {
+    artifact: ArtifactRef | null;
+    result: unknown;
+}
+
+export class JobCancelledError extends Error {
+    override name = "JobCancelledError";
+}
+
+const now = () => new Date().toISOString();
+
+/** Facts of a GGUF model a client is told about. */
+export async function modelFacts(file: string, sha256: string, size: number): Promise<JobModelInfo> {
+    const g = await readGguf(file, {maxArrayValues: 1});
+    return {sha256, size, layers: g.blockCount, parameters: g.tensors.reduce((s, t) => s + t.nElements, 0)};
+}
+
+function stageOf(stages: StageRecord[], name: StageName): StageRecord {
+    const s = stages.find((x) => x.name === name);
+    if (!s)
+        throw new Error(`job has no ${name} stage row`);
+    return s;
+}
+
+/** The model file a finished prune stage stands for: its artifact, or the source when nothing was removed. */
+function prunedModel(env: PipelineEnv, stages: StageRecord[]): {file: string; sha256: string} {
+    const prune = stageOf(stages, "prune");
+    return prune.artifact_sha256
+        ? {file: env.artifacts.pathOf(prune.artifact_sha256), sha256: prune.artifact_sha256}
+        : {file: env.sourceModel, sha256: env.sourceSha256};
+}
+
+async function addArtifact(env: PipelineEnv, run: StageRun, file: string): Promise<ArtifactRef> {
+    const ref = await env.artifacts.addFile(file);
+    run.added.add(ref.sha256);
+    return ref;
+}
+
+async function synthStage(env: PipelineEnv, run: StageRun, work: string): Promise<StageOutput> {
+    const output = path.join(work, "synthetic.jsonl");
+    const summary = await synthesize({
+        input: env.artifacts.pathOf(run.job.items_sha256), output, generator: env.generator, ratio: run.job.spec.k,
+        concurrency: env.synthConcurrency, seed: run.job.spec.seed, signal: run.signal,
+        onProgress: (p) => run.onProgress("synth", p.settled, p.target),
+    });
+    const counts = {accepted: summary.accepted, rejected: summary.rejected, reasons: summary.reasons, requests: summary.requests};
+    if (summary.accepted === 0) {
+        const reasons = Object.entries(summary.reasons).map(([r, n]) => `${r} ${n}`).join(", ");
+        throw new Error(`synthesis accepted no items from ${summary.parents} perturbed item(s) with generator ${summary.generator} ` +
+            `(${summary.rejected} attempts rejected${reasons ? `: ${reasons}` : ""}); nothing to score or train on`);
+    }
+    return {artifact: await addArtifact(env, run, output), result: counts};
+}
+
+async function biStage(env: PipelineEnv, run: StageRun, stages: StageRecord[], work: string): Promise<StageOutput> {
+    const spec = run.job.spec;
+    const synthetic = env.artifacts.pathOf(stageOf(stages, "synth").artifact_sha256!);
+    let items = await readTaskItems(synthetic);
+    if (!spec.rationales)
+        items = items.map(({rationale: _drop, ...rest}) => rest);
+    const model = await loadModel(env.sourceModel, env.threads ? {threads: env.threads} : {});
+    let report: BlockInfluenceReport;
+    try {
+        report = await blockInfluence(model, items, {metric: "bi", positions: "all", maxBatchTokens: 512,
+            maxTokens: spec.max_input_length + spec.max_target_length, onProgress: (d, t) => run.onProgress("bi", d, t)});
+    } finally {
+        model.close();
+    }
+    // the server's local path is none of the client's business
+    const shared = {...report, model: {...report.model, path: path.basename(env.sourceModel)}};
+    const file = path.join(work, "bi.json");
+    fs.writeFileSync(file, JSON.stringify(shared, null, 2) + "\n");
+    return {artifact: await addArtifact(env, run, file), result: shared};
+}
+
+async function pruneStage(env: PipelineEnv, run: StageRun, stages: StageRecord[], work: string): Promise<StageOutput> {
+    const spec = run.job.spec;
+    const bi = stageOf(stages, "bi");
+    const scores = spec.strategy === "bi" ? (bi.result as BlockInfluenceReport).bi : undefined;
+    const plan: PruningPlan = await planPruning(env.sourceModel, {strategy: spec.strategy, ratio: spec.ratio, scores});
+    const sharedPlan = {...plan, model: path.basename(env.sourceModel)};
+    if (plan.removed.length === 0) {
+        const size = fs.statSync(env.sourceModel).size;
+        return {artifact: null, result: {plan: sharedPlan, model: await modelFacts(env.sourceModel, env.sourceSha256, size)}};
+    }
+    const output = path.join(work, "pruned.gguf");
+    await removeLayers(env.sourceModel, output, plan.removed, {onProgress: (d, t) => run.onProgress("prune", d, t)});
+    const ref = await addArtifact(env, run, output);
+    await fs.promises.rm(output, {force: true});
+    return {artifact: ref, result: {plan: sharedPlan, model: await modelFacts(env.artifacts.pathOf(ref.sha256), ref.sha256, ref.size)}};
+}
+
+async function trainStage(env: PipelineEnv, run: StageRun, stages: StageRecord[], work: string): Promise<StageOutput> {
+    const spec = run.job.spec;
+    const checkpointDir = path.join(work, "checkpoint");
+    const output = path.join(work, "adapter.gguf");
+    const result = await trainLora({
+        model: prunedModel(env, stages).file,
+        data: env.artifacts.pathOf(stageOf(stages, "synth").artifact_sha256!),
+        output,
+        task: spec.rationales ? "cot" : "label",
+        rationaleWeight: spec.rationale_weight,
+        r: spec.r, loraAlpha: spec.lora_alpha, loraDropout: spec.lora_dropout, targetModules: spec.target_modules,
+        learningRate: spec.learning_rate, batchSize: spec.batch_size, steps: spec.server_steps,
+        maxInputLength: spec.max_input_length, maxTargetLength: spec.max_target_length, seed: spec.seed,
+        checkpointDir, saveEvery: env.checkpointEvery, resume: fs.existsSync(path.join(checkpointDir, checkpointFile)),
+        ...(env.threads ? {threads: env.threads} : {}),
+        signal: run.signal,
+        onProgress: (e) => {
+            if (e.type === "step")
+                run.onProgress("train", e.step, e.steps);
+        },
+    });
+    const ref = await addArtifact(env, run, output);
+    return {artifact: ref, result: {steps: result.steps, train_loss: result.trainLoss, tokens: result.tokens, items: result.items,
+        trainable_parameters: result.trainableParameters, seconds: result.seconds, resumed_from: result.resumedFrom ?? null}};
+}
+
+async function mergeStage(env: PipelineEnv, run: StageRun, stages: StageRecord[], work: string): Promise<StageOutput> {
+    const output = path.join(work, "model.gguf");
+    const adapter = env.artifacts.pathOf(stageOf(stages, "train").artifact_sha256!);
+    const r = await mergeLora(prunedModel(env, stages).file, adapter, output, {onProgress: (d, t) => run.onProgress("merge", d, t)});
+    const ref = await addArtifact(env, run, output);
+    await fs.promises.rm(output, {force: true});
+    return {artifact: ref, result: {merged_tensors: r.merged.length, model: await modelFacts(env.artifacts.pathOf(ref.sha256), ref.sha256, ref.size)}};
+}
+
+/** The job's final model: the merged one, else the pruned one. Undefined until the job succeeded. */
+export function finalModel(env: Pick<PipelineEnv, "artifacts" | "sourceModel">, stages: StageRecord[]): {file: string; info: JobModelInfo} | undefined {
+    for (const name of ["merge", "prune"] as const) {
+        const s = stages.find((x) => x.name === name);
+        if (s?.status === "done") {
+            const info = (s.result as {model: JobModelInfo}).model;
+            return {file: s.artifact_sha256 ? env.artifacts.pathOf(s.artifact_sha256) : env.sourceModel, info};
+        }
+    }
+    return undefined;
+}
+
+/**
+ * Runs every stage of the job that is not done yet, in order, recording each as it finishes.
+ * Throws the first stage's error (the caller records the job as failed).
+ */
+export async function runJobStages(env: PipelineEnv, run: StageRun, onStageChange: () => void): Promise<void> {
+    const work = env.workDir(run.job.id);
+    await fs.promises.mkdir(work, {recursive: true});
+    const store = env.store;
+    for (const name of ["synth", "bi", "prune", "train", "merge"] as const) {
+        const stages = store.stages(run.job.id);
+        const row = stageOf(stages, name);
+        if (row.status === "done" || row.status === "skipped")
+            continue;
+        if (run.signal.aborted)
+            throw new JobCancelledError("the job was cancelled");
+        const started = Date.now();
+        store.updateStage(run.job.id, name, {status: "running", started_at: new Date(started).toISOString(), finished_at: null, seconds: null});
+        store.updateJob(run.job.id, {stage: name}, now());
+        onStageChange();
+        let out: StageOutput;
+        try {
+            switch (name) {
+                case "synth": out = await synthStage(env, run, work); break;
+                case "bi": out = await biStage(env, run, stages, work); break;
+                case "prune": out = await pruneStage(env, run, stages, work); break;
+                case "train": out = await trainStage(env, run, stages, work); break;
+                case "merge": out = await mergeStage(env, run, stages, work); break;
+            }
+        } catch (err) {
+            if (run.signal.aborted)
+                throw new JobCancelledError("the job was cancelled");
+            store.updateStage(run.job.id, name, {status: "failed", finished_at: now(), seconds: (Date.now() - started) / 1000});
+            throw new Error(`${name} stage: ${(err as Error).message}`, {cause: err});
+        }
+        store.updateStage(run.job.id, name, {status: "done", finished_at: now(), seconds: (Date.now() - started) / 1000,
+            artifact_sha256: out.artifact?.sha256 ?? null, result: out.result});
+        onStageChange();
+    }
+}

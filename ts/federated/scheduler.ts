@@ -1,0 +1,153 @@
+// In-process job scheduler: runs queued jobs oldest first, `workers` at a time (default one: the
+// stages already use every core), resumes jobs a killed server left running, cancels on request,
+// and tells listeners (SSE streams) about stage changes and progress.
+import {EventEmitter} from "node:events";
+import fs from "node:fs";
+import {JobCancelledError, runJobStages, type PipelineEnv} from "./pipeline.js";
+import {terminalJobStates, type JobProgress} from "./protocol.js";
+import type {JobRecord} from "./store.js";
+
+export interface SchedulerEvents {
+    /** A job's status or stage changed (or it was deleted). */
+    change: [jobId: string];
+    progress: [jobId: string, progress: JobProgress];
+}
+
+interface Running {
+    controller: AbortController;
+    done: Promise<void>;
+    added: Set<string>;
+}
+
+/** Least time between two progress events of one job (at most ~4 per second). */
+const progressIntervalMs = 250;
+
+export class JobScheduler extends EventEmitter<SchedulerEvents> {
+    private readonly running = new Map<string, Running>();
+    private readonly progress = new Map<string, JobProgress>();
+    private closed = false;
+
+    constructor(private readonly env: PipelineEnv, private readonly workers: number, private readonly protectedArtifacts: Set<string>) {
+        super();
+        this.setMaxListeners(0);
+    }
+
+    /** Puts jobs a previous process left running back in the queue, drops orphaned files, starts work. */
+    async start(): Promise<void> {
+        const now = new Date().toISOString();
+        for (const job of this.env.store.jobsIn(["running"])) {
+            for (const s of this.env.store.stages(job.id))
+                if (s.status === "running")
+                    this.env.store.updateStage(job.id, s.name, {status: "pending"});
+            this.env.store.updateJob(job.id, {status: "queued"}, now);
+        }
+        await this.collectGarbage();
+        this.kick();
+    }
+
+    /** Removes work folders and artifacts of jobs that no longer exist (e.g. a delete cut short by a kill). */
+    private async collectGarbage(): Promise<void> {
+        const ids = this.env.store.allJobIds();
+        const root = this.env.workDir("x").replace(/x$/, "");
+        if (fs.existsSync(root))
+            for (const name of fs.readdirSync(root))
+                if (!ids.has(name))
+                    await fs.promises.rm(root + name, {recursive: true, force: true});
+        const referenced = this.env.store.referencedArtifacts();
+        for (const sha of this.env.artifacts.list())
+            if (!referenced.has(sha) && !this.protectedArtifacts.has(sha))
+                await this.env.artifacts.remove(sha);
+        for (const name of fs.readdirSync(this.env.artifacts.tmpDir))
+            await fs.promises.rm(`${this.env.artifacts.tmpDir}/${name}`, {force: true, recursive: true});
+    }
+
+    progressOf(jobId: string): JobProgress | null {
+        return this.progress.get(jobId) ?? null;
+    }
+
+    /** Starts queued jobs while a worker is free. */
+    kick(): void {
+        if (this.closed)
+            return;
+        for (const job of this.env.store.jobsIn(["queued"])) {
+            if (this.running.size >= this.workers)
+                return;
+            if (!this.running.has(job.id))
+                this.launch(job);
+        }
+    }
+
+    private launch(job: JobRecord): void {
+        const controller = new AbortController();
+        const added = new Set<string>();
+        const store = this.env.store;
+        store.updateJob(job.id, {status: "running", error: null}, new Date().toISOString());
+        this.emit("change", job.id);
+        let last = 0;
+        const onProgress = (stage: string, done: number, total: number) => {
+            const p = {stage, done, total};
+            this.progress.set(job.id, p);
+            const t = Date.now();
+            if (t - last >= progressIntervalMs || done >= total) {
+                last = t;
+                this.emit("progress", job.id, p);
+            }
+        };
+        const done = (async () => {
+            try {
+                await runJobStages(this.env, {job, signal: controller.signal, onProgress: onProgress as never, added}, () => {
+                    this.progress.delete(job.id);
+                    this.emit("change", job.id);
+                });
+                if (store.job(job.id))
+                    store.updateJob(job.id, {status: "succeeded", stage: null}, new Date().toISOString());
+                await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
+            } catch (err) {
+                if (!(err instanceof JobCancelledError) && store.job(job.id)) {
+                    const message = err instanceof Error ? err.message : String(err);
+                    store.updateJob(job.id, {status: "failed", error: message}, new Date().toISOString());
+                    process.stderr.write(`job ${job.id} failed: ${message}\n`);
+                    await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
+                }
+            } finally {
+                this.running.delete(job.id);
+                this.progress.delete(job.id);
+                this.emit("change", job.id);
+                setImmediate(() => this.kick());
+            }
+        })();
+        this.running.set(job.id, {controller, done, added});
+    }
+
+    /**
+     * Erases a job: its rows first (from then on it does not exist for any client), then stops it
+     * if it runs, then deletes its work folder and every artifact no other job references.
+     */
+    async erase(jobId: string): Promise<void> {
+        const refs = this.env.store.deleteJob(jobId);
+        const run = this.running.get(jobId);
+        this.emit("change", jobId);
+        if (run) {
+            run.controller.abort(new JobCancelledError("the job was deleted"));
+            await run.done;
+            refs.push(...run.added);
+        }
+        await fs.promises.rm(this.env.workDir(jobId), {recursive: true, force: true});
+        const referenced = this.env.store.referencedArtifacts();
+        for (const sha of new Set(refs))
+            if (!referenced.has(sha) && !this.protectedArtifacts.has(sha))
+                await this.env.artifacts.remove(sha);
+    }
+
+    isTerminal(status: string): boolean {
+        return terminalJobStates.includes(status as never);
+    }
+
+    /** Stops every running job (its state stays resumable) and accepts no more work. */
+    async close(): Promise<void> {
+        this.closed = true;
+        for (const r of this.running.values())
+            r.controller.abort(new JobCancelledError("the server is shutting down"));
+        await Promise.all([...this.running.values()].map((r) => r.done));
+    }
+}

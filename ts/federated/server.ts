@@ -1,0 +1,441 @@
+// The PPC-GPT server as an HTTP service (protocol v1, docs/federated.md): Fastify with the shared
+// JSON schemas validating every request, bearer-token auth, a persistent job store, the job
+// scheduler and content-addressed artifacts under the data dir.
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import zlib from "node:zlib";
+import Fastify, {type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest} from "fastify";
+import swagger from "@fastify/swagger";
+import {readGguf} from "../gguf/read.js";
+import {writePerturbationKit} from "../privacy/kit.js";
+import type {Generator} from "../synth/generator.js";
+import {createRemoteGenerator} from "../synth/remote.js";
+import {ArtifactStore, hashFile, type ArtifactRef} from "./artifacts.js";
+import {sendStoredFile} from "./download.js";
+import {finalModel, type PipelineEnv} from "./pipeline.js";
+import {
+    epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobStatusSchema,
+    privacyMechanisms, protocolVersion, routes, serverInfoSchema, submitHeadersSchema, submitJobResponseSchema, submitJobSchema,
+    errorSchema, stageNames, terminalJobStates, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
+} from "./protocol.js";
+import {JobScheduler} from "./scheduler.js";
+import {SqliteJobStore, TooManyJobsError, type JobRecord, type JobStore, type TokenRecord} from "./store.js";
+import {authenticate} from "./tokens.js";
+
+export type GeneratorConfig =
+    | {kind: "embedded"; modelPath: string; sequences?: number; contextSize?: number; threads?: number; gpuLayers?: number}
+    | {kind: "remote"; baseUrl: string; model: string; apiKeyEnv?: string; concurrency?: number; timeoutMs?: number; maxRetries?: number};
+
+export interface FederatedServerOptions {
+    dataDir: string;
+    /** The source model M_S (GGUF). */
+    model: string;
+    generator: GeneratorConfig;
+    host?: string;
+    /** 0 picks a free port. */
+    port?: number;
+    tls?: {cert: string; key: string};
+    /** Largest request body, after gzip decompression (default 32 MiB). */
+    maxBodyBytes?: number;
+    maxItemsPerJob?: number;
+    maxConcurrentJobsPerClient?: number;
+    /** Jobs run at once (default 1). */
+    workers?: number;
+    /** CPU threads of BI scoring and training (default: all cores). */
+    threads?: number;
+    /** Training checkpoint interval in steps (default 50). */
+    checkpointEvery?: number;
+    /** Log lines (job failures, listening) go here; default stderr. */
+    log?: (line: string) => void;
+}
+
+export interface FederatedServer {
+    app: FastifyInstance;
+    url: string;
+    info: ServerInfo;
+    store: JobStore;
+    close(): Promise<void>;
+}
+
+export const serverDefaults = {
+    host: "127.0.0.1",
+    port: 8080,
+    maxBodyBytes: 32 * 1024 * 1024,
+    maxItemsPerJob: 10000,
+    maxConcurrentJobsPerClient: 2,
+    workers: 1,
+    checkpointEvery: 50,
+} as const;
+
+declare module "fastify" {
+    interface FastifyRequest {
+        client?: TokenRecord;
+    }
+}
+
+class HttpError extends Error {
+    constructor(readonly statusCode: number, readonly code: string, message: string) {
+        super(message);
+    }
+}
+
+/** Turns a Fastify/ajv error into the protocol's `{error, code}` with a message naming the field. */
+function errorBody(err: FastifyError): {status: number; body: {error: string; code: string}} {
+    if (err instanceof HttpError)
+        return {status: err.statusCode, body: {error: err.message, code: err.code}};
+    if (err.validation && err.validation.length > 0) {
+        const v = err.validation[0] as {instancePath?: string; message?: string; keyword?: string; params?: Record<string, unknown>};
+        const where = (v.instancePath ?? "").replace(/^\//, "") || (err.validationContext === "body" ? "body" : String(err.validationContext));
+        const what = v.keyword === "additionalProperties"
+            ? `must not have the property "${String(v.params?.additionalProperty)}"`
+            : v.keyword === "required" ? `must have the property "${String(v.params?.missingProperty)}"` : v.message ?? "is invalid";
+        const context = err.validationContext && err.validationContext !== "body" ? `${err.validationContext}: ` : "";
+        return {status: 400, body: {error: `${context}${where} ${what}`, code: errorCodes.invalidRequest}};
+    }
+    switch (err.code) {
+        case "FST_ERR_CTP_BODY_TOO_LARGE":
+            return {status: 413, body: {error: err.message, code: errorCodes.payloadTooLarge}};
+        case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+            return {status: 415, body: {error: "the body must be application/json", code: errorCodes.unsupportedMediaType}};
+        case "FST_ERR_CTP_EMPTY_JSON_BODY":
+            return {status: 400, body: {error: "the body is empty", code: errorCodes.invalidRequest}};
+        case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
+            return {status: 400, body: {error: "the body does not match its Content-Length", code: errorCodes.invalidRequest}};
+    }
+    if (err.code === "Z_DATA_ERROR" || err.code === "Z_BUF_ERROR" || /incorrect header check|unexpected end of file/.test(err.message))
+        return {status: 400, body: {error: `the gzip body cannot be decompressed: ${err.message}`, code: errorCodes.invalidRequest}};
+    if (err instanceof SyntaxError || (err.statusCode === 400 && /JSON/.test(err.message)))
+        return {status: 400, body: {error: `the body is not valid JSON: ${err.message}`, code: errorCodes.invalidRequest}};
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    return {status, body: {error: status === 500 ? "internal server error" : err.message, code: status === 500 ? errorCodes.internal : "bad_request"}};
+}
+
+/** A stable serialization (sorted keys) for hashing request bodies. */
+function canonicalJson(value: unknown): string {
+    if (Array.isArray(value))
+        return `[${value.map(canonicalJson).join(",")}]`;
+    if (value && typeof value === "object")
+        return `{${Object.keys(value).sort().filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+            .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(",")}}`;
+    return JSON.stringify(value);
+}
+
+async function createGenerator(config: GeneratorConfig): Promise<Generator> {
+    if (config.kind === "embedded") {
+        const {createEmbeddedGenerator} = await import("../synth/embedded.js");
+        return createEmbeddedGenerator({modelPath: config.modelPath, sequences: config.sequences ?? 4, contextSize: config.contextSize,
+            threads: config.threads, gpuLayers: config.gpuLayers});
+    }
+    return createRemoteGenerator({baseUrl: config.baseUrl, model: config.model, apiKeyEnv: config.apiKeyEnv, concurrency: config.concurrency ?? 8,
+        timeoutMs: config.timeoutMs ?? 300_000, maxRetries: config.maxRetries ?? 6});
+}
+
+/** Public facts of the source model: name, sha256, architecture, layers, parameters. */
+async function sourceModelInfo(model: string): Promise<ServerInfo["model"] & {size: number}> {
+    const g = await readGguf(model, {maxArrayValues: 1});
+    const name = g.value("general.name");
+    const {sha256, size} = await hashFile(model);
+    return {name: typeof name === "string" ? name : path.basename(model, ".gguf"), sha256, architecture: g.architecture, layers: g.blockCount,
+        parameters: g.tensors.reduce((s, t) => s + t.nElements, 0), size};
+}
+
+/** Starts the server: opens the store, writes the perturbation kit, resumes unfinished jobs, listens. */
+export async function startFederatedServer(options: FederatedServerOptions): Promise<FederatedServer> {
+    const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+    const maxBodyBytes = options.maxBodyBytes ?? serverDefaults.maxBodyBytes;
+    const maxItems = options.maxItemsPerJob ?? serverDefaults.maxItemsPerJob;
+    const maxActive = options.maxConcurrentJobsPerClient ?? serverDefaults.maxConcurrentJobsPerClient;
+    if (!fs.existsSync(options.model))
+        throw new Error(`source model ${options.model} does not exist`);
+    const dataDir = path.resolve(options.dataDir);
+    const store = SqliteJobStore.open(dataDir);
+    const artifacts = new ArtifactStore(dataDir);
+    const source = await sourceModelInfo(options.model);
+
+    // the kit is a function of the source model; it is rewritten at each start and kept by hash
+    const kitTmp = path.join(artifacts.tmpDir, `kit-${process.pid}-${crypto.randomBytes(4).toString("hex")}.gguf`);
+    await writePerturbationKit(options.model, kitTmp);
+    const kit: ArtifactRef = await artifacts.addFile(kitTmp);
+    await fs.promises.rm(kitTmp, {force: true});
+
+    const generator = await createGenerator(options.generator);
+    const env: PipelineEnv = {
+        store, artifacts, sourceModel: path.resolve(options.model), sourceSha256: source.sha256, generator,
+        threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery,
+        workDir: (id) => path.join(dataDir, "jobs", id),
+    };
+    const scheduler = new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]));
+
+    const info: ServerInfo = {
+        protocol: protocolVersion,
+        model: {name: source.name, sha256: source.sha256, architecture: source.architecture, layers: source.layers, parameters: source.parameters},
+        generator: {kind: options.generator.kind, name: generator.name},
+        privacy: {mechanisms: [...privacyMechanisms], epsilon: {...epsilonRange}},
+        limits: {max_body_bytes: maxBodyBytes, max_items_per_job: maxItems, max_concurrent_jobs_per_client: maxActive},
+        job_spec_defaults: fillJobSpec(undefined),
+        perturbation_kit: {sha256: kit.sha256, size: kit.size},
+    };
+
+    const app = Fastify({
+        logger: false,
+        bodyLimit: maxBodyBytes,
+        ...(options.tls ? {https: {cert: fs.readFileSync(options.tls.cert), key: fs.readFileSync(options.tls.key)}} : {}),
+        // validation only: no coercion, no silently dropped properties (a leaked "answer" is a 400), no defaults
+        ajv: {customOptions: {removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false}},
+    }) as unknown as FastifyInstance;
+
+    await app.register(swagger, {
+        openapi: {
+            openapi: "3.0.3",
+            info: {title: "ppc-gpt federated server", version: protocolVersion,
+                description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
+            components: {securitySchemes: {bearer: {type: "http", scheme: "bearer"}}},
+        },
+    });
+
+    const publicRoutes = new Set<string>([routes.info, routes.openapi]);
+    app.addHook("onRequest", async (request) => {
+        if (publicRoutes.has(request.routeOptions.url ?? ""))
+            return;
+        const client = authenticate(store, request.headers.authorization);
+        if (!client)
+            throw new HttpError(401, errorCodes.unauthorized, "missing, invalid or revoked bearer token");
+        request.client = client;
+    });
+
+    // gzip bodies: decompressed as a stream; Fastify's body limit counts the decompressed bytes
+    app.addHook("preParsing", async (request, _reply, payload) => {
+        const encoding = (request.headers["content-encoding"] ?? "identity").toLowerCase().trim();
+        if (encoding === "identity")
+            return payload;
+        if (encoding !== "gzip")
+            throw new HttpError(415, errorCodes.unsupportedMediaType, `Content-Encoding ${encoding} is not supported (use gzip or none)`);
+        const gunzip = zlib.createGunzip() as zlib.Gunzip & {receivedEncodedLength: number};
+        gunzip.receivedEncodedLength = 0;
+        payload.on("data", (chunk: Buffer) => {
+            gunzip.receivedEncodedLength += chunk.length;
+        });
+        payload.on("error", (err) => gunzip.destroy(err));
+        payload.pipe(gunzip);
+        return gunzip;
+    });
+
+    app.setErrorHandler((err: FastifyError, request, reply) => {
+        const {status, body} = errorBody(err);
+        if (status === 500)
+            log(`${request.method} ${request.url}: ${err.stack ?? err.message}`);
+        if (status === 413)
+            reply.header("connection", "close");
+        return reply.code(status).type("application/json").send(body);
+    });
+    app.setNotFoundHandler((request, reply) =>
+        reply.code(404).send({error: `no route ${request.method} ${request.url.split("?")[0]}`, code: errorCodes.notFound}));
+
+    const ownJob = (request: FastifyRequest, id: string): JobRecord => {
+        const job = store.job(id);
+        // another client's job does not exist for this one
+        if (!job || job.client_id !== request.client!.id)
+            throw new HttpError(404, errorCodes.notFound, `no job ${id}`);
+        return job;
+    };
+
+    const jobStatus = (job: JobRecord): JobStatus => {
+        const stages = store.stages(job.id);
+        const byName = (n: StageName) => stages.find((s) => s.name === n);
+        const synth = byName("synth");
+        const synthCounts = synth?.status === "done" ? synth.result as {accepted: number; rejected: number} : null;
+        const prune = byName("prune");
+        const model = job.status === "succeeded" ? finalModel(env, stages)?.info ?? null : null;
+        return {
+            id: job.id, status: job.status, stage: job.status === "running" ? job.stage : null,
+            progress: job.status === "running" ? scheduler.progressOf(job.id) : null,
+            stages: stageNames.map((name) => {
+                const s = byName(name)!;
+                return {name, status: s.status, started_at: s.started_at, finished_at: s.finished_at, seconds: s.seconds};
+            }),
+            items: job.items, spec: job.spec, created_at: job.created_at, updated_at: job.updated_at, error: job.error,
+            synth: synthCounts ? {accepted: synthCounts.accepted, rejected: synthCounts.rejected} : null,
+            bi_report: byName("bi")?.status === "done" ? byName("bi")!.result as Record<string, unknown> : null,
+            plan: prune?.status === "done" ? (prune.result as {plan: Record<string, unknown>}).plan : null,
+            model,
+        };
+    };
+
+    const errorResponses = {400: errorSchema, 401: errorSchema, 404: errorSchema};
+    app.get(routes.info, {schema: {summary: "Public parameters of this server (no auth)", response: {200: serverInfoSchema}}}, async () => info);
+    app.get(routes.openapi, {schema: {hide: true}}, async () => app.swagger());
+    app.get(routes.perturbationKit, {schema: {summary: "The perturbation kit: vocabulary-only GGUF with token embeddings (Range supported)",
+        security: [{bearer: []}], response: {401: errorSchema, 416: errorSchema}}},
+    async (request, reply) => sendStoredFile(request, reply, artifacts.pathOf(kit.sha256), kit.sha256, kit.size));
+
+    // submissions being stored right now, by items artifact: never collected while in flight
+    const inFlightItems = new Map<string, number>();
+    app.post<{Body: SubmitJobRequest}>(routes.jobs, {
+        schema: {summary: "Submit perturbed items and a job spec", security: [{bearer: []}], body: submitJobSchema, headers: submitHeadersSchema,
+            response: {202: submitJobResponseSchema, 400: errorSchema, 401: errorSchema, 413: errorSchema, 422: errorSchema, 429: errorSchema}},
+    }, async (request, reply) => {
+        const client = request.client!;
+        const body = request.body;
+        if (body.items.length > maxItems)
+            throw new HttpError(413, errorCodes.payloadTooLarge, `items has ${body.items.length} entries; this server takes at most ${maxItems} per job`);
+        const problem = jobItemsProblem(body.items);
+        if (problem)
+            throw new HttpError(400, errorCodes.invalidRequest, problem);
+        const spec = fillJobSpec(body.spec);
+        const bodySha = crypto.createHash("sha256").update(canonicalJson({spec, items: body.items})).digest("hex");
+        const key = request.headers[headers.idempotencyKey] as string | undefined;
+        const accepted = (id: string) => {
+            const location = routes.job(id);
+            return reply.code(202).header("location", location).send({id, status: "queued", location});
+        };
+        const replay = () => {
+            const hit = key === undefined ? undefined : store.idempotencyHit(client.id, key);
+            if (!hit)
+                return undefined;
+            if (hit.body_sha256 !== bodySha)
+                throw new HttpError(422, errorCodes.idempotencyMismatch, `Idempotency-Key "${key}" was used with a different body`);
+            return accepted(hit.job_id);
+        };
+        const earlier = replay();
+        if (earlier)
+            return earlier;
+        if (store.activeJobCount(client.id) >= maxActive)
+            throw new HttpError(429, errorCodes.tooManyJobs, `this client already has ${maxActive} queued or running job(s); wait for one to finish`);
+
+        const jsonl = Buffer.from(body.items.map((i) => JSON.stringify({id: i.id, question: i.question, choices: i.choices})).join("\n") + "\n");
+        const itemsSha = crypto.createHash("sha256").update(jsonl).digest("hex");
+        inFlightItems.set(itemsSha, (inFlightItems.get(itemsSha) ?? 0) + 1);
+        const id = "job_" + crypto.randomBytes(12).toString("base64url");
+        try {
+            await artifacts.addBytes(jsonl);
+            const skipped: StageName[] = [];
+            if (spec.strategy !== "bi")
+                skipped.push("bi");
+            if (!spec.server_retraining)
+                skipped.push("train", "merge");
+            store.createJob({id, client_id: client.id, spec, items: body.items.length, items_sha256: itemsSha, skipped,
+                ...(key !== undefined ? {idempotency: {key, body_sha256: bodySha}} : {})}, new Date().toISOString(), maxActive);
+        } catch (err) {
+            const n = inFlightItems.get(itemsSha)! - 1;
+            if (n === 0)
+                inFlightItems.delete(itemsSha);
+            else
+                inFlightItems.set(itemsSha, n);
+            // nothing of a rejected request stays behind
+            if (n === 0 && !store.referencedArtifacts().has(itemsSha))
+                await artifacts.remove(itemsSha);
+            if (err instanceof TooManyJobsError)
+                throw new HttpError(429, errorCodes.tooManyJobs, err.message);
+            if (/UNIQUE|constraint/i.test((err as Error).message)) {
+                const again = replay();  // the same key, submitted twice at once
+                if (again)
+                    return again;
+            }
+            throw err;
+        }
+        const n = inFlightItems.get(itemsSha)! - 1;
+        if (n === 0)
+            inFlightItems.delete(itemsSha);
+        else
+            inFlightItems.set(itemsSha, n);
+        scheduler.kick();
+        return accepted(id);
+    });
+
+    app.get(routes.jobs, {schema: {summary: "This client's jobs", security: [{bearer: []}], response: {200: jobListSchema, 401: errorSchema}}},
+        async (request) => ({jobs: store.jobsOf(request.client!.id).map(jobStatus)}));
+
+    const idRoute = `${routes.jobs}/:id`;
+    app.get<{Params: {id: string}}>(idRoute, {schema: {summary: "Status of a job", security: [{bearer: []}], params: jobIdParamsSchema,
+        response: {200: jobStatusSchema, ...errorResponses}}},
+    async (request) => jobStatus(ownJob(request, request.params.id)));
+
+    app.get<{Params: {id: string}}>(`${idRoute}/events`, {schema: {summary: "Server-sent events: status and progress of a job",
+        security: [{bearer: []}], params: jobIdParamsSchema}},
+    async (request, reply) => streamEvents(request, reply, ownJob(request, request.params.id).id));
+
+    app.get<{Params: {id: string}}>(`${idRoute}/model`, {schema: {summary: "The job's model (GGUF; Range supported)", security: [{bearer: []}],
+        params: jobIdParamsSchema, response: {...errorResponses, 409: errorSchema, 416: errorSchema}}},
+    async (request, reply) => {
+        const job = ownJob(request, request.params.id);
+        const model = job.status === "succeeded" ? finalModel(env, store.stages(job.id)) : undefined;
+        if (!model)
+            throw new HttpError(409, errorCodes.notReady, `job ${job.id} is ${job.status}; its model is ready when it has succeeded`);
+        return sendStoredFile(request, reply, model.file, model.info.sha256, model.info.size);
+    });
+
+    app.delete<{Params: {id: string}}>(idRoute, {schema: {summary: "Cancel a job and erase everything stored of it", security: [{bearer: []}],
+        params: jobIdParamsSchema, response: {...errorResponses, 204: {type: "null"}}}},
+    async (request, reply) => {
+        const job = ownJob(request, request.params.id);
+        await scheduler.erase(job.id);
+        scheduler.kick();
+        return reply.code(204).send();
+    });
+
+    function streamEvents(request: FastifyRequest, reply: FastifyReply, id: string): void {
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive",
+            "x-accel-buffering": "no"});
+        let closed = false;
+        const send = (event: string, data: unknown) => {
+            if (!closed)
+                res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        };
+        const finish = () => {
+            if (closed)
+                return;
+            closed = true;
+            scheduler.off("change", onChange);
+            scheduler.off("progress", onProgress);
+            clearInterval(ping);
+            res.end();
+        };
+        const onChange = (jobId: string) => {
+            if (jobId !== id)
+                return;
+            const job = store.job(id);
+            if (!job)
+                return finish();
+            const status = jobStatus(job);
+            send(eventNames.status, status);
+            if (terminalJobStates.includes(status.status))
+                finish();
+        };
+        const onProgress = (jobId: string, p: unknown) => {
+            if (jobId === id)
+                send(eventNames.progress, p);
+        };
+        const ping = setInterval(() => {
+            if (!closed)
+                res.write(": ping\n\n");
+        }, 15_000);
+        request.raw.on("close", finish);
+        scheduler.on("change", onChange);
+        scheduler.on("progress", onProgress);
+        onChange(id);
+    }
+
+    await scheduler.start();
+    await app.listen({host: options.host ?? serverDefaults.host, port: options.port ?? serverDefaults.port});
+    const address = app.server.address();
+    const port = typeof address === "object" && address ? address.port : options.port;
+    const host = options.host ?? serverDefaults.host;
+    const url = `${options.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
+
+    let closing: Promise<void> | undefined;
+    return {
+        app, url, info, store,
+        close() {
+            closing ??= (async () => {
+                await scheduler.close();
+                await app.close();
+                await generator.close();
+                store.close();
+            })();
+            return closing;
+        },
+    };
+}

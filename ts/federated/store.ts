@@ -1,0 +1,304 @@
+// The server's persistent state: client tokens (hashes only), jobs, their stages and idempotency
+// keys. `JobStore` is the interface the server uses; `SqliteJobStore` implements it on an embedded
+// SQLite database (libsql) in WAL mode with synchronous=FULL, so a committed row survives kill -9
+// and power loss, and a second process (`ppc-gpt server token …`) can read and write while the
+// server runs.
+import fs from "node:fs";
+import path from "node:path";
+import Database from "libsql";
+import {stageNames, type FilledJobSpec, type JobState, type StageName, type StageState} from "./protocol.js";
+
+export interface TokenRecord {
+    id: string;
+    name: string;
+    token_sha256: string;
+    admin: boolean;
+    created_at: string;
+    revoked_at: string | null;
+}
+
+export interface JobRecord {
+    id: string;
+    client_id: string;
+    status: JobState;
+    stage: StageName | null;
+    spec: FilledJobSpec;
+    items: number;
+    /** sha256 of the job's input items (a JSONL artifact). */
+    items_sha256: string;
+    created_at: string;
+    updated_at: string;
+    error: string | null;
+}
+
+export interface StageRecord {
+    job_id: string;
+    name: StageName;
+    status: StageState;
+    started_at: string | null;
+    finished_at: string | null;
+    seconds: number | null;
+    /** The stage's output artifact. */
+    artifact_sha256: string | null;
+    /** Stage-specific result (synth counts, BI report, pruning plan, model facts), JSON. */
+    result: unknown;
+}
+
+export interface NewJob {
+    id: string;
+    client_id: string;
+    spec: FilledJobSpec;
+    items: number;
+    items_sha256: string;
+    /** Stages the job will skip from the start (e.g. train and merge without server retraining). */
+    skipped: StageName[];
+    idempotency?: {key: string; body_sha256: string};
+}
+
+export type IdempotencyHit = {job_id: string; body_sha256: string};
+
+/** What the server needs of a store; a later PostgreSQL store implements the same. */
+export interface JobStore {
+    createToken(token: Omit<TokenRecord, "revoked_at">): void;
+    /** The live (not revoked) token with this hash. */
+    tokenByHash(sha256: string): TokenRecord | undefined;
+    /** Revokes by name or id; returns the revoked records (none when nothing matched). */
+    revokeToken(nameOrId: string, at: string): TokenRecord[];
+    listTokens(): TokenRecord[];
+
+    idempotencyHit(clientId: string, key: string): IdempotencyHit | undefined;
+    /**
+     * Creates the job, its stage rows and its idempotency key in one transaction; throws
+     * TooManyJobsError when the client already has `maxActive` queued or running jobs.
+     */
+    createJob(job: NewJob, now: string, maxActive: number): void;
+    job(id: string): JobRecord | undefined;
+    jobsOf(clientId: string): JobRecord[];
+    /** Jobs in these states, oldest first. */
+    jobsIn(states: JobState[]): JobRecord[];
+    activeJobCount(clientId: string): number;
+    updateJob(id: string, fields: Partial<Pick<JobRecord, "status" | "stage" | "error">>, now: string): void;
+    stages(jobId: string): StageRecord[];
+    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name">>): void;
+    /** Deletes the job's rows (job, stages, idempotency keys); returns the artifacts it referenced. */
+    deleteJob(id: string): string[];
+    /** Every artifact some job still references. */
+    referencedArtifacts(): Set<string>;
+    allJobIds(): Set<string>;
+    close(): void;
+}
+
+export class TooManyJobsError extends Error {
+    override name = "TooManyJobsError";
+}
+
+const schema = `
+create table if not exists tokens (
+    id text primary key,
+    name text not null,
+    token_sha256 text not null unique,
+    admin integer not null default 0,
+    created_at text not null,
+    revoked_at text
+);
+create unique index if not exists tokens_live_name on tokens(name) where revoked_at is null;
+create table if not exists jobs (
+    id text primary key,
+    client_id text not null,
+    status text not null,
+    stage text,
+    spec text not null,
+    items integer not null,
+    items_sha256 text not null,
+    created_at text not null,
+    updated_at text not null,
+    error text
+);
+create index if not exists jobs_client on jobs(client_id, created_at);
+create index if not exists jobs_status on jobs(status, created_at);
+create table if not exists stages (
+    job_id text not null references jobs(id) on delete cascade,
+    name text not null,
+    position integer not null,
+    status text not null,
+    started_at text,
+    finished_at text,
+    seconds real,
+    artifact_sha256 text,
+    result text,
+    primary key (job_id, name)
+);
+create table if not exists idempotency_keys (
+    client_id text not null,
+    key text not null,
+    body_sha256 text not null,
+    job_id text not null references jobs(id) on delete cascade,
+    created_at text not null,
+    primary key (client_id, key)
+);
+`;
+
+type Row = Record<string, unknown>;
+
+function tokenOf(r: Row): TokenRecord {
+    return {id: String(r.id), name: String(r.name), token_sha256: String(r.token_sha256), admin: Number(r.admin) === 1,
+        created_at: String(r.created_at), revoked_at: r.revoked_at == null ? null : String(r.revoked_at)};
+}
+
+function jobOf(r: Row): JobRecord {
+    return {id: String(r.id), client_id: String(r.client_id), status: r.status as JobState, stage: (r.stage ?? null) as StageName | null,
+        spec: JSON.parse(String(r.spec)), items: Number(r.items), items_sha256: String(r.items_sha256), created_at: String(r.created_at),
+        updated_at: String(r.updated_at), error: r.error == null ? null : String(r.error)};
+}
+
+function stageOf(r: Row): StageRecord {
+    return {job_id: String(r.job_id), name: r.name as StageName, status: r.status as StageState,
+        started_at: r.started_at == null ? null : String(r.started_at), finished_at: r.finished_at == null ? null : String(r.finished_at),
+        seconds: r.seconds == null ? null : Number(r.seconds), artifact_sha256: r.artifact_sha256 == null ? null : String(r.artifact_sha256),
+        result: r.result == null ? null : JSON.parse(String(r.result))};
+}
+
+export class SqliteJobStore implements JobStore {
+    private readonly db: Database.Database;
+
+    private constructor(db: Database.Database) {
+        this.db = db;
+    }
+
+    /** Opens (creating if needed) `<dataDir>/store.db`. */
+    static open(dataDir: string): SqliteJobStore {
+        fs.mkdirSync(dataDir, {recursive: true});
+        const file = path.join(dataDir, "store.db");
+        let db: Database.Database;
+        try {
+            db = new Database(file);
+        } catch (err) {
+            throw new Error(`cannot open the job store ${file}: ${(err as Error).message}`);
+        }
+        // a second process (token admin) may hold the write lock for a moment
+        db.pragma("busy_timeout = 10000");
+        db.pragma("journal_mode = WAL");
+        // FULL: every commit is fsynced, so an acknowledged job exists after kill -9 or power loss
+        db.pragma("synchronous = FULL");
+        db.pragma("foreign_keys = ON");
+        db.exec(schema);
+        return new SqliteJobStore(db);
+    }
+
+    createToken(t: Omit<TokenRecord, "revoked_at">): void {
+        try {
+            this.db.prepare("insert into tokens (id, name, token_sha256, admin, created_at) values (?, ?, ?, ?, ?)")
+                .run(t.id, t.name, t.token_sha256, t.admin ? 1 : 0, t.created_at);
+        } catch (err) {
+            if (/UNIQUE/i.test((err as Error).message))
+                throw new Error(`a live token named "${t.name}" exists; revoke it first or choose another name`);
+            throw err;
+        }
+    }
+
+    tokenByHash(sha256: string): TokenRecord | undefined {
+        const r = this.db.prepare("select * from tokens where token_sha256 = ? and revoked_at is null").get(sha256) as Row | undefined;
+        return r ? tokenOf(r) : undefined;
+    }
+
+    revokeToken(nameOrId: string, at: string): TokenRecord[] {
+        return this.db.transaction(() => {
+            const rows = (this.db.prepare("select * from tokens where (name = ? or id = ?) and revoked_at is null").all(nameOrId, nameOrId) as Row[])
+                .map(tokenOf);
+            for (const r of rows)
+                this.db.prepare("update tokens set revoked_at = ? where id = ?").run(at, r.id);
+            return rows.map((r) => ({...r, revoked_at: at}));
+        })();
+    }
+
+    listTokens(): TokenRecord[] {
+        return (this.db.prepare("select * from tokens order by created_at, id").all() as Row[]).map(tokenOf);
+    }
+
+    idempotencyHit(clientId: string, key: string): IdempotencyHit | undefined {
+        const r = this.db.prepare("select job_id, body_sha256 from idempotency_keys where client_id = ? and key = ?").get(clientId, key) as Row | undefined;
+        return r ? {job_id: String(r.job_id), body_sha256: String(r.body_sha256)} : undefined;
+    }
+
+    createJob(job: NewJob, now: string, maxActive: number): void {
+        this.db.transaction(() => {
+            if (this.activeJobCount(job.client_id) >= maxActive)
+                throw new TooManyJobsError(`this client already has ${maxActive} queued or running job(s); wait for one to finish`);
+            this.db.prepare("insert into jobs (id, client_id, status, stage, spec, items, items_sha256, created_at, updated_at, error) " +
+                "values (?, ?, 'queued', null, ?, ?, ?, ?, ?, null)")
+                .run(job.id, job.client_id, JSON.stringify(job.spec), job.items, job.items_sha256, now, now);
+            const insertStage = this.db.prepare("insert into stages (job_id, name, position, status) values (?, ?, ?, ?)");
+            stageNames.forEach((name, i) => insertStage.run(job.id, name, i, job.skipped.includes(name) ? "skipped" : "pending"));
+            if (job.idempotency)
+                this.db.prepare("insert into idempotency_keys (client_id, key, body_sha256, job_id, created_at) values (?, ?, ?, ?, ?)")
+                    .run(job.client_id, job.idempotency.key, job.idempotency.body_sha256, job.id, now);
+        }).immediate();
+    }
+
+    job(id: string): JobRecord | undefined {
+        const r = this.db.prepare("select * from jobs where id = ?").get(id) as Row | undefined;
+        return r ? jobOf(r) : undefined;
+    }
+
+    jobsOf(clientId: string): JobRecord[] {
+        return (this.db.prepare("select * from jobs where client_id = ? order by created_at, id").all(clientId) as Row[]).map(jobOf);
+    }
+
+    jobsIn(states: JobState[]): JobRecord[] {
+        const marks = states.map(() => "?").join(", ");
+        return (this.db.prepare(`select * from jobs where status in (${marks}) order by created_at, id`).all(...states) as Row[]).map(jobOf);
+    }
+
+    activeJobCount(clientId: string): number {
+        const r = this.db.prepare("select count(*) as n from jobs where client_id = ? and status in ('queued', 'running')").get(clientId) as Row;
+        return Number(r.n);
+    }
+
+    updateJob(id: string, fields: Partial<Pick<JobRecord, "status" | "stage" | "error">>, now: string): void {
+        const keys = Object.keys(fields) as (keyof typeof fields)[];
+        const sets = [...keys.map((k) => `${k} = ?`), "updated_at = ?"].join(", ");
+        this.db.prepare(`update jobs set ${sets} where id = ?`).run(...keys.map((k) => fields[k] ?? null), now, id);
+    }
+
+    stages(jobId: string): StageRecord[] {
+        return (this.db.prepare("select * from stages where job_id = ? order by position").all(jobId) as Row[]).map(stageOf);
+    }
+
+    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name">>): void {
+        const keys = Object.keys(fields) as (keyof typeof fields)[];
+        if (keys.length === 0)
+            return;
+        const value = (k: keyof typeof fields) => k === "result" ? (fields.result == null ? null : JSON.stringify(fields.result)) : fields[k] ?? null;
+        this.db.prepare(`update stages set ${keys.map((k) => `${k} = ?`).join(", ")} where job_id = ? and name = ?`)
+            .run(...keys.map(value), jobId, name);
+    }
+
+    deleteJob(id: string): string[] {
+        return this.db.transaction(() => {
+            const job = this.job(id);
+            if (!job)
+                return [];
+            const artifacts = [job.items_sha256, ...this.stages(id).map((s) => s.artifact_sha256).filter((x): x is string => x !== null)];
+            this.db.prepare("delete from idempotency_keys where job_id = ?").run(id);
+            this.db.prepare("delete from stages where job_id = ?").run(id);
+            this.db.prepare("delete from jobs where id = ?").run(id);
+            return artifacts;
+        }).immediate();
+    }
+
+    referencedArtifacts(): Set<string> {
+        const out = new Set<string>();
+        for (const r of this.db.prepare("select items_sha256 as s from jobs union select artifact_sha256 as s from stages where artifact_sha256 is not null")
+            .all() as Row[])
+            out.add(String(r.s));
+        return out;
+    }
+
+    allJobIds(): Set<string> {
+        return new Set((this.db.prepare("select id from jobs").all() as Row[]).map((r) => String(r.id)));
+    }
+
+    close(): void {
+        this.db.close();
+    }
+}
