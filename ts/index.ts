@@ -71,3 +71,14 @@ export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, Pertu
 export {secureUniform, seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
+export {releaseItems, idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
+export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
+export {writePerturbationKit, isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
+export {FederatedClient, FederatedError, readToken, serverBase} from "./federated/client/http.js";
+export type {FederatedClientOptions, TrafficCounters, DownloadResult, DownloadOptions, WaitOptions} from "./federated/client/http.js";
+export {ClientFlow, preparePerturbedUpload, waitForJob, fetchModel, readState, runFingerprint} from "./federated/client/flow.js";
+export type {ClientSettings, ClientEvent, ClientState, PerturbSettings, PreparedUpload, RunSummary} from "./federated/client/flow.js";
+export {loadPrivateData, checkUploadable} from "./federated/client/data.js";
+export type {PrivateData, PrivateDataOptions} from "./federated/client/data.js";
+export {finishModel} from "./federated/client/finish.js";
+export type {FinishOptions, FinishReport, StageAccuracy} from "./federated/client/finish.js";
