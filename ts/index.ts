@@ -71,3 +71,29 @@ export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, Pertu
 export {secureUniform, seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
+export {releaseItems, idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
+export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
+export {writePerturbationKit, isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
+export {FederatedClient, FederatedError, readToken, serverBase} from "./federated/client/http.js";
+export type {FederatedClientOptions, TrafficCounters, DownloadResult, DownloadOptions, WaitOptions} from "./federated/client/http.js";
+export {ClientFlow, preparePerturbedUpload, waitForJob, fetchModel, readState, runFingerprint} from "./federated/client/flow.js";
+export type {ClientSettings, ClientEvent, ClientState, PerturbSettings, PreparedUpload, RunSummary} from "./federated/client/flow.js";
+export {loadPrivateData, checkUploadable} from "./federated/client/data.js";
+export type {PrivateData, PrivateDataOptions} from "./federated/client/data.js";
+export {finishModel} from "./federated/client/finish.js";
+export type {FinishOptions, FinishReport, StageAccuracy} from "./federated/client/finish.js";
+export {startFederatedServer, serverDefaults} from "./federated/server.js";
+export type {FederatedServer, FederatedServerOptions, GeneratorConfig} from "./federated/server.js";
+export {SqliteJobStore, TooManyJobsError} from "./federated/store.js";
+export type {JobStore, JobRecord, StageRecord, TokenRecord, NewJob} from "./federated/store.js";
+export {createToken, tokenHash, authenticate} from "./federated/tokens.js";
+export {PostgresJobStore, StoreUnavailableError, openJobStore, isPostgresUrl} from "./federated/store-postgres.js";
+export type {PostgresStoreOptions, WorkerRecord, WorkerClaim} from "./federated/store-postgres.js";
+export {StageWorker, DistributedRunner, queueDefaults, stageQueue} from "./federated/distributed.js";
+export type {QueueSettings} from "./federated/distributed.js";
+export {startWorker} from "./federated/worker.js";
+export type {WorkerOptions, RunningWorker} from "./federated/worker.js";
+export {protocolVersion, routes, jobSpecDefaults, fillJobSpec, jobItemsProblem, jobStrategies, stageNames, privacyMechanisms,
+    epsilonRange} from "./federated/protocol.js";
+export type {JobSpec, FilledJobSpec, JobItem, JobStatus, ServerInfo, SubmitJobRequest, SubmitJobResponse, StageName,
+    JobState} from "./federated/protocol.js";

@@ -127,3 +127,33 @@ maybe("a job runs synth -> bi -> prune -> train -> merge; the model downloads in
     await server.stop();
     t.is(server.child.exitCode, 0, server.stderr());
 });
+
+maybe("a job whose synthesis yields nothing ends failed with the reason; the server takes the next job", async (t) => {
+    const dir = tempDir(t);
+    const teacher = new Teacher();
+    let storyteller = true;
+    const gen = await ScriptedChatServer.start((r) => storyteller ? {content: "Once upon a time there was a little dog."} : teacher.reply(r));
+    t.teardown(() => gen.stop());
+    const token = await makeToken(dir, "acme");
+    const server = await startServer(t, dir, ["--model", stories260K, "--generator-url", gen.baseUrl, "--generator-remote-model", "teacher",
+        "--threads", "2"]);
+    const spec = {k: 1, strategy: "top" as const, server_retraining: false};
+    const bad = await submit(server.url, token, {spec, items: items(2)});
+    const failed = (await readEvents(server.url, token, bad.json.id)).at(-1)!.data as JobStatus;
+    t.is(failed.status, "failed");
+    t.regex(failed.error!, /^synth stage: synthesis accepted no items from 2 perturbed item\(s\) .*\(4 attempts rejected: /);
+    t.deepEqual(failed.stages.map((x) => x.status), ["failed", "skipped", "pending", "skipped", "skipped"]);
+    t.is((await getJson(server.url, token, `/v1/jobs/${bad.json.id}/model`)).status, 409);
+    t.deepEqual(storedState(dir).workDirs, [], "a failed job leaves no work files");
+
+    storyteller = false;
+    const good = await submit(server.url, token, {spec, items: items(2)});
+    const done = (await readEvents(server.url, token, good.json.id)).at(-1)!.data as JobStatus;
+    t.is(done.status, "succeeded", done.error ?? "");
+    // without BI and retraining: the top layers go, and the pruned model is the result
+    t.deepEqual(done.stages.map((x) => x.status), ["done", "skipped", "done", "skipped", "skipped"]);
+    t.is(done.bi_report, null);
+    t.deepEqual((done.plan as {removed: number[]; order: number[]}).order.slice(0, 2), [4, 3]);
+    t.deepEqual((done.plan as {removed: number[]}).removed, [3, 4]);
+    t.is(done.model!.layers, 3);
+});

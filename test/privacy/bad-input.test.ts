@@ -73,6 +73,7 @@ maybe("usage errors exit with code 2 and say what to do", async (t) => {
         [["--embeddings", stories260K, "--table", "--tokens", "1"], /token 1 is not in the custext domain \("<s>"/],
         [[...base, "--keep-stopwords", "--stopwords", input], /--keep-stopwords .* or --stopwords <file>, not both/],
         [[...base, "--no-cache", "--cache-dir", dir], /--cache-dir or --no-cache, not both/],
+        [[...base, "--keep-labels", "--id-map", path.join(dir, "m.jsonl")], /--id-map goes with the default release/],
         [["--embeddings", vectors, "--in", input, "--out", out], /vectors\.txt is an embeddings file, not a GGUF model: give the tokenizer with --tokenizer/],
     ];
     for (const [args, message] of cases) {
@@ -105,6 +106,7 @@ maybe("bad data and bad files exit with code 1, name the file and line, and leav
         [["--embeddings", stories260K, "--in", badAnswer, "--out", path.join(dir, "o3.jsonl")], /bad-answer\.jsonl:1: "answer" must be one of the choice labels/],
         [["--embeddings", stories260K, "--in", path.join(dir, "missing.jsonl"), "--out", path.join(dir, "o4.jsonl")], /missing\.jsonl: no such file/],
         [["--embeddings", stories260K, "--in", good, "--out", good], /is the input file: inputs are never modified/],
+        [["--embeddings", stories260K, "--in", good, "--out", path.join(dir, "o11.jsonl"), "--id-map", good], /the id map .*good\.jsonl would overwrite the input/],
         [["--embeddings", stories260K, "--in", good, "--out", path.join(dir, "nope", "o.jsonl")], /folder .*nope does not exist/],
         [["--embeddings", notGguf, "--in", good, "--out", path.join(dir, "o5.jsonl")], /model\.gguf: not a GGUF file/],
         [["--embeddings", truncated, "--in", good, "--out", path.join(dir, "o6.jsonl")], /truncated\.gguf/],

@@ -7,8 +7,9 @@ import {syntheticModel} from "../../ts/gguf/synthetic.js";
 import {writeGguf} from "../../ts/gguf/write.js";
 import {loadModel} from "../../ts/model.js";
 import {createPerturber, perturbFile} from "../../ts/privacy/perturb.js";
+import {readIdMap, releasedIdPattern} from "../../ts/privacy/release.js";
 import {fileHash} from "../gguf-fixtures.js";
-import {hasShared, llama2TinyRandom, stories260K, tempDir} from "../helpers.js";
+import {hasShared, llama2TinyRandom, runCli, stories260K, tempDir} from "../helpers.js";
 import {refTextTokens} from "./reference.js";
 
 const maybe = hasShared ? test : test.skip;
@@ -27,26 +28,64 @@ function writeItems(dir: string): string {
     return file;
 }
 
-maybe("records: question and choice texts are perturbed; ids, labels and answers pass through; private extras are dropped", async (t) => {
+maybe("records: by default only perturbed texts leave, under fresh random ids in shuffled order; the id map stays beside it", async (t) => {
     const dir = tempDir(t);
     const input = writeItems(dir);
     const before = await fileHash(input);
     const output = path.join(dir, "perturbed.jsonl");
     const r = await perturbFile({embeddings: stories260K, input, output, epsilon: 1, seed: 5, cacheDir: false});
     t.is(await fileHash(input), before, "the input is never modified");
-    const out = fs.readFileSync(output, "utf8").trim().split("\n").map((l) => JSON.parse(l));
-    t.deepEqual(out.map((o) => o.id), ["q1", "q2", "q3"]);
-    t.deepEqual(out.map((o) => o.answer), ["A", undefined, "B"]);
-    t.deepEqual(out.map((o) => o.choices.map((c: {label: string}) => c.label)), [["A", "B", "C"], ["1", "2"], ["A", "B"]]);
-    for (const o of out)
+    t.is(r.released, "text-only");
+    t.is(r.idMap, path.join(dir, "perturbed.idmap.jsonl"));
+    const raw = fs.readFileSync(output, "utf8");
+    const out = raw.trim().split("\n").map((l) => JSON.parse(l));
+    for (const o of out) {
+        t.deepEqual(Object.keys(o).sort(), ["choices", "id", "question"], "no answer, source or rationale");
+        t.regex(o.id, releasedIdPattern);
+        for (const c of o.choices)
+            t.deepEqual(Object.keys(c).sort(), ["label", "text"]);
+    }
+    for (const s of ["q1", "q2", "q3", "photosynthesis", "Which gas do plants absorb?", "\"answer\"", "p9"])
+        t.false(raw.includes(s), `${s} must not be released`);
+    const map = await readIdMap(r.idMap!);
+    t.deepEqual(map.map((m) => m.id), out.map((o) => o.id), "the map lists the released ids in the released order");
+    t.deepEqual(new Set(map.map((m) => m.original_id)), new Set(["q1", "q2", "q3"]));
+    const answerOf = Object.fromEntries(items.map((x) => [x.id, x.answer]));
+    for (const m of map)
+        t.is(m.answer, answerOf[m.original_id]);
+    t.deepEqual(fs.readdirSync(dir).sort(), ["perturbed.idmap.jsonl", "perturbed.jsonl", "private.jsonl"], "no temporary file is left");
+
+    // The same seed with keepLabels: the same perturbed texts, under the original ids and order, with answers.
+    const kept = path.join(dir, "kept.jsonl");
+    const rk = await perturbFile({embeddings: stories260K, input, output: kept, epsilon: 1, seed: 5, cacheDir: false, keepLabels: true});
+    t.is(rk.released, "with-labels");
+    t.is(rk.idMap, undefined);
+    t.false(fs.existsSync(path.join(dir, "kept.idmap.jsonl")));
+    const keptOut = fs.readFileSync(kept, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    t.deepEqual(keptOut.map((o) => o.id), ["q1", "q2", "q3"]);
+    t.deepEqual(keptOut.map((o) => o.answer), ["A", undefined, "B"]);
+    t.deepEqual(keptOut.map((o) => o.choices.map((c: {label: string}) => c.label)), [["A", "B", "C"], ["1", "2"], ["A", "B"]]);
+    const byOriginal = new Map(keptOut.map((o) => [o.id, o]));
+    for (const [n, m] of map.entries()) {
+        const k = byOriginal.get(m.original_id)!;
+        t.is(out[n].question, k.question);
+        t.deepEqual(out[n].choices, k.choices);
+        t.is(r.records[n].id, out[n].id, "report records name the released ids");
+        t.deepEqual({...r.records[n], id: ""}, {...rk.records.find((x) => x.id === m.original_id)!, id: ""});
+    }
+    for (const o of keptOut)
         t.deepEqual(Object.keys(o).sort(), o.answer === undefined ? ["choices", "id", "question"] : ["answer", "choices", "id", "question"]);
-    t.not(out[0].question, items[0].question);
-    t.not(out[2].question, items[2].question);
-    t.is(out[1].question, "", "an empty text stays empty");
-    t.false(fs.readFileSync(output, "utf8").includes("photosynthesis"));
-    t.false(fs.readFileSync(output, "utf8").includes("Which gas do plants absorb?"));
+    t.not(keptOut[0].question, items[0].question);
+    t.not(keptOut[2].question, items[2].question);
+    t.is(keptOut[1].question, "", "an empty text stays empty");
     t.deepEqual(r.droppedFields, {rationale: 1, source: 1, parent_id: 1, votes: 1});
-    t.deepEqual(fs.readdirSync(dir).sort(), ["perturbed.jsonl", "private.jsonl"], "no temporary file is left");
+
+    // Without a seed the ids and the order are fresh each time.
+    const a = path.join(dir, "a.jsonl"), b = path.join(dir, "b.jsonl");
+    await perturbFile({embeddings: stories260K, input, output: a, epsilon: 1, cacheDir: false});
+    await perturbFile({embeddings: stories260K, input, output: b, epsilon: 1, cacheDir: false});
+    const ids = (f: string) => fs.readFileSync(f, "utf8").trim().split("\n").map((l) => JSON.parse(l).id);
+    t.is(new Set([...ids(a), ...ids(b)]).size, 6);
 
     // Report arithmetic: per record ε = perturbed tokens × ε; dataset = sums.
     t.is(r.records.length, 3);
@@ -73,6 +112,24 @@ maybe("records: question and choice texts are perturbed; ids, labels and answers
     } finally {
         model.close();
     }
+});
+
+maybe("CLI: the default release writes the id map and says where; --keep-labels warns on stderr", async (t) => {
+    const dir = tempDir(t);
+    const input = writeItems(dir);
+    const out = path.join(dir, "p.jsonl"), map = path.join(dir, "private-map.jsonl");
+    const r = await runCli(["perturb", "--embeddings", stories260K, "--in", input, "--out", out, "--id-map", map, "--no-cache", "--json"]);
+    t.is(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    t.is(report.idMap, map);
+    t.is(report.released, "text-only");
+    t.false(r.stderr.includes("warning"));
+    t.deepEqual((await readIdMap(map)).map((m) => m.id), fs.readFileSync(out, "utf8").trim().split("\n").map((l) => JSON.parse(l).id));
+    const k = await runCli(["perturb", "--embeddings", stories260K, "--in", input, "--out", path.join(dir, "k.jsonl"), "--keep-labels", "--no-cache"]);
+    t.is(k.code, 0, k.stderr);
+    t.regex(k.stderr, /warning: --keep-labels: the output keeps answer keys and original ids/);
+    t.regex(k.stdout, /WITH original ids and answer keys/);
+    t.is(JSON.parse(fs.readFileSync(path.join(dir, "k.jsonl"), "utf8").split("\n")[0]).answer, "A");
 });
 
 maybe("special-token strings in the text are plain text: never parsed as control tokens, and no control token is emitted", async (t) => {

@@ -15,6 +15,8 @@ const verbs: Record<string, () => Promise<Command>> = {
     train: async () => (await import("./train.js")).trainCommand(),
     merge: async () => (await import("./merge.js")).mergeCommand(),
     server: async () => (await import("./server.js")).serverCommand(),
+    client: async () => (await import("./client.js")).clientCommand(),
+    run: async () => (await import("./run.js")).runCommand(),
     worker: async () => (await import("./worker.js")).workerCommand(),
 };
 

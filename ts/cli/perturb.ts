@@ -26,6 +26,8 @@ interface PerturbCliOptions {
     report?: string;
     cacheDir?: string;
     cache: boolean;
+    keepLabels?: boolean;
+    idMap?: string;
     threads?: string;
     json?: boolean;
 }
@@ -46,8 +48,12 @@ Composition: a record (question + choices) whose n tokens are perturbed spends n
 composition); the report gives ε per token, per record and summed over the dataset. Tokens kept
 verbatim (--keep-punctuation, stopwords) are not protected. Control, unknown, unused and
 user-defined tokens are never emitted: the tokenizer runs without special-token parsing, and any
-such token it still produces (e.g. an added token's string) is dropped and counted. Ids, labels
-and answer keys are copied; rationale, source and other fields are dropped. The sampler draws
+such token it still produces (e.g. an added token's string) is dropped and counted.
+Released records: the output holds only the perturbed question and choice texts (labels kept)
+under fresh random ids, in shuffled order: no answer keys, no original ids, no rationale or
+source. The id map (random id -> original id, answer) is written beside it, <out>.idmap.jsonl,
+for the client alone: never send it. --keep-labels keeps the original ids, order and answer
+keys instead (local experiments only; a warning says so). The sampler draws
 53-bit uniforms from the OS CSPRNG unless --seed is given (a seed makes the noise reproducible by
 anyone who knows it: tests and audits only). Details: docs/perturb.md.`;
 
@@ -82,6 +88,8 @@ function humanReport(r: PerturbReport): string {
         `domain         ${formatCount(m.domainSize)} of ${formatCount(m.vocabularySize)} tokens (model ${m.modelHash.slice(0, 16)})\n` +
         `randomness     ${m.randomness}\n` +
         `records        ${formatCount(d.records)} (${formatCount(d.texts)} texts) -> ${r.output}\n` +
+        (r.idMap ? `released       perturbed texts under random ids, shuffled; id map (keep it private) -> ${r.idMap}\n`
+            : `released       WITH original ids and answer keys (--keep-labels): local use only\n`) +
         `tokens         ${formatCount(d.tokens)}: ${formatCount(d.perturbed)} perturbed (${formatCount(d.changed)} changed), ` +
         `kept ${formatCount(d.keptPunctuation)} punctuation, ${formatCount(d.keptStopwords)} stopword; dropped ${formatCount(d.dropped)} non-text\n` +
         `ε per record   min ${d.epsilonPerRecord.min}, mean ${d.epsilonPerRecord.mean.toFixed(1)}, max ${d.epsilonPerRecord.max} ` +
@@ -115,6 +123,8 @@ export function perturbCommand(): Command {
         .option("--keep-punctuation", "keep punctuation/symbol/whitespace tokens verbatim (and never emit them)")
         .option("--keep-stopwords", "keep the built-in English stopwords verbatim")
         .option("--stopwords <file>", "keep the words of this file (one per line) verbatim")
+        .option("--id-map <file>", "where the id map (random id -> original id, answer) goes (default <out>.idmap.jsonl)")
+        .option("--keep-labels", "keep original ids, order and answer keys in --out (local experiments only: never send that file)")
         .option("--table", "print the exact output distribution of every input token instead of perturbing")
         .option("--tokens <ids>", "with --table: only these input token ids, e.g. 3,17,100-120")
         .option("--report <file>", "also write the JSON privacy report to this file")
@@ -166,6 +176,8 @@ Examples:
                     throw new UsageError("--in <file> and --out <file> are required (or --table)");
                 if (!fs.existsSync(opts.in))
                     throw new DataError(opts.in, undefined, "no such file");
+                if (opts.keepLabels && opts.idMap)
+                    throw new UsageError("--id-map goes with the default release (random ids); --keep-labels writes no id map");
             }
             const bars = new Map<string, ReturnType<typeof progressReporter>>();
             const finished = new Set<string>();
@@ -220,7 +232,10 @@ Examples:
                 return;
             }
 
-            const report = await perturbFile({...options, input: opts.in!, output: opts.out!});
+            if (opts.keepLabels)
+                process.stderr.write(mode.json ? JSON.stringify({event: "warning", message: "--keep-labels: the output keeps answer keys and original ids; it is for local experiments and must not be sent"}) + "\n"
+                    : "ppc-gpt perturb: warning: --keep-labels: the output keeps answer keys and original ids; it is for local experiments and must not be sent to a server\n");
+            const report = await perturbFile({...options, input: opts.in!, output: opts.out!, keepLabels: opts.keepLabels, idMap: opts.idMap});
             if (opts.report) {
                 const tmp = `${opts.report}.tmp-${process.pid}`;
                 fs.writeFileSync(tmp, JSON.stringify(report, null, 2) + "\n");

@@ -28,6 +28,7 @@ interface ServerCliOptions {
     leaseSeconds?: string;
     threads?: string;
     checkpointEvery: string;
+    synthMaxTokens?: string;
     json?: boolean;
 }
 
@@ -174,6 +175,7 @@ export function serverCommand(): Command {
         .option("--lease-seconds <s>", "with --store: a worker silent this long is dead; its stage goes to another", String(queueDefaults.leaseSeconds))
         .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
         .option("--checkpoint-every <n>", "training checkpoint interval in steps (a kill loses at most this many)", String(serverDefaults.checkpointEvery))
+        .option("--synth-max-tokens <n>", "token limit of every generator reply (default 1024 for questions and answers, 512 for rationales)")
         .option("--json", "print the listening URL as a JSON line")
         .addHelpText("after", `
 The server holds the source model and the generator, takes jobs from clients (perturbed questions
@@ -212,6 +214,7 @@ Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
                 workers: opts.workers === undefined ? undefined : int(opts.workers, "--workers", opts.store === undefined ? 1 : 0),
                 ...(opts.store !== undefined ? {store: postgresUrl(opts.store), queue: queueOptions(opts)} : {}),
                 threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
+                synthMaxTokens: opts.synthMaxTokens === undefined ? undefined : int(opts.synthMaxTokens, "--synth-max-tokens", 16),
             });
             if (opts.json)
                 process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, model: server.info.model,

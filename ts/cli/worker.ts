@@ -20,6 +20,7 @@ interface WorkerCliOptions {
     contextSize?: string;
     threads?: string;
     checkpointEvery: string;
+    synthMaxTokens?: string;
     heartbeatSeconds: string;
     leaseSeconds: string;
     drainSeconds: string;
@@ -54,6 +55,7 @@ export function workerCommand(): Command {
         .option("--context-size <n>", "context tokens per sequence of the embedded generator")
         .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
         .option("--checkpoint-every <n>", "training checkpoint interval in steps (a dead worker's successor loses at most this many)", "50")
+        .option("--synth-max-tokens <n>", "token limit of every generator reply (as the server's option)")
         .option("--heartbeat-seconds <s>", "seconds between heartbeats", String(queueDefaults.heartbeatSeconds))
         .option("--lease-seconds <s>", "a worker silent this long is dead and its stage goes to another", String(queueDefaults.leaseSeconds))
         .option("--drain-seconds <s>", "on SIGTERM, wait this long for running stages before handing them back", "60")
@@ -89,6 +91,7 @@ Examples:
                 store: opts.store, artifacts: opts.artifacts, model: opts.model, stages,
                 generator: wantsGenerator ? generatorConfig(opts, threads) : undefined,
                 concurrency: int(opts.concurrency, "--concurrency", 1), threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
+                synthMaxTokens: opts.synthMaxTokens === undefined ? undefined : int(opts.synthMaxTokens, "--synth-max-tokens", 16),
                 queue: queueOptions(opts), storeWaitMs: seconds(opts.storeWaitSeconds, "--store-wait-seconds") * 1000,
             });
             const w = running.worker;

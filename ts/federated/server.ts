@@ -56,6 +56,8 @@ export interface FederatedServerOptions {
     threads?: number;
     /** Training checkpoint interval in steps (default 50). */
     checkpointEvery?: number;
+    /** Token limit of every generator reply during synthesis (default: synth's 1024 / 512). */
+    synthMaxTokens?: number;
     /** Log lines (job failures, listening) go here; default stderr. */
     log?: (line: string) => void;
 }
@@ -175,7 +177,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const generator = await createGenerator(options.generator);
     const env: PipelineEnv = {
         store, artifacts, sourceModel: path.resolve(options.model), sourceSha256: source.sha256, generator,
-        threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery,
+        threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery, synthMaxTokens: options.synthMaxTokens,
         workDir: (id) => path.join(dataDir, "jobs", id),
     };
     const scheduler = distributed
@@ -189,7 +191,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const info: ServerInfo = {
         protocol: protocolVersion,
         model: {name: source.name, sha256: source.sha256, architecture: source.architecture, layers: source.layers, parameters: source.parameters},
-        generator: {kind: options.generator.kind, name: generator.name},
+        // a remote generator is named by its model only: its internal address is not the clients' business
+        generator: {kind: options.generator.kind, name: options.generator.kind === "remote" ? options.generator.model : generator.name},
         privacy: {mechanisms: [...privacyMechanisms], epsilon: {...epsilonRange}},
         limits: {max_body_bytes: maxBodyBytes, max_items_per_job: maxItems, max_concurrent_jobs_per_client: maxActive},
         job_spec_defaults: fillJobSpec(undefined),

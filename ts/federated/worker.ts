@@ -23,6 +23,8 @@ export interface WorkerOptions {
     concurrency?: number;
     threads?: number;
     checkpointEvery?: number;
+    /** Token limit of every generator reply (the server's --synth-max-tokens). */
+    synthMaxTokens?: number;
     queue?: Partial<QueueSettings>;
     /** How long a store call waits for a database that went away (default 10 min). */
     storeWaitMs?: number;
@@ -66,7 +68,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         const env: PipelineEnv = {
             store, artifacts: new ArtifactStore(dir), sourceModel: path.resolve(options.model), sourceSha256: sha256, generator,
             threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery,
-            workDir: (id) => path.join(dir, "jobs", id),
+            synthMaxTokens: options.synthMaxTokens, workDir: (id) => path.join(dir, "jobs", id),
         };
         const boss = await startQueue(store, log);
         const worker = new StageWorker({store, boss, env, stages, concurrency: options.concurrency ?? 1, settings: options.queue, log});

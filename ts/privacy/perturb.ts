@@ -1,7 +1,8 @@
 // Client-side perturbation of task data (METHOD.md step 1): every question and choice text is
 // tokenized with the model's tokenizer, each token is replaced through a token-level DP mechanism
-// (CusText by default, or SanText), and the tokens are decoded back to text. Ids, choice labels
-// and answer keys pass through untouched; rationales, sources and any other field are dropped,
+// (CusText by default, or SanText), and the tokens are decoded back to text. perturbItems keeps
+// ids, choice labels and answer keys; perturbFile releases only the texts under fresh random ids
+// (release.ts) unless asked to keep labels. Rationales, sources and any other field are dropped,
 // since they may repeat the private text. The privacy report counts, per record, the tokens that
 // went through the mechanism and composes their ε sequentially.
 import crypto from "node:crypto";
@@ -14,6 +15,7 @@ import {native} from "../native.js";
 import {buildCusTextIndex, checkK, checkMetric, clusterSizes, cusTextMechanism, type CusTextIndex, type SimilarityMetric} from "./custext.js";
 import {checkEmbeddingsFinite, embeddingsFormat, loadEmbeddings, type TokenEmbeddings} from "./embeddings.js";
 import {checkEpsilon, type PrivacyGuarantee, type TokenDistribution, type TokenMechanism} from "./mechanism.js";
+import {idMapPath, releaseItems, writeIdMap} from "./release.js";
 import {parseSeed, secureUniform, seededUniform, type UniformSource} from "./rng.js";
 import {sanTextMechanism} from "./santext.js";
 import {englishStopwords} from "./stopwords.js";
@@ -128,6 +130,10 @@ export interface PerturbReport {
     droppedFields: Record<string, number>;
     input?: string;
     output?: string;
+    /** The id map written beside the output (absent with keepLabels). */
+    idMap?: string;
+    /** "text-only": perturbed texts under random ids; "with-labels": original ids and answer keys kept (keepLabels). */
+    released: "text-only" | "with-labels";
     seconds: number;
     tokensPerSecond: number;
 }
@@ -452,6 +458,14 @@ export function datasetReport(records: readonly RecordReport[], texts: number, e
 export interface PerturbFileOptions extends PerturberOptions {
     input: string;
     output: string;
+    /**
+     * Keep the original ids, order and answer keys in the output (local experiments only: the file
+     * then must not be sent anywhere). Default false: fresh random ids, shuffled order, no answers,
+     * and the id map written to `idMap`.
+     */
+    keepLabels?: boolean;
+    /** Where the id map (random id -> original id, answer) goes; default idMapPath(output). */
+    idMap?: string;
 }
 
 /** Perturbs a JSONL file of task items into another (written atomically) and reports the privacy spent. */
@@ -465,6 +479,9 @@ export async function perturbFile(o: PerturbFileOptions): Promise<PerturbReport>
     }
     if (same)
         throw new RangeError(`the output ${o.output} is the input file: inputs are never modified`);
+    const idMap = o.keepLabels ? undefined : o.idMap ?? idMapPath(o.output);
+    if (idMap && [inAbs, outAbs].includes(path.resolve(idMap)))
+        throw new RangeError(`the id map ${idMap} would overwrite the ${path.resolve(idMap) === inAbs ? "input" : "output"}`);
     if (!fs.existsSync(path.dirname(outAbs)))
         throw new DataError(o.output, undefined, `folder ${path.dirname(outAbs)} does not exist`);
     const items = await readTaskItems(o.input);
@@ -472,13 +489,23 @@ export async function perturbFile(o: PerturbFileOptions): Promise<PerturbReport>
     try {
         const started = performance.now();
         const r = await perturber.perturbItems(items, o.onProgress ? (d, t) => o.onProgress!("perturb", d, t) : undefined);
-        await writeJsonlAtomic(o.output, r.items);
+        let records = r.records;
+        if (idMap) {
+            const released = releaseItems(r.items, {seed: o.seed});
+            // The id map first: a released file never exists without the map that makes it usable.
+            await writeIdMap(idMap, released.idMap);
+            await writeJsonlAtomic(o.output, released.items);
+            records = released.sourceIndex.map((i, n) => ({...r.records[i], id: released.items[n].id}));
+        } else {
+            await writeJsonlAtomic(o.output, r.items);
+        }
         const seconds = (performance.now() - started) / 1000;
         const texts = items.reduce((n, it) => n + 1 + it.choices.length, 0);
-        const dataset = datasetReport(r.records, texts, perturber.mechanism.epsilon);
+        const dataset = datasetReport(records, texts, perturber.mechanism.epsilon);
         return {
-            mechanism: perturber.summary, dataset, records: r.records, droppedFields: r.droppedFields,
-            input: o.input, output: o.output, seconds, tokensPerSecond: seconds > 0 ? dataset.tokens / seconds : 0,
+            mechanism: perturber.summary, dataset, records, droppedFields: r.droppedFields,
+            input: o.input, output: o.output, ...(idMap ? {idMap} : {}), released: idMap ? "text-only" : "with-labels",
+            seconds, tokensPerSecond: seconds > 0 ? dataset.tokens / seconds : 0,
         };
     } finally {
         perturber.close();

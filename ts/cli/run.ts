@@ -1,0 +1,241 @@
+// `ppc-gpt run`: the whole federated flow on one machine, as two real processes on loopback: a
+// `ppc-gpt server` (free port, fresh token, temporary data dir) and a `ppc-gpt client run` talking
+// to it over HTTP, with a small private ARC-Easy set. Prints what went where.
+import {spawn, type ChildProcess} from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import {fileURLToPath} from "node:url";
+import {Command, Option} from "commander";
+import {datasetNames} from "../data/loaders/index.js";
+import type {RunSummary} from "../federated/client/flow.js";
+import {jobStrategies, privacyMechanisms, tokenEnvVar} from "../federated/protocol.js";
+import {formatBytes, printJson, table, UsageError} from "./output.js";
+
+const mainJs = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+
+/** PPC_SHARED_DIR, else ../shared beside the package. */
+function sharedDir(): string {
+    return process.env.PPC_SHARED_DIR ? path.resolve(process.env.PPC_SHARED_DIR) : path.resolve(packageRoot, "..", "shared");
+}
+
+interface RunOptions {
+    model?: string;
+    generatorModel?: string;
+    generatorUrl?: string;
+    generatorRemoteModel?: string;
+    generatorConcurrency: string;
+    task: string;
+    split: string;
+    limit: string;
+    evalSplit: string;
+    evalLimit: string;
+    epsilon: string;
+    mechanism: string;
+    ratio: string;
+    strategy?: string;
+    k: string;
+    serverSteps: string;
+    batchSize: string;
+    lr?: string;
+    r?: string;
+    loraAlpha?: string;
+    clientSteps: string;
+    clientLr?: string;
+    threads?: string;
+    keep?: boolean;
+    json?: boolean;
+}
+
+/** Runs a CLI child to completion, returning stdout (stderr passed through line by line). */
+function runChild(args: string[], env: NodeJS.ProcessEnv, onStderr: (line: string) => void, children: Set<ChildProcess>):
+    Promise<string> {
+    return new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, [mainJs, ...args], {stdio: ["ignore", "pipe", "pipe"], env});
+        children.add(child);
+        let out = "", err = "", partial = "";
+        child.stdout!.on("data", (d) => { out += d; });
+        child.stderr!.on("data", (d) => {
+            err += d;
+            partial += d;
+            let nl: number;
+            while ((nl = partial.indexOf("\n")) >= 0) {
+                onStderr(partial.slice(0, nl));
+                partial = partial.slice(nl + 1);
+            }
+        });
+        child.once("close", (code) => {
+            children.delete(child);
+            if (code === 0)
+                return resolve(out);
+            let message = `ppc-gpt ${args[0]} ${args[1] ?? ""} exited with ${code}`;
+            try {
+                message = JSON.parse(out.trim().split("\n").pop() ?? "").error ?? message;
+            } catch {
+                // not JSON
+            }
+            reject(new Error(`${message}${err && !out ? `\n${err.slice(-2000)}` : ""}`));
+        });
+    });
+}
+
+/** Starts the server child and resolves with its URL once it listens. */
+function startServer(args: string[], children: Set<ChildProcess>, log: (s: string) => void): Promise<{url: string; child: ChildProcess}> {
+    return new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, [mainJs, "server", ...args, "--port", "0", "--host", "127.0.0.1", "--json"],
+            {stdio: ["ignore", "pipe", "pipe"]});
+        children.add(child);
+        let out = "", err = "";
+        child.stderr!.on("data", (d) => { err += d; });
+        child.stdout!.on("data", (d) => {
+            out += d;
+            let nl: number;
+            while ((nl = out.indexOf("\n")) >= 0) {
+                const line = out.slice(0, nl);
+                out = out.slice(nl + 1);
+                try {
+                    const v = JSON.parse(line);
+                    if (v.event === "listening")
+                        resolve({url: v.url, child});
+                    else if (v.event)
+                        log(`server: ${line}`);
+                } catch {
+                    // a plain line
+                }
+            }
+        });
+        child.once("exit", (code) => {
+            children.delete(child);
+            reject(new Error(`the server exited with ${code}: ${err.slice(-2000)}`));
+        });
+    });
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+    if (child.exitCode !== null || child.signalCode !== null)
+        return;
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    const t = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    await exited;
+    clearTimeout(t);
+}
+
+function dirBytes(dir: string): number {
+    let n = 0;
+    for (const e of fs.readdirSync(dir, {withFileTypes: true})) {
+        const p = path.join(dir, e.name);
+        n += e.isDirectory() ? dirBytes(p) : e.isFile() ? fs.statSync(p).size : 0;
+    }
+    return n;
+}
+
+export function runCommand(): Command {
+    return new Command("run")
+        .description("The whole federated PPC-GPT flow on this machine: a server process and a client process on loopback")
+        .option("--model <gguf>", "source model M_S (default: stories260K from $PPC_SHARED_DIR or ../shared)")
+        .option("--generator-model <gguf>", "embedded generator (default: the source model)")
+        .option("--generator-url <url>", "or an OpenAI-compatible generator, e.g. http://127.0.0.1:8000/v1")
+        .option("--generator-remote-model <name>", "model name for --generator-url")
+        .option("--generator-concurrency <n>", "parallel sequences (embedded) or requests (remote) of the generator", "16")
+        .addOption(new Option("--task <name>", "private dataset").choices(datasetNames.filter((n) => n !== "mc")).default("arc-easy"))
+        .option("--split <split>", "split the private items come from", "train")
+        .option("--limit <n>", "private items uploaded and retrained on", "16")
+        .option("--eval-split <split>", "held-out split for the S/C evaluation (never uploaded)", "test")
+        .option("--eval-limit <n>", "held-out items evaluated", "64")
+        .option("--epsilon <e>", "ε per token", "3")
+        .addOption(new Option("--mechanism <name>", "perturbation mechanism").choices([...privacyMechanisms]).default("custext"))
+        .option("--ratio <r>", "share of parameters to remove", "0.3")
+        .addOption(new Option("--strategy <name>", "pruning strategy (default bi)").choices([...jobStrategies]))
+        .option("--k <n>", "synthetic items per private item", "1")
+        .option("--server-steps <n>", "server CoT retraining steps", "20")
+        .option("--batch-size <n>", "server batch size", "8")
+        .option("--lr <x>", "server learning rate (default 5e-5; tiny models like 1e-3)", "1e-3")
+        .option("--r <n>", "LoRA rank")
+        .option("--lora-alpha <a>", "LoRA alpha")
+        .option("--client-steps <n>", "client label-retraining steps", "20")
+        .option("--client-lr <x>", "client learning rate", "1e-3")
+        .option("--threads <n>", "CPU threads of each process (default: all cores)")
+        .option("--keep", "keep the temporary folder (server data, client state) and print its path")
+        .option("--json", "print the summary as JSON (events as JSON lines on stderr)")
+        .addHelpText("after", `
+Steps: a temporary folder; 'ppc-gpt server token create' makes a fresh token; 'ppc-gpt server
+--port 0' listens on a free loopback port with the source model and the generator; 'ppc-gpt
+client run' loads the private items, perturbs them locally with the server's perturbation kit,
+uploads only the perturbed texts under random ids, follows the job (synthetic data, Block
+Influence, pruning, CoT retraining, merge), downloads the model (sha256 checked), retrains it
+on the private labels and evaluates it on held-out items before (S) and after (C). Then both
+processes stop and the folder is removed (unless --keep).
+
+Examples:
+  ppc-gpt run
+  ppc-gpt run --epsilon 1 --limit 32 --json
+  ppc-gpt run --model source.gguf --generator-model big.gguf --k 8 --server-steps 300 --keep`)
+        .action(async (o: RunOptions) => {
+            const shared = sharedDir();
+            const model = o.model ?? path.join(shared, "models", "stories260K.gguf");
+            if (!fs.existsSync(model))
+                throw new UsageError(`no source model at ${model}: give --model, or set PPC_SHARED_DIR to the folder holding models/stories260K.gguf`);
+            if (o.generatorUrl && o.generatorModel)
+                throw new UsageError("give --generator-model or --generator-url, not both");
+            if (o.generatorUrl && !o.generatorRemoteModel)
+                throw new UsageError("--generator-url needs --generator-remote-model");
+            const work = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-run-"));
+            const srvDir = path.join(work, "server"), state = path.join(work, "client");
+            const children = new Set<ChildProcess>();
+            const json = Boolean(o.json);
+            const log = (s: string) => process.stderr.write(json ? JSON.stringify({event: "log", message: s}) + "\n" : `ppc-gpt run: ${s}\n`);
+            const onSignal = () => {
+                for (const c of children)
+                    c.kill("SIGTERM");
+            };
+            process.once("SIGINT", onSignal);
+            process.once("SIGTERM", onSignal);
+            let server: {url: string; child: ChildProcess} | undefined;
+            try {
+                const threads = o.threads ? ["--threads", o.threads] : [];
+                const tokenOut = await runChild(["server", "token", "create", "--name", "run", "--data-dir", srvDir, "--json"],
+                    process.env, () => {}, children);
+                const token = JSON.parse(tokenOut).token as string;
+                const generator = o.generatorUrl ? ["--generator-url", o.generatorUrl, "--generator-remote-model", o.generatorRemoteModel!]
+                    : ["--generator-model", o.generatorModel ?? model];
+                generator.push("--generator-concurrency", o.generatorConcurrency);
+                server = await startServer(["--data-dir", srvDir, "--model", model, ...generator, ...threads], children, log);
+                log(`server ${server.url} (pid ${server.child.pid}), data ${srvDir}`);
+                const spec = [
+                    "--ratio", o.ratio, "--k", o.k, "--server-steps", o.serverSteps, "--batch-size", o.batchSize,
+                    ...(o.strategy ? ["--strategy", o.strategy] : []), ...(o.lr ? ["--lr", o.lr] : []), ...(o.r ? ["--r", o.r] : []),
+                    ...(o.loraAlpha ? ["--lora-alpha", o.loraAlpha] : []),
+                ];
+                const clientArgs = ["client", "run", "--server", server.url, "--task", o.task, "--split", o.split, "--limit", o.limit,
+                    "--eval-split", o.evalSplit, "--eval-limit", o.evalLimit, "--epsilon", o.epsilon, "--mechanism", o.mechanism, ...spec,
+                    "--client-steps", o.clientSteps, ...(o.clientLr ? ["--client-lr", o.clientLr] : []), "--state-dir", state, ...threads,
+                    ...(json ? ["--json"] : [])];
+                log(`client: ppc-gpt ${clientArgs.join(" ")}`);
+                const out = await runChild(clientArgs, {...process.env, [tokenEnvVar]: token},
+                    (line) => process.stderr.write(line + "\n"), children);
+                if (json) {
+                    const summary = JSON.parse(out) as RunSummary;
+                    await stopChild(server.child);
+                    return printJson({...summary, server_data_bytes: dirBytes(srvDir), work_dir: o.keep ? work : undefined});
+                }
+                await stopChild(server.child);
+                process.stdout.write(out);
+                process.stdout.write(table(["", ""], [
+                    ["server data", `${formatBytes(dirBytes(srvDir))} in ${srvDir} (jobs, artifacts, perturbed items only)`],
+                    ["folders", o.keep ? work : "removed (--keep keeps them)"],
+                ]).split("\n").slice(2).join("\n"));
+            } finally {
+                process.off("SIGINT", onSignal);
+                process.off("SIGTERM", onSignal);
+                if (server)
+                    await stopChild(server.child);
+                for (const c of children)
+                    await stopChild(c);
+                if (!o.keep)
+                    fs.rmSync(work, {recursive: true, force: true});
+            }
+        });
+}
+

@@ -1,0 +1,91 @@
+// What a client may release after perturbation: perturbed question and choice texts under fresh
+// random ids, in a shuffled order. Answer keys, original ids, rationales and sources stay with the
+// client in the id map (random id -> original id, answer), which never leaves it.
+import crypto from "node:crypto";
+import path from "node:path";
+import {DataError, readJsonl, writeJsonlAtomic} from "../data/jsonl.js";
+import type {PerturbedItem} from "./perturb.js";
+import {parseSeed, seededUniform, secureUniform} from "./rng.js";
+
+/** A released item: nothing but perturbed texts and a random id. */
+export interface ReleasedItem {
+    id: string;
+    question: string;
+    choices: {label: string; text: string}[];
+}
+
+/** One line of the id map, kept by the client alone. */
+export interface IdMapEntry {
+    /** The random id the released item carries. */
+    id: string;
+    original_id: string;
+    answer?: string;
+}
+
+/** Released ids: 22 base64url characters (128 random bits), within the protocol's [A-Za-z0-9_-]{1,64}. */
+export const releasedIdPattern = /^[A-Za-z0-9_-]{22}$/;
+
+/** `perturbed.jsonl` -> `perturbed.idmap.jsonl` (beside it). */
+export function idMapPath(output: string): string {
+    const dir = path.dirname(output), base = path.basename(output);
+    const stem = base.replace(/\.jsonl$/i, "");
+    return path.join(dir, `${stem}.idmap.jsonl`);
+}
+
+export interface ReleaseOptions {
+    /**
+     * Reproducible ids and order (tests and audits only, like the perturbation seed: whoever knows
+     * it can link the released ids to the input order). Default: the OS CSPRNG.
+     */
+    seed?: number | string;
+}
+
+/**
+ * Gives each perturbed item a fresh random id, drops its answer (kept in the id map) and
+ * shuffles the order, so neither the ids nor the position link a released item to its source.
+ */
+export function releaseItems(items: readonly PerturbedItem[], o: ReleaseOptions = {}): {
+    items: ReleasedItem[];
+    idMap: IdMapEntry[];
+    /** released item n came from items[sourceIndex[n]]. */
+    sourceIndex: number[];
+} {
+    const seed = o.seed === undefined ? undefined : parseSeed(o.seed);
+    const rng = seed === undefined ? secureUniform() : seededUniform(seed);
+    const newId = (i: number): string => seed === undefined ? crypto.randomBytes(16).toString("base64url")
+        : crypto.createHash("sha256").update(`ppc-gpt/release-id/v1\n${seed}\n${i}\n`).digest().subarray(0, 16).toString("base64url");
+    const order = Array.from(items.keys());
+    for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(rng.nextDouble() * (i + 1));
+        [order[i], order[j]] = [order[j], order[i]];
+    }
+    const seen = new Set<string>();
+    const released: ReleasedItem[] = [], idMap: IdMapEntry[] = [];
+    for (const [n, i] of order.entries()) {
+        const it = items[i];
+        let id = newId(n);
+        while (seen.has(id))
+            id = crypto.randomBytes(16).toString("base64url");
+        seen.add(id);
+        released.push({id, question: it.question, choices: it.choices.map((c) => ({label: c.label, text: c.text}))});
+        idMap.push({id, original_id: it.id, ...(it.answer !== undefined ? {answer: it.answer} : {})});
+    }
+    return {items: released, idMap, sourceIndex: order};
+}
+
+export function writeIdMap(file: string, idMap: readonly IdMapEntry[]): Promise<void> {
+    return writeJsonlAtomic(file, idMap);
+}
+
+/** Reads an id map; errors name the file and line. */
+export async function readIdMap(file: string): Promise<IdMapEntry[]> {
+    const out: IdMapEntry[] = [];
+    for await (const {value, line} of readJsonl(file)) {
+        const v = value as Record<string, unknown>;
+        if (!v || typeof v !== "object" || typeof v.id !== "string" || typeof v.original_id !== "string" ||
+            (v.answer !== undefined && typeof v.answer !== "string"))
+            throw new DataError(file, line, "an id map line must be {\"id\": string, \"original_id\": string, \"answer\"?: string}");
+        out.push({id: v.id, original_id: v.original_id, ...(v.answer !== undefined ? {answer: v.answer as string} : {})});
+    }
+    return out;
+}
