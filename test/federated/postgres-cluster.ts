@@ -67,7 +67,7 @@ export class PostgresCluster {
     }
 
     /** initdb + start; stopped and deleted in the test's teardown. */
-    static async create(t: ExecutionContext): Promise<PostgresCluster> {
+    static async create(t: Pick<ExecutionContext, "teardown">): Promise<PostgresCluster> {
         const bin = postgresBinDir();
         if (!bin)
             throw new Error("PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package (apt-get install -y postgresql), " +

@@ -158,14 +158,25 @@ maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then t
     const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
     t.teardown(() => gen.stop());
     const token = await pgToken(pg.url, "acme");
+    const admin = await pgToken(pg.url, "ops", true);
     const server = await startServer(t, shared, ["--store", pg.url, "--model", stories260K, "--generator-url", gen.baseUrl,
         "--generator-remote-model", "teacher", ...lease]);
-    const worker = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
+    // a CPU worker for synthesis only, a "GPU" worker for the rest
+    const cpu = await startWorkerProcess(t, pg.url, shared, gen.baseUrl, ["--stages", "synth"]);
+    const worker = await startWorkerProcess(t, pg.url, shared, gen.baseUrl, ["--stages", "bi,prune,train,merge"]);
+    const seen = new Map<string, Set<string>>();
+    const watchWorkers = async () => {
+        const view = (await getJson(server.url, admin, "/v1/workers")).json as WorkersView;
+        for (const w of view.workers ?? [])
+            for (const c of w.claims)
+                seen.set(w.id, (seen.get(w.id) ?? new Set()).add(c.stage));
+    };
     const first = await submit(server.url, token, {spec: spec(80), items: items(3)});
     const second = await submit(server.url, token, {spec: spec(4), items: items(2)});
     t.is(first.status, 202);
     t.is(second.status, 202);
     await until("the first job in training", async () => {
+        await watchWorkers();
         const s = (await getJson(server.url, token, `/v1/jobs/${first.json.id}`)).json as JobStatus;
         return s.stage === "train" && (s.progress?.done ?? 0) >= 2;
     }, 150_000);
@@ -180,6 +191,7 @@ maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then t
     await new Promise((r) => setTimeout(r, 6000));
     t.is(server.child.exitCode, null, "the server is still running");
     t.is(worker.child.exitCode, null, "the worker is still running");
+    t.is(cpu.child.exitCode, null, "the synth worker is still running");
     await pg.start();
 
     for (const r of [first, second]) {
@@ -187,7 +199,11 @@ maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then t
         t.is(s.status, "succeeded", `${s.error}\n${server.stderr()}\n${worker.stderr()}`);
         await downloadChecked(t, server.url, token, s);
     }
-    t.notRegex(worker.stderr(), /lost its lease/, "the outage did not cost the worker its lease");
+    t.notRegex(worker.stderr() + cpu.stderr(), /lost its lease/, "the outage did not cost a worker its lease");
+    // --stages: each worker only ever held the stages it takes
+    t.deepEqual([...(seen.get(cpu.id) ?? [])].filter((s) => s !== "synth"), []);
+    t.deepEqual([...(seen.get(worker.id) ?? [])].filter((s) => s === "synth"), []);
+    t.true(seen.get(worker.id)?.has("train"), "the GPU worker trained");
     const jobs = (await getJson(server.url, token, "/v1/jobs")).json.jobs as JobStatus[];
     t.deepEqual(jobs.map((j) => j.id).sort(), [first.json.id, second.json.id].sort(), "exactly the two accepted jobs exist");
 });
