@@ -122,7 +122,7 @@ async function main(): Promise<void> {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-bench-workers-"));
     teardowns.push(() => fs.rmSync(tmp, {recursive: true, force: true}));
     const load = () => os.loadavg()[0].toFixed(1);
-    const rows: {name: string; seconds: number; perHour: number; gapMs: number; stageMs: number; load: string}[] = [];
+    const rows: {name: string; seconds: number; perHour: number; gapMs: number; stageMs: number; load: string; statuses: JobStatus[]}[] = [];
 
     // the anchor: one process, embedded store, one job at a time
     {
@@ -132,7 +132,7 @@ async function main(): Promise<void> {
             String(nJobs), ...genArgs]);
         const r = await runJobs(first.url, tok);
         await stop(child);
-        rows.push({name: "single process, embedded store", seconds: r.seconds, perHour: nJobs * 3600 / r.seconds, ...stageTiming(r.statuses), load: load()});
+        rows.push({name: "single process, embedded store", seconds: r.seconds, perHour: nJobs * 3600 / r.seconds, ...stageTiming(r.statuses), load: load(), statuses: r.statuses});
     }
 
     const pg = await PostgresCluster.create({teardown: (fn: () => unknown) => void teardowns.push(fn)} as never);
@@ -160,7 +160,7 @@ async function main(): Promise<void> {
             await stop(w.child);
         await stop(server.child);
         rows.push({name: `PostgreSQL, ${workers} worker process${workers > 1 ? "es" : ""}`, seconds: r.seconds, perHour: nJobs * 3600 / r.seconds,
-            ...stageTiming(r.statuses), load: load()});
+            ...stageTiming(r.statuses), load: load(), statuses: r.statuses});
     }
 
     console.log(`${nJobs} jobs of ${nItems} items, k ${spec.k}, ${spec.server_steps} training steps; ${os.cpus().length} cores (${os.cpus()[0].model})`);
@@ -169,6 +169,13 @@ async function main(): Promise<void> {
     for (const r of rows)
         console.log(`| ${r.name} | ${r.seconds.toFixed(1)} | ${r.perHour.toFixed(0)} | ${r.gapMs.toFixed(0)} | ${r.stageMs.toFixed(0)} | ` +
             `${(r.gapMs / r.stageMs).toFixed(3)} | ${r.load} |`);
+    // the same items, spec and seed: the same plan, and (when synthesis returns its items in the same order) the same model
+    const plan = (st: JobStatus) => JSON.stringify((st.plan as {removed?: number[]} | null)?.removed ?? null);
+    for (const row of rows.slice(1)) {
+        const samePlan = row.statuses.filter((st, i) => plan(st) === plan(rows[0].statuses[i])).length;
+        const sameModel = row.statuses.filter((st, i) => st.model?.sha256 === rows[0].statuses[i].model?.sha256).length;
+        console.log(`${row.name}: same pruning plan as the single process in ${samePlan}/${nJobs} jobs, same model sha256 in ${sameModel}/${nJobs}`);
+    }
     console.log(`two workers / one worker: ${(rows[2].perHour / rows[1].perHour).toFixed(2)}x jobs per hour; ` +
         `one worker / single process: ${(rows[1].perHour / rows[0].perHour).toFixed(2)}x`);
 }
