@@ -207,3 +207,52 @@ maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then t
     const jobs = (await getJson(server.url, token, "/v1/jobs")).json.jobs as JobStatus[];
     t.deepEqual(jobs.map((j) => j.id).sort(), [first.json.id, second.json.id].sort(), "exactly the two accepted jobs exist");
 });
+
+maybe("SIGTERM drains a worker: its training is handed back uncounted; a server with --workers 1 finishes the job and streams it", async (t) => {
+    const pg = await PostgresCluster.create(t);
+    const shared = tempDir(t);
+    const teacher = new Teacher();
+    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
+    t.teardown(() => gen.stop());
+    const token = await pgToken(pg.url, "acme");
+    const serverArgs = ["--store", pg.url, "--model", stories260K, "--generator-url", gen.baseUrl, "--generator-remote-model", "teacher",
+        "--threads", "1", "--checkpoint-every", "2", ...lease];
+    const front = await startServer(t, shared, serverArgs);
+    const worker = await startWorkerProcess(t, pg.url, shared, gen.baseUrl, ["--drain-seconds", "0"]);
+    const r = await submit(front.url, token, {spec: spec(80), items: items(3)});
+    t.is(r.status, 202);
+    const id: string = r.json.id;
+    const checkpoint = path.join(shared, "jobs", id, "checkpoint", "checkpoint.json");
+    await until("training with a checkpoint", async () => {
+        const s = (await getJson(front.url, token, `/v1/jobs/${id}`)).json as JobStatus;
+        return s.stage === "train" && (s.progress?.done ?? 0) >= 4 && fs.existsSync(checkpoint);
+    }, 150_000);
+    worker.child.kill("SIGTERM");
+    t.is(await worker.exited, 0, worker.stderr());
+    t.regex(worker.stderr(), new RegExp(`handed back the train stage of ${id}`));
+    const savedStep = JSON.parse(fs.readFileSync(checkpoint, "utf8")).step as number;
+
+    // the queue job is waiting again, and the hand-back did not count as a retry
+    const {PostgresJobStore} = await import("../../ts/federated/store-postgres.js");
+    const store = await PostgresJobStore.open(pg.url);
+    t.teardown(() => store.close());
+    const q = (await store.pool.query("select state, retry_count from pgboss.job where name = 'ppc-gpt-train'")).rows;
+    t.deepEqual(q, [{state: "created", retry_count: 0}]);
+    t.is((await store.stages(id)).find((s) => s.name === "train")!.status, "pending");
+    t.deepEqual(await store.workers(), [], "a drained worker removes itself");
+
+    // a new front that runs stages itself picks the job up; its event stream ends with the result
+    await front.stop();
+    const server = await startServer(t, shared, [...serverArgs, "--workers", "1"]);
+    const events = await fetch(`${server.url}/v1/jobs/${id}/events`, {headers: auth(token)});
+    t.is(events.status, 200);
+    const text = await events.text();
+    const statuses = [...text.matchAll(/event: status\ndata: (.*)\n/g)].map((m) => JSON.parse(m[1]) as JobStatus);
+    t.is(statuses.at(-1)?.status, "succeeded", text.slice(-2000) + server.stderr());
+    const s = await waitJob(server.url, token, id);
+    t.is(s.status, "succeeded");
+    await downloadChecked(t, server.url, token, s);
+    const train = (await store.stages(id)).find((x) => x.name === "train")!.result as {steps: number; resumed_from: number | null};
+    t.is(train.steps, 80);
+    t.true(train.resumed_from !== null && train.resumed_from >= savedStep, `resumed from ${train.resumed_from}, checkpoint at ${savedStep}`);
+});
