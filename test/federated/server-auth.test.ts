@@ -127,4 +127,10 @@ maybe("tokens, ownership, validation, limits and idempotency; rejected requests 
     t.deepEqual(tokens.map((x) => [x.name, x.revoked_at !== null]), [["alice", true], ["bob", false]]);
     t.false(list.stdout.includes(alice), "the token itself is never printed again");
     t.false(tokens.some((x) => "token_sha256" in x));
+
+    // a second server on the same data dir would run the same jobs twice: it refuses to start
+    const twin = await runCli(["server", "--data-dir", dir, "--model", stories260K, "--port", "0", "--generator-url", gen.baseUrl,
+        "--generator-remote-model", "teacher"]);
+    t.is(twin.code, 1);
+    t.regex(twin.stderr, new RegExp(`another server \\(pid ${server.child.pid}\\) is using`));
 });
