@@ -133,4 +133,13 @@ maybe("tokens, ownership, validation, limits and idempotency; rejected requests 
         "--generator-remote-model", "teacher"]);
     t.is(twin.code, 1);
     t.regex(twin.stderr, new RegExp(`another server \\(pid ${server.child.pid}\\) is using`));
+
+    // SIGTERM with an event stream open: the stream ends and the server exits cleanly
+    const bobJob = (await getJson(url, bob, "/v1/jobs")).json.jobs[0].id as string;
+    const events = await fetch(`${url}/v1/jobs/${bobJob}/events`, {headers: auth(bob)});
+    t.is(events.status, 200);
+    const body = events.text();
+    await server.stop();
+    t.is(server.child.exitCode, 0, server.stderr());
+    t.regex(await body, /^event: status\ndata: \{"id":"job_/);
 });
