@@ -1,3 +1,5 @@
+import fs from "node:fs";
+import path from "node:path";
 import {Command} from "commander";
 import {serverDefaults, startFederatedServer, type GeneratorConfig} from "../federated/server.js";
 import {SqliteJobStore, type JobStore} from "../federated/store.js";
@@ -73,8 +75,11 @@ function dataDirOf(opts: {dataDir?: string}): string {
     return opts.dataDir;
 }
 
-/** The token verbs' store: --store postgres://… when given, else the embedded store under --data-dir. */
-async function tokenStore(opts: {dataDir?: string; store?: string}): Promise<JobStore> {
+/**
+ * The token verbs' store: --store postgres://… when given, else the embedded store under
+ * --data-dir (which must exist unless `create`: revoke and list never create one).
+ */
+async function tokenStore(opts: {dataDir?: string; store?: string}, create = false): Promise<JobStore> {
     if (opts.store !== undefined) {
         if (!isPostgresUrl(opts.store))
             throw new UsageError(`--store must be a postgres:// URL (got "${opts.store}")`);
@@ -82,6 +87,8 @@ async function tokenStore(opts: {dataDir?: string; store?: string}): Promise<Job
     }
     if (!opts.dataDir)
         throw new UsageError("--data-dir <dir> (or --store postgres://…) is required");
+    if (!create && !fs.existsSync(path.join(opts.dataDir, "store.db")))
+        throw new UsageError(`${opts.dataDir} holds no server store (store.db); check --data-dir`);
     return SqliteJobStore.open(opts.dataDir);
 }
 
@@ -95,7 +102,7 @@ function tokenCommand(): Command {
         .option("--admin", "mark the token as an admin token (it may read GET /v1/workers)")
         .option("--json", "print {id, name, token} as JSON")
         .action(async (opts: {name: string; dataDir?: string; store?: string; admin?: boolean; json?: boolean}) => {
-            const store = await tokenStore(opts);
+            const store = await tokenStore(opts, true);
             try {
                 let made;
                 try {

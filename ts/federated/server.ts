@@ -154,6 +154,44 @@ async function sourceModelInfo(model: string): Promise<ServerInfo["model"] & {si
         parameters: g.tensors.reduce((s, t) => s + t.nElements, 0), size};
 }
 
+/**
+ * Claims the data dir for this process: `server.pid` names the server using it. A pid file whose
+ * process is gone (a server killed with -9) is taken over; a live one is an error, because two
+ * servers would run the same jobs twice.
+ */
+function claimDataDir(dataDir: string): () => void {
+    const file = path.join(dataDir, "server.pid");
+    fs.mkdirSync(dataDir, {recursive: true});
+    for (let attempt = 0; attempt < 2; attempt++) {
+        try {
+            fs.writeFileSync(file, `${process.pid}\n`, {flag: "wx"});
+            return () => {
+                try {
+                    if (fs.readFileSync(file, "utf8").trim() === String(process.pid))
+                        fs.rmSync(file, {force: true});
+                } catch {
+                    // already gone
+                }
+            };
+        } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== "EEXIST")
+                throw err;
+            const pid = Number(fs.readFileSync(file, "utf8").trim());
+            let alive = false;
+            try {
+                process.kill(pid, 0);
+                alive = Number.isInteger(pid) && pid > 0 && pid !== process.pid;
+            } catch (e) {
+                alive = (e as NodeJS.ErrnoException).code === "EPERM";
+            }
+            if (alive)
+                throw new Error(`another server (pid ${pid}) is using ${dataDir}; stop it first, or give another --data-dir`);
+            fs.rmSync(file, {force: true});
+        }
+    }
+    throw new Error(`cannot claim ${dataDir} (${file} keeps reappearing)`);
+}
+
 /** Starts the server: opens the store, writes the perturbation kit, resumes unfinished jobs, listens. */
 export async function startFederatedServer(options: FederatedServerOptions): Promise<FederatedServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
@@ -164,6 +202,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         throw new Error(`source model ${options.model} does not exist`);
     const dataDir = path.resolve(options.dataDir);
     const distributed = isPostgresUrl(options.store);
+    // with PostgreSQL, fronts and workers share the directory by design: no claim on it
+    const release = distributed ? () => {} : claimDataDir(dataDir);
     const store: JobStore = distributed ? await PostgresJobStore.open(options.store!) : SqliteJobStore.open(dataDir);
     const artifacts = new ArtifactStore(dataDir);
     const source = await sourceModelInfo(options.model);
@@ -427,6 +467,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     }
     const startedAt = new Date().toISOString();
 
+    // open event streams, ended when the server stops (they would otherwise hold it open)
+    const openStreams = new Set<() => void>();
     function streamEvents(request: FastifyRequest, reply: FastifyReply, id: string): void {
         reply.hijack();
         const res = reply.raw;
@@ -441,6 +483,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             if (closed)
                 return;
             closed = true;
+            openStreams.delete(finish);
             scheduler.off("change", onChange);
             scheduler.off("progress", onProgress);
             clearInterval(ping);
@@ -474,6 +517,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 res.write(": ping\n\n");
         }, 15_000);
         request.raw.on("close", finish);
+        openStreams.add(finish);
         scheduler.on("change", onChange);
         scheduler.on("progress", onProgress);
         onChange(id);
@@ -492,9 +536,12 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         close() {
             closing ??= (async () => {
                 await scheduler.close();
+                for (const finish of [...openStreams])
+                    finish();
                 await app.close();
                 await generator.close();
                 await store.close();
+                release();
             })();
             return closing;
         },
