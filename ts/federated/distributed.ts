@@ -88,10 +88,24 @@ export async function enqueueNextStage(store: PostgresJobStore, boss: PgBoss, jo
     return next;
 }
 
-/** Makes sure every queued or running job has its next stage queued (after a crash between "done" and "enqueue"). */
+/**
+ * Makes sure every queued or running job has its next stage queued (after a crash between "done"
+ * and "enqueue"), and fails the jobs whose stage pg-boss gave up on (its workers died more often
+ * than the retry limit allows).
+ */
 export async function reconcileQueue(store: PostgresJobStore, boss: PgBoss, settings: QueueSettings): Promise<void> {
-    for (const job of await store.jobsIn(["queued", "running"]))
-        await enqueueNextStage(store, boss, job.id, settings);
+    for (const job of await store.jobsIn(["queued", "running"])) {
+        const next = await enqueueNextStage(store, boss, job.id, settings);
+        if (!next)
+            continue;
+        const queued = await store.retry(() => boss.getJobById<StageJobData>(stageQueue(next), stageJobId(job.id, next)));
+        if (queued?.state === "failed") {
+            const message = `the ${next} stage lost its worker ${queued.retryCount + 1} times (retry limit ${queued.retryLimit}); ` +
+                `last: ${JSON.stringify(queued.output ?? null)}`;
+            await store.updateJob(job.id, {status: "failed", error: message}, new Date().toISOString());
+            await store.updateStage(job.id, next, {status: "failed"});
+        }
+    }
 }
 
 /**
@@ -206,7 +220,10 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []}> {
         return null;
     }
 
-    private heartbeat(): Promise<void> {
+    /** One heartbeat at a time; `fresh`: one that starts after now (so it carries a claim just made). */
+    private heartbeat(fresh = false): Promise<void> {
+        if (fresh && this.beating)
+            return this.beating.then(() => this.heartbeat());
         this.beating ??= this.beat().finally(() => {
             this.beating = undefined;
         });
@@ -303,7 +320,7 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []}> {
         const queue = stageQueue(stage);
         const store = this.store;
         try {
-            await this.heartbeat();
+            await this.heartbeat(true);
             await this.runClaimed(stage, queueJobId, jobId, controller, added, claim);
         } catch (err) {
             const reason = controller.signal.aborted && controller.signal.reason instanceof StageStopped ? controller.signal.reason.reason : undefined;
@@ -375,6 +392,8 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []}> {
                 }
             },
         }, stage, () => this.emit("change", jobId));
+        if (!controller.signal.aborted && !(await store.job(jobId)))
+            controller.abort(new StageStopped("deleted"));
         if (controller.signal.aborted)
             throw controller.signal.reason;
         const next = await enqueueNextStage(store, this.boss, jobId, this.settings);

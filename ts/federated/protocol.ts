@@ -15,6 +15,8 @@ export const routes = {
     job: (id: string) => `${apiBase}/jobs/${encodeURIComponent(id)}`,
     jobEvents: (id: string) => `${apiBase}/jobs/${encodeURIComponent(id)}/events`,
     jobModel: (id: string) => `${apiBase}/jobs/${encodeURIComponent(id)}/model`,
+    /** Admin tokens only: the workers and the stages they hold (docs/federated.md, Scale-out). */
+    workers: `${apiBase}/workers`,
 } as const;
 
 export const headers = {

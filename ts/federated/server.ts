@@ -441,7 +441,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         return reply.code(204).send();
     });
 
-    app.get(routes.jobs.replace(/jobs$/, "workers"), {schema: {summary: "Workers and the stages they hold (admin token)", security: [{bearer: []}],
+    app.get(routes.workers, {schema: {summary: "Workers and the stages they hold (admin token)", security: [{bearer: []}],
         response: {401: errorSchema, 403: errorSchema}}},
     async (request) => {
         if (!request.client!.admin)
