@@ -96,8 +96,11 @@ export async function enqueueNextStage(store: PostgresJobStore, boss: PgBoss, jo
 export async function reconcileQueue(store: PostgresJobStore, boss: PgBoss, settings: QueueSettings): Promise<void> {
     for (const job of await store.jobsIn(["queued", "running"])) {
         const next = await enqueueNextStage(store, boss, job.id, settings);
-        if (!next)
+        if (!next) {
+            // every stage done, but its last worker died before saying so
+            await store.updateJob(job.id, {status: "succeeded", stage: null}, new Date().toISOString());
             continue;
+        }
         const queued = await store.retry(() => boss.getJobById<StageJobData>(stageQueue(next), stageJobId(job.id, next)));
         if (queued?.state === "failed") {
             const message = `the ${next} stage lost its worker ${queued.retryCount + 1} times (retry limit ${queued.retryLimit}); ` +
@@ -372,9 +375,13 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []}> {
             await store.retry(() => this.boss.complete(queue, queueJobId, {skipped: job ? job.status : "deleted"}));
             return;
         }
-        if (nextStage(await store.stages(jobId)) !== stage) {
-            // already done (a stage finished just before its worker died): move the job on
-            await enqueueNextStage(store, this.boss, jobId, this.settings);
+        const next = nextStage(await store.stages(jobId));
+        if (next !== stage) {
+            // already done (a stage finished just before its worker died): move the job on, or end it
+            if (next === undefined)
+                await this.succeeded(jobId);
+            else
+                await enqueueNextStage(store, this.boss, jobId, this.settings);
             await store.retry(() => this.boss.complete(queue, queueJobId, {skipped: "done"}));
             return;
         }
@@ -396,12 +403,14 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []}> {
             controller.abort(new StageStopped("deleted"));
         if (controller.signal.aborted)
             throw controller.signal.reason;
-        const next = await enqueueNextStage(store, this.boss, jobId, this.settings);
-        if (!next) {
-            await store.updateJob(jobId, {status: "succeeded", stage: null}, new Date().toISOString());
-            await fs.promises.rm(this.options.env.workDir(jobId), {recursive: true, force: true});
-        }
+        if (!(await enqueueNextStage(store, this.boss, jobId, this.settings)))
+            await this.succeeded(jobId);
         await store.retry(() => this.boss.complete(queue, queueJobId));
+    }
+
+    private async succeeded(jobId: string): Promise<void> {
+        await this.store.updateJob(jobId, {status: "succeeded", stage: null}, new Date().toISOString());
+        await fs.promises.rm(this.options.env.workDir(jobId), {recursive: true, force: true});
     }
 
     /** A deleted job's artifacts this worker added that no job references. */
