@@ -201,7 +201,7 @@ Examples:
 
 Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
   ppc-gpt server token create --name ops --admin --store postgres://ppc@db/ppc
-  ppc-gpt server --store postgres://ppc@db/ppc --data-dir /mnt/ppc --model source.gguf \
+  ppc-gpt server --store postgres://ppc@db/ppc --data-dir /mnt/ppc --model source.gguf \\
       --generator-url http://gen:8000/v1 --generator-remote-model big
   ppc-gpt worker --store postgres://ppc@db/ppc --artifacts /mnt/ppc --model source.gguf --stages bi,prune,train,merge`)
         .action(async (opts: ServerCliOptions) => {
