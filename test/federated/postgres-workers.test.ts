@@ -23,6 +23,8 @@ interface WorkerProcess {
     id: string;
     child: ChildProcess;
     stderr: () => string;
+    /** The JSON lines it printed (started, stage events, stopped). */
+    events: Record<string, unknown>[];
     exited: Promise<number | null>;
 }
 
@@ -39,17 +41,20 @@ async function startWorkerProcess(t: ExecutionContext, url: string, shared: stri
             await exited;
         }
     });
+    const events: Record<string, unknown>[] = [];
     const id = await new Promise<string>((resolve, reject) => {
-        readline.createInterface({input: child.stdout!}).once("line", (line) => {
+        readline.createInterface({input: child.stdout!}).on("line", (line) => {
             try {
-                resolve(JSON.parse(line).id);
+                events.push(JSON.parse(line));
+                if (events.length === 1)
+                    resolve(events[0].id as string);
             } catch {
                 reject(new Error(`worker printed ${line}\n${stderr}`));
             }
         });
         child.once("exit", (code) => reject(new Error(`worker exited with ${code} before starting:\n${stderr}`)));
     });
-    return {id, child, stderr: () => stderr, exited};
+    return {id, child, stderr: () => stderr, events, exited};
 }
 
 async function pgToken(url: string, name: string, admin = false): Promise<string> {
@@ -95,7 +100,8 @@ maybe("a server and two workers run three jobs; a worker killed -9 mid-training 
     const server = await startServer(t, shared, ["--store", pg.url, "--model", stories260K, "--generator-url", gen.baseUrl,
         "--generator-remote-model", "teacher", "--max-concurrent-jobs", "3", ...lease]);
     const w1 = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
-    const w2 = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
+    // per-worker concurrency: the second worker runs up to two stages at once
+    const w2 = await startWorkerProcess(t, pg.url, shared, gen.baseUrl, ["--concurrency", "2"]);
 
     // the long job trains long enough to be killed in the middle; two short ones run beside it
     const ids: string[] = [];
@@ -114,6 +120,7 @@ maybe("a server and two workers run three jobs; a worker killed -9 mid-training 
         return w && fs.existsSync(checkpoint) ? {view, w} : undefined;
     }, 150_000);
     t.is(holder.view.store, "postgres");
+    t.is(holder.view.workers.find((w) => w.id === w2.id)?.concurrency, 2);
     t.deepEqual(holder.view.workers.map((w) => w.id).sort(), [w1.id, w2.id].sort());
     const claim = holder.w.claims.find((c) => c.job_id === long)!;
     t.false(Number.isNaN(Date.parse(claim.claimed_at)), "since when");
@@ -230,6 +237,9 @@ maybe("SIGTERM drains a worker: its training is handed back uncounted; a server 
     worker.child.kill("SIGTERM");
     t.is(await worker.exited, 0, worker.stderr());
     t.regex(worker.stderr(), new RegExp(`handed back the train stage of ${id}`));
+    t.deepEqual(worker.events.filter((e) => e.job_id === id).map((e) => `${e.event} ${e.stage}`),
+        ["claimed synth", "done synth", "claimed bi", "done bi", "claimed prune", "done prune", "claimed train", "handed-back train"]);
+    t.is(worker.events.at(-1)?.event, "stopped");
     const savedStep = JSON.parse(fs.readFileSync(checkpoint, "utf8")).step as number;
 
     // the queue job is waiting again, and the hand-back did not count as a retry

@@ -60,7 +60,7 @@ export function workerCommand(): Command {
         .option("--lease-seconds <s>", "a worker silent this long is dead and its stage goes to another", String(queueDefaults.leaseSeconds))
         .option("--drain-seconds <s>", "on SIGTERM, wait this long for running stages before handing them back", "60")
         .option("--store-wait-seconds <s>", "how long to wait for a database that went away before giving a stage back", "600")
-        .option("--json", "JSON lines on stdout (started, stopped)")
+        .option("--json", "JSON lines on stdout: started, each stage claimed/done/failed/handed-back, stopped")
         .addHelpText("after", `
 A worker claims stages (synth, bi, prune, train, merge) of any job from the queue in PostgreSQL,
 keeps a lease on them with a heartbeat, and writes each stage's output to the shared directory
@@ -95,6 +95,14 @@ Examples:
                 queue: queueOptions(opts), storeWaitMs: seconds(opts.storeWaitSeconds, "--store-wait-seconds") * 1000,
             });
             const w = running.worker;
+            // one line per stage event: JSON lines with --json, else a human line on stderr
+            w.on("stage", (e) => {
+                if (opts.json)
+                    process.stdout.write(JSON.stringify({...e, worker: w.id}) + "\n");
+                else
+                    process.stderr.write(`${new Date().toISOString()} ${e.event} ${e.stage} of ${e.job_id}` +
+                        `${e.event === "claimed" ? "" : ` after ${e.seconds.toFixed(1)} s`}${e.error ? `: ${e.error}` : ""}\n`);
+            });
             if (opts.json)
                 process.stdout.write(JSON.stringify({event: "started", id: w.id, pid: process.pid, stages: w.stages, concurrency: w.concurrency}) + "\n");
             else

@@ -139,6 +139,16 @@ class StageStopped extends JobCancelledError {
     }
 }
 
+/** What happened to a stage this worker claimed (for its log and JSON lines). */
+export interface StageEvent {
+    event: "claimed" | "done" | "failed" | "handed-back" | "lease-lost" | "cancelled" | "retry-later";
+    job_id: string;
+    stage: StageName;
+    /** Seconds since the claim. */
+    seconds: number;
+    error?: string;
+}
+
 interface Claim {
     claim: WorkerClaim;
     controller: AbortController;
@@ -162,7 +172,7 @@ export interface StageWorkerOptions {
 }
 
 /** A worker: claims stages of any job from the queues it serves, keeps its lease, drains on request. */
-export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []}> {
+export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage: [StageEvent]}> {
     readonly id: string;
     readonly stages: StageName[];
     readonly concurrency: number;
@@ -322,35 +332,45 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []}> {
         this.claims.set(queueJobId, entry);
         const queue = stageQueue(stage);
         const store = this.store;
+        const t0 = Date.now();
+        const tell = (event: StageEvent["event"], error?: string) =>
+            this.emit("stage", {event, job_id: jobId, stage, seconds: (Date.now() - t0) / 1000, ...(error ? {error} : {})});
+        tell("claimed");
         try {
             await this.heartbeat(true);
             await this.runClaimed(stage, queueJobId, jobId, controller, added, claim);
+            tell("done");
         } catch (err) {
             const reason = controller.signal.aborted && controller.signal.reason instanceof StageStopped ? controller.signal.reason.reason : undefined;
             try {
                 if (reason === "lease-lost") {
                     // another worker has it now; write nothing
+                    tell("lease-lost");
                 } else if (reason === "hand-back") {
                     await store.updateStage(jobId, stage, {status: "pending"});
                     await store.retry(() => this.boss.deleteJob(queue, queueJobId));
                     await store.retry(() => this.boss.send(queue, {job_id: jobId} satisfies StageJobData, {id: queueJobId,
                         retryLimit: this.settings.retryLimit, retryDelay: 0, expireInSeconds: this.settings.expireSeconds}));
                     this.log(`worker ${this.id}: handed back the ${stage} stage of ${jobId}`);
+                    tell("handed-back");
                 } else if (reason === "deleted" || err instanceof JobCancelledError) {
                     await store.retry(() => this.boss.complete(queue, queueJobId, {cancelled: true}));
                     await this.dropLeftovers(jobId, added);
+                    tell("cancelled");
                 } else {
                     const message = err instanceof Error ? err.message : String(err);
                     if (err instanceof StoreUnavailableError) {
                         // the database stayed away longer than this worker waits: hand the stage back for later
                         this.log(`worker ${this.id}: ${message}; the ${stage} stage of ${jobId} will be retried`);
                         await store.retry(() => this.boss.fail(queue, queueJobId, {error: message}));
+                        tell("retry-later", message);
                     } else {
                         this.log(`job ${jobId} failed in ${stage} on ${this.id}: ${message}`);
                         if (await store.job(jobId))
                             await store.updateJob(jobId, {status: "failed", error: message}, new Date().toISOString());
                         await store.retry(() => this.boss.complete(queue, queueJobId, {error: message}));
                         await fs.promises.rm(this.options.env.workDir(jobId), {recursive: true, force: true});
+                        tell("failed", message);
                     }
                 }
             } catch (inner) {
