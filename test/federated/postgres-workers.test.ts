@@ -78,7 +78,7 @@ async function until<T>(what: string, check: () => Promise<T | undefined | false
 
 interface WorkersView {
     store: string;
-    workers: {id: string; pid: number; claims: {job_id: string; stage: string; claimed_at: string; progress: {done: number; total: number} | null}[]}[];
+    workers: {id: string; pid: number; concurrency: number; claims: {job_id: string; stage: string; claimed_at: string; progress: {done: number; total: number} | null}[]}[];
 }
 
 async function downloadChecked(t: ExecutionContext, url: string, token: string, s: JobStatus): Promise<void> {
