@@ -116,7 +116,9 @@ function stageTiming(statuses: JobStatus[]): {gapMs: number; stageMs: number} {
 }
 
 async function main(): Promise<void> {
-    const gen = await ScriptedChatServer.start((r) => new Teacher().reply(r));
+    // questions named by their request's seed: every setup is asked the same things
+    const teacher = new Teacher((r) => `Generated question for seed ${r.body.seed}: which choice is right?`);
+    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
     teardowns.push(() => gen.stop());
     const genArgs = ["--generator-url", gen.baseUrl, "--generator-remote-model", "teacher", "--threads", "1"];
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-bench-workers-"));

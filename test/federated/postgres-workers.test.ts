@@ -2,7 +2,9 @@
 // postgres://…` that runs no stages itself, and `ppc-gpt worker` processes sharing the artifacts
 // directory. A worker killed with -9 in the middle of training loses its lease and the other one
 // finishes the job from the last checkpoint; PostgreSQL stopped and started under a running job
-// pauses the work (the server answers 503 meanwhile) and loses nothing.
+// pauses the work (the server answers 503 meanwhile) and loses nothing, and a job computed by
+// the workers matches the single-process server's on the same seed. A worker drained by SIGTERM
+// hands its stage back, and a server with --workers 1 finishes it.
 import {spawn, type ChildProcess} from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -12,7 +14,7 @@ import type {JobStatus} from "../../ts/federated/protocol.js";
 import {cliPath, hasShared, runCli, stories260K, tempDir} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
 import {PostgresCluster, skipPostgres} from "./postgres-cluster.js";
-import {auth, getJson, items, sha256, startServer, submit, waitJob} from "./server-process.js";
+import {auth, getJson, items, makeToken, sha256, startServer, submit, waitJob} from "./server-process.js";
 
 const maybe = hasShared && !skipPostgres ? test.serial : test.skip;
 
@@ -161,7 +163,8 @@ maybe("a server and two workers run three jobs; a worker killed -9 mid-training 
 maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then the job finishes, nothing lost", async (t) => {
     const pg = await PostgresCluster.create(t);
     const shared = tempDir(t);
-    const teacher = new Teacher();
+    // questions named by their request's seed, so that two runs of one job ask the same things
+    const teacher = new Teacher((r) => `Generated question for seed ${r.body.seed}: which choice is right?`);
     const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
     t.teardown(() => gen.stop());
     const token = await pgToken(pg.url, "acme");
@@ -179,7 +182,8 @@ maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then t
                 seen.set(w.id, (seen.get(w.id) ?? new Set()).add(c.stage));
     };
     const first = await submit(server.url, token, {spec: spec(80), items: items(3)});
-    const second = await submit(server.url, token, {spec: spec(4), items: items(2)});
+    const secondItems = items(2);
+    const second = await submit(server.url, token, {spec: spec(4), items: secondItems});
     t.is(first.status, 202);
     t.is(second.status, 202);
     await until("the first job in training", async () => {
@@ -213,6 +217,33 @@ maybe("PostgreSQL stopped and started under a running job: 503 meanwhile, then t
     t.true(seen.get(worker.id)?.has("train"), "the GPU worker trained");
     const jobs = (await getJson(server.url, token, "/v1/jobs")).json.jobs as JobStatus[];
     t.deepEqual(jobs.map((j) => j.id).sort(), [first.json.id, second.json.id].sort(), "exactly the two accepted jobs exist");
+
+    // the single-process server on its embedded store computes the same job to the same bytes
+    const alone = tempDir(t);
+    const aloneToken = await makeToken(alone, "acme");
+    const single = await startServer(t, alone, ["--model", stories260K, "--generator-url", gen.baseUrl, "--generator-remote-model", "teacher",
+        "--threads", "1"]);
+    const again = await submit(single.url, aloneToken, {spec: spec(4), items: secondItems});
+    const reference = await waitJob(single.url, aloneToken, again.json.id, () => false, 120_000);
+    const distributed = jobs.find((j) => j.id === second.json.id)!;
+    t.is(reference.status, "succeeded");
+    // the same synthetic items (the generator's replies may come back in another order)...
+    const {PostgresJobStore} = await import("../../ts/federated/store-postgres.js");
+    const {SqliteJobStore} = await import("../../ts/federated/store.js");
+    const pgStore = await PostgresJobStore.open(pg.url);
+    t.teardown(() => pgStore.close());
+    const synthOf = (dir: string, sha: string) => fs.readFileSync(path.join(dir, "artifacts", sha.slice(0, 2), sha), "utf8").split("\n").filter(Boolean).sort();
+    const sqlite = SqliteJobStore.open(alone);
+    const referenceSynth = sqlite.stages(reference.id).find((x) => x.name === "synth")!.artifact_sha256!;
+    sqlite.close();
+    const distributedSynth = (await pgStore.stages(distributed.id)).find((x) => x.name === "synth")!.artifact_sha256!;
+    t.deepEqual(synthOf(shared, distributedSynth), synthOf(alone, referenceSynth));
+    // ...the same Block Influence up to summation order, the same layers removed, the same model shape
+    const bi = (s: JobStatus) => (s.plan as {layerValues: number[]}).layerValues;
+    bi(distributed).forEach((v, i) => t.true(Math.abs(v - bi(reference)[i]) < 1e-9, `layer ${i}: ${v} vs ${bi(reference)[i]}`));
+    t.deepEqual((distributed.plan as {removed: number[]}).removed, (reference.plan as {removed: number[]}).removed);
+    t.is(distributed.model!.layers, reference.model!.layers);
+    t.is(distributed.model!.parameters, reference.model!.parameters);
 });
 
 maybe("SIGTERM drains a worker: its training is handed back uncounted; a server with --workers 1 finishes the job and streams it", async (t) => {
