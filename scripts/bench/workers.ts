@@ -7,7 +7,11 @@
 // stage: the gap between one stage finishing and the job's next stage starting, median over every
 // job, against the median time of a stage itself, for the embedded scheduler and for the queue. Every process gets --threads 1.
 //
-//   node dist/scripts/bench/workers.js [--jobs 4] [--steps 4] [--k 2] [--items 2]
+//   node dist/scripts/bench/workers.js [--jobs 4] [--steps 4] [--k 2] [--items 2] [--generator-delay-ms 0]
+//
+// With --generator-delay-ms the synth stage waits on its (remote) generator as it does in
+// production, and workers on one machine overlap that waiting; without it every stage is
+// CPU-bound and two workers on the same cores compete for them.
 import {spawn, type ChildProcess} from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -29,6 +33,8 @@ const arg = (name: string, def: string) => {
 const nJobs = Number(arg("--jobs", "4"));
 const spec = {k: Number(arg("--k", "2")), server_steps: Number(arg("--steps", "4")), batch_size: 2, r: 2, max_input_length: 32, max_target_length: 24, seed: 7};
 const nItems = Number(arg("--items", "2"));
+/** Latency of every generator reply, as a remote generator has (0: instant, every stage CPU-bound). */
+const delayMs = Number(arg("--generator-delay-ms", "0"));
 
 const teardowns: (() => unknown)[] = [];
 const children: ChildProcess[] = [];
@@ -118,7 +124,7 @@ function stageTiming(statuses: JobStatus[]): {gapMs: number; stageMs: number} {
 async function main(): Promise<void> {
     // questions named by their request's seed: every setup is asked the same things
     const teacher = new Teacher((r) => `Generated question for seed ${r.body.seed}: which choice is right?`);
-    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
+    const gen = await ScriptedChatServer.start((r) => ({...teacher.reply(r), delayMs}));
     teardowns.push(() => gen.stop());
     const genArgs = ["--generator-url", gen.baseUrl, "--generator-remote-model", "teacher", "--threads", "1"];
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-bench-workers-"));
@@ -165,7 +171,7 @@ async function main(): Promise<void> {
             ...stageTiming(r.statuses), load: load(), statuses: r.statuses});
     }
 
-    console.log(`${nJobs} jobs of ${nItems} items, k ${spec.k}, ${spec.server_steps} training steps; ${os.cpus().length} cores (${os.cpus()[0].model})`);
+    console.log(`${nJobs} jobs of ${nItems} items, k ${spec.k}, ${spec.server_steps} training steps, generator delay ${delayMs} ms; ${os.cpus().length} cores (${os.cpus()[0].model})`);
     console.log("| setup | wall s | jobs/hour | median gap before a stage (ms) | median stage (ms) | gap / stage | load avg |");
     console.log("|---|---|---|---|---|---|---|");
     for (const r of rows)
