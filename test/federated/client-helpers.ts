@@ -113,6 +113,10 @@ export interface RecordedConnection {
 export class RecordingProxy {
     readonly connections: RecordedConnection[] = [];
     throttle?: {match: RegExp; afterBytes: number; delayMs: number; chunk: number};
+    /** Cuts connections whose request matches `match` once they carried `afterBytes` downstream, `times` times. */
+    cut?: {match: RegExp; afterBytes: number; times: number};
+    /** Connections cut by `cut`. */
+    cuts = 0;
     private server?: net.Server;
     private readonly sockets = new Set<net.Socket>();
     port = 0;
@@ -147,6 +151,14 @@ export class RecordingProxy {
                 rec.down.push(Buffer.from(d));
                 const th = this.throttle;
                 const upText = Buffer.concat(rec.up).toString("latin1");
+                const cut = this.cut;
+                if (cut && cut.times > 0 && cut.match.test(upText) && downBytes + d.length >= cut.afterBytes) {
+                    cut.times--;
+                    this.cuts++;
+                    client.destroy();
+                    upstream.destroy();
+                    return;
+                }
                 if (!th || !th.match.test(upText)) {
                     client.write(d);
                     downBytes += d.length;
