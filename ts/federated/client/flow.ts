@@ -63,6 +63,8 @@ export interface ClientState {
     submitted_bytes?: number;
     model?: {path: string; sha256: string; size: number};
     finished?: FinishReport;
+    /** The client-retraining settings `finished` was made with (other settings redo the finish). */
+    finish_settings?: ClientSettings["finish"];
 }
 
 export interface RunSummary {
@@ -273,8 +275,16 @@ export class ClientFlow {
 
     /** Step 5: label retraining and S/C evaluation (training resumes from its checkpoint). */
     async finish(signal?: AbortSignal): Promise<FinishReport> {
-        if (this.state.finished)
+        const wanted = JSON.stringify(this.settings.finish ?? {});
+        if (this.state.finished && JSON.stringify(this.state.finish_settings ?? {}) === wanted)
             return this.state.finished;
+        if (JSON.stringify(this.state.finish_settings ?? {}) !== wanted) {
+            // Other retraining settings: the old checkpoint does not apply.
+            fs.rmSync(this.file("client-train"), {recursive: true, force: true});
+            this.state.finished = undefined;
+            this.state.finish_settings = this.settings.finish;
+            this.save();
+        }
         const model = this.state.model;
         if (!model)
             throw new Error("no model yet: the job has not been fetched");
@@ -305,7 +315,8 @@ export class ClientFlow {
         const job = await this.submit();
         const status = await this.wait(signal);
         if (status.status !== "succeeded")
-            throw new FederatedError(`job ${job} ${status.status}${status.error ? `: ${status.error}` : ""}`);
+            throw new FederatedError(`job ${job} ${status.status}${status.error ? `: ${status.error}` : ""} ` +
+                `(state in ${this.settings.stateDir}: give another --state-dir to submit again)`);
         const model = await this.fetch(status, signal);
         const finish = await this.finish(signal);
         const report = JSON.parse(fs.readFileSync(perturbed.report, "utf8")) as {mechanism: MechanismReport; dataset: DatasetReport};
