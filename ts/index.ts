@@ -82,3 +82,12 @@ export {loadPrivateData, checkUploadable} from "./federated/client/data.js";
 export type {PrivateData, PrivateDataOptions} from "./federated/client/data.js";
 export {finishModel} from "./federated/client/finish.js";
 export type {FinishOptions, FinishReport, StageAccuracy} from "./federated/client/finish.js";
+export {startFederatedServer, serverDefaults} from "./federated/server.js";
+export type {FederatedServer, FederatedServerOptions, GeneratorConfig} from "./federated/server.js";
+export {SqliteJobStore, TooManyJobsError} from "./federated/store.js";
+export type {JobStore, JobRecord, StageRecord, TokenRecord, NewJob} from "./federated/store.js";
+export {createToken, tokenHash, authenticate} from "./federated/tokens.js";
+export {protocolVersion, routes, jobSpecDefaults, fillJobSpec, jobItemsProblem, jobStrategies, stageNames, privacyMechanisms,
+    epsilonRange} from "./federated/protocol.js";
+export type {JobSpec, FilledJobSpec, JobItem, JobStatus, ServerInfo, SubmitJobRequest, SubmitJobResponse, StageName,
+    JobState} from "./federated/protocol.js";

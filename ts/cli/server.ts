@@ -23,6 +23,7 @@ interface ServerCliOptions {
     workers: string;
     threads?: string;
     checkpointEvery: string;
+    synthMaxTokens?: string;
     json?: boolean;
 }
 
@@ -135,6 +136,7 @@ export function serverCommand(): Command {
         .option("--workers <n>", "jobs run at once", String(serverDefaults.workers))
         .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
         .option("--checkpoint-every <n>", "training checkpoint interval in steps (a kill loses at most this many)", String(serverDefaults.checkpointEvery))
+        .option("--synth-max-tokens <n>", "token limit of every generator reply (default 1024 for questions and answers, 512 for rationales)")
         .option("--json", "print the listening URL as a JSON line")
         .addHelpText("after", `
 The server holds the source model and the generator, takes jobs from clients (perturbed questions
@@ -165,6 +167,7 @@ Examples:
                 maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
                 maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1), workers: int(opts.workers, "--workers", 1),
                 threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
+                synthMaxTokens: opts.synthMaxTokens === undefined ? undefined : int(opts.synthMaxTokens, "--synth-max-tokens", 16),
             });
             if (opts.json)
                 process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, model: server.info.model,

@@ -30,6 +30,15 @@ async function fsyncPath(p: string): Promise<void> {
     }
 }
 
+/** Makes a rename in `dir` durable. */
+async function fsyncDir(dir: string): Promise<void> {
+    try {
+        await fsyncPath(dir);
+    } catch {
+        // some filesystems do not fsync directories; the rename itself is still atomic
+    }
+}
+
 export class ArtifactStore {
     readonly dir: string;
     readonly tmpDir: string;
@@ -70,6 +79,7 @@ export class ArtifactStore {
             await fsyncPath(tmp);
         }
         await fs.promises.rename(tmp, dest);
+        await fsyncDir(path.dirname(dest));
         return ref;
     }
 
@@ -88,6 +98,7 @@ export class ArtifactStore {
                 await fh.close();
             }
             await fs.promises.rename(tmp, dest);
+            await fsyncDir(path.dirname(dest));
         }
         return {sha256, size: bytes.length};
     }

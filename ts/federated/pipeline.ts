@@ -29,6 +29,8 @@ export interface PipelineEnv {
     generator: Generator;
     /** Parallel synthesis attempts (default: the generator's concurrency). */
     synthConcurrency?: number;
+    /** Token limit of every generator reply (default: the synth stage's own limits). */
+    synthMaxTokens?: number;
     /** CPU threads of BI scoring and training. */
     threads?: number;
     /** Training checkpoint interval in steps (a kill loses at most this many steps). */
@@ -88,6 +90,7 @@ async function synthStage(env: PipelineEnv, run: StageRun, work: string): Promis
     const summary = await synthesize({
         input: env.artifacts.pathOf(run.job.items_sha256), output, generator: env.generator, ratio: run.job.spec.k,
         concurrency: env.synthConcurrency, seed: run.job.spec.seed, signal: run.signal,
+        ...(env.synthMaxTokens ? {maxTokens: {question: env.synthMaxTokens, answer: env.synthMaxTokens, rationale: env.synthMaxTokens}} : {}),
         onProgress: (p) => run.onProgress("synth", p.settled, p.target),
     });
     const counts = {accepted: summary.accepted, rejected: summary.rejected, reasons: summary.reasons, requests: summary.requests};

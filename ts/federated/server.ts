@@ -46,6 +46,8 @@ export interface FederatedServerOptions {
     threads?: number;
     /** Training checkpoint interval in steps (default 50). */
     checkpointEvery?: number;
+    /** Token limit of every generator reply during synthesis (default: synth's 1024 / 512). */
+    synthMaxTokens?: number;
     /** Log lines (job failures, listening) go here; default stderr. */
     log?: (line: string) => void;
 }
@@ -140,6 +142,44 @@ async function sourceModelInfo(model: string): Promise<ServerInfo["model"] & {si
         parameters: g.tensors.reduce((s, t) => s + t.nElements, 0), size};
 }
 
+/**
+ * Claims the data dir for this process: `server.pid` names the server using it. A pid file whose
+ * process is gone (a server killed with -9) is taken over; a live one is an error, because two
+ * servers would run the same jobs twice.
+ */
+function claimDataDir(dataDir: string): () => void {
+    const file = path.join(dataDir, "server.pid");
+    fs.mkdirSync(dataDir, {recursive: true});
+    for (let attempt = 0; attempt < 2; attempt++) {
+        try {
+            fs.writeFileSync(file, `${process.pid}\n`, {flag: "wx"});
+            return () => {
+                try {
+                    if (fs.readFileSync(file, "utf8").trim() === String(process.pid))
+                        fs.rmSync(file, {force: true});
+                } catch {
+                    // already gone
+                }
+            };
+        } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== "EEXIST")
+                throw err;
+            const pid = Number(fs.readFileSync(file, "utf8").trim());
+            let alive = false;
+            try {
+                process.kill(pid, 0);
+                alive = Number.isInteger(pid) && pid > 0 && pid !== process.pid;
+            } catch (e) {
+                alive = (e as NodeJS.ErrnoException).code === "EPERM";
+            }
+            if (alive)
+                throw new Error(`another server (pid ${pid}) is using ${dataDir}; stop it first, or give another --data-dir`);
+            fs.rmSync(file, {force: true});
+        }
+    }
+    throw new Error(`cannot claim ${dataDir} (${file} keeps reappearing)`);
+}
+
 /** Starts the server: opens the store, writes the perturbation kit, resumes unfinished jobs, listens. */
 export async function startFederatedServer(options: FederatedServerOptions): Promise<FederatedServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
@@ -149,6 +189,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     if (!fs.existsSync(options.model))
         throw new Error(`source model ${options.model} does not exist`);
     const dataDir = path.resolve(options.dataDir);
+    const release = claimDataDir(dataDir);
     const store = SqliteJobStore.open(dataDir);
     const artifacts = new ArtifactStore(dataDir);
     const source = await sourceModelInfo(options.model);
@@ -162,7 +203,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const generator = await createGenerator(options.generator);
     const env: PipelineEnv = {
         store, artifacts, sourceModel: path.resolve(options.model), sourceSha256: source.sha256, generator,
-        threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery,
+        threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery, synthMaxTokens: options.synthMaxTokens,
         workDir: (id) => path.join(dataDir, "jobs", id),
     };
     const scheduler = new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]));
@@ -170,7 +211,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const info: ServerInfo = {
         protocol: protocolVersion,
         model: {name: source.name, sha256: source.sha256, architecture: source.architecture, layers: source.layers, parameters: source.parameters},
-        generator: {kind: options.generator.kind, name: generator.name},
+        // a remote generator is named by its model only: its internal address is not the clients' business
+        generator: {kind: options.generator.kind, name: options.generator.kind === "remote" ? options.generator.model : generator.name},
         privacy: {mechanisms: [...privacyMechanisms], epsilon: {...epsilonRange}},
         limits: {max_body_bytes: maxBodyBytes, max_items_per_job: maxItems, max_concurrent_jobs_per_client: maxActive},
         job_spec_defaults: fillJobSpec(undefined),
@@ -434,6 +476,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 await app.close();
                 await generator.close();
                 store.close();
+                release();
             })();
             return closing;
         },
