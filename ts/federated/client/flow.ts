@@ -365,9 +365,17 @@ export async function fetchModel(client: FederatedClient, status: JobStatus, out
     signal?: AbortSignal): Promise<DownloadResult> {
     if (status.status !== "succeeded" || !status.model)
         throw new FederatedError(`job ${status.id} is ${status.status}${status.error ? ` (${status.error})` : ""}: no model to fetch`);
+    let last = 0;
     const r = await client.downloadModel(status.id, out, {
         sha256: status.model.sha256, signal,
-        onProgress: (done, total) => emit({event: "progress", stage: "download", done, total, unit: "bytes"}),
+        // At most 5 progress events a second: a multi-GB model arrives in many small chunks.
+        onProgress: (done, total) => {
+            const now = Date.now();
+            if (now - last >= 200 || done >= total) {
+                last = now;
+                emit({event: "progress", stage: "download", done, total, unit: "bytes"});
+            }
+        },
     });
     emit({event: "downloaded", path: r.path, sha256: r.sha256, size: r.size, resumedFrom: r.resumedFrom});
     return r;
