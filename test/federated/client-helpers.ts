@@ -79,10 +79,10 @@ export interface ClientResult {
 }
 
 /** Runs `ppc-gpt client …` as a child with the token in its environment; `onStderr` sees progress lines. */
-export function spawnClient(args: string[], token: string, o: {onStderr?: (line: string, child: ChildProcess) => void} = {}):
+export function spawnClient(args: string[], token: string, o: {onStderr?: (line: string, child: ChildProcess) => void; env?: NodeJS.ProcessEnv} = {}):
     {child: ChildProcess; done: Promise<ClientResult>} {
     const child = spawn(process.execPath, [cliPath, "client", ...args], {
-        stdio: ["ignore", "pipe", "pipe"], env: {...process.env, PPC_GPT_TOKEN: token},
+        stdio: ["ignore", "pipe", "pipe"], env: {...process.env, PPC_GPT_TOKEN: token, ...o.env},
     });
     let stdout = "", stderr = "", partial = "";
     child.stdout!.on("data", (d) => { stdout += d; });
