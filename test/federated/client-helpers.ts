@@ -4,10 +4,20 @@
 import {spawn, type ChildProcess} from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
 import {cliPath, runCli, stories260K} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
+
+/** The neighbour-index cache of the client processes, kept out of the user's home folder. */
+export const clientCacheDir = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-client-cache-"));
+process.once("exit", () => fs.rmSync(clientCacheDir, {recursive: true, force: true}));
+
+/** The environment of client children: the test cache folder. */
+export function clientEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+    return {...process.env, PPC_GPT_CACHE_DIR: clientCacheDir, ...extra};
+}
 
 export interface ServerProcess {
     url: string;
@@ -82,7 +92,7 @@ export interface ClientResult {
 export function spawnClient(args: string[], token: string, o: {onStderr?: (line: string, child: ChildProcess) => void; env?: NodeJS.ProcessEnv} = {}):
     {child: ChildProcess; done: Promise<ClientResult>} {
     const child = spawn(process.execPath, [cliPath, "client", ...args], {
-        stdio: ["ignore", "pipe", "pipe"], env: {...process.env, PPC_GPT_TOKEN: token, ...o.env},
+        stdio: ["ignore", "pipe", "pipe"], env: clientEnv({PPC_GPT_TOKEN: token, ...o.env}),
     });
     let stdout = "", stderr = "", partial = "";
     child.stdout!.on("data", (d) => { stdout += d; });

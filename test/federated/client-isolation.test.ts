@@ -5,7 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {hasShared, runCli, sharedDir, stories260K, tempDir} from "../helpers.js";
-import {createToken, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
+import {clientEnv, createToken, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
@@ -54,7 +54,7 @@ maybe("two clients at once: each sees only its own job; the other's is not found
 maybe("client usage: no token on the command line, a token from the environment or a file, clear errors", async (t) => {
     const dir = tempDir(t);
     const priv = writePrivateItems(dir, 3, "x");
-    const env = {...process.env};
+    const env = clientEnv();
     delete env.PPC_GPT_TOKEN;
     const cli = (args: string[], extra: NodeJS.ProcessEnv = {}) => runCli(["client", ...args], {env: {...env, ...extra}});
     const base = ["submit", "--server", "http://127.0.0.1:9", "--data", priv.file, "--state-dir", path.join(dir, "s")];
@@ -92,7 +92,7 @@ maybe("client finish: label retraining on the private items, S and C on the held
     const out = path.join(dir, "client-lora.gguf");
     const dev = path.join(sharedDir, "data", "arc", "ARC-Easy-Dev.jsonl");
     const r = await runCli(["client", "finish", "--model", stories260K, "--task", "arc-easy", "--data", dev, "--limit", "8", "--holdout", "0.5",
-        "--eval-limit", "6", "--client-steps", "3", "--threads", "2", "-o", out, "--json"]);
+        "--eval-limit", "6", "--client-steps", "3", "--threads", "2", "-o", out, "--json"], {env: clientEnv()});
     t.is(r.code, 0, r.stderr);
     const rep = JSON.parse(r.stdout);
     t.is(rep.evalTask, "arc-easy");

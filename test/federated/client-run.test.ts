@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import test from "ava";
 import {hasShared, runCli} from "../helpers.js";
-import {startGenerator} from "./client-helpers.js";
+import {clientEnv, startGenerator} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
@@ -13,7 +13,7 @@ maybe("ppc-gpt run: the whole flow, a summary of bytes, ε, layers, S and C; no 
     t.teardown(() => gen.stop());
     const before = new Set(fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith("ppc-gpt-run-")));
     const r = await runCli(["run", "--generator-url", gen.baseUrl, "--generator-remote-model", "teacher", "--limit", "6", "--eval-limit", "8",
-        "--server-steps", "2", "--batch-size", "4", "--client-steps", "2", "--threads", "2", "--json"]);
+        "--server-steps", "2", "--batch-size", "4", "--client-steps", "2", "--threads", "2", "--json"], {env: clientEnv()});
     t.is(r.code, 0, r.stderr);
     const s = JSON.parse(r.stdout);
     t.is(s.job_status.status, "succeeded");
