@@ -1,3 +1,5 @@
+import fs from "node:fs";
+import path from "node:path";
 import {Command} from "commander";
 import {serverDefaults, startFederatedServer, type GeneratorConfig} from "../federated/server.js";
 import {SqliteJobStore} from "../federated/store.js";
@@ -52,6 +54,14 @@ function dataDirOf(opts: {dataDir?: string}): string {
     return opts.dataDir;
 }
 
+/** The store of an existing data dir (revoke and list never create one). */
+function existingStore(opts: {dataDir?: string}): SqliteJobStore {
+    const dir = dataDirOf(opts);
+    if (!fs.existsSync(path.join(dir, "store.db")))
+        throw new UsageError(`${dir} holds no server store (store.db); check --data-dir`);
+    return SqliteJobStore.open(dir);
+}
+
 function tokenCommand(): Command {
     const token = new Command("token").description("Create, revoke and list client tokens (works while the server runs)");
     token.command("create")
@@ -84,7 +94,7 @@ function tokenCommand(): Command {
         .option("--data-dir <dir>", "the server's data dir")
         .option("--json", "print the revoked tokens as JSON")
         .action((nameOrId: string, opts: {dataDir?: string; json?: boolean}) => {
-            const store = SqliteJobStore.open(dataDirOf(opts));
+            const store = existingStore(opts);
             try {
                 const revoked = store.revokeToken(nameOrId, new Date().toISOString());
                 if (revoked.length === 0)
@@ -101,7 +111,7 @@ function tokenCommand(): Command {
         .option("--data-dir <dir>", "the server's data dir")
         .option("--json", "print JSON")
         .action((opts: {dataDir?: string; json?: boolean}) => {
-            const store = SqliteJobStore.open(dataDirOf(opts));
+            const store = existingStore(opts);
             try {
                 const tokens = store.listTokens().map(({token_sha256: _h, ...r}) => r);
                 if (opts.json)

@@ -62,9 +62,10 @@ export class ArtifactStore {
 
     /**
      * Adds `file` (left in place; hard-linked when possible, else copied) and returns its reference.
-     * The content is fsynced before it becomes visible under its name.
+     * The content is fsynced before it becomes visible under its name. `copy` for a file that may
+     * still be appended to (a link would let that change the artifact under its hash).
      */
-    async addFile(file: string): Promise<ArtifactRef> {
+    async addFile(file: string, options: {copy?: boolean} = {}): Promise<ArtifactRef> {
         await fsyncPath(file);
         const ref = await hashFile(file);
         const dest = this.pathOf(ref.sha256);
@@ -72,9 +73,16 @@ export class ArtifactStore {
             return ref;
         await fs.promises.mkdir(path.dirname(dest), {recursive: true});
         const tmp = path.join(this.tmpDir, `${ref.sha256}.${process.pid}.${crypto.randomBytes(4).toString("hex")}`);
-        try {
-            await fs.promises.link(file, tmp);
-        } catch {
+        let linked = false;
+        if (!options.copy) {
+            try {
+                await fs.promises.link(file, tmp);
+                linked = true;
+            } catch {
+                // another filesystem, or no hard links: copy
+            }
+        }
+        if (!linked) {
             await fs.promises.copyFile(file, tmp);
             await fsyncPath(tmp);
         }

@@ -79,8 +79,8 @@ function prunedModel(env: PipelineEnv, stages: StageRecord[]): {file: string; sh
         : {file: env.sourceModel, sha256: env.sourceSha256};
 }
 
-async function addArtifact(env: PipelineEnv, run: StageRun, file: string): Promise<ArtifactRef> {
-    const ref = await env.artifacts.addFile(file);
+async function addArtifact(env: PipelineEnv, run: StageRun, file: string, options: {copy?: boolean} = {}): Promise<ArtifactRef> {
+    const ref = await env.artifacts.addFile(file, options);
     run.added.add(ref.sha256);
     return ref;
 }
@@ -99,7 +99,8 @@ async function synthStage(env: PipelineEnv, run: StageRun, work: string): Promis
         throw new Error(`synthesis accepted no items from ${summary.parents} perturbed item(s) with generator ${summary.generator} ` +
             `(${summary.rejected} attempts rejected${reasons ? `: ${reasons}` : ""}); nothing to score or train on`);
     }
-    return {artifact: await addArtifact(env, run, output), result: counts};
+    // copied, not linked: a resumed synth (after a kill before this stage was recorded) reopens the output for appending
+    return {artifact: await addArtifact(env, run, output, {copy: true}), result: counts};
 }
 
 async function biStage(env: PipelineEnv, run: StageRun, stages: StageRecord[], work: string): Promise<StageOutput> {

@@ -1,7 +1,7 @@
 // In-process job scheduler: runs queued jobs oldest first, `workers` at a time (default one: the
 // stages already use every core), resumes jobs a killed server left running, cancels on request,
 // and tells listeners (SSE streams) about stage changes and progress.
-import {EventEmitter} from "node:events";
+import {EventEmitter, setMaxListeners} from "node:events";
 import fs from "node:fs";
 import {JobCancelledError, runJobStages, type PipelineEnv} from "./pipeline.js";
 import {terminalJobStates, type JobProgress} from "./protocol.js";
@@ -79,6 +79,8 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
 
     private launch(job: JobRecord): void {
         const controller = new AbortController();
+        // every in-flight generator request and training step listens on the job's signal
+        setMaxListeners(0, controller.signal);
         const added = new Set<string>();
         const store = this.env.store;
         store.updateJob(job.id, {status: "running", error: null}, new Date().toISOString());

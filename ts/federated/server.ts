@@ -416,6 +416,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         return reply.code(204).send();
     });
 
+    // open event streams, ended when the server stops (they would otherwise hold it open)
+    const openStreams = new Set<() => void>();
     function streamEvents(request: FastifyRequest, reply: FastifyReply, id: string): void {
         reply.hijack();
         const res = reply.raw;
@@ -430,6 +432,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             if (closed)
                 return;
             closed = true;
+            openStreams.delete(finish);
             scheduler.off("change", onChange);
             scheduler.off("progress", onProgress);
             clearInterval(ping);
@@ -455,6 +458,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 res.write(": ping\n\n");
         }, 15_000);
         request.raw.on("close", finish);
+        openStreams.add(finish);
         scheduler.on("change", onChange);
         scheduler.on("progress", onProgress);
         onChange(id);
@@ -473,6 +477,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         close() {
             closing ??= (async () => {
                 await scheduler.close();
+                for (const finish of [...openStreams])
+                    finish();
                 await app.close();
                 await generator.close();
                 store.close();
