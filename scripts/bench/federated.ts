@@ -1,5 +1,5 @@
 // Benchmark: the federated server against its anchors, in one run.
-// 1. A job's wall time on the server (POST -> succeeded, server already running) against the same
+// 1. A job's wall time on the server (POST -> the succeeded event on its SSE stream; server already running) against the same
 //    stages run here as library calls on the same items, spec and generator (synthesize,
 //    blockInfluence, planPruning + removeLayers, trainLora, mergeLora). Target <= 1.05x.
 // 2. Model download throughput from the server (auth, ETag, Range support) against a plain
@@ -75,41 +75,58 @@ async function runServerJob(s: Server, spec: JobSpec, jobItems: JobItem[]): Prom
     if (res.status !== 202)
         throw new Error(`submit: ${res.status} ${await res.text()}`);
     const {id} = await res.json() as {id: string};
-    for (;;) {
-        const st = await (await fetch(`${s.url}/v1/jobs/${id}`, {headers: {authorization: `Bearer ${s.token}`}})).json() as JobStatus;
-        if (st.status === "succeeded")
-            return {seconds: (performance.now() - started) / 1000, status: st};
-        if (st.status === "failed")
-            throw new Error(`job failed: ${st.error}`);
-        await new Promise((r) => setTimeout(r, 20));
+    // follow the job on its event stream, as a client does (polling would load the server's CPU)
+    const events = await fetch(`${s.url}/v1/jobs/${id}/events`, {headers: {authorization: `Bearer ${s.token}`}});
+    let last: JobStatus | undefined;
+    let buffer = "";
+    for await (const chunk of events.body as unknown as AsyncIterable<Uint8Array>) {
+        buffer += Buffer.from(chunk).toString("utf8");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            if (block.startsWith("event: status\n"))
+                last = JSON.parse(block.slice(block.indexOf("data: ") + 6)) as JobStatus;
+        }
     }
+    const seconds = (performance.now() - started) / 1000;
+    if (last?.status !== "succeeded")
+        throw new Error(`job ended ${last?.status}: ${last?.error}`);
+    return {seconds, status: last};
 }
 
 /** The same stages as library calls, the way the CLI verbs call them. */
-async function runLocal(work: string, spec: JobSpec, jobItems: JobItem[], generatorUrl: string): Promise<number> {
+async function runLocal(work: string, spec: JobSpec, jobItems: JobItem[], generatorUrl: string): Promise<{seconds: number; stages: number[]}> {
     fs.rmSync(work, {recursive: true, force: true});
     fs.mkdirSync(work, {recursive: true});
     const s = fillJobSpec(spec);
     const started = performance.now();
+    const marks = [started];
+    const mark = () => marks.push(performance.now());
     const input = path.join(work, "items.jsonl");
     fs.writeFileSync(input, jobItems.map((i) => JSON.stringify(i)).join("\n") + "\n");
     const generator = createRemoteGenerator({baseUrl: generatorUrl, model: "teacher", concurrency: 8});
     const synthetic = path.join(work, "synthetic.jsonl");
     await synthesize({input, output: synthetic, generator, ratio: s.k, seed: s.seed});
     await generator.close();
+    mark();
     const m = await loadModel(source, {threads});
     const report = await blockInfluence(m, await readTaskItems(synthetic), {metric: "bi", positions: "all", maxBatchTokens: 512,
         maxTokens: s.max_input_length + s.max_target_length});
     m.close();
+    mark();
     const plan = await planPruning(source, {strategy: "bi", ratio: s.ratio, scores: report.bi});
     const pruned = path.join(work, "pruned.gguf");
     await removeLayers(source, pruned, plan.removed);
+    mark();
     const adapter = path.join(work, "adapter.gguf");
     await trainLora({model: pruned, data: synthetic, output: adapter, task: "cot", rationaleWeight: s.rationale_weight, r: s.r,
         loraAlpha: s.lora_alpha, loraDropout: s.lora_dropout, learningRate: s.learning_rate, batchSize: s.batch_size, steps: s.server_steps,
         maxInputLength: s.max_input_length, maxTargetLength: s.max_target_length, seed: s.seed, threads});
+    mark();
     await mergeLora(pruned, adapter, path.join(work, "model.gguf"));
-    return (performance.now() - started) / 1000;
+    mark();
+    return {seconds: (performance.now() - started) / 1000, stages: marks.slice(1).map((m, i) => (m - marks[i]) / 1000)};
 }
 
 async function download(url: string, headers: Record<string, string>, out: string): Promise<{seconds: number; bytes: number}> {
@@ -145,11 +162,15 @@ const jobItems = items(nItems);
 // 1. job wall time: server vs library calls, alternating, median of the rounds
 const server = await startServer(path.join(dir, "fed-bench-server"), source, gen.baseUrl);
 const serverTimes: number[] = [], localTimes: number[] = [];
+const serverStages: number[][] = [], localStages: number[][] = [];
 let layers = "";
 for (let round = 0; round < rounds; round++) {
-    localTimes.push(await runLocal(path.join(dir, "fed-bench-local"), spec, jobItems, gen.baseUrl));
+    const local = await runLocal(path.join(dir, "fed-bench-local"), spec, jobItems, gen.baseUrl);
+    localTimes.push(local.seconds);
+    localStages.push(local.stages);
     const job = await runServerJob(server, spec, jobItems);
     serverTimes.push(job.seconds);
+    serverStages.push(job.status.stages.map((x) => x.seconds ?? 0));
     layers = `${(job.status.plan as {layersBefore: number}).layersBefore} -> ${job.status.model!.layers}`;
 }
 server.child.kill("SIGTERM");
@@ -188,7 +209,10 @@ for (const f of [out, out + ".cp", plainFile])
 const mib = (x: number) => (x / (1024 * 1024)).toFixed(0);
 const result = {
     job: {items: nItems, k, steps, layers, threads, server_s: median(serverTimes), local_s: median(localTimes),
-        ratio: median(serverTimes) / median(localTimes), server_runs: serverTimes, local_runs: localTimes},
+        ratio: median(serverTimes) / median(localTimes), server_runs: serverTimes, local_runs: localTimes,
+        stage_names: ["synth", "bi", "prune", "train", "merge"],
+        server_stage_median_s: [0, 1, 2, 3, 4].map((i) => median(serverStages.map((x) => x[i]))),
+        local_stage_median_s: [0, 1, 2, 3, 4].map((i) => median(localStages.map((x) => x[i])))},
     download: {bytes: first.bytes, server_MiB_s: Number(mib(median(serverRates))), plain_http_MiB_s: Number(mib(median(plainRates))),
         cp_MiB_s: Number(mib(median(cpRates))), ratio: median(serverRates) / median(plainRates)},
 };
@@ -199,6 +223,8 @@ if (process.argv.includes("--json")) {
     console.log(`  library calls  ${result.job.local_s.toFixed(2)} s   (runs ${localTimes.map((x) => x.toFixed(2)).join(", ")})`);
     console.log(`  server job     ${result.job.server_s.toFixed(2)} s   (runs ${serverTimes.map((x) => x.toFixed(2)).join(", ")})   ` +
         `${result.job.ratio.toFixed(3)}x  (target <= 1.05x)`);
+    console.log(`  per stage (synth, bi, prune, train, merge), median s: library ${result.job.local_stage_median_s.map((x) => x.toFixed(2)).join(", ")}; ` +
+        `server ${result.job.server_stage_median_s.map((x) => x.toFixed(2)).join(", ")}`);
     console.log(`download of ${mib(first.bytes)} MiB over loopback, median of ${serverRates.length}:`);
     console.log(`  plain node:http file server  ${result.download.plain_http_MiB_s} MiB/s`);
     console.log(`  ppc-gpt server /model        ${result.download.server_MiB_s} MiB/s   ${result.download.ratio.toFixed(3)}x  (target >= 0.8x)`);

@@ -4,10 +4,20 @@
 import {spawn, type ChildProcess} from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
 import {cliPath, runCli, stories260K} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
+
+/** The neighbour-index cache of the client processes, kept out of the user's home folder. */
+export const clientCacheDir = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-client-cache-"));
+process.once("exit", () => fs.rmSync(clientCacheDir, {recursive: true, force: true}));
+
+/** The environment of client children: the test cache folder. */
+export function clientEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+    return {...process.env, PPC_GPT_CACHE_DIR: clientCacheDir, ...extra};
+}
 
 export interface ServerProcess {
     url: string;
@@ -79,10 +89,10 @@ export interface ClientResult {
 }
 
 /** Runs `ppc-gpt client …` as a child with the token in its environment; `onStderr` sees progress lines. */
-export function spawnClient(args: string[], token: string, o: {onStderr?: (line: string, child: ChildProcess) => void} = {}):
+export function spawnClient(args: string[], token: string, o: {onStderr?: (line: string, child: ChildProcess) => void; env?: NodeJS.ProcessEnv} = {}):
     {child: ChildProcess; done: Promise<ClientResult>} {
     const child = spawn(process.execPath, [cliPath, "client", ...args], {
-        stdio: ["ignore", "pipe", "pipe"], env: {...process.env, PPC_GPT_TOKEN: token},
+        stdio: ["ignore", "pipe", "pipe"], env: clientEnv({PPC_GPT_TOKEN: token, ...o.env}),
     });
     let stdout = "", stderr = "", partial = "";
     child.stdout!.on("data", (d) => { stdout += d; });
@@ -113,6 +123,10 @@ export interface RecordedConnection {
 export class RecordingProxy {
     readonly connections: RecordedConnection[] = [];
     throttle?: {match: RegExp; afterBytes: number; delayMs: number; chunk: number};
+    /** Cuts connections whose request matches `match` once they carried `afterBytes` downstream, `times` times. */
+    cut?: {match: RegExp; afterBytes: number; times: number};
+    /** Connections cut by `cut`. */
+    cuts = 0;
     private server?: net.Server;
     private readonly sockets = new Set<net.Socket>();
     port = 0;
@@ -147,6 +161,14 @@ export class RecordingProxy {
                 rec.down.push(Buffer.from(d));
                 const th = this.throttle;
                 const upText = Buffer.concat(rec.up).toString("latin1");
+                const cut = this.cut;
+                if (cut && cut.times > 0 && cut.match.test(upText) && downBytes + d.length >= cut.afterBytes) {
+                    cut.times--;
+                    this.cuts++;
+                    client.destroy();
+                    upstream.destroy();
+                    return;
+                }
                 if (!th || !th.match.test(upText)) {
                     client.write(d);
                     downBytes += d.length;

@@ -1,10 +1,11 @@
 // Two client processes with their own tokens at once against one server process: each sees and
 // touches only its own job; the other's job is a 404 for it. Plus the client's usage errors.
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
-import {hasShared, runCli, tempDir} from "../helpers.js";
-import {createToken, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
+import {hasShared, runCli, sharedDir, stories260K, tempDir} from "../helpers.js";
+import {clientEnv, createToken, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
@@ -53,7 +54,7 @@ maybe("two clients at once: each sees only its own job; the other's is not found
 maybe("client usage: no token on the command line, a token from the environment or a file, clear errors", async (t) => {
     const dir = tempDir(t);
     const priv = writePrivateItems(dir, 3, "x");
-    const env = {...process.env};
+    const env = clientEnv();
     delete env.PPC_GPT_TOKEN;
     const cli = (args: string[], extra: NodeJS.ProcessEnv = {}) => runCli(["client", ...args], {env: {...env, ...extra}});
     const base = ["submit", "--server", "http://127.0.0.1:9", "--data", priv.file, "--state-dir", path.join(dir, "s")];
@@ -84,4 +85,35 @@ maybe("client usage: no token on the command line, a token from the environment 
     t.is(dead.code, 1, dead.stderr);
     t.regex(dead.stderr, /http:\/\/127\.0\.0\.1:9\/v1\/info: cannot reach the server/);
     t.false(fs.existsSync(path.join(dir, "s", "perturbed.jsonl")), "nothing perturbed before the server is known");
+});
+
+maybe("client finish: label retraining on the private items, S and C on the held-out ones (ARC-Easy in its own format)", async (t) => {
+    const dir = tempDir(t);
+    const out = path.join(dir, "client-lora.gguf");
+    const dev = path.join(sharedDir, "data", "arc", "ARC-Easy-Dev.jsonl");
+    const r = await runCli(["client", "finish", "--model", stories260K, "--task", "arc-easy", "--data", dev, "--limit", "8", "--holdout", "0.5",
+        "--eval-limit", "6", "--client-steps", "3", "--threads", "2", "-o", out, "--json"], {env: clientEnv()});
+    t.is(r.code, 0, r.stderr);
+    const rep = JSON.parse(r.stdout);
+    t.is(rep.evalTask, "arc-easy");
+    t.is(rep.S.items, 6);
+    t.is(rep.C.items, 6);
+    t.is(rep.training.steps, 3);
+    t.is(rep.training.items, 8);
+    t.true(fs.existsSync(out));
+    // S is the received model itself: the same accuracy `ppc-gpt eval` gives on the held-out items,
+    // which are those whose id hashes below the share (the first 6 of them).
+    const lines = fs.readFileSync(dev, "utf8").trim().split("\n");
+    const held = lines.filter((l) => {
+        const h = crypto.createHash("sha256").update(`ppc-gpt/holdout/v1\n${JSON.parse(l).id}`).digest();
+        return h.readUInt32BE(0) / 2 ** 32 < 0.5;
+    }).slice(0, 6);
+    const heldFile = path.join(dir, "held.jsonl");
+    fs.writeFileSync(heldFile, held.join("\n") + "\n");
+    const ev = await runCli(["eval", stories260K, "--task", "arc-easy", "--data", heldFile, "--threads", "2", "--json"]);
+    t.is(ev.code, 0, ev.stderr);
+    const e = JSON.parse(ev.stdout);
+    t.is(rep.S.acc, e.acc);
+    t.is(rep.S.acc_norm, e.acc_norm);
+    t.true(rep.C.acc >= 0 && rep.C.acc <= 1);
 });

@@ -5,7 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {SqliteJobStore} from "../../ts/federated/store.js";
-import {hasShared, stories260K, tempDir} from "../helpers.js";
+import {hasShared, llama2TinyRandom, runCli, stories260K, tempDir} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
 import {auth, getJson, items, makeToken, sha256, startServer, submit, waitJob} from "./server-process.js";
 
@@ -47,6 +47,11 @@ maybe("kill -9 during synthesis: the restarted server resumes from the journal a
     await first.kill9();
     t.true(before < n * k, "the kill came before synthesis finished");
     const questionsBefore = gen.of("question").length;
+
+    // the unfinished job belongs to this source model: another one is refused
+    const other = await runCli(["server", "--data-dir", dir, "--port", "0", ...args.map((a) => a === stories260K ? llama2TinyRandom : a)]);
+    t.is(other.code, 1);
+    t.regex(other.stderr, /1 unfinished job\(s\) .* started on the source model with sha256 [0-9a-f]{64}; --model has sha256/);
 
     const second = await startServer(t, dir, args);
     const s = await waitJob(second.url, token, id);

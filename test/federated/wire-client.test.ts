@@ -22,12 +22,17 @@ maybe("what the client sends holds perturbed text under random ids and nothing p
     t.teardown(() => proxy.close());
     const priv = writePrivateItems(dir, 10, "acme");
     const state = path.join(dir, "state");
+    // The first two event streams are cut after their first bytes: the client must reconnect.
+    proxy.cut = {match: /GET \/v1\/jobs\/[^/ ]+\/events /, afterBytes: 1, times: 2};
     const c = spawnClient(["run", "--server", proxy.url, "--data", priv.file, "--holdout", "0.3", "--epsilon", "2", "--k", "1",
         "--server-steps", "2", "--batch-size", "4", "--client-steps", "2", "--state-dir", state, "--threads", "2", "--json"], token);
     const r = await c.done;
     t.is(r.code, 0, r.stderr);
     const summary = JSON.parse(r.stdout);
     t.is(summary.job_status.status, "succeeded");
+    t.is(proxy.cuts, 2);
+    const eventRequests = proxy.connections.filter((x) => /GET \/v1\/jobs\/[^/ ]+\/events /.test(Buffer.concat(x.up).toString("latin1")));
+    t.true(eventRequests.length >= 3, "the event stream was reopened after each cut");
 
     const sent = proxy.sentDecoded();
     t.true(sent.length > 0);

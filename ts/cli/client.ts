@@ -279,6 +279,7 @@ export function runSummaryRows(s: RunSummary): (string | number)[][] {
         ["stayed local", `answers, original ids, ${s.held_out_items} held-out items, id map ${p.id_map}, privacy report ${p.report}`],
         ["ε spent", `${p.mechanism} ε = ${p.epsilon_per_token} per token; per record min ${p.epsilon_per_record.min}, ` +
             `mean ${p.epsilon_per_record.mean.toFixed(1)}, max ${p.epsilon_per_record.max}; dataset total ${p.epsilon_total}`],
+        ["synthetic data", st.synth ? `${st.synth.accepted} items accepted, ${st.synth.rejected} rejected (server side, from the perturbed items)` : "n/a"],
         ["layers", s.layers ? `${s.layers.before} -> ${s.layers.after} (removed ${s.layers.removed.join(", ") || "none"})` : "n/a"],
         ["model received", `${s.model.path} (${formatBytes(s.model.size)}, sha256 ${s.model.sha256.slice(0, 16)}… verified)`],
         ...finishRows(s.finish),

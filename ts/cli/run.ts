@@ -29,7 +29,7 @@ interface RunOptions {
     task: string;
     split: string;
     limit: string;
-    evalSplit: string;
+    evalSplit?: string;
     evalLimit: string;
     epsilon: string;
     mechanism: string;
@@ -142,7 +142,7 @@ export function runCommand(): Command {
         .addOption(new Option("--task <name>", "private dataset").choices(datasetNames.filter((n) => n !== "mc")).default("arc-easy"))
         .option("--split <split>", "split the private items come from", "train")
         .option("--limit <n>", "private items uploaded and retrained on", "16")
-        .option("--eval-split <split>", "held-out split for the S/C evaluation (never uploaded)", "test")
+        .option("--eval-split <split>", "held-out split for the S/C evaluation, never uploaded (default: the split lm-evaluation-harness evaluates, e.g. ARC's test)")
         .option("--eval-limit <n>", "held-out items evaluated", "64")
         .option("--epsilon <e>", "ε per token", "3")
         .addOption(new Option("--mechanism <name>", "perturbation mechanism").choices([...privacyMechanisms]).default("custext"))
@@ -209,7 +209,7 @@ Examples:
                     ...(o.loraAlpha ? ["--lora-alpha", o.loraAlpha] : []),
                 ];
                 const clientArgs = ["client", "run", "--server", server.url, "--task", o.task, "--split", o.split, "--limit", o.limit,
-                    "--eval-split", o.evalSplit, "--eval-limit", o.evalLimit, "--epsilon", o.epsilon, "--mechanism", o.mechanism, ...spec,
+                    ...(o.evalSplit ? ["--eval-split", o.evalSplit] : []), "--eval-limit", o.evalLimit, "--epsilon", o.epsilon, "--mechanism", o.mechanism, ...spec,
                     "--client-steps", o.clientSteps, ...(o.clientLr ? ["--client-lr", o.clientLr] : []), "--state-dir", state, ...threads,
                     ...(json ? ["--json"] : [])];
                 log(`client: ppc-gpt ${clientArgs.join(" ")}`);

@@ -192,6 +192,30 @@ function claimDataDir(dataDir: string): () => void {
     throw new Error(`cannot claim ${dataDir} (${file} keeps reappearing)`);
 }
 
+/**
+ * Unfinished jobs continue on the source model they started with: a restart with another
+ * --model is refused while any job is queued or running. The model's hash is kept in
+ * `source-model.json` (written atomically).
+ */
+async function checkSourceModel(dataDir: string, store: JobStore, sha256: string): Promise<void> {
+    const file = path.join(dataDir, "source-model.json");
+    let recorded: string | undefined;
+    try {
+        recorded = JSON.parse(fs.readFileSync(file, "utf8")).sha256;
+    } catch {
+        recorded = undefined;
+    }
+    if (recorded !== undefined && recorded !== sha256) {
+        const unfinished = await store.jobsIn(["queued", "running"]);
+        if (unfinished.length > 0)
+            throw new Error(`${unfinished.length} unfinished job(s) in ${dataDir} started on the source model with sha256 ${recorded}; ` +
+                `--model has sha256 ${sha256}. Start the server with that model, or delete those jobs first`);
+    }
+    const tmp = `${file}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, JSON.stringify({sha256}) + "\n");
+    fs.renameSync(tmp, file);
+}
+
 /** Starts the server: opens the store, writes the perturbation kit, resumes unfinished jobs, listens. */
 export async function startFederatedServer(options: FederatedServerOptions): Promise<FederatedServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
@@ -207,6 +231,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const store: JobStore = distributed ? await PostgresJobStore.open(options.store!) : SqliteJobStore.open(dataDir);
     const artifacts = new ArtifactStore(dataDir);
     const source = await sourceModelInfo(options.model);
+    await checkSourceModel(dataDir, store, source.sha256);
 
     // the kit is a function of the source model; it is rewritten at each start and kept by hash
     const kitTmp = path.join(artifacts.tmpDir, `kit-${process.pid}-${crypto.randomBytes(4).toString("hex")}.gguf`);

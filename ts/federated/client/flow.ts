@@ -63,6 +63,8 @@ export interface ClientState {
     submitted_bytes?: number;
     model?: {path: string; sha256: string; size: number};
     finished?: FinishReport;
+    /** The client-retraining settings `finished` was made with (other settings redo the finish). */
+    finish_settings?: ClientSettings["finish"];
 }
 
 export interface RunSummary {
@@ -273,8 +275,16 @@ export class ClientFlow {
 
     /** Step 5: label retraining and S/C evaluation (training resumes from its checkpoint). */
     async finish(signal?: AbortSignal): Promise<FinishReport> {
-        if (this.state.finished)
+        const wanted = JSON.stringify(this.settings.finish ?? {});
+        if (this.state.finished && JSON.stringify(this.state.finish_settings ?? {}) === wanted)
             return this.state.finished;
+        if (JSON.stringify(this.state.finish_settings ?? {}) !== wanted) {
+            // Other retraining settings: the old checkpoint does not apply.
+            fs.rmSync(this.file("client-train"), {recursive: true, force: true});
+            this.state.finished = undefined;
+            this.state.finish_settings = this.settings.finish;
+            this.save();
+        }
         const model = this.state.model;
         if (!model)
             throw new Error("no model yet: the job has not been fetched");
@@ -305,7 +315,8 @@ export class ClientFlow {
         const job = await this.submit();
         const status = await this.wait(signal);
         if (status.status !== "succeeded")
-            throw new FederatedError(`job ${job} ${status.status}${status.error ? `: ${status.error}` : ""}`);
+            throw new FederatedError(`job ${job} ${status.status}${status.error ? `: ${status.error}` : ""} ` +
+                `(state in ${this.settings.stateDir}: give another --state-dir to submit again)`);
         const model = await this.fetch(status, signal);
         const finish = await this.finish(signal);
         const report = JSON.parse(fs.readFileSync(perturbed.report, "utf8")) as {mechanism: MechanismReport; dataset: DatasetReport};
@@ -354,9 +365,17 @@ export async function fetchModel(client: FederatedClient, status: JobStatus, out
     signal?: AbortSignal): Promise<DownloadResult> {
     if (status.status !== "succeeded" || !status.model)
         throw new FederatedError(`job ${status.id} is ${status.status}${status.error ? ` (${status.error})` : ""}: no model to fetch`);
+    let last = 0;
     const r = await client.downloadModel(status.id, out, {
         sha256: status.model.sha256, signal,
-        onProgress: (done, total) => emit({event: "progress", stage: "download", done, total, unit: "bytes"}),
+        // At most 5 progress events a second: a multi-GB model arrives in many small chunks.
+        onProgress: (done, total) => {
+            const now = Date.now();
+            if (now - last >= 200 || done >= total) {
+                last = now;
+                emit({event: "progress", stage: "download", done, total, unit: "bytes"});
+            }
+        },
     });
     emit({event: "downloaded", path: r.path, sha256: r.sha256, size: r.size, resumedFrom: r.resumedFrom});
     return r;

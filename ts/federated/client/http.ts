@@ -195,7 +195,7 @@ export class FederatedClient {
         const raw = Buffer.from(JSON.stringify(body), "utf8");
         const gz = zlib.gzipSync(raw, {level: 6});
         const res = await this.request("POST", routes.jobs, {
-            body: gz,
+            body: gz, timeout: false,  // a large upload may take longer than an ordinary request
             headers: {"content-type": "application/json", "content-encoding": "gzip", [protocolHeaders.idempotencyKey]: idempotencyKey},
         });
         const r = await this.json<SubmitJobResponse>(res, "POST /v1/jobs");
