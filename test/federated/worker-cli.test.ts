@@ -6,7 +6,7 @@ import {PostgresJobStore} from "../../ts/federated/store-postgres.js";
 import {hasShared, llama2TinyRandom, runCli, stories260K, tempDir} from "../helpers.js";
 import {PostgresCluster, skipPostgres} from "./postgres-cluster.js";
 
-test("usage errors exit 2 and say what is wrong", async (t) => {
+test.serial("usage errors exit 2 and say what is wrong", async (t) => {
     const dir = tempDir(t);
     const cases: [string[], RegExp][] = [
         [["--artifacts", dir, "--model", "m.gguf"], /--store postgres:\/\/… is required/],
@@ -24,7 +24,7 @@ test("usage errors exit 2 and say what is wrong", async (t) => {
     }
 });
 
-(hasShared && !skipPostgres ? test : test.skip)("a dead database and a source model that is not the server's exit 1 with the reason", async (t) => {
+(hasShared && !skipPostgres ? test.serial : test.skip)("a dead database and a source model that is not the server's exit 1 with the reason", async (t) => {
     const dir = tempDir(t);
     const dead = await runCli(["worker", "--store", "postgres://postgres@127.0.0.1:1/postgres", "--artifacts", dir, "--model", stories260K,
         "--stages", "train", "--store-wait-seconds", "0"]);
