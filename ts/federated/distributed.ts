@@ -24,6 +24,7 @@ import PgBoss from "pg-boss";
 import {JobCancelledError, nextStage, runJobStage, type PipelineEnv} from "./pipeline.js";
 import {stageNames, terminalJobStates, type JobProgress, type StageName} from "./protocol.js";
 import type {SchedulerEvents} from "./scheduler.js";
+import type {Generator} from "../synth/generator.js";
 import {PostgresJobStore, StoreUnavailableError, type WorkerClaim, type WorkerRecord} from "./store-postgres.js";
 
 export interface QueueSettings {
@@ -38,6 +39,14 @@ export interface QueueSettings {
 }
 
 export const queueDefaults: QueueSettings = {heartbeatSeconds: 3, leaseSeconds: 15, expireSeconds: 6 * 3600, retryLimit: 5};
+
+/** A generator for a process that never synthesizes (a front without workers, a GPU-only worker): asking it is a bug. */
+export function noGenerator(name: string, why: string): Generator {
+    return {name, concurrency: 1, structuredOutput: "none" as Generator["structuredOutput"], close: async () => {},
+        generate: async () => {
+            throw new Error(why);
+        }};
+}
 
 /** The pg-boss queue of a stage. */
 export const stageQueue = (stage: StageName): string => `ppc-gpt-${stage}`;

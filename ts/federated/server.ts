@@ -20,7 +20,7 @@ import {
     errorSchema, stageNames, terminalJobStates, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
 } from "./protocol.js";
 import {JobScheduler} from "./scheduler.js";
-import {DistributedRunner, type QueueSettings} from "./distributed.js";
+import {DistributedRunner, noGenerator, type QueueSettings} from "./distributed.js";
 import {isPostgresUrl, PostgresJobStore, StoreUnavailableError, type WorkerRecord} from "./store-postgres.js";
 import {SqliteJobStore, TooManyJobsError, type JobRecord, type JobStore, type TokenRecord} from "./store.js";
 import {authenticate} from "./tokens.js";
@@ -239,7 +239,10 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const kit: ArtifactRef = await artifacts.addFile(kitTmp);
     await fs.promises.rm(kitTmp, {force: true});
 
-    const generator = await createGenerator(options.generator);
+    // a PostgreSQL front that runs no stage never loads an embedded generator (workers have their own)
+    const generator = distributed && (options.workers ?? 0) === 0 && options.generator.kind === "embedded"
+        ? noGenerator(`ppc-gpt:${path.basename(options.generator.modelPath)}`, "this server runs no stages (--workers 0)")
+        : await createGenerator(options.generator);
     const env: PipelineEnv = {
         store, artifacts, sourceModel: path.resolve(options.model), sourceSha256: source.sha256, generator,
         threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery, synthMaxTokens: options.synthMaxTokens,

@@ -3,7 +3,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import {ArtifactStore, hashFile} from "./artifacts.js";
-import {startQueue, StageWorker, type QueueSettings} from "./distributed.js";
+import {noGenerator, startQueue, StageWorker, type QueueSettings} from "./distributed.js";
 import type {PipelineEnv} from "./pipeline.js";
 import {stageNames, type StageName} from "./protocol.js";
 import {createGenerator, serverDefaults, type GeneratorConfig} from "./server.js";
@@ -38,14 +38,6 @@ export interface RunningWorker {
     drain(timeoutMs: number): Promise<void>;
 }
 
-/** A generator for a worker that does not take the synth stage: asking it anything is a bug. */
-function noGenerator(): Generator {
-    const fail = () => {
-        throw new Error("this worker has no generator (start it with --generator-url or --generator-model to take the synth stage)");
-    };
-    return {name: "none", concurrency: 1, structuredOutput: "none" as Generator["structuredOutput"], generate: async () => fail(), close: async () => {}};
-}
-
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const stages = options.stages ?? [...stageNames];
@@ -64,7 +56,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         if (served && served.sha256 !== sha256)
             throw new Error(`source model ${options.model} (sha256 ${sha256.slice(0, 12)}…) is not the server's ${served.name} ` +
                 `(sha256 ${served.sha256.slice(0, 12)}…); every worker must hold the same M_S`);
-        generator = stages.includes("synth") ? await createGenerator(options.generator!) : noGenerator();
+        generator = stages.includes("synth") ? await createGenerator(options.generator!)
+            : noGenerator("none", "this worker has no generator (start it with --generator-url or --generator-model to take the synth stage)");
         const env: PipelineEnv = {
             store, artifacts: new ArtifactStore(dir), sourceModel: path.resolve(options.model), sourceSha256: sha256, generator,
             threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery,
