@@ -297,3 +297,37 @@ maybe("SIGTERM drains a worker: its training is handed back uncounted; a server 
     t.is(train.steps, 80);
     t.true(train.resumed_from !== null && train.resumed_from >= savedStep, `resumed from ${train.resumed_from}, checkpoint at ${savedStep}`);
 });
+
+maybe("a worker killed -9 during synthesis: another continues from the journal in the shared directory", async (t) => {
+    const pg = await PostgresCluster.create(t);
+    const shared = tempDir(t);
+    // every reply takes a moment, so the kill lands in the middle of synthesis
+    const teacher = new Teacher((r) => `Generated question for seed ${r.body.seed}: which choice is right?`);
+    const gen = await ScriptedChatServer.start((r) => ({...teacher.reply(r), delayMs: 60}));
+    t.teardown(() => gen.stop());
+    const token = await pgToken(pg.url, "acme");
+    const server = await startServer(t, shared, ["--store", pg.url, "--model", stories260K, "--generator-url", gen.baseUrl,
+        "--generator-remote-model", "teacher", ...lease]);
+    const first = await startWorkerProcess(t, pg.url, shared, gen.baseUrl, ["--generator-concurrency", "2"]);
+    const k = 3, n = 4;
+    const r = await submit(server.url, token, {spec: {...spec(2), k}, items: items(n)});
+    t.is(r.status, 202);
+    const id: string = r.json.id;
+    const output = path.join(shared, "jobs", id, "synthetic.jsonl");
+    const lines = () => fs.existsSync(output) ? fs.readFileSync(output, "utf8").split("\n").filter(Boolean).length : 0;
+    await until("two synthetic items on disk", async () => lines() >= 2);
+    first.child.kill("SIGKILL");
+    await first.exited;
+    const before = lines();
+    t.true(before < n * k, "the kill came before synthesis finished");
+    const questionsBefore = gen.of("question").length;
+
+    const second = await startWorkerProcess(t, pg.url, shared, gen.baseUrl, ["--generator-concurrency", "2"]);
+    const s = await waitJob(server.url, token, id, () => false, 150_000);
+    t.is(s.status, "succeeded", `${s.error}\n${server.stderr()}\n${second.stderr()}`);
+    t.deepEqual(s.synth, {accepted: n * k, rejected: 0});
+    const questionsAfter = gen.of("question").length - questionsBefore;
+    t.true(questionsAfter <= n * k - before, `${questionsAfter} new questions after ${before} of ${n * k} were kept`);
+    t.deepEqual(second.events.filter((e) => e.job_id === id && e.event === "done").map((e) => e.stage), ["synth", "bi", "prune", "train", "merge"]);
+    await downloadChecked(t, server.url, token, s);
+});
