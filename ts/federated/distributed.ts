@@ -307,10 +307,16 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
     }
 
     private async slot(): Promise<void> {
+        // the stage this slot just queued comes first (one fetch instead of several), then later
+        // stages before earlier ones: finishing a job beats starting another
+        let queuedHere: StageName | undefined;
         while (!this.draining) {
             let got: {stage: StageName; id: string; data: StageJobData} | undefined;
-            // later stages first: finishing a job beats starting another
-            for (const stage of [...this.stages].reverse()) {
+            const order = [...this.stages].reverse();
+            if (queuedHere && this.stages.includes(queuedHere))
+                order.unshift(...order.splice(order.indexOf(queuedHere), 1));
+            queuedHere = undefined;
+            for (const stage of order) {
                 if (this.draining)
                     break;
                 let jobs: PgBoss.Job<StageJobData>[] = [];
@@ -328,11 +334,12 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
                 await this.sleep(this.pollMs);
                 continue;
             }
-            await this.run(got.stage, got.id, got.data.job_id);
+            queuedHere = await this.run(got.stage, got.id, got.data.job_id);
         }
     }
 
-    private async run(stage: StageName, queueJobId: string, jobId: string): Promise<void> {
+    /** Runs one claimed stage to its end, whatever the end; returns the stage it queued next, if any. */
+    private async run(stage: StageName, queueJobId: string, jobId: string): Promise<StageName | undefined> {
         const controller = new AbortController();
         const added = new Set<string>();
         const claim: WorkerClaim = {job_id: jobId, stage, queue_job_id: queueJobId, claimed_at: new Date().toISOString(), progress: null};
@@ -347,8 +354,9 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
         tell("claimed");
         try {
             await this.heartbeat(true);
-            await this.runClaimed(stage, queueJobId, jobId, controller, added, claim);
+            const next = await this.runClaimed(stage, queueJobId, jobId, controller, added, claim);
             tell("done");
+            return next;
         } catch (err) {
             const reason = controller.signal.aborted && controller.signal.reason instanceof StageStopped ? controller.signal.reason.reason : undefined;
             try {
@@ -396,7 +404,7 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
     }
 
     private async runClaimed(stage: StageName, queueJobId: string, jobId: string, controller: AbortController, added: Set<string>,
-        claim: WorkerClaim): Promise<void> {
+        claim: WorkerClaim): Promise<StageName | undefined> {
         const store = this.store;
         const queue = stageQueue(stage);
         const job = await store.job(jobId);
@@ -404,15 +412,15 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
             await store.retry(() => this.boss.complete(queue, queueJobId, {skipped: job ? job.status : "deleted"}));
             return;
         }
-        const next = nextStage(await store.stages(jobId));
-        if (next !== stage) {
+        const pending = nextStage(await store.stages(jobId));
+        if (pending !== stage) {
             // already done (a stage finished just before its worker died): move the job on, or end it
-            if (next === undefined)
+            if (pending === undefined)
                 await this.succeeded(jobId);
             else
                 await enqueueNextStage(store, this.boss, jobId, this.settings);
             await store.retry(() => this.boss.complete(queue, queueJobId, {skipped: "done"}));
-            return;
+            return pending;
         }
         if (job.status !== "running")
             await store.updateJob(jobId, {status: "running", error: null}, new Date().toISOString());
@@ -432,9 +440,11 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
             controller.abort(new StageStopped("deleted"));
         if (controller.signal.aborted)
             throw controller.signal.reason;
-        if (!(await enqueueNextStage(store, this.boss, jobId, this.settings)))
+        const next = await enqueueNextStage(store, this.boss, jobId, this.settings);
+        if (!next)
             await this.succeeded(jobId);
         await store.retry(() => this.boss.complete(queue, queueJobId));
+        return next;
     }
 
     private async succeeded(jobId: string): Promise<void> {
