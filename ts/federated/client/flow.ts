@@ -9,7 +9,7 @@ import {datasetReport, createPerturber, type DatasetReport, type MechanismReport
 import {readIdMap, releaseItems, writeIdMap, type IdMapEntry, type ReleasedItem} from "../../privacy/release.js";
 import {readJsonl, writeJsonlAtomic} from "../../data/jsonl.js";
 import type {TrainEvent} from "../../train/train.js";
-import {epsilonRange, fillJobSpec, type JobItem, type JobProgress, type JobSpec, type JobStatus, type PrivacyMechanism,
+import {epsilonRange, fillJobSpec, protocolVersion, type JobItem, type JobProgress, type JobSpec, type JobStatus, type PrivacyMechanism,
     type ServerInfo} from "../protocol.js";
 import {fileDigest, loadPrivateData, type PrivateData, type PrivateDataOptions} from "./data.js";
 import {finishModel, type FinishReport} from "./finish.js";
@@ -183,6 +183,8 @@ export class ClientFlow {
     async serverInfo(): Promise<ServerInfo> {
         if (!this.info) {
             this.info = await this.client.info();
+            if (this.info.protocol !== protocolVersion)
+                throw new FederatedError(`${this.client.base} speaks protocol ${JSON.stringify(this.info.protocol)}; this client speaks ${protocolVersion}`);
             this.emit({event: "info", server: this.client.base, model: this.info.model, generator: this.info.generator});
             const p = this.settings.perturb;
             if (!this.info.privacy.mechanisms.includes(p.mechanism))
