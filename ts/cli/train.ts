@@ -1,4 +1,5 @@
 import {Command, Option} from "commander";
+import {defaultTaskFormat, taskFormatNames, type TaskFormatName} from "../data/prompt.js";
 import {defaultTargetModules} from "../train/adapter.js";
 import {lrSchedulers, type LrScheduler} from "../train/schedule.js";
 import {trainLora, type TrainEvent, type TrainOptions} from "../train/train.js";
@@ -9,6 +10,8 @@ interface TrainCliOptions extends ModelCliOptions {
     data?: string;
     output?: string;
     task?: "cot" | "label";
+    format?: TaskFormatName;
+    labelPrefix?: string;
     rationaleWeight?: string;
     r?: string;
     loraAlpha?: string;
@@ -96,6 +99,10 @@ export function trainCommand(): Command {
         .option("-o, --output <adapter.gguf>", "adapter to write (llama.cpp's LoRA GGUF layout, written atomically)")
         .addOption(new Option("--task <task>", "cot: L_label + λ·L_rationale (server stage); label: L_label only (client stage)")
             .choices(["cot", "label"]).default("cot"))
+        .addOption(new Option("--format <task>", "the evaluation task whose prompt format the examples take (see below)")
+            .choices([...taskFormatNames]).default(defaultTaskFormat))
+        .option("--label-prefix <text>", "put before the context of label examples; recorded in the adapter, applied by eval " +
+            "(default: the base model's recorded prefix, else \"[label] \"; \"\" for none)")
         .option("--rationale-weight <λ>", "weight of the rationale loss for --task cot", "1")
         .option("--r <n>", "LoRA rank", "8")
         .option("--lora-alpha <a>", "LoRA alpha: the update is scaled by alpha / r", "32")
@@ -126,10 +133,16 @@ export function trainCommand(): Command {
         .option("--seed <n>", "seed of the adapter init, data order, split and dropout", "42")
         .option("--json", "print the result as JSON (progress as JSON lines on stderr)")
         .addHelpText("after", `
-Each item gives a label example ("[label] <question and choices>\\nAnswer:" -> " <answer>") and, for
---task cot, a rationale example ("[rationale] …\\nExplanation:" -> " <rationale>"); the loss is the
-cross-entropy of the target tokens only, L = L_label + λ·L_rationale, each the mean over the step's
-target tokens. A is initialised Kaiming-uniform and B = 0 (PEFT), so training starts at the base model.
+Each item gives a label example (label prefix + the --format task's context -> the gold continuation
+that task's evaluation scores) and, for --task cot, a rationale example ("[rationale] " + the same
+context -> " <rationale>"). Formats (--format; the same names as \`ppc-gpt eval --task\`):
+  mc, arc-easy, arc-challenge  "Question: {question}\\nAnswer:" -> " {gold choice text}"
+  openbookqa                   "{question}" -> " {gold choice text}"
+  commonsenseqa                "Question: {question}\\nA. {choice}\\n…\\nAnswer:" -> " {gold letter}"
+  fiqa-sa, financial-phrasebank "Instruction: …\\nInput: {text}\\nAnswer:" -> " {class word}"
+The adapter records the format and label prefix; \`ppc-gpt eval\` applies the prefix by itself.
+The loss is the cross-entropy of the target tokens only, L = L_label + λ·L_rationale, each the mean
+over the step's target tokens. A is initialised Kaiming-uniform and B = 0 (PEFT), so training starts at the base model.
 Learning-rate schedules follow transformers (linear warmup from 0; linear, cosine or constant after).
 The adapter loads in llama.cpp (--lora) and node-llama-cpp; \`ppc-gpt merge\` folds it into the model.
 
@@ -158,6 +171,8 @@ Examples:
                 data: opts.data!,
                 output: opts.output,
                 task: opts.task,
+                format: opts.format,
+                labelPrefix: opts.labelPrefix,
                 rationaleWeight: num(opts.rationaleWeight, "--rationale-weight", nonNegative, "a non-negative number"),
                 r: num(opts.r, "--r", (x) => positiveInt(x) && x <= 4096, "an integer in [1, 4096]"),
                 loraAlpha: num(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "a positive number"),
@@ -204,7 +219,7 @@ Examples:
                 return printJson(result);
             const rows: (string | number)[][] = [
                 ["adapter", result.output],
-                ["task", result.task],
+                ["task", `${result.task} (format ${result.format}, label prefix ${JSON.stringify(result.labelPrefix)})`],
                 ["steps", `${result.steps}/${result.totalSteps} (${result.epochs.toFixed(2)} epochs)`],
                 ["items", `${result.items} training, ${result.validationItems} validation (${result.examples} examples)`],
                 ["trainable parameters", `${result.trainableParameters.toLocaleString("en-US")} in ${result.targetTensors} adapted tensors`],
