@@ -14,6 +14,7 @@ const verbs: Record<string, () => Promise<Command>> = {
     synth: async () => (await import("./synth.js")).synthCommand(),
     train: async () => (await import("./train.js")).trainCommand(),
     merge: async () => (await import("./merge.js")).mergeCommand(),
+    experiment: async () => (await import("./experiment.js")).experimentCommand(),
 };
 
 function fail(verb: string, err: unknown): never {
