@@ -92,8 +92,8 @@ export const smallConfig: ExperimentConfig = {
     generator: {model: "models/stories260K.gguf"},
     dpGenerator: "models/stories260K.gguf",
     tasks: [
-        {name: "copy-word", eval: "mc", source: {generated: "copy-word"}, trainItems: 48, evalItems: 60},
-        {name: "arc-easy", eval: "arc-easy", source: {dataset: "arc-easy", trainSplit: "train", evalSplit: "test"}, trainItems: 48, evalItems: 100},
+        {name: "copy-word", eval: "mc", source: {generated: "copy-word"}, trainItems: 32, evalItems: 60},
+        {name: "arc-easy", eval: "arc-easy", source: {dataset: "arc-easy", trainSplit: "train", evalSplit: "test"}, trainItems: 32, evalItems: 100},
     ],
     methods: [...methodNames],
     seeds: [1, 2],
@@ -107,8 +107,8 @@ export const smallConfig: ExperimentConfig = {
         dpGenerator: {r: 8, loraAlpha: 32, loraDropout: 0, learningRate: 3e-3, batchSize: 8, epochs: 4, maxInputLength: 16, maxTargetLength: 64,
             microBatchTokens: 128, delta: 1e-3, maxPerExampleGradNorm: 1},
     },
-    synth: {maxTokens: {question: 160, answer: 48, rationale: 64}, maxAttemptsFactor: 2, sequences: 8},
-    dpSampleTokens: 64,
+    synth: {maxTokens: {question: 128, answer: 48, rationale: 64}, maxAttemptsFactor: 1, sequences: 8},
+    dpSampleTokens: 256,
     threads: 2,
 };
 

@@ -104,7 +104,7 @@ export class StageRunner {
         return this.cache.stage("perturb", {items: this.identity(privateFile), embeddings: this.identity(embeddings), epsilon, seed}, async (dir) => {
             this.log(`perturb ε=${epsilon}`);
             const output = path.join(dir, "perturbed.jsonl");
-            const r = await perturbFile({input: privateFile, output, embeddings, epsilon, seed: `experiment-${seed}`,
+            const r = await perturbFile({input: privateFile, output, embeddings, epsilon, seed,
                 cacheDir: path.join(this.cache.root, "privacy-cache"), threads: this.threads, stopwords: true, keepPunctuation: true});
             return {file: output, epsilonPerToken: epsilon, items: r.dataset.records, epsilonPerRecordMean: r.dataset.epsilonPerRecord.mean};
         });
@@ -197,7 +197,7 @@ export class StageRunner {
             const m = await loadModel(generatorModel, {threads: this.threads, gpuLayers: this.config.gpuLayers});
             const letters = "ABCDEFGH".slice(0, choices).split("");
             const grammar = [`root ::= " Question: " text "\\n" ${letters.map((l) => `"${l}. " text "\\n"`).join(" ")} "Answer: " [${letters.join("")}]`,
-                `text ::= [^\\n]{1,60}`].join("\n");
+                `text ::= [^\\n]{1,30}`].join("\n");
             const gen = await BatchGenerator.open(m, {sequences: 8, contextSize: 512, threads: this.threads});
             const items: TaskItem[] = [];
             let unparsed = 0;

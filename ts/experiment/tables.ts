@@ -63,7 +63,7 @@ const factorTitles: Record<keyof Settings, string> = {epsilon: "privacy budget Î
 /** The tables of a set of cell results. */
 export function buildTables(config: ExperimentConfig, records: CellRecord[]): Table[] {
     const tables: Table[] = [];
-    const main = records.filter((r) => r.group === "main" || sameSettings(r.settings, config.defaults));
+    const main = records.filter((r) => sameSettings(r.settings, config.defaults));
     const d = config.defaults;
     tables.push({
         title: `Main results (Îµ = ${d.epsilon}, k = ${d.k}, ${Math.round(d.ratio * 100)}% pruned by ${d.metric.toUpperCase()}): accuracy %, S = server stage, C = after client retraining`,
