@@ -1,3 +1,4 @@
+import {setMaxListeners} from "node:events";
 import path from "node:path";
 import {Command} from "commander";
 import {builtinConfigs, loadExperimentConfig, methodNames, type MethodName} from "../experiment/config.js";
@@ -108,6 +109,8 @@ Examples:
             }
 
             const controller = new AbortController();
+            // every in-flight generation and training step listens to it
+            setMaxListeners(0, controller.signal);
             const onSignal = () => controller.abort();
             process.once("SIGINT", onSignal);
             const onEvent = (e: ExperimentEvent) => {

@@ -125,6 +125,8 @@ export async function runExperiment(config: ExperimentConfig, options: Experimen
                 ran++;
                 if (result.error)
                     failed++;
+                // tables after every cell: a partial or interrupted run shows what it has
+                writeTables(config, [...records, record], options.out);
                 options.onEvent?.({type: "cell-done", key, seconds: record.seconds, error: result.error, S: result.S?.acc ?? null, C: result.C?.acc ?? null});
             }
             records.push(record);
