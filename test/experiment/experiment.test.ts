@@ -52,7 +52,7 @@ test("stage cache: a finished stage is reused, an interrupted one is redone", as
     t.false(fs.existsSync(path.join(cache.folder("s", {a: 2}), "partial")));
 });
 
-test("tables: mean over seeds with the standard error of the mean; one seed gives the evaluation's standard error", (t) => {
+test("tables: mean over seeds; the standard error combines seeds and the evaluation; one seed gives the evaluation's", (t) => {
     const config: ExperimentConfig = {...smallConfig, methods: ["dense-sft", "ppc-gpt"], tasks: [smallConfig.tasks[0]], seeds: [1, 2, 3],
         ablations: {ratio: [0, 0.5]}, ablationTasks: ["copy-word"], ablationSeeds: [1]};
     const acc = (x: number) => ({n: 50, acc: x, acc_stderr: 0.07, acc_norm: x, acc_norm_stderr: 0.07, prompt_prefix: ""});
@@ -63,10 +63,12 @@ test("tables: mean over seeds with the standard error of the mean; one seed give
         rec("ppc-gpt", 1, 0.3, 0.4), rec("ppc-gpt", 2, 0.32, 0.44), rec("ppc-gpt", 3, 0.28, 0.5),
         rec("ppc-gpt", 1, 0.2, 0.25, {...config.defaults, ratio: 0.5})];
     const [main, ratio] = buildTables(config, records);
-    // DenseSFT C: 50, 60, 90 -> mean 66.67, sd sqrt(((−16.67)²+(−6.67)²+23.33²)/2) = 20.817, se 12.019
+    // DenseSFT C: 50, 60, 90 -> mean 66.67, variance over seeds ((−16.67)²+(−6.67)²+23.33²)/2 = 433.3;
+    // se² = 433.3 / 3 + 7² (every seed scored on the same items: the evaluation's error stays)
     const c = main.rows[0].cells[1]!;
     t.true(Math.abs(c.mean - 200 / 3) < 1e-9);
-    t.true(Math.abs(c.stderr - Math.sqrt((((50 - 200 / 3) ** 2) + ((60 - 200 / 3) ** 2) + ((90 - 200 / 3) ** 2)) / 2) / Math.sqrt(3)) < 1e-9);
+    const seedVar = (((50 - 200 / 3) ** 2) + ((60 - 200 / 3) ** 2) + ((90 - 200 / 3) ** 2)) / 2;
+    t.true(Math.abs(c.stderr - Math.sqrt(seedVar / 3 + 49)) < 1e-9, `${c.stderr}`);
     t.is(main.rows[0].cells[0], null, "DenseSFT has no server stage");
     t.true(Math.abs(main.rows[1].cells[0]!.mean - 30) < 1e-9);
     // ablation row ratio 0.5: one seed, the evaluation's stderr

@@ -1,6 +1,6 @@
 // The paper's table shapes from cell results: the main table (methods × tasks, S and C columns)
 // and one table per ablation factor, as Markdown and JSON, each number the mean over seeds with its
-// standard error (over seeds; with one seed, the evaluation's binomial standard error), and an SVG
+// standard error (the spread over seeds and the evaluation's sampling error combined), and an SVG
 // line plot for each numeric ablation (ε, k, pruning ratio).
 import fs from "node:fs";
 import path from "node:path";
@@ -26,16 +26,21 @@ export interface Stat {
     seeds: number;
 }
 
+/**
+ * Mean accuracy over seeds and its standard error. Every seed is scored on the same items, so the
+ * evaluation's sampling error does not shrink with more seeds: se² = s²_seeds / n + mean(se²_eval).
+ * With one seed that is the evaluation's standard error (lm-evaluation-harness's acc_stderr).
+ */
 function stat(records: CellRecord[], stage: "S" | "C"): Stat | null {
     const xs = records.map((r) => r[stage]).filter((x) => x !== null && x !== undefined);
     if (xs.length === 0)
         return null;
     const accs = xs.map((x) => 100 * x!.acc);
-    const mean = accs.reduce((a, b) => a + b, 0) / accs.length;
-    const stderr = accs.length > 1
-        ? Math.sqrt(accs.reduce((a, b) => a + (b - mean) ** 2, 0) / (accs.length - 1)) / Math.sqrt(accs.length)
-        : 100 * (xs[0]!.acc_stderr ?? NaN);
-    return {mean, stderr, seeds: accs.length};
+    const n = accs.length;
+    const mean = accs.reduce((a, b) => a + b, 0) / n;
+    const seedVar = n > 1 ? accs.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1) : 0;
+    const evalVar = xs.reduce((a, x) => a + (100 * (x!.acc_stderr ?? NaN)) ** 2, 0) / n;
+    return {mean, stderr: Math.sqrt(seedVar / n + evalVar), seeds: n};
 }
 
 const fmt = (s: Stat | null) => (s ? `${s.mean.toFixed(1)} ± ${Number.isFinite(s.stderr) ? s.stderr.toFixed(1) : "n/a"}` : "—");
@@ -154,7 +159,7 @@ export function writeTables(config: ExperimentConfig, records: CellRecord[], out
     const files: string[] = [];
     const md = [`# Experiment "${config.name}"\n\n${config.description}\n\nSource ${config.source}; seeds ${config.seeds.join(", ")} ` +
         `(ablations: ${config.ablationSeeds.join(", ")}). Each number: mean accuracy (%) over seeds ± its standard error ` +
-        `(one seed: the evaluation's standard error).\n`, ...tables.map(markdown)].join("\n");
+        `(se² = variance over seeds / seeds + the evaluation's se², as every seed is scored on the same items).\n`, ...tables.map(markdown)].join("\n");
     const write = (name: string, text: string) => {
         const file = path.join(out, name);
         fs.mkdirSync(path.dirname(file), {recursive: true});
