@@ -88,18 +88,17 @@ export function buildTables(config: ExperimentConfig, records: CellRecord[]): Ta
         if (values.length === 0)
             continue;
         const rs = records.filter((r) => r.method === "ppc-gpt" && config.ablationTasks.includes(r.task) && config.ablationSeeds.includes(r.seed));
+        const at = (t: string, v: unknown) => rs.filter((r) => r.task === t && sameSettings(r.settings, {...config.defaults, [factor]: v}));
         tables.push({
             title: `Ablation: ${factorTitles[factor]} (PPC-GPT; other settings as the main table)`,
             rowName: factor,
             columns: config.ablationTasks.flatMap((t) => [`${t} S`, `${t} C`]),
             rows: values.map((v) => ({
                 label: String(v),
-                cells: config.ablationTasks.flatMap((t) => {
-                    const mine = rs.filter((r) => r.task === t && sameSettings(r.settings, {...config.defaults, [factor]: v}));
-                    return [stat(mine, "S"), stat(mine, "C")];
-                }),
+                cells: config.ablationTasks.flatMap((t) => [stat(at(t, v), "S"), stat(at(t, v), "C")]),
             })),
-            notes: [],
+            notes: values.flatMap((v) => config.ablationTasks.flatMap((t) => at(t, v).filter((r) => r.error)
+                .map((r) => `- ${factor} = ${v}, ${t}, seed ${r.seed}: ${r.error}`))),
         });
     }
     return tables;
