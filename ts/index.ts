@@ -29,8 +29,21 @@ export {scoreLayers, blockInfluence, blockInfluenceSvg, exampleSequence, textSeq
     layerMetrics} from "./prune/block-influence.js";
 export type {LayerScores, LayerScoreOptions, LayerMetric, TokenSequence, CountedPositions, BlockInfluenceReport,
     BlockInfluenceOptions, ModelIdentity} from "./prune/block-influence.js";
-export {formatInput, labelExample, rationaleExample, labelTaskPrefix, rationaleTaskPrefix, promptFormatVersion} from "./data/prompt.js";
-export type {PromptExample} from "./data/prompt.js";
+export {formatInput, labelExample, rationaleExample, labelTaskPrefix, rationaleTaskPrefix, promptFormatVersion, taskFormats, taskFormatNames,
+    defaultTaskFormat, formatItem, promptMetadataKeys, readPromptRecord, recordedLabelPrefix} from "./data/prompt.js";
+export type {PromptExample, PromptOptions, PromptRecord, TaskFormatName} from "./data/prompt.js";
+export {computeRdp, subsampledGaussianRdp, rdpToEpsilon, dpSgdEpsilon, noiseMultiplierFor, defaultRdpOrders} from "./train/dp-accountant.js";
+export type {DpSgdAccounting, RdpConversion} from "./train/dp-accountant.js";
+export {privateGradient, applyAdamW, poissonSample, GaussianNoise} from "./train/dp-sgd.js";
+export type {DpReport} from "./train/train.js";
+export {runExperiment, expandCells, cellKey} from "./experiment/runner.js";
+export type {ExperimentOptions, ExperimentEvent, ExperimentSummary} from "./experiment/runner.js";
+export {smallConfig, paperConfig, builtinConfigs, loadExperimentConfig, methodNames} from "./experiment/config.js";
+export type {ExperimentConfig, MethodName, Settings, TaskSpec} from "./experiment/config.js";
+export {flows} from "./experiment/flows.js";
+export type {Cell, FlowResult} from "./experiment/flows.js";
+export {buildTables, writeTables} from "./experiment/tables.js";
+export {estimateGpuTime} from "./experiment/estimate.js";
 export {readJsonl, readTaskItems, writeJsonlAtomic, DataError} from "./data/jsonl.js";
 export {taskItemProblem} from "./data/task-item.js";
 export type {TaskItem, TaskChoice, SyntheticItem} from "./data/task-item.js";

@@ -17,7 +17,7 @@ sharedTest("eval --json prints the summary and --out writes one line per item", 
     const r = await cli(["eval", stories260K, "--task", "arc-challenge", "--limit", "6", "--seed", "3", "--json", "--out", out]);
     t.is(r.code, 0, r.stderr);
     const summary = JSON.parse(r.stdout);
-    t.deepEqual(Object.keys(summary).sort(), ["acc", "acc_norm", "acc_norm_stderr", "acc_stderr", "n", "task"]);
+    t.deepEqual(Object.keys(summary).sort(), ["acc", "acc_norm", "acc_norm_stderr", "acc_stderr", "n", "prompt_prefix", "task"]);
     t.is(summary.task, "arc-challenge");
     t.is(summary.n, 6);
     t.true(r.stderr.split("\n").some((l) => l.startsWith("{") && JSON.parse(l).event === "progress"), "JSON progress on stderr");

@@ -182,7 +182,9 @@ test("task items: BI = BI_label + BI_rationale, each equal to scoring its own se
     for (const [k, s] of seqs.entries()) {
         const counted = s.tokens.filter((_, i) => s.mask![i] === 1);
         t.true(counted.length >= 1);
-        t.is(model.detokenize(counted).trim(), data[k].answer!, "the counted positions are exactly the answer");
+        // one format per task (ts/data/prompt.ts): the label target is the gold choice's text
+        const gold = data[k].choices.find((c) => c.label === data[k].answer)!.text;
+        t.is(model.detokenize(counted).trim(), gold, "the counted positions are exactly the answer");
         t.is(s.mask!.indexOf(1) + counted.length, s.tokens.length, "and they are the sequence's tail");
     }
     const ref = await reference(model, seqs);

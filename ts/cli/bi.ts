@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import {Command, Option} from "commander";
 import {readTaskItems} from "../data/jsonl.js";
+import {defaultTaskFormat, taskFormatNames, type TaskFormatName} from "../data/prompt.js";
 import {loadModel} from "../model.js";
 import {blockInfluence, blockInfluenceSvg, layerMetrics, metricValues, modelIdentity, scoreLayers, textSequences,
     type BlockInfluenceReport, type CountedPositions, type LayerMetric} from "../prune/block-influence.js";
@@ -15,6 +16,7 @@ export interface BiCliOptions extends ModelCliOptions {
     positions: CountedPositions;
     limit?: string;
     batchTokens: string;
+    format?: TaskFormatName;
 }
 
 export interface TextReport {
@@ -58,7 +60,8 @@ export async function runBlockInfluence(model: string, opts: BiCliOptions, json:
             return {n_layer: s.nLayer, metric: opts.metric, tokens: s.tokens, sequences: texts.length,
                 bi: metricValues(s, opts.metric), model: modelIdentity(model)};
         }
-        return await blockInfluence(m, items!, {metric: opts.metric, positions: opts.positions, maxBatchTokens, onProgress: progress.update});
+        return await blockInfluence(m, items!, {metric: opts.metric, positions: opts.positions, maxBatchTokens, format: opts.format,
+            onProgress: progress.update});
     } finally {
         progress.finish();
         m.close();
@@ -73,6 +76,8 @@ export function addScoringOptions(cmd: Command): Command {
             .choices([...layerMetrics]).default("bi"))
         .addOption(new Option("--positions <p>", "with --data: count every position, or only the answer/rationale tokens")
             .choices(["all", "target"]).default("all"))
+        .addOption(new Option("--format <task>", "with --data: the task format of the label/rationale sequences, as `train --format`")
+            .choices([...taskFormatNames]).default(defaultTaskFormat))
         .option("--limit <n>", "use only the first n sequences / items")
         .option("--batch-tokens <n>", "tokens per decode (several sequences share one)", "512"));
 }

@@ -15,6 +15,7 @@ interface EvalCliOptions extends ScorerCliOptions {
     seed?: string;
     bos?: boolean;
     maxLength?: string;
+    promptPrefix?: string;
     out?: string;
     json?: boolean;
 }
@@ -74,12 +75,17 @@ export function evalCommand(): Command {
         .option("--seed <s>", "with --limit: draw a random sample of N items with this seed")
         .option("--bos", "prepend BOS to every sequence (default: as the model's GGUF says)")
         .option("--no-bos", "never prepend BOS")
-        .option("--max-length <n>", "longest sequence the model sees; longer contexts are cut on the left (default: training context)"))
+        .option("--max-length <n>", "longest sequence the model sees; longer contexts are cut on the left (default: training context)")
+        .option("--prompt-prefix <text>", "put before every context (default: the label prefix the model or --lora adapters record; \"\" for none)"))
         .option("-o, --out <file>", "write one JSON line per item: id, context, continuations, loglikelihoods, pred, gold, …")
         .option("--json", "print {task, n, acc, acc_stderr, acc_norm, acc_norm_stderr} as JSON (progress as JSON lines on stderr)")
         .addHelpText("after", `
 Tasks and prompts (lm-evaluation-harness formats; see docs/eval.md):
 ${evalTaskNames.map((t) => `  ${t.padEnd(21)}${t === "mc" ? "--data <task items.jsonl>: \"Question: {question}\\nAnswer:\" + \" {choice}\"" : evalTasks[t].harnessTask !== "-" ? `harness task ${evalTasks[t].harnessTask}` : "FinLoRA's instruction prompt + \" {negative|neutral|positive}\""}`).join("\n")}
+
+A model or adapter trained by \`ppc-gpt train\` records the label prefix it learned after ("[label] "
+by default); eval puts it before every context, so the trained model sees its training format.
+--prompt-prefix overrides it (--prompt-prefix "" scores the plain harness prompt).
 
 Each choice is scored by the sum of its tokens' log-probabilities given the prompt; the prompt is
 evaluated once per item and shared by all its choices. acc takes the most likely choice, acc_norm
@@ -111,7 +117,7 @@ Examples:
             }
             const progress = progressReporter(mode, `eval ${opts.task}`, "items");
             const r = await evaluate(model, {
-                task: opts.task, data: opts.data, split: opts.split, limit, seed, maxLength, bos: opts.bos,
+                task: opts.task, data: opts.data, split: opts.split, limit, seed, maxLength, bos: opts.bos, promptPrefix: opts.promptPrefix,
                 ...scorerOptions(opts), onProgress: progress.update,
             });
             progress.finish();
@@ -124,11 +130,11 @@ Examples:
             const nan = (x: number) => (Number.isFinite(x) ? x : null);
             if (mode.json)
                 return printJson({task: r.task, n: r.n, acc: r.acc, acc_stderr: nan(r.acc_stderr), acc_norm: r.acc_norm,
-                    acc_norm_stderr: nan(r.acc_norm_stderr)});
+                    acc_norm_stderr: nan(r.acc_norm_stderr), prompt_prefix: r.promptPrefix});
             process.stdout.write(table(["task", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr"],
                 [[r.task, r.n, fmt(r.acc), fmt(r.acc_stderr), fmt(r.acc_norm), fmt(r.acc_norm_stderr)]]));
             process.stdout.write(`\ndata   ${r.data}\nmodel  ${r.model}${opts.lora?.length ? ` + LoRA ${opts.lora.join(", ")}` : ""}\n` +
-                `bos    ${r.bos ? "prepended" : "none"}\ntime   ${r.seconds.toFixed(2)} s (${(r.n / r.seconds).toFixed(1)} items/s)\n` +
+                `bos    ${r.bos ? "prepended" : "none"}\nprefix ${JSON.stringify(r.promptPrefix)}\ntime   ${r.seconds.toFixed(2)} s (${(r.n / r.seconds).toFixed(1)} items/s)\n` +
                 (opts.out ? `items  ${opts.out}\n` : ""));
         });
 }

@@ -18,6 +18,7 @@ const verbs: Record<string, () => Promise<Command>> = {
     client: async () => (await import("./client.js")).clientCommand(),
     run: async () => (await import("./run.js")).runCommand(),
     worker: async () => (await import("./worker.js")).workerCommand(),
+    experiment: async () => (await import("./experiment.js")).experimentCommand(),
 };
 
 function fail(verb: string, err: unknown): never {

@@ -1,4 +1,5 @@
 import {Command, Option} from "commander";
+import {defaultTaskFormat, taskFormatNames, type TaskFormatName} from "../data/prompt.js";
 import {defaultTargetModules} from "../train/adapter.js";
 import {lrSchedulers, type LrScheduler} from "../train/schedule.js";
 import {trainLora, type TrainEvent, type TrainOptions} from "../train/train.js";
@@ -9,6 +10,8 @@ interface TrainCliOptions extends ModelCliOptions {
     data?: string;
     output?: string;
     task?: "cot" | "label";
+    format?: TaskFormatName;
+    labelPrefix?: string;
     rationaleWeight?: string;
     r?: string;
     loraAlpha?: string;
@@ -37,6 +40,10 @@ interface TrainCliOptions extends ModelCliOptions {
     saveEvery?: string;
     resume?: boolean;
     seed?: string;
+    dpEpsilon?: string;
+    dpDelta?: string;
+    dpNoiseMultiplier?: string;
+    maxPerExampleGradNorm?: string;
     json?: boolean;
 }
 
@@ -96,6 +103,10 @@ export function trainCommand(): Command {
         .option("-o, --output <adapter.gguf>", "adapter to write (llama.cpp's LoRA GGUF layout, written atomically)")
         .addOption(new Option("--task <task>", "cot: L_label + λ·L_rationale (server stage); label: L_label only (client stage)")
             .choices(["cot", "label"]).default("cot"))
+        .addOption(new Option("--format <task>", "the evaluation task whose prompt format the examples take (see below)")
+            .choices([...taskFormatNames]).default(defaultTaskFormat))
+        .option("--label-prefix <text>", "put before the context of label examples; recorded in the adapter, applied by eval " +
+            "(default: the base model's recorded prefix, else \"[label] \"; \"\" for none)")
         .option("--rationale-weight <λ>", "weight of the rationale loss for --task cot", "1")
         .option("--r <n>", "LoRA rank", "8")
         .option("--lora-alpha <a>", "LoRA alpha: the update is scaled by alpha / r", "32")
@@ -124,13 +135,28 @@ export function trainCommand(): Command {
         .option("--save-every <n>", "checkpoint every N steps (and at the end)", "100")
         .option("--resume", "continue from --checkpoint-dir's checkpoint (same data and settings)")
         .option("--seed <n>", "seed of the adapter init, data order, split and dropout", "42")
+        .option("--dp-epsilon <ε>", "DP-SGD to this (ε, δ) guarantee per item: the noise multiplier is calibrated by the RDP accountant")
+        .option("--dp-delta <δ>", "DP-SGD: δ (default 1e-5; keep it below 1 / items)")
+        .option("--dp-noise-multiplier <σ>", "DP-SGD with this noise multiplier (noise std σ·C); the spent ε is reported")
+        .option("--max-per-example-grad-norm <C>", "DP-SGD: clip each item's gradient to this L2 norm (default 1)")
         .option("--json", "print the result as JSON (progress as JSON lines on stderr)")
         .addHelpText("after", `
-Each item gives a label example ("[label] <question and choices>\\nAnswer:" -> " <answer>") and, for
---task cot, a rationale example ("[rationale] …\\nExplanation:" -> " <rationale>"); the loss is the
-cross-entropy of the target tokens only, L = L_label + λ·L_rationale, each the mean over the step's
-target tokens. A is initialised Kaiming-uniform and B = 0 (PEFT), so training starts at the base model.
+Each item gives a label example (label prefix + the --format task's context -> the gold continuation
+that task's evaluation scores) and, for --task cot, a rationale example ("[rationale] " + the same
+context -> " <rationale>"). Formats (--format; the same names as \`ppc-gpt eval --task\`):
+  mc, arc-easy, arc-challenge  "Question: {question}\\nAnswer:" -> " {gold choice text}"
+  openbookqa                   "{question}" -> " {gold choice text}"
+  commonsenseqa                "Question: {question}\\nA. {choice}\\n…\\nAnswer:" -> " {gold letter}"
+  fiqa-sa, financial-phrasebank "Instruction: …\\nInput: {text}\\nAnswer:" -> " {class word}"
+The adapter records the format and label prefix; \`ppc-gpt eval\` applies the prefix by itself.
+The loss is the cross-entropy of the target tokens only, L = L_label + λ·L_rationale, each the mean
+over the step's target tokens. A is initialised Kaiming-uniform and B = 0 (PEFT), so training starts at the base model.
 Learning-rate schedules follow transformers (linear warmup from 0; linear, cosine or constant after).
+DP-SGD (--dp-epsilon or --dp-noise-multiplier): each step samples items independently with rate
+q = batch / items (Poisson), computes each item's gradient on its own, clips it to L2 norm C, sums,
+adds N(0, σ²C²) noise and divides by the expected batch q·items; AdamW as usual. The RDP accountant
+of the sampled Gaussian gives ε for (σ, q, steps, δ); the spent (ε, δ) is in the JSON result and the
+adapter's metadata (ppc_gpt.dp.*). --max-grad-norm does not apply (the per-item clip replaces it).
 The adapter loads in llama.cpp (--lora) and node-llama-cpp; \`ppc-gpt merge\` folds it into the model.
 
 Examples:
@@ -138,6 +164,7 @@ Examples:
   ppc-gpt train pruned.gguf --data private.jsonl --task label --lr 1e-4 --epochs 3 --val-split 0.1 -o client-lora.gguf
   ppc-gpt train model.gguf --data items.jsonl -o a.gguf --checkpoint-dir ckpt --save-every 50
   ppc-gpt train model.gguf --data items.jsonl -o a.gguf --checkpoint-dir ckpt --resume
+  ppc-gpt train small.gguf --data private.jsonl --task label -o dp.gguf --epochs 3 --batch 16 --dp-epsilon 3 --dp-delta 1e-5 --max-per-example-grad-norm 1
   ppc-gpt train model.gguf --data items.jsonl -o a.gguf --r 16 --lora-alpha 32 --target-modules attn_q,attn_v --json`)
         .action(async (model: string, opts: TrainCliOptions) => {
             if (!opts.output)
@@ -150,6 +177,11 @@ Examples:
                 throw new UsageError("give --val-data or --val-split, not both");
             if (opts.resume && !opts.checkpointDir)
                 throw new UsageError("--resume needs --checkpoint-dir");
+            if (opts.dpEpsilon !== undefined && opts.dpNoiseMultiplier !== undefined)
+                throw new UsageError("give --dp-epsilon or --dp-noise-multiplier, not both");
+            if (opts.dpEpsilon === undefined && opts.dpNoiseMultiplier === undefined &&
+                (opts.dpDelta !== undefined || opts.maxPerExampleGradNorm !== undefined))
+                throw new UsageError("--dp-delta and --max-per-example-grad-norm go with --dp-epsilon or --dp-noise-multiplier");
             const num = (v: string | undefined, name: string, ok: (x: number) => boolean, expect: string) =>
                 v === undefined ? undefined : parseNumber(v, name, ok, expect);
             const load = modelLoadOptions(opts);
@@ -158,6 +190,8 @@ Examples:
                 data: opts.data!,
                 output: opts.output,
                 task: opts.task,
+                format: opts.format,
+                labelPrefix: opts.labelPrefix,
                 rationaleWeight: num(opts.rationaleWeight, "--rationale-weight", nonNegative, "a non-negative number"),
                 r: num(opts.r, "--r", (x) => positiveInt(x) && x <= 4096, "an integer in [1, 4096]"),
                 loraAlpha: num(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "a positive number"),
@@ -188,6 +222,10 @@ Examples:
                 seed: num(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 threads: load.threads,
                 gpuLayers: load.gpuLayers,
+                dpEpsilon: num(opts.dpEpsilon, "--dp-epsilon", (x) => x > 0 && x <= 1e6, "a positive number"),
+                dpDelta: num(opts.dpDelta, "--dp-delta", (x) => x > 0 && x < 1, "a number in (0, 1)"),
+                dpNoiseMultiplier: num(opts.dpNoiseMultiplier, "--dp-noise-multiplier", (x) => x >= 0 && x <= 1e6, "a non-negative number"),
+                maxPerExampleGradNorm: num(opts.maxPerExampleGradNorm, "--max-per-example-grad-norm", (x) => x > 0, "a positive number"),
             };
             const reporter = trainingReporter(Boolean(opts.json));
             const controller = new AbortController();
@@ -204,7 +242,7 @@ Examples:
                 return printJson(result);
             const rows: (string | number)[][] = [
                 ["adapter", result.output],
-                ["task", result.task],
+                ["task", `${result.task} (format ${result.format}, label prefix ${JSON.stringify(result.labelPrefix)})`],
                 ["steps", `${result.steps}/${result.totalSteps} (${result.epochs.toFixed(2)} epochs)`],
                 ["items", `${result.items} training, ${result.validationItems} validation (${result.examples} examples)`],
                 ["trainable parameters", `${result.trainableParameters.toLocaleString("en-US")} in ${result.targetTensors} adapted tensors`],
@@ -213,6 +251,9 @@ Examples:
             if (result.validation)
                 rows.push(["validation loss", `${result.validation.loss.toFixed(4)} (label ${result.validation.labelLoss.toFixed(4)}` +
                     `${result.validation.rationaleLoss !== undefined ? `, rationale ${result.validation.rationaleLoss.toFixed(4)}` : ""})`]);
+            if (result.dp)
+                rows.push(["differential privacy", `(ε ${result.dp.epsilon.toFixed(3)}, δ ${result.dp.delta}) after ${result.dp.steps} steps: ` +
+                    `σ ${result.dp.noiseMultiplier.toFixed(4)}, C ${result.dp.maxPerExampleGradNorm}, q ${result.dp.sampleRate.toFixed(4)}`]);
             rows.push(["tokens", `${result.tokens.toLocaleString("en-US")} (${Math.round(result.tokensPerSecond)} tok/s)`]);
             rows.push(["time", `${result.seconds.toFixed(1)} s`]);
             if (result.checkpoint)

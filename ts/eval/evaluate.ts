@@ -2,6 +2,7 @@
 // format each as context + choices, score every choice's log-likelihood (the context evaluated once
 // per item), and report acc / acc_norm with standard errors.
 import {loadTask, taskFile} from "../data/loaders/index.js";
+import {recordedLabelPrefix} from "../data/prompt.js";
 import type {TaskItem} from "../data/task-item.js";
 import {loadModel, type LoadedModel} from "../model.js";
 import {PairEncoder, type EncodeOptions} from "./encode.js";
@@ -35,6 +36,8 @@ export interface EvalSummary extends AccuracySummary {
 }
 
 export interface EvalResult extends EvalSummary {
+    /** Put before every context: the label prefix the model/adapters record, or the one given. */
+    promptPrefix: string;
     /** The file the items came from. */
     data: string;
     model: string;
@@ -55,6 +58,11 @@ export interface EvaluateOptions extends SelectOptions, EncodeOptions, Omit<Logl
     task: EvalTaskName;
     /** A file in the task's original format (task-item JSONL for "mc") instead of the shared split. */
     data?: string;
+    /**
+     * Put before every context. Default: the label prefix the model or its LoRA adapters were
+     * trained with (their `ppc_gpt.prompt.label_prefix` metadata), "" when none is recorded.
+     */
+    promptPrefix?: string;
     /** Split of the shared dataset; default the split lm-evaluation-harness evaluates. */
     split?: string;
     /** Folder of the shared datasets (default PPC_DATA_DIR, PPC_SHARED_DIR/data, ../shared/data). */
@@ -106,21 +114,28 @@ export async function loadEvalItems(options: Pick<EvaluateOptions, "task" | "dat
     return {items: selectItems(items, options), file};
 }
 
+/** The prefix evaluation puts before every context: the one given, else the one the model and adapters record. */
+export async function resolvePromptPrefix(modelPath: string, options: Pick<EvaluateOptions, "promptPrefix" | "lora">): Promise<string> {
+    return options.promptPrefix ?? recordedLabelPrefix(modelPath, (options.lora ?? []).map((a) => a.path));
+}
+
 /** Formats, tokenizes and scores items of a task on a loaded model. */
 export async function evaluateItems(model: LoadedModel, items: TaskItem[], options: Omit<EvaluateOptions, "data" | "split" | "dataDir">):
-    Promise<{summary: EvalSummary; items: EvalItemResult[]; bos: boolean}> {
+    Promise<{summary: EvalSummary; items: EvalItemResult[]; bos: boolean; promptPrefix: string}> {
     const spec = evalTasks[options.task];
     if (!spec)
         throw new Error(`unknown task "${options.task}"; tasks: ${Object.keys(evalTasks).join(", ")}`);
     if (items.length === 0)
         throw new Error(`task ${options.task}: no items to evaluate`);
+    const prefix = await resolvePromptPrefix(model.path, options);
     const encoder = new PairEncoder(model, options);
     const formatted: FormattedItem[] = [];
     const requests: TokenRequest[] = [];
     // Where each choice's score lands: [request index, continuation index] per item and choice.
     const slots: [number, number][][] = [];
     for (const item of items) {
-        const f = spec.format(item);
+        const formatted0 = spec.format(item);
+        const f = prefix === "" ? formatted0 : {...formatted0, context: prefix + formatted0.context};
         if (f.gold === undefined)
             throw new Error(`item ${item.id} has no answer: accuracy needs labelled items` +
                 (spec.dataset === "commonsenseqa" ? " (CommonsenseQA's test split is unlabelled; use --split validation)" : ""));
@@ -182,7 +197,7 @@ export async function evaluateItems(model: LoadedModel, items: TaskItem[], optio
         });
     }
     const summary = {task: options.task, ...summarizeAccuracy(results.map((r) => r.acc), results.map((r) => r.acc_norm))};
-    return {summary, items: results, bos: encoder.addBos};
+    return {summary, items: results, bos: encoder.addBos, promptPrefix: prefix};
 }
 
 function sameTokens(a: Int32Array, b: Int32Array): boolean {
@@ -201,7 +216,7 @@ export async function evaluate(model: string | LoadedModel, options: EvaluateOpt
     const loaded = typeof model === "string" ? await loadModel(model, {threads: options.threads, gpuLayers: options.gpuLayers}) : model;
     try {
         const r = await evaluateItems(loaded, items, options);
-        return {...r.summary, data: file, model: loaded.path, items: r.items, bos: r.bos, seconds: (performance.now() - started) / 1000};
+        return {...r.summary, promptPrefix: r.promptPrefix, data: file, model: loaded.path, items: r.items, bos: r.bos, seconds: (performance.now() - started) / 1000};
     } finally {
         if (typeof model === "string")
             loaded.close();

@@ -7,7 +7,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import {native} from "../native.js";
 import type {LoadedModel} from "../model.js";
-import {labelExample, promptFormatVersion, rationaleExample, type PromptExample} from "../data/prompt.js";
+import {defaultTaskFormat, labelExample, promptFormatVersion, rationaleExample, type PromptExample, type PromptOptions} from "../data/prompt.js";
 import type {TaskItem} from "../data/task-item.js";
 
 export const layerMetrics = ["bi", "angular", "contribution"] as const;
@@ -104,6 +104,8 @@ export interface BlockInfluenceReport {
     bi: number[];
     model: ModelIdentity;
     prompt_format: string;
+    /** The task format of the label and rationale sequences (ts/data/prompt.ts). */
+    task_format: string;
 }
 
 export interface ModelIdentity {
@@ -126,7 +128,7 @@ export function modelIdentity(file: string): ModelIdentity {
     }
 }
 
-export interface BlockInfluenceOptions extends LayerScoreOptions {
+export interface BlockInfluenceOptions extends LayerScoreOptions, PromptOptions {
     metric?: LayerMetric;
     positions?: CountedPositions;
     /** Longest sequence scored, in tokens (longer ones are truncated); default 64 + 128 as in the paper. */
@@ -145,8 +147,10 @@ export async function blockInfluence(model: LoadedModel, items: TaskItem[], opti
     if (labelled.length === 0)
         throw new RangeError("no item has an answer: BI_label needs labelled items");
     const withRationale = items.filter((i) => i.answer !== undefined && i.rationale !== undefined && i.rationale.trim() !== "");
-    const labelSeqs = labelled.map((i) => exampleSequence(model, labelExample(i), positions, maxTokens));
-    const rationaleSeqs = withRationale.map((i) => exampleSequence(model, rationaleExample(i), positions, maxTokens));
+    // the same sequences training uses (one format per task: ts/data/prompt.ts)
+    const prompt: PromptOptions = {format: options.format, labelPrefix: options.labelPrefix, rationalePrefix: options.rationalePrefix};
+    const labelSeqs = labelled.map((i) => exampleSequence(model, labelExample(i, prompt), positions, maxTokens));
+    const rationaleSeqs = withRationale.map((i) => exampleSequence(model, rationaleExample(i, prompt), positions, maxTokens));
     const total = [...labelSeqs, ...rationaleSeqs].reduce((a, s) => a + s.tokens.length, 0);
     let done = 0;
     const progress = (offset: number) => (d: number) => options.onProgress?.(offset + d, total);
@@ -166,6 +170,7 @@ export async function blockInfluence(model: LoadedModel, items: TaskItem[], opti
         bi: biRationale ? biLabel.map((x, i) => x + biRationale[i]) : biLabel,
         model: modelIdentity(model.path),
         prompt_format: promptFormatVersion,
+        task_format: options.format ?? defaultTaskFormat,
     };
 }
 

@@ -1,9 +1,9 @@
 // Training examples from task items (CoT distillation, "distilling step-by-step"): each item gives
-// a label example and, for the cot task, a rationale example, each marked by its task prefix
-// (ts/data/prompt.ts). Tokenization matches the evaluation's (lm-evaluation-harness _encode_pair):
+// a label example (the gold continuation the task's evaluation scores, after the task's context)
+// and, for the cot task, a rationale example, each marked by its task prefix (ts/data/prompt.ts). Tokenization matches the evaluation's (lm-evaluation-harness _encode_pair):
 // the target's tokens are those of prompt + target after the prompt's own tokens.
 import type {TaskItem} from "../data/task-item.js";
-import {labelExample, rationaleExample, type PromptExample} from "../data/prompt.js";
+import {labelExample, rationaleExample, type PromptExample, type PromptOptions} from "../data/prompt.js";
 import type {LoadedModel} from "../model.js";
 import {native} from "../native.js";
 
@@ -28,7 +28,7 @@ export interface EncodedExample {
     weight: number;
 }
 
-export interface EncodeOptions {
+export interface EncodeOptions extends PromptOptions {
     task: TrainTask;
     /** Prompt tokens kept, at most (paper: 64). Longer prompts lose their middle. */
     maxInputLength: number;
@@ -39,14 +39,14 @@ export interface EncodeOptions {
 }
 
 /** The examples an item yields for a task; throws naming the item when it lacks what the task needs. */
-export function itemExamples(item: TaskItem, task: TrainTask): {kind: ExampleKind; example: PromptExample}[] {
+export function itemExamples(item: TaskItem, task: TrainTask, prompt: PromptOptions = {}): {kind: ExampleKind; example: PromptExample}[] {
     if (item.answer === undefined)
         throw new Error(`item "${item.id}" has no answer; training needs labelled items`);
-    const out: {kind: ExampleKind; example: PromptExample}[] = [{kind: "label", example: labelExample(item)}];
+    const out: {kind: ExampleKind; example: PromptExample}[] = [{kind: "label", example: labelExample(item, prompt)}];
     if (task === "cot") {
         if (item.rationale === undefined || item.rationale.trim() === "")
             throw new Error(`item "${item.id}" has no rationale; --task cot needs one per item (or use --task label)`);
-        out.push({kind: "rationale", example: rationaleExample(item)});
+        out.push({kind: "rationale", example: rationaleExample(item, prompt)});
     }
     return out;
 }
@@ -103,7 +103,8 @@ export class ExampleEncoder {
     encodeItems(items: WeightedItem[]): EncodedExample[] {
         const out: EncodedExample[] = [];
         items.forEach(({item, weight}, i) => {
-            for (const {kind, example} of itemExamples(item, this.options.task)) {
+            const prompt = {format: this.options.format, labelPrefix: this.options.labelPrefix, rationalePrefix: this.options.rationalePrefix};
+            for (const {kind, example} of itemExamples(item, this.options.task, prompt)) {
                 const {prompt, target} = this.encode(example);
                 out.push({item: i, kind, prompt, target, weight});
             }

@@ -7,13 +7,18 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import {readJsonl, DataError} from "../data/jsonl.js";
+import {defaultTaskFormat, labelTaskPrefix, promptFormatVersion, promptMetadataKeys, readPromptRecord, taskFormatNames,
+    type TaskFormatName} from "../data/prompt.js";
 import {taskItemProblem, type TaskItem} from "../data/task-item.js";
 import {readGguf} from "../gguf/read.js";
+import type {GgufKv} from "../gguf/write.js";
 import {loadModel} from "../model.js";
 import {defaultTargetModules, initLoraAdapter, writeLoraAdapter, type LoraAdapter} from "./adapter.js";
 import {loadCheckpoint, saveCheckpoint, type EvalRecord, type StepRecord} from "./checkpoint.js";
 import {ExampleEncoder, exampleLength, packMicroBatches, stepTokenWeights, type EncodedExample, type ExampleKind,
     type MicroBatch, type TrainTask, type WeightedItem} from "./examples.js";
+import {dpSgdEpsilon, noiseMultiplierFor} from "./dp-accountant.js";
+import {applyAdamW, GaussianNoise, poissonSample, privateGradient} from "./dp-sgd.js";
 import {deriveSeed, Random} from "./random.js";
 import {learningRateAt, lrSchedulers, type LrSchedule, type LrScheduler} from "./schedule.js";
 import {LoraTrainer} from "./trainer.js";
@@ -27,6 +32,16 @@ export interface TrainOptions {
     output: string;
     /** "cot" (default): label + rationale examples; "label": label examples only. */
     task?: TrainTask;
+    /**
+     * The task whose format the examples take (ts/data/prompt.ts; default "mc"): the label target is
+     * what that task's evaluation scores, after its context. Recorded in the adapter.
+     */
+    format?: TaskFormatName;
+    /**
+     * Put before the context of every label example (recorded in the adapter; `eval` applies it).
+     * Default: the prefix the base model records (a merged, trained model), else "[label] ".
+     */
+    labelPrefix?: string;
     /** lambda of L_label + lambda * L_rationale (default 1). */
     rationaleWeight?: number;
     r?: number;
@@ -73,8 +88,37 @@ export interface TrainOptions {
     gpuLayers?: number;
     /** Stop after this many optimizer steps of this run (the schedule still spans `steps`): for staged runs. */
     stopAfter?: number;
+    /**
+     * DP-SGD (dp-sgd.ts): train to this target ε; the noise multiplier is the smallest that the RDP
+     * accountant (dp-accountant.ts) finds reaching it after all steps. Give this or dpNoiseMultiplier.
+     */
+    dpEpsilon?: number;
+    /** DP-SGD: δ of the (ε, δ) guarantee (default 1e-5; keep it below 1 / items). */
+    dpDelta?: number;
+    /** DP-SGD with this noise multiplier σ (noise std σ·C); the spent ε is reported. */
+    dpNoiseMultiplier?: number;
+    /** DP-SGD: C, the L2 norm each item's gradient is clipped to (default 1). */
+    maxPerExampleGradNorm?: number;
+    /** DP-SGD: seed the noise (reproducible runs for tests; NOT private). Default: the OS's cryptographic generator. */
+    dpNoiseSeed?: number;
     onProgress?: (event: TrainEvent) => void;
     signal?: AbortSignal;
+}
+
+/** What DP-SGD spent: the (ε, δ) guarantee of the whole run, for the item-level neighbouring relation. */
+export interface DpReport {
+    epsilon: number;
+    delta: number;
+    /** The target ε when one was given. */
+    targetEpsilon?: number;
+    noiseMultiplier: number;
+    maxPerExampleGradNorm: number;
+    /** Poisson sampling rate q = batch size / items. */
+    sampleRate: number;
+    steps: number;
+    /** The RDP order that attains ε. */
+    order: number;
+    accountant: "rdp (Mironov et al. 2019), conversion of Balle et al. 2020";
 }
 
 export type TrainEvent =
@@ -86,6 +130,9 @@ export type TrainEvent =
 export interface TrainResult {
     output: string;
     task: TrainTask;
+    format: TaskFormatName;
+    /** The label prefix the adapter records (eval puts it before every context). */
+    labelPrefix: string;
     /** Optimizer steps done in total (resumed runs included). */
     steps: number;
     totalSteps: number;
@@ -105,10 +152,13 @@ export interface TrainResult {
     tokensPerSecond: number;
     resumedFrom?: number;
     checkpoint?: string;
+    /** DP-SGD runs: the privacy spent. */
+    dp?: DpReport;
 }
 
 interface ResolvedOptions {
     task: TrainTask;
+    format: TaskFormatName;
     rationaleWeight: number;
     r: number;
     loraAlpha: number;
@@ -141,6 +191,7 @@ const isNum = (x: unknown, lo: number, hi: number) => typeof x === "number" && N
 function resolveOptions(o: TrainOptions): ResolvedOptions {
     const r: ResolvedOptions = {
         task: o.task ?? "cot",
+        format: o.format ?? defaultTaskFormat,
         rationaleWeight: o.rationaleWeight ?? 1,
         r: o.r ?? 8,
         loraAlpha: o.loraAlpha ?? 32,
@@ -162,6 +213,9 @@ function resolveOptions(o: TrainOptions): ResolvedOptions {
         saveEvery: o.saveEvery ?? 100,
     };
     check(r.task === "cot" || r.task === "label", "task", "\"cot\" or \"label\"", r.task);
+    check(taskFormatNames.includes(r.format), "format", taskFormatNames.join(" | "), r.format);
+    if (o.labelPrefix !== undefined)
+        check(typeof o.labelPrefix === "string", "labelPrefix", "a string", o.labelPrefix);
     check(isNum(r.rationaleWeight, 0, 1e6), "rationaleWeight", "a non-negative number", r.rationaleWeight);
     check(isInt(r.r, 1, 4096), "r", "an integer in [1, 4096]", r.r);
     check(isNum(r.loraAlpha, 1e-9, 1e9), "loraAlpha", "a positive number", r.loraAlpha);
@@ -206,6 +260,21 @@ function resolveOptions(o: TrainOptions): ResolvedOptions {
         check(isInt(o.stopAfter, 1), "stopAfter", "a positive integer", o.stopAfter);
     if (o.resume && !o.checkpointDir)
         throw new RangeError("resume needs checkpointDir");
+    if (o.dpEpsilon !== undefined && o.dpNoiseMultiplier !== undefined)
+        throw new RangeError("give dpEpsilon or dpNoiseMultiplier, not both");
+    if (o.dpEpsilon !== undefined)
+        check(isNum(o.dpEpsilon, 0, 1e6) && o.dpEpsilon > 0, "dpEpsilon", "a positive number", o.dpEpsilon);
+    if (o.dpNoiseMultiplier !== undefined)
+        check(isNum(o.dpNoiseMultiplier, 0, 1e6), "dpNoiseMultiplier", "a non-negative number", o.dpNoiseMultiplier);
+    if (o.dpDelta !== undefined)
+        check(isNum(o.dpDelta, 0, 1) && o.dpDelta > 0 && o.dpDelta < 1, "dpDelta", "a number in (0, 1)", o.dpDelta);
+    if (o.maxPerExampleGradNorm !== undefined)
+        check(isNum(o.maxPerExampleGradNorm, 0, 1e30) && o.maxPerExampleGradNorm > 0, "maxPerExampleGradNorm", "a positive number", o.maxPerExampleGradNorm);
+    if (o.dpNoiseSeed !== undefined)
+        check(isInt(o.dpNoiseSeed, 0), "dpNoiseSeed", "a non-negative integer", o.dpNoiseSeed);
+    if (o.dpEpsilon === undefined && o.dpNoiseMultiplier === undefined &&
+        (o.dpDelta !== undefined || o.maxPerExampleGradNorm !== undefined || o.dpNoiseSeed !== undefined))
+        throw new RangeError("dpDelta, maxPerExampleGradNorm and dpNoiseSeed go with dpEpsilon or dpNoiseMultiplier (DP-SGD)");
     if (o.threads !== undefined)
         check(isInt(o.threads, 1, 1024), "threads", "a positive integer", o.threads);
     if (o.gpuLayers !== undefined)
@@ -295,10 +364,12 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
         items = items.filter((_, i) => !held.has(i));
     }
 
+    const labelPrefix = options.labelPrefix ?? (await readPromptRecord(options.model)).labelPrefix ?? labelTaskPrefix;
     const vocab = await loadModel(options.model, {vocabOnly: true});
     let examples: EncodedExample[], valExamples: EncodedExample[];
     try {
-        const encoder = new ExampleEncoder(vocab, {task: o.task, maxInputLength: o.maxInputLength, maxTargetLength: o.maxTargetLength});
+        const encoder = new ExampleEncoder(vocab, {task: o.task, format: o.format, labelPrefix, maxInputLength: o.maxInputLength,
+            maxTargetLength: o.maxTargetLength});
         examples = encoder.encodeItems(items);
         valExamples = encoder.encodeItems(validation);
     } finally {
@@ -330,6 +401,15 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
         return order.slice(b * o.batchSize, (b + 1) * o.batchSize);
     };
 
+    // --- DP-SGD: Poisson sampling at rate q = batch / items; sigma from the target epsilon ---
+    const dpOn = options.dpEpsilon !== undefined || options.dpNoiseMultiplier !== undefined;
+    const dpDelta = options.dpDelta ?? 1e-5;
+    const sampleRate = Math.min(1, o.batchSize / items.length);
+    const maxPerExampleGradNorm = options.maxPerExampleGradNorm ?? 1;
+    const noiseMultiplier = !dpOn ? 0 : options.dpNoiseMultiplier ??
+        noiseMultiplierFor(options.dpEpsilon!, {sampleRate, steps: totalSteps, delta: dpDelta});
+    const noise = new GaussianNoise(options.dpNoiseSeed);
+
     const gguf = await readGguf(options.model);
     const fingerprint: Record<string, unknown> = {
         model: path.basename(options.model),
@@ -341,6 +421,7 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
         totalSteps,
         warmupSteps,
         microBatchTokens,
+        ...(dpOn ? {dp: {dpDelta, noiseMultiplier, maxPerExampleGradNorm, sampleRate}} : {}),
     };
     delete fingerprint.saveEvery;
 
@@ -410,15 +491,34 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
         for (let step = startStep; step < endStep; step++) {
             if (options.signal?.aborted)
                 throw new Error("training was cancelled");
-            const exs = stepItems(step).flatMap((i) => byItem[i]);
-            const batches = packMicroBatches(exs, stepTokenWeights(exs, {label: 1, rationale: o.rationaleWeight}),
-                microBatchTokens, o.microBatchSequences);
             const learningRate = learningRateAt(schedule, step);
-            const r = await trainer.step(batches, {
-                lr: learningRate, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, weightDecay: o.weightDecay,
-                maxGradNorm: o.maxGradNorm, dropout: o.loraDropout, dropoutSeed: deriveSeed(o.seed, "dropout", step),
-            });
-            const n = tokensOf(batches);
+            const adamw = {lr: learningRate, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, weightDecay: o.weightDecay};
+            let r: {loss: number; gradNorm: number}, n: number;
+            if (dpOn) {
+                // one item = one privacy unit: its examples' loss, each task the mean over the item's targets
+                const sampled = poissonSample(items.length, sampleRate, deriveSeed(o.seed, "poisson", step));
+                const perItem = sampled.map((i) => packMicroBatches(byItem[i], stepTokenWeights(byItem[i], {label: 1, rationale: o.rationaleWeight}),
+                    microBatchTokens, o.microBatchSequences));
+                const g = await privateGradient(trainer, perItem, {
+                    maxPerExampleGradNorm, noiseMultiplier, expectedBatchSize: sampleRate * items.length, noise,
+                    dropout: o.loraDropout, dropoutSeed: (k) => deriveSeed(o.seed, "dropout", step, sampled[k]), signal: options.signal,
+                });
+                applyAdamW(trainer, g.gradients, adamw);
+                let sq = 0;
+                for (const t of g.gradients)
+                    for (let k = 0; k < t.length; k++)
+                        sq += t[k] * t[k];
+                r = {loss: sampled.length ? g.loss / sampled.length : NaN, gradNorm: Math.sqrt(sq)};
+                n = perItem.reduce((s, b) => s + tokensOf(b), 0);
+            } else {
+                const exs = stepItems(step).flatMap((i) => byItem[i]);
+                const batches = packMicroBatches(exs, stepTokenWeights(exs, {label: 1, rationale: o.rationaleWeight}),
+                    microBatchTokens, o.microBatchSequences);
+                r = await trainer.step(batches, {
+                    ...adamw, maxGradNorm: o.maxGradNorm, dropout: o.loraDropout, dropoutSeed: deriveSeed(o.seed, "dropout", step),
+                });
+                n = tokensOf(batches);
+            }
             tokens += n;
             loopTokens += n;
             history.push({step: step + 1, loss: r.loss, learningRate, gradNorm: r.gradNorm, tokens: n});
@@ -436,6 +536,13 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
                 await save();
         }
         const finalStep = trainer.info.step;
+        let dp: DpReport | undefined;
+        if (dpOn) {
+            const spent = dpSgdEpsilon({noiseMultiplier, sampleRate, steps: finalStep, delta: dpDelta});
+            dp = {epsilon: spent.epsilon, delta: dpDelta, ...(options.dpEpsilon !== undefined ? {targetEpsilon: options.dpEpsilon} : {}),
+                noiseMultiplier, maxPerExampleGradNorm, sampleRate, steps: finalStep, order: spent.order,
+                accountant: "rdp (Mironov et al. 2019), conversion of Balle et al. 2020"};
+        }
         if (valExamples.length > 0 && evaluations.at(-1)?.step !== finalStep)
             await evaluate(finalStep);
         await save();
@@ -447,12 +554,26 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
                 t.name.replace(/^blk\.\d+\./, "").replace(/\.weight\.lora_[ab]$/, "")))]},
             {key: "ppc_gpt.train.task", type: "string", value: o.task},
             {key: "ppc_gpt.train.steps", type: "uint32", value: finalStep},
+            {key: promptMetadataKeys.version, type: "string", value: promptFormatVersion},
+            {key: promptMetadataKeys.format, type: "string", value: o.format},
+            {key: promptMetadataKeys.labelPrefix, type: "string", value: labelPrefix},
+            ...(dp ? [
+                {key: "ppc_gpt.dp.epsilon", type: "float64", value: dp.epsilon},
+                {key: "ppc_gpt.dp.delta", type: "float64", value: dp.delta},
+                {key: "ppc_gpt.dp.noise_multiplier", type: "float64", value: dp.noiseMultiplier},
+                {key: "ppc_gpt.dp.max_per_example_grad_norm", type: "float64", value: dp.maxPerExampleGradNorm},
+                {key: "ppc_gpt.dp.sample_rate", type: "float64", value: dp.sampleRate},
+                {key: "ppc_gpt.dp.steps", type: "uint32", value: dp.steps},
+                {key: "ppc_gpt.dp.accountant", type: "string", value: dp.accountant},
+            ] as GgufKv[] : []),
         ]);
         const seconds = priorSeconds + (Date.now() - started) / 1000;
         const loopSeconds = (Date.now() - loopStart) / 1000;
         return {
             output: options.output,
             task: o.task,
+            format: o.format,
+            labelPrefix,
             steps: finalStep,
             totalSteps,
             epochs: finalStep / stepsPerEpoch,
@@ -470,6 +591,7 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
             tokensPerSecond: loopTokens / Math.max(loopSeconds, 1e-9),
             ...(options.resume ? {resumedFrom: startStep} : {}),
             ...(checkpointPath ? {checkpoint: checkpointPath} : {}),
+            ...(dp ? {dp} : {}),
         };
     } finally {
         options.signal?.removeEventListener("abort", abort);

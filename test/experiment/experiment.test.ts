@@ -1,0 +1,139 @@
+// `ppc-gpt experiment`: the grid, the cache keys, the tables' statistics (against a plain
+// computation), and a real run of a reduced config through the CLI that resumes from its cache.
+import fs from "node:fs";
+import path from "node:path";
+import test from "ava";
+import {canonicalJson, hashKey, StageCache} from "../../ts/experiment/cache.js";
+import {smallConfig, type ExperimentConfig} from "../../ts/experiment/config.js";
+import {copyWordItems} from "../../ts/experiment/data.js";
+import {estimateGpuTime} from "../../ts/experiment/estimate.js";
+import {cellKey, expandCells} from "../../ts/experiment/runner.js";
+import {itemText, parseItemText} from "../../ts/experiment/stages.js";
+import {ablationSvg, buildTables, type CellRecord} from "../../ts/experiment/tables.js";
+import {paperConfig} from "../../ts/experiment/config.js";
+import {hasShared, runCli, sharedDir, tempDir} from "../helpers.js";
+
+test("the grid: every method × task × seed, plus one PPC-GPT cell per new ablation value; keys follow what a method reads", (t) => {
+    const cells = expandCells(smallConfig);
+    const c = smallConfig;
+    const main = c.tasks.length * c.methods.length * c.seeds.length;
+    const d = c.defaults as unknown as Record<string, unknown>;
+    const ablated = Object.entries(c.ablations).reduce((s, [f, vs]) => s + (vs as unknown[]).filter((v) => v !== d[f]).length, 0)
+        * c.ablationTasks.length * c.ablationSeeds.length;
+    t.is(cells.length, main + ablated);
+    t.is(new Set(cells.map((x) => cellKey(c, x))).size, cells.length);
+    // DenseSFT reads no ablation factor: its key ignores ε; PPC-GPT's does not
+    const dense = cells.find((x) => x.method === "dense-sft")!, ppc = cells.find((x) => x.method === "ppc-gpt")!;
+    t.is(cellKey(c, {...dense, settings: {...dense.settings, epsilon: 99}}), cellKey(c, dense));
+    t.not(cellKey(c, {...ppc, settings: {...ppc.settings, epsilon: 99}}), cellKey(c, ppc));
+    t.not(cellKey({...c, train: {...c.train, client: {...c.train.client, learningRate: 1}}}, dense), cellKey(c, dense));
+    t.is(canonicalJson({b: 1, a: [2, {d: 3, c: 4}]}), '{"a":[2,{"c":4,"d":3}],"b":1}');
+    t.is(hashKey({a: 1, b: 2}), hashKey({b: 2, a: 1}));
+    const est = estimateGpuTime(paperConfig, expandCells(paperConfig))!;
+    t.true(est.hours.total > 0 && Math.abs(est.hours.total - (est.hours.synth + est.hours.train + est.hours.eval)) < 1e-9);
+});
+
+test("stage cache: a finished stage is reused, an interrupted one is redone", async (t) => {
+    const dir = tempDir(t);
+    const cache = new StageCache(dir);
+    let calls = 0;
+    const fn = async (d: string) => {
+        calls++;
+        fs.writeFileSync(path.join(d, "out.txt"), "x");
+        return {value: calls};
+    };
+    t.is((await cache.stage("s", {a: 1}, fn)).value, 1);
+    t.is((await cache.stage("s", {a: 1}, fn)).value, 1);
+    t.is((await cache.stage("s", {a: 2}, fn)).value, 2);
+    // a folder without result.json (a killed run) starts over
+    fs.rmSync(path.join(cache.folder("s", {a: 2}), "result.json"));
+    fs.writeFileSync(path.join(cache.folder("s", {a: 2}), "partial"), "");
+    t.is((await cache.stage("s", {a: 2}, fn)).value, 3);
+    t.false(fs.existsSync(path.join(cache.folder("s", {a: 2}), "partial")));
+});
+
+test("tables: mean over seeds; the standard error combines seeds and the evaluation; one seed gives the evaluation's", (t) => {
+    const config: ExperimentConfig = {...smallConfig, methods: ["dense-sft", "ppc-gpt"], tasks: [smallConfig.tasks[0]], seeds: [1, 2, 3],
+        ablations: {ratio: [0, 0.5]}, ablationTasks: ["copy-word"], ablationSeeds: [1]};
+    const acc = (x: number) => ({n: 50, acc: x, acc_stderr: 0.07, acc_norm: x, acc_norm_stderr: 0.07, prompt_prefix: ""});
+    const rec = (method: "dense-sft" | "ppc-gpt", seed: number, S: number | null, C: number, settings = config.defaults): CellRecord =>
+        ({key: `${method}${seed}${settings.ratio}`, method, task: "copy-word", seed, group: "main", settings, S: S === null ? null : acc(S), C: acc(C),
+            details: {}, seconds: 1});
+    const records = [rec("dense-sft", 1, null, 0.5), rec("dense-sft", 2, null, 0.6), rec("dense-sft", 3, null, 0.9),
+        rec("ppc-gpt", 1, 0.3, 0.4), rec("ppc-gpt", 2, 0.32, 0.44), rec("ppc-gpt", 3, 0.28, 0.5),
+        rec("ppc-gpt", 1, 0.2, 0.25, {...config.defaults, ratio: 0.5})];
+    const [main, ratio] = buildTables(config, records);
+    // DenseSFT C: 50, 60, 90 -> mean 66.67, variance over seeds ((−16.67)²+(−6.67)²+23.33²)/2 = 433.3;
+    // se² = 433.3 / 3 + 7² (every seed scored on the same items: the evaluation's error stays)
+    const c = main.rows[0].cells[1]!;
+    t.true(Math.abs(c.mean - 200 / 3) < 1e-9);
+    const seedVar = (((50 - 200 / 3) ** 2) + ((60 - 200 / 3) ** 2) + ((90 - 200 / 3) ** 2)) / 2;
+    t.true(Math.abs(c.stderr - Math.sqrt(seedVar / 3 + 49)) < 1e-9, `${c.stderr}`);
+    t.is(main.rows[0].cells[0], null, "DenseSFT has no server stage");
+    t.true(Math.abs(main.rows[1].cells[0]!.mean - 30) < 1e-9);
+    // ablation row ratio 0.5: one seed, the evaluation's stderr
+    t.deepEqual(ratio.rows.map((r) => r.label), ["0", "0.5"]);
+    t.is(ratio.rows[0].cells[1], null);
+    t.true(Math.abs(ratio.rows[1].cells[1]!.mean - 25) < 1e-9 && Math.abs(ratio.rows[1].cells[1]!.stderr - 7) < 1e-9);
+    const svg = ablationSvg(ratio, "pruning ratio");
+    t.regex(svg, /^<svg [^>]*>[\s\S]*<\/svg>\n$/);
+    t.true(svg.includes("<circle"));
+});
+
+test("items in the DP generator's text form parse back; junk does not", (t) => {
+    const [item] = copyWordItems(3, 1, "x");
+    const text = itemText(item);
+    const back = parseItemText(` ${text}`, ["A", "B", "C", "D"], "y")!;
+    t.deepEqual(back.choices.map((c) => c.text), item.choices.map((c) => c.text));
+    t.is(back.answer, "ABCD"[item.choices.findIndex((c) => c.label === item.answer)]);
+    t.is(parseItemText("Once upon a time", ["A", "B"], "z"), undefined);
+    t.is(parseItemText("Question: q\nA. x\nB. x\nAnswer: A", ["A", "B"], "z"), undefined, "duplicate choices");
+});
+
+test("a reduced config runs through the CLI, writes results and tables, and a rerun resumes from the cache", async (t) => {
+    if (!hasShared)
+        return t.pass("shared fixtures absent");
+    const dir = tempDir(t);
+    const cfg = path.join(dir, "tiny.json");
+    fs.writeFileSync(cfg, JSON.stringify({
+        base: "small", description: "test", methods: ["zero-shot", "dense-sft", "plain-c"], seeds: [1, 2],
+        tasks: [{name: "copy-word", eval: "mc", source: {generated: "copy-word"}, trainItems: 12, evalItems: 20}],
+        ablations: {}, ablationTasks: [],
+        train: {...smallConfig.train, client: {...smallConfig.train.client, steps: 4}},
+    }));
+    const out = path.join(dir, "out");
+    const env = {...process.env, PPC_SHARED_DIR: sharedDir};
+    const r = await runCli(["experiment", cfg, "-o", out, "--threads", "2", "--json"], {env});
+    t.is(r.code, 0, r.stderr);
+    const summary = JSON.parse(r.stdout);
+    t.is(summary.cells, 6);
+    t.is(summary.ran, 6);
+    t.is(summary.failed, 0);
+    const results = fs.readdirSync(path.join(out, "results"));
+    t.is(results.length, 6);
+    const tables = JSON.parse(fs.readFileSync(path.join(out, "tables.json"), "utf8"));
+    const cells: CellRecord[] = tables.cells;
+    // the table's DenseSFT C is the plain mean of the two seeds' accuracies
+    const dense = cells.filter((c) => c.method === "dense-sft").map((c) => 100 * c.C!.acc);
+    t.is(dense.length, 2);
+    t.true(Math.abs(tables.tables[0].rows[1].cells[1].mean - (dense[0] + dense[1]) / 2) < 1e-9);
+    // Plain-C removed layers, and trained models carry their prefix into evaluation
+    const plain = cells.find((c) => c.method === "plain-c")!;
+    t.true((plain.details.removedLayers as number[]).length >= 1);
+    t.is(plain.C!.prompt_prefix, "[label] ");
+    t.is(cells.find((c) => c.method === "zero-shot")!.C!.prompt_prefix, "");
+    const md = fs.readFileSync(path.join(out, "tables.md"), "utf8");
+    t.regex(md, /\| DenseSFT \| — \| \d+\.\d ± \d+\.\d \|/);
+
+    // rerun: everything cached; remove one result: only that cell runs again
+    const again = JSON.parse((await runCli(["experiment", cfg, "-o", out, "--json"], {env})).stdout);
+    t.is(again.ran, 0);
+    t.is(again.cached, 6);
+    fs.rmSync(path.join(out, "results", results[0]));
+    const third = JSON.parse((await runCli(["experiment", cfg, "-o", out, "--json"], {env})).stdout);
+    t.is(third.ran, 1);
+    t.is(third.cached, 5);
+    const bad = await runCli(["experiment", path.join(dir, "missing.json")], {env});
+    t.is(bad.code, 2);
+    t.regex(bad.stderr, /missing\.json: no such config file/);
+});

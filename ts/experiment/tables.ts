@@ -1,0 +1,180 @@
+// The paper's table shapes from cell results: the main table (methods × tasks, S and C columns)
+// and one table per ablation factor, as Markdown and JSON, each number the mean over seeds with its
+// standard error (the spread over seeds and the evaluation's sampling error combined), and an SVG
+// line plot for each numeric ablation (ε, k, pruning ratio).
+import fs from "node:fs";
+import path from "node:path";
+import {writeJsonAtomic} from "./cache.js";
+import type {ExperimentConfig, MethodName, Settings} from "./config.js";
+import type {FlowResult} from "./flows.js";
+
+export interface CellRecord extends FlowResult {
+    key: string;
+    method: MethodName;
+    task: string;
+    seed: number;
+    group: string;
+    settings: Settings;
+    seconds: number;
+}
+
+export interface Stat {
+    /** Accuracy in percent, mean over seeds. */
+    mean: number;
+    /** Standard error in percent. */
+    stderr: number;
+    seeds: number;
+}
+
+/**
+ * Mean accuracy over seeds and its standard error. Every seed is scored on the same items, so the
+ * evaluation's sampling error does not shrink with more seeds: se² = s²_seeds / n + mean(se²_eval).
+ * With one seed that is the evaluation's standard error (lm-evaluation-harness's acc_stderr).
+ */
+function stat(records: CellRecord[], stage: "S" | "C"): Stat | null {
+    const xs = records.map((r) => r[stage]).filter((x) => x !== null && x !== undefined);
+    if (xs.length === 0)
+        return null;
+    const accs = xs.map((x) => 100 * x!.acc);
+    const n = accs.length;
+    const mean = accs.reduce((a, b) => a + b, 0) / n;
+    const seedVar = n > 1 ? accs.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1) : 0;
+    const evalVar = xs.reduce((a, x) => a + (100 * (x!.acc_stderr ?? NaN)) ** 2, 0) / n;
+    return {mean, stderr: Math.sqrt(seedVar / n + evalVar), seeds: n};
+}
+
+const fmt = (s: Stat | null) => (s ? `${s.mean.toFixed(1)} ± ${Number.isFinite(s.stderr) ? s.stderr.toFixed(1) : "n/a"}` : "—");
+
+export interface Table {
+    title: string;
+    /** Row label column name. */
+    rowName: string;
+    columns: string[];
+    rows: {label: string; cells: (Stat | null)[]}[];
+    notes: string[];
+}
+
+function markdown(t: Table): string {
+    const head = `| ${t.rowName} | ${t.columns.join(" | ")} |\n|${["", ...t.columns].map(() => "---").join("|")}|\n`;
+    const body = t.rows.map((r) => `| ${r.label} | ${r.cells.map(fmt).join(" | ")} |`).join("\n");
+    return `### ${t.title}\n\n${head}${body}\n${t.notes.map((n) => `\n${n}`).join("")}\n`;
+}
+
+const methodLabels: Record<MethodName, string> = {"zero-shot": "Source, zero-shot", "dense-sft": "DenseSFT", "plain-c": "Plain-C",
+    "dp-instruct-c": "DP-Instruct-C", "ppc-gpt": "PPC-GPT"};
+const factorTitles: Record<keyof Settings, string> = {epsilon: "privacy budget ε", k: "synthetic ratio k", rationales: "rationales",
+    serverRetrain: "server-side retraining", metric: "layer importance (BI vs Seq)", ratio: "pruning ratio"};
+
+/** The tables of a set of cell results. */
+export function buildTables(config: ExperimentConfig, records: CellRecord[]): Table[] {
+    const tables: Table[] = [];
+    const main = records.filter((r) => sameSettings(r.settings, config.defaults));
+    const d = config.defaults;
+    tables.push({
+        title: `Main results (ε = ${d.epsilon}, k = ${d.k}, ${Math.round(d.ratio * 100)}% pruned by ${d.metric.toUpperCase()}): accuracy %, S = server stage, C = after client retraining`,
+        rowName: "method",
+        columns: config.tasks.flatMap((t) => [`${t.name} S`, `${t.name} C`]),
+        rows: config.methods.map((m) => ({
+            label: methodLabels[m],
+            cells: config.tasks.flatMap((t) => {
+                const rs = main.filter((r) => r.method === m && r.task === t.name);
+                return [stat(rs, "S"), stat(rs, "C")];
+            }),
+        })),
+        notes: notesOf(main),
+    });
+    for (const factor of Object.keys(config.ablations) as (keyof Settings)[]) {
+        const values = config.ablations[factor] ?? [];
+        if (values.length === 0)
+            continue;
+        const rs = records.filter((r) => r.method === "ppc-gpt" && config.ablationTasks.includes(r.task) && config.ablationSeeds.includes(r.seed));
+        const at = (t: string, v: unknown) => rs.filter((r) => r.task === t && sameSettings(r.settings, {...config.defaults, [factor]: v}));
+        tables.push({
+            title: `Ablation: ${factorTitles[factor]} (PPC-GPT; other settings as the main table)`,
+            rowName: factor,
+            columns: config.ablationTasks.flatMap((t) => [`${t} S`, `${t} C`]),
+            rows: values.map((v) => ({
+                label: String(v),
+                cells: config.ablationTasks.flatMap((t) => [stat(at(t, v), "S"), stat(at(t, v), "C")]),
+            })),
+            notes: values.flatMap((v) => config.ablationTasks.flatMap((t) => at(t, v).filter((r) => r.error)
+                .map((r) => `- ${factor} = ${v}, ${t}, seed ${r.seed}: ${r.error}`))),
+        });
+    }
+    return tables;
+}
+
+function sameSettings(a: Settings, b: Settings): boolean {
+    return (Object.keys(b) as (keyof Settings)[]).every((k) => a[k] === b[k]);
+}
+
+function notesOf(records: CellRecord[]): string[] {
+    return records.filter((r) => r.error).map((r) => `- ${methodLabels[r.method]} on ${r.task}, seed ${r.seed}: ${r.error}`);
+}
+
+/** A line plot of S and C per task against a numeric factor. */
+export function ablationSvg(table: Table, title: string): string {
+    const w = 560, h = 320, left = 56, right = 150, top = 36, bottom = 44;
+    const xs = table.rows.map((r) => Number(r.label));
+    const series = table.columns.map((name, j) => ({name, points: table.rows.map((r, i) => ({x: xs[i], s: r.cells[j]})).filter((p) => p.s)}));
+    const ys = series.flatMap((s) => s.points.flatMap((p) => [p.s!.mean - (Number.isFinite(p.s!.stderr) ? p.s!.stderr : 0), p.s!.mean + (Number.isFinite(p.s!.stderr) ? p.s!.stderr : 0)]));
+    const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+    const [y0, y1] = ys.length ? [Math.max(0, Math.floor(Math.min(...ys) / 10) * 10), Math.min(100, Math.ceil(Math.max(...ys) / 10) * 10)] : [0, 100];
+    const sx = (x: number) => left + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (w - left - right);
+    const sy = (y: number) => top + (1 - (y - y0) / Math.max(1e-9, y1 - y0)) * (h - top - bottom);
+    const colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+    const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+    const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="11">`,
+        `<rect width="${w}" height="${h}" fill="white"/>`,
+        `<text x="${w / 2}" y="18" text-anchor="middle" font-size="13">${esc(title)}</text>`,
+        `<line x1="${left}" y1="${h - bottom}" x2="${w - right}" y2="${h - bottom}" stroke="black"/>`,
+        `<line x1="${left}" y1="${top}" x2="${left}" y2="${h - bottom}" stroke="black"/>`,
+        `<text x="14" y="${(top + h - bottom) / 2}" transform="rotate(-90 14 ${(top + h - bottom) / 2})" text-anchor="middle">accuracy %</text>`,
+        `<text x="${(left + w - right) / 2}" y="${h - 8}" text-anchor="middle">${esc(table.rowName)}</text>`];
+    for (const x of xs)
+        parts.push(`<text x="${sx(x)}" y="${h - bottom + 14}" text-anchor="middle">${x}</text>`);
+    for (let y = y0; y <= y1; y += Math.max(5, Math.round((y1 - y0) / 5 / 5) * 5))
+        parts.push(`<text x="${left - 6}" y="${sy(y) + 4}" text-anchor="end">${y}</text>`,
+            `<line x1="${left}" y1="${sy(y)}" x2="${w - right}" y2="${sy(y)}" stroke="#eee"/>`);
+    series.forEach((s, j) => {
+        const c = colors[j % colors.length];
+        if (s.points.length > 1)
+            parts.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${s.points.map((p) => `${sx(p.x)},${sy(p.s!.mean)}`).join(" ")}"/>`);
+        for (const p of s.points) {
+            parts.push(`<circle cx="${sx(p.x)}" cy="${sy(p.s!.mean)}" r="3" fill="${c}"/>`);
+            if (Number.isFinite(p.s!.stderr))
+                parts.push(`<line x1="${sx(p.x)}" y1="${sy(p.s!.mean - p.s!.stderr)}" x2="${sx(p.x)}" y2="${sy(p.s!.mean + p.s!.stderr)}" stroke="${c}"/>`);
+        }
+        parts.push(`<rect x="${w - right + 12}" y="${top + 16 * j - 8}" width="10" height="10" fill="${c}"/>`,
+            `<text x="${w - right + 27}" y="${top + 16 * j + 1}">${esc(s.name)}</text>`);
+    });
+    parts.push("</svg>");
+    return parts.join("\n") + "\n";
+}
+
+/** Writes tables.md, tables.json and plots/<factor>.svg; returns the files written. */
+export function writeTables(config: ExperimentConfig, records: CellRecord[], out: string): string[] {
+    const tables = buildTables(config, records);
+    const files: string[] = [];
+    const md = [`# Experiment "${config.name}"\n\n${config.description}\n\nSource ${config.source}; seeds ${config.seeds.join(", ")} ` +
+        `(ablations: ${config.ablationSeeds.join(", ")}). Each number: mean accuracy (%) over seeds ± its standard error ` +
+        `(se² = variance over seeds / seeds + the evaluation's se², as every seed is scored on the same items).\n`, ...tables.map(markdown)].join("\n");
+    const write = (name: string, text: string) => {
+        const file = path.join(out, name);
+        fs.mkdirSync(path.dirname(file), {recursive: true});
+        const tmp = `${file}.tmp-${process.pid}`;
+        fs.writeFileSync(tmp, text);
+        fs.renameSync(tmp, file);
+        files.push(file);
+    };
+    write("tables.md", md);
+    writeJsonAtomic(path.join(out, "tables.json"), {config: config.name, tables, cells: records});
+    files.push(path.join(out, "tables.json"));
+    for (const t of tables) {
+        const factor = t.rowName as keyof Settings;
+        if (!["epsilon", "k", "ratio"].includes(factor))
+            continue;
+        write(path.join("plots", `${factor}.svg`), ablationSvg(t, t.title.replace(/ \(PPC-GPT.*$/, "")));
+    }
+    return files;
+}
