@@ -14,6 +14,7 @@ const verbs: Record<string, () => Promise<Command>> = {
     synth: async () => (await import("./synth.js")).synthCommand(),
     train: async () => (await import("./train.js")).trainCommand(),
     merge: async () => (await import("./merge.js")).mergeCommand(),
+    fl: async () => (await import("./fl.js")).flCommand(),
 };
 
 function fail(verb: string, err: unknown): never {
