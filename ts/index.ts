@@ -71,3 +71,18 @@ export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, Pertu
 export {secureUniform, seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
+// PruFed: federated LoRA tuning across clients pruned to different depths (ts/federated/prufed)
+export {parseLoraTensorName, layoutOfBase, layoutOfAdapter, clientLayerMap, toBaseNumbering, toClientNumbering, validateUpload, readUpload,
+    UploadRejected} from "./federated/prufed/align.js";
+export type {AdapterLayout, LayoutTarget, ClientDeclaration, UploadLimits} from "./federated/prufed/align.js";
+export {aggregate, aggregationMethods, clientPart, initialGlobal} from "./federated/prufed/aggregate.js";
+export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, TargetAggregation} from "./federated/prufed/aggregate.js";
+export {FederationServer, LateUpload, recomputeRound, roundFile} from "./federated/prufed/rounds.js";
+export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, UploadMetrics} from "./federated/prufed/rounds.js";
+export {runLocalRound, labelAccuracy, clientRoundFiles} from "./federated/prufed/client.js";
+export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./federated/prufed/client.js";
+export {simulate, accuracyByDepth, simulationModes} from "./federated/prufed/simulate.js";
+export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./federated/prufed/simulate.js";
+export {secureAggregateRound, SecureClient} from "./federated/prufed/secure.js";
+export type {SecureParticipant, SecureRoundOptions, SecureRoundReport, SecureRoundResult} from "./federated/prufed/secure.js";
+export {roundsSvg} from "./federated/prufed/plot.js";
