@@ -130,6 +130,8 @@ function checkOptions(o: SimulateOptions, baseLayers: number): void {
         throw new RangeError(`secure aggregation sums per-layer factors: use it with layerwise or fedavg, not ${o.aggregation}`);
     if (o.dropAfterMasking?.length && !o.secureAggregation)
         throw new RangeError("dropAfterMasking simulates dropouts of secure aggregation; enable secureAggregation");
+    if (o.aggregation === "fedavg" && new Set(o.depths).size > 1)
+        throw new RangeError(`fedavg is the homogeneous baseline: give one depth (got ${o.depths.join(",")}); layerwise aggregates mixed depths`);
     if (o.ranks && o.aggregation !== "flexlora")
         throw new RangeError("per-client ranks need flexlora (the other methods average factors of one rank)");
 }
