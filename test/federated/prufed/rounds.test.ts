@@ -154,3 +154,21 @@ test("trainLora starts from a given adapter and refuses one of another rank", as
     }
     await t.throwsAsync(trainLora({model: base, data: items.slice(0, 8), output: out, initAdapter: file, steps: 1, r: 8, task: "label", ...train}), {message: /rank 4/});
 });
+
+test("simulate flexlora: clients train at their own rank and the round file is recomputed from their uploads", async (t) => {
+    const dir = tempDir(t);
+    const base = await baseModel(dir);
+    const res = await simulate({base, depths: [4, 2], clients: 2, data: items, rounds: 1, seed: 2, aggregation: "flexlora", localSteps: 1,
+        outDir: path.join(dir, "f"), r: 4, loraAlpha: 8, ranks: [4, 2], train});
+    const ups = Object.fromEntries(res.clients.map((c) => [c.id, path.join(dir, "f", "clients", c.id, "round-1.gguf")]));
+    t.is((await readLoraAdapter(ups["c0-d4"])).r, 4);
+    const small = await readLoraAdapter(ups["c1-d2"]);
+    t.is(small.r, 2);
+    t.is(small.alpha, 4, "alpha scales with the rank");
+    const again = await recomputeRound(path.join(dir, "f", "server"), 1, ups, "flexlora");
+    const stored = await readLoraAdapter(roundFile(path.join(dir, "f", "server"), 1));
+    t.is(stored.r, 4);
+    again.tensors.forEach((x, i) => t.deepEqual(x.data, stored.tensors[i].data, x.name));
+    await t.throwsAsync(simulate({base, depths: [4, 2], clients: 2, data: items, rounds: 1, seed: 2, aggregation: "fedavg", localSteps: 1,
+        outDir: path.join(dir, "g"), train}), {message: /homogeneous baseline/});
+});
