@@ -135,22 +135,42 @@ export function aggregate(previous: LoraAdapter, updates: ClientUpdate[], option
             tensors.push(prev);
             continue;
         }
-        const acc = new Float64Array(prev.data.length);
-        let wsum = 0;
-        for (const k of holders) {
-            const w = updates[k].weight, x = byName[k].get(prev.name)!.data;
-            wsum += w;
-            for (let i = 0; i < acc.length; i++)
-                acc[i] += w * x[i];
-        }
-        const data = new Float32Array(acc.length);
-        for (let i = 0; i < acc.length; i++)
-            data[i] = acc[i] / wsum;
-        tensors.push({name: prev.name, shape: prev.shape, data});
+        tensors.push({name: prev.name, shape: prev.shape, data: weightedMean(holders.map((k) => byName[k].get(prev.name)!.data),
+            holders.map((k) => updates[k].weight))});
     }
     if (options.method === "flexlora")
         return {adapter: flexAggregate(previous, updates, byName, targets), targets, clipping};
     return {adapter: {...previous, tensors}, targets, clipping};
+}
+
+/**
+ * Σ w_k x_k / Σ w_k per element, accumulated in double (one pass over the elements, the holders in
+ * the inner loop: the sum stays in a register); stored as Float32.
+ */
+export function weightedMean(xs: Float32Array[], weights: number[]): Float32Array {
+    const total = weights.reduce((s, w) => s + w, 0);
+    const p = weights.map((w) => w / total);
+    const n = xs[0].length;
+    const out = new Float32Array(n);
+    if (xs.length === 1) {
+        out.set(xs[0]);
+    } else if (xs.length === 2) {
+        const [a, b] = xs, [pa, pb] = p;
+        for (let i = 0; i < n; i++)
+            out[i] = pa * a[i] + pb * b[i];
+    } else if (xs.length === 3) {
+        const [a, b, c] = xs, [pa, pb, pc] = p;
+        for (let i = 0; i < n; i++)
+            out[i] = pa * a[i] + pb * b[i] + pc * c[i];
+    } else {
+        for (let i = 0; i < n; i++) {
+            let s = 0;
+            for (let k = 0; k < xs.length; k++)
+                s += p[k] * xs[k][i];
+            out[i] = s;
+        }
+    }
+    return out;
 }
 
 // ---- FlexLoRA ----
