@@ -99,6 +99,10 @@ test("the server refuses bad, late and unsampled uploads, logs them, keeps the g
     await writeLoraAdapter(wrongFile, wrong);
     await t.throwsAsync(server.submit(id, wrongFile, {}, t0 + 1000), {instanceOf: UploadRejected, message: /rank 2/});
     await t.throwsAsync(server.submit(outsider, upload, {}, t0 + 1000), {message: /not sampled/});
+    // a truncated file
+    const truncated = path.join(dir, "truncated.gguf");
+    fs.writeFileSync(truncated, fs.readFileSync(upload).subarray(0, 200));
+    await t.throwsAsync(server.submit(id, truncated, {}, t0 + 1000), {instanceOf: UploadRejected, message: /truncated\.gguf/});
     await server.submit(id, upload, {trainLoss: 1}, t0 + 2000);
     t.false(server.readyToClose(t0 + 3000));
 
@@ -106,7 +110,7 @@ test("the server refuses bad, late and unsampled uploads, logs them, keeps the g
     server = await FederationServer.open(data);
     t.is(server.current?.round, 1);
     t.deepEqual(server.current?.accepted.map((a) => a.client), [id]);
-    t.deepEqual(server.current?.rejected.map((r) => r.reason), ["nonfinite", "rank", "not-sampled"]);
+    t.deepEqual(server.current?.rejected.map((r) => r.reason), ["nonfinite", "rank", "not-sampled", "format"]);
     const other = round.sampled.find((x) => x !== id)!;
     await t.throwsAsync(server.submit(other, upload, {}, t0 + 61_000), {instanceOf: LateUpload});
     t.true(server.readyToClose(t0 + 61_000));
@@ -119,7 +123,7 @@ test("the server refuses bad, late and unsampled uploads, logs them, keeps the g
     g0.tensors.forEach((x, i) => t.deepEqual(x.data, g1.tensors[i].data));
     t.true(bytesOf(roundFile(data, 0)).equals(before), "round-0 is never rewritten");
     const json = JSON.parse(fs.readFileSync(roundFile(data, 1).replace(/gguf$/, "json"), "utf8"));
-    t.is(json.rejected.length, 4);
+    t.is(json.rejected.length, 5);
 
     // restart between rounds: the next round starts where the last ended
     server = await FederationServer.open(data);
