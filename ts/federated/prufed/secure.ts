@@ -142,6 +142,8 @@ export class SecureClient {
     private readonly b = randomBytes(32);
     private readonly held = new Map<string, {s: Share; b: Share}>();
     private roster: Advert[] = [];
+    /** Mask seeds agreed with each other client (X25519 of the s keys), computed once per round. */
+    private readonly pairSeeds = new Map<string, Buffer>();
 
     constructor(readonly participant: SecureParticipant, readonly round: number, readonly scaleBits: number) {}
 
@@ -196,13 +198,21 @@ export class SecureClient {
                 for (const j of target.holders) {
                     if (j === this.id)
                         continue;
-                    const other = this.roster.find((a) => a.id === j)!;
-                    addInto(y, maskStream(agree(this.s.privateKey, other.sPub), this.round, name, y.length), this.id < j ? 1 : -1);
+                    addInto(y, maskStream(this.pairSeed(j), this.round, name, y.length), this.id < j ? 1 : -1);
                 }
                 out.set(name, y);
             }
         }
         return out;
+    }
+
+    private pairSeed(peer: string): Buffer {
+        let seed = this.pairSeeds.get(peer);
+        if (!seed) {
+            seed = agree(this.s.privateKey, this.roster.find((a) => a.id === peer)!.sPub);
+            this.pairSeeds.set(peer, seed);
+        }
+        return seed;
     }
 
     /** Shares the server needs: b of the clients that sent input, s keys of those that dropped. */
@@ -318,6 +328,15 @@ export function secureAggregateRound(previous: LoraAdapter, participants: Secure
     }));
 
     // the server's sums, unmasked and decoded
+    const pairSeeds = new Map<string, Buffer>();
+    const droppedPairSeed = (k: string, j: string): Buffer => {
+        let seed = pairSeeds.get(`${k}|${j}`);
+        if (!seed) {
+            seed = diffieHellman({privateKey: sKey.get(k)!, publicKey: publicFromRaw(roster.find((a) => a.id === j)!.sPub)});
+            pairSeeds.set(`${k}|${j}`, seed);
+        }
+        return seed;
+    };
     const prevByName = new Map(previous.tensors.map((t) => [t.name, t]));
     const out = new Map<string, LoraTensor>();
     const targets: TargetAggregation[] = [];
@@ -340,9 +359,8 @@ export function secureAggregateRound(previous: LoraAdapter, participants: Secure
             }
             for (const k of gone)
                 for (const j of alive) {
-                    const pair = diffieHellman({privateKey: sKey.get(k)!, publicKey: publicFromRaw(roster.find((a) => a.id === j)!.sPub)});
                     // j added +PRG(s_jk) when j < k, -PRG otherwise: remove it
-                    addInto(acc, maskStream(pair, options.round, name, acc.length), j < k ? -1 : 1);
+                    addInto(acc, maskStream(droppedPairSeed(k, j), options.round, name, acc.length), j < k ? -1 : 1);
                 }
             const data = new Float32Array(acc.length);
             const scale = 2 ** scaleBits;
