@@ -149,6 +149,8 @@ Examples:
                 result.clients.map((c) => [c.id, c.depth, c.items, c.heldOut,
                     result.initial.find((x) => x.id === c.id)!.accuracy.toFixed(3),
                     (last?.evaluation.find((x) => x.id === c.id)?.accuracy ?? NaN).toFixed(3)])));
+            for (const s of accuracyByDepth(result))
+                process.stdout.write(`depth ${s.depth}: mean held-out accuracy by round ${s.values.map((v) => v.toFixed(2)).join(" ")}\n`);
             process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
         });
 }
