@@ -56,7 +56,41 @@ test("fl simulate --json writes a result, round files and an accuracy plot per d
         g.data.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - (w0 * x0[i] + w1 * x1[i]) / (w0 + w1)))));
     }
     t.true(worst < 1e-5, `secure round 1 vs plain mean of the survivors: ${worst}`);
+
+    // nothing the server stored holds a client's update: every 16-byte window of each upload that the
+    // server did not already have (round 0, the initial adapter it sent) is absent from its folder;
+    // the same search finds the uploads in the plain run's server folder
+    const secureScan = await scanServerFolder(path.join(dir, "secure"));
+    t.true(secureScan.searched > 50, `${secureScan.searched} windows searched`);
+    t.deepEqual(secureScan.found, []);
+    const plainScan = await scanServerFolder(path.join(dir, "plain"));
+    t.true(plainScan.found.length > 0, "the plain server keeps the uploads, and the search sees them");
 });
+
+/** Windows of the clients' round-1 uploads (not in round 0, not all zero) found in the server's folder. */
+async function scanServerFolder(out: string): Promise<{searched: number; found: string[]}> {
+    const serverDir = path.join(out, "server");
+    const stored = Buffer.concat(fs.readdirSync(serverDir, {recursive: true, withFileTypes: true}).filter((e) => e.isFile())
+        .map((e) => fs.readFileSync(path.join(e.parentPath, e.name))));
+    const known = fs.readFileSync(roundFile(serverDir, 0));
+    let searched = 0;
+    const found: string[] = [];
+    for (const id of ["c0-d3", "c1-d2", "c2-d3"]) {
+        const up = await readLoraAdapter(path.join(out, "clients", id, "round-1.gguf"));
+        for (const x of up.tensors) {
+            const bytes = Buffer.from(x.data.buffer, x.data.byteOffset, x.data.byteLength);
+            for (let off = 0; off + 16 <= bytes.length; off += 16) {
+                const w = bytes.subarray(off, off + 16);
+                if (known.indexOf(w) >= 0 || w.every((b) => b === 0))
+                    continue;
+                searched++;
+                if (stored.indexOf(w) >= 0)
+                    found.push(`${id} ${x.name} bytes ${off}..${off + 16}`);
+            }
+        }
+    }
+    return {searched, found};
+}
 
 test("fl simulate: usage errors exit 2 with a message", async (t) => {
     const dir = tempDir(t);
