@@ -38,6 +38,8 @@ test("simulate: the same seed gives byte-identical round files, and each round i
         localSteps: 2, outDir: path.join(dir, out), r: 4, loraAlpha: 8, train});
     const a = await run("a"), b = await run("b");
     t.deepEqual(a.clients.map((c) => c.layerMap), [[0, 1, 2, 3], [0, 1, 2], [0, 1]], "top strategy: the deepest layers go");
+    t.deepEqual(b.rounds.map((r) => r.clients.map((c) => c.trainLoss)), a.rounds.map((r) => r.clients.map((c) => c.trainLoss)));
+    t.deepEqual(b.rounds.map((r) => r.evaluation), a.rounds.map((r) => r.evaluation));
     for (let n = 0; n <= 2; n++) {
         const fa = roundFile(path.join(dir, "a", "server"), n), fb = roundFile(path.join(dir, "b", "server"), n);
         t.true(bytesOf(fa).equals(bytesOf(fb)), `round ${n} files differ between two runs with one seed`);

@@ -13,7 +13,7 @@ import {removeLayers} from "../../prune/remove.js";
 import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {toBaseNumbering} from "./align.js";
-import {aggregationMethods, clientPart, initialGlobal, type AggregationMethod} from "./aggregate.js";
+import {aggregationMethods, clientPart, type AggregationMethod} from "./aggregate.js";
 import {labelAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
 import {FederationServer, type RoundSummary} from "./rounds.js";
 import {secureAggregateRound, type SecureRoundReport} from "./secure.js";
