@@ -250,7 +250,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
                     adapter: toBaseNumbering(await readLoraAdapter(uploads.get(id)!), c.layerMap)});
             }
             const res = secureAggregateRound(server.globalAdapter, participants, {
-                round: n, threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking,
+                round: n, threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking, method: method === "fedavg" ? "fedavg" : "layerwise",
             });
             secure = res.report;
             summary = await server.closeRoundWith(res.adapter, res.targets, res.contributors, res.report.aborted);
