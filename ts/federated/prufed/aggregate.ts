@@ -85,9 +85,11 @@ function clipUpdates(previous: LoraAdapter, updates: ClientUpdate[], clipNorm: n
     const out = updates.map((u) => {
         let sq = 0;
         for (const t of u.adapter.tensors) {
-            const p = prev.get(t.name)!;
-            for (let i = 0; i < t.data.length; i++)
-                sq += (t.data[i] - p[i]) ** 2;
+            const p = prev.get(t.name)!, x = t.data;
+            for (let i = 0; i < x.length; i++) {
+                const d = x[i] - p[i];
+                sq += d * d;
+            }
         }
         const norm = Math.sqrt(sq);
         const factor = norm > clipNorm ? clipNorm / norm : 1;
@@ -95,10 +97,10 @@ function clipUpdates(previous: LoraAdapter, updates: ClientUpdate[], clipNorm: n
         if (factor === 1)
             return u;
         const tensors = u.adapter.tensors.map((t) => {
-            const p = prev.get(t.name)!;
-            const data = new Float32Array(t.data.length);
+            const p = prev.get(t.name)!, x = t.data;
+            const data = new Float32Array(x.length);
             for (let i = 0; i < data.length; i++)
-                data[i] = p[i] + factor * (t.data[i] - p[i]);
+                data[i] = p[i] + factor * (x[i] - p[i]);
             return {...t, data};
         });
         return {...u, adapter: {...u.adapter, tensors}};
