@@ -83,6 +83,6 @@ export {runLocalRound, labelAccuracy, clientRoundFiles} from "./federated/prufed
 export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./federated/prufed/client.js";
 export {simulate, accuracyByDepth, simulationModes} from "./federated/prufed/simulate.js";
 export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./federated/prufed/simulate.js";
-export {secureAggregateRound, SecureClient} from "./federated/prufed/secure.js";
-export type {SecureParticipant, SecureRoundOptions, SecureRoundReport, SecureRoundResult} from "./federated/prufed/secure.js";
+export {secureAggregateRound, SecureClient, SecureAggregationServer} from "./federated/prufed/secure.js";
+export type {SecureParticipant, SecureMember, SecureRoundOptions, SecureRoundReport, SecureRoundResult, MaskPlan, Advert, SharedBox} from "./federated/prufed/secure.js";
 export {roundsSvg} from "./federated/prufed/plot.js";

@@ -122,3 +122,37 @@ test("Shamir: any t shares give the secret back, t-1 do not", (t) => {
     t.not(combineShares(shares.slice(0, 3), 3), secret);
     t.true(shares.every((s) => s.y >= 0n && s.y < shamirPrime));
 });
+
+test("the server state machine refuses out-of-order and malformed messages", async (t) => {
+    const {SecureAggregationServer, SecureClient} = await import("../../../ts/federated/prufed/secure.js");
+    const ps = people().slice(0, 3);
+    const previous = initialGlobal(layout, "layerwise", 4, 8, 12);
+    const server = new SecureAggregationServer(previous, ps.map((p) => ({id: p.id, weight: p.weight, layerMap: p.layerMap})), {round: 5, threshold: 2});
+    const clients = ps.map((p) => new SecureClient(p, 5, server.scaleBits));
+    t.throws(() => server.advertise({...clients[0].advertise(), id: "stranger"}), {message: /not in this secure round/});
+    for (const c of clients)
+        server.advertise(c.advertise());
+    const roster = server.roster();
+    t.deepEqual(roster.map((a) => a.x), [1, 2, 3]);
+    t.throws(() => server.advertise(clients[0].advertise()), {message: /after the roster was fixed/});
+    for (const c of clients)
+        server.submitShares(c.id, c.shareKeys(roster, server.threshold));
+    for (const c of clients)
+        c.acceptShares(server.sharesFor(c.id));
+    const plan = server.plan();
+    const partial = clients[0].maskedInput(plan);
+    partial.delete([...partial.keys()][0]);
+    t.throws(() => server.submitMasked(clients[0].id, partial), {message: /missing or not/});
+    for (const c of clients)
+        server.submitMasked(c.id, c.maskedInput(plan));
+    t.throws(() => server.result(), {message: /fewer than the threshold 2/});
+    const {survivors, dropped} = server.unmaskRequest();
+    t.deepEqual(dropped, []);
+    t.throws(() => server.submitMasked(clients[0].id, clients[0].maskedInput(plan)), {message: /too late/});
+    for (const c of clients)
+        server.submitUnmask(c.id, c.unmaskShares(plan, survivors, dropped));
+    const res = server.result();
+    const plain = aggregate(previous, ps.map((p) => ({client: p.id, weight: p.weight, layerMap: p.layerMap, adapter: p.adapter})), {method: "layerwise"});
+    const only = new Set(previous.tensors.filter((x) => x.name.startsWith("blk.3.")).map((x) => x.name));
+    compareToPlain(t, res.adapter, plain.adapter, ps.length, only);
+});

@@ -64,7 +64,7 @@ export interface SecureRoundResult {
     received: Buffer[];
 }
 
-interface Advert {
+export interface Advert {
     id: string;
     /** x coordinate of this client's shares (1-based position in the roster). */
     x: number;
@@ -72,14 +72,14 @@ interface Advert {
     sPub: Buffer;
 }
 
-interface SharedBox {
+export interface SharedBox {
     from: string;
     to: string;
     box: Buffer;
 }
 
 /** Per matrix (target) the holders among the clients that shared keys, and their normalised weights. */
-interface MaskPlan {
+export interface MaskPlan {
     targets: {target: string; holders: string[]; p: Map<string, number>}[];
 }
 
@@ -149,8 +149,9 @@ export class SecureClient {
 
     get id(): string { return this.participant.id; }
 
-    advertise(x: number): Advert {
-        return {id: this.id, x, cPub: rawPublic(this.c.publicKey), sPub: rawPublic(this.s.publicKey)};
+    /** Its public keys (the server assigns the share coordinate x in the roster). */
+    advertise(): Omit<Advert, "x"> {
+        return {id: this.id, cPub: rawPublic(this.c.publicKey), sPub: rawPublic(this.s.publicKey)};
     }
 
     /** Shares of its s key and b seed for every other client, each sealed for its recipient. */
@@ -216,7 +217,7 @@ export class SecureClient {
     }
 
     /** Shares the server needs: b of the clients that sent input, s keys of those that dropped. */
-    unmaskShares(plan: MaskPlan, survivors: string[], dropped: string[]): {b: {id: string; share: Share}[]; s: {id: string; share: Share}[]} {
+    unmaskShares(plan: MaskPlan, survivors: string[], dropped: string[]): UnmaskShares {
         const alive = new Set(survivors);
         for (const t of plan.targets) {
             const left = t.holders.filter((h) => alive.has(h)).length;
@@ -233,146 +234,260 @@ export class SecureClient {
     }
 }
 
-function shareBytes(r: {b: {id: string; share: Share}[]; s: {id: string; share: Share}[]}): Buffer {
+function shareBytes(r: UnmaskShares): Buffer {
     return Buffer.from(JSON.stringify({b: r.b.map((x) => [x.id, x.share.x, x.share.y.toString(16)]), s: r.s.map((x) => [x.id, x.share.x, x.share.y.toString(16)])}));
 }
 
+type UnmaskShares = {b: {id: string; share: Share}[]; s: {id: string; share: Share}[]};
+
+/** A round's participant as the server knows it: declared layers and weight, never its update. */
+export interface SecureMember {
+    id: string;
+    weight: number;
+    layerMap: number[];
+}
+
 /**
- * One round of secure layerwise aggregation among `participants`, in one process: the clients and
- * the server exchange exactly the messages a networked deployment would, and `received` records
- * every byte the server got. The new global keeps `previous` where a matrix had fewer than two holders.
+ * The server's side of one secure round as a state machine, one method per message, so a transport
+ * only routes: advertise -> roster -> submitShares / sharesFor -> plan -> submitMasked ->
+ * unmaskRequest -> submitUnmask -> result. It never holds an update: holders follow from the declared
+ * layer maps, and `received` records every byte it was given.
  */
-export function secureAggregateRound(previous: LoraAdapter, participants: SecureParticipant[], options: SecureRoundOptions): SecureRoundResult {
-    const n = participants.length;
-    const scaleBits = options.scaleBits ?? 20;
-    if (!Number.isInteger(scaleBits) || scaleBits < 1 || scaleBits > 30)
-        throw new RangeError(`scaleBits must be an integer in [1, 30] (got ${scaleBits})`);
-    const threshold = options.threshold ?? Math.max(Math.min(2, n), Math.floor(n / 2) + 1);
-    if (!Number.isInteger(threshold) || threshold < 1 || threshold > n)
-        throw new RangeError(`threshold must be in [1, ${n}] (got ${threshold})`);
-    if (options.method === "fedavg" && new Set(participants.map((p) => p.layerMap.join(","))).size > 1)
-        throw new Error("fedavg is the homogeneous baseline: the round's clients hold different layers; use layerwise");
-    const received: Buffer[] = [];
-    const clients = [...participants].sort((a, b) => (a.id < b.id ? -1 : 1)).map((p) => new SecureClient(p, options.round, scaleBits));
+export class SecureAggregationServer {
+    readonly received: Buffer[] = [];
+    readonly threshold: number;
+    readonly scaleBits: number;
+    private readonly adverts = new Map<string, Advert>();
+    private rosterList: Advert[] | undefined;
+    private readonly boxes = new Map<string, SharedBox[]>();
+    private planned: MaskPlan | undefined;
+    private readonly masked = new Map<string, Map<string, Uint32Array>>();
+    private unmaskList: {survivors: string[]; dropped: string[]} | undefined;
+    private readonly unmasks = new Map<string, UnmaskShares>();
 
-    // 1. advertise keys
-    const roster = clients.map((c, i) => c.advertise(i + 1));
-    for (const a of roster)
-        received.push(Buffer.concat([Buffer.from(a.id), a.cPub, a.sPub]));
-    // 2. share keys, routed (sealed) through the server
-    const boxes = clients.flatMap((c) => c.shareKeys(roster, threshold));
-    for (const b of boxes)
-        received.push(b.box);
-    for (const c of clients)
-        c.acceptShares(boxes.filter((b) => b.to === c.id));
+    constructor(readonly previous: LoraAdapter, readonly members: SecureMember[], readonly options: SecureRoundOptions) {
+        const n = members.length;
+        this.scaleBits = options.scaleBits ?? 20;
+        if (!Number.isInteger(this.scaleBits) || this.scaleBits < 1 || this.scaleBits > 30)
+            throw new RangeError(`scaleBits must be an integer in [1, 30] (got ${this.scaleBits})`);
+        this.threshold = options.threshold ?? Math.max(Math.min(2, n), Math.floor(n / 2) + 1);
+        if (!Number.isInteger(this.threshold) || this.threshold < 1 || this.threshold > n)
+            throw new RangeError(`threshold must be in [1, ${n}] (got ${this.threshold})`);
+        if (new Set(members.map((m) => m.id)).size !== n)
+            throw new Error("a client appears twice in the secure round");
+        if (options.method === "fedavg" && new Set(members.map((m) => m.layerMap.join(","))).size > 1)
+            throw new Error("fedavg is the homogeneous baseline: the round's clients hold different layers; use layerwise");
+    }
 
-    // the plan: per matrix, the holders and their normalised weights
-    const weight = new Map(participants.map((p) => [p.id, p.weight]));
-    const holdersOf = new Map<string, string[]>();
-    for (const p of participants)
-        for (const t of p.adapter.tensors) {
+    private member(id: string): SecureMember {
+        const m = this.members.find((x) => x.id === id);
+        if (!m)
+            throw new Error(`client ${id} is not in this secure round`);
+        return m;
+    }
+
+    /** Step 1: a client's public keys. */
+    advertise(advert: Omit<Advert, "x">): void {
+        this.member(advert.id);
+        if (this.rosterList)
+            throw new Error(`client ${advert.id}: keys arrive after the roster was fixed`);
+        this.received.push(Buffer.concat([Buffer.from(advert.id), advert.cPub, advert.sPub]));
+        this.adverts.set(advert.id, {...advert, x: 0});
+    }
+
+    /** The clients that advertised, in id order, each with its share coordinate x. */
+    roster(): Advert[] {
+        if (!this.rosterList) {
+            const ids = [...this.adverts.keys()].sort();
+            if (ids.length < this.threshold)
+                throw new Error(`${ids.length} client(s) advertised keys, fewer than the threshold ${this.threshold}`);
+            this.rosterList = ids.map((id, i) => ({...this.adverts.get(id)!, x: i + 1}));
+        }
+        return this.rosterList;
+    }
+
+    /** Step 2: a client's sealed shares, one per other roster member. */
+    submitShares(from: string, boxes: SharedBox[]): void {
+        const roster = this.roster();
+        if (!roster.some((a) => a.id === from) || boxes.some((b) => b.from !== from || !roster.some((a) => a.id === b.to)))
+            throw new Error(`client ${from}: share boxes from or to clients outside the roster`);
+        if (this.planned)
+            throw new Error(`client ${from}: shares arrive after the masking plan was fixed`);
+        for (const b of boxes)
+            this.received.push(b.box);
+        this.boxes.set(from, boxes);
+    }
+
+    /** The boxes addressed to a client (from every client that shared). */
+    sharesFor(id: string): SharedBox[] {
+        return [...this.boxes.values()].flat().filter((b) => b.to === id);
+    }
+
+    /** Step 3's plan: per matrix, its holders among the clients that shared keys and their weights p_k. */
+    plan(): MaskPlan {
+        if (this.planned)
+            return this.planned;
+        const shared = new Set(this.boxes.keys());
+        const held = new Map<string, string[]>();
+        for (const t of this.previous.tensors) {
             const parsed = parseLoraTensorName(t.name);
             if (parsed?.part !== "a")
                 continue;
-            holdersOf.set(parsed.target, [...(holdersOf.get(parsed.target) ?? []), p.id]);
+            const holders = this.members.filter((m) => shared.has(m.id) && (parsed.layer === undefined || m.layerMap.includes(parsed.layer)))
+                .map((m) => m.id).sort();
+            held.set(parsed.target, holders);
         }
-    const plan: MaskPlan = {targets: []};
-    for (const [target, holders] of holdersOf) {
-        if (holders.length < 2)
-            continue;
-        const total = holders.reduce((s, h) => s + weight.get(h)!, 0);
-        plan.targets.push({target, holders: holders.sort(), p: new Map(holders.map((h) => [h, weight.get(h)! / total]))});
+        this.planned = {targets: []};
+        for (const [target, holders] of held) {
+            if (holders.length < 2)
+                continue;
+            const total = holders.reduce((s, h) => s + this.member(h).weight, 0);
+            this.planned.targets.push({target, holders, p: new Map(holders.map((h) => [h, this.member(h).weight / total]))});
+        }
+        return this.planned;
     }
 
-    // 3. masked inputs; clients in dropAfterMasking go silent here
-    const dropped = clients.map((c) => c.id).filter((id) => options.dropAfterMasking?.includes(id));
-    const inputs = new Map<string, Map<string, Uint32Array>>();
-    for (const c of clients) {
-        if (dropped.includes(c.id))
-            continue;
-        const y = c.maskedInput(plan);
-        inputs.set(c.id, y);
-        for (const v of y.values())
-            received.push(Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+    /** Step 3: a client's masked matrices. */
+    submitMasked(id: string, inputs: Map<string, Uint32Array>): void {
+        const plan = this.plan();
+        if (this.unmaskList)
+            throw new Error(`client ${id}: masked input after the unmasking request (too late)`);
+        for (const t of plan.targets) {
+            if (!t.holders.includes(id))
+                continue;
+            for (const part of ["a", "b"]) {
+                const name = `${t.target}.lora_${part}`;
+                const want = this.previous.tensors.find((x) => x.name === name)!.data.length;
+                if (inputs.get(name)?.length !== want)
+                    throw new Error(`client ${id}: masked ${name} missing or not ${want} values`);
+            }
+        }
+        for (const v of inputs.values())
+            this.received.push(Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+        this.masked.set(id, inputs);
     }
-    const survivors = [...inputs.keys()];
-    const report: SecureRoundReport = {clients: clients.map((c) => c.id), dropped, threshold, scaleBits, maskedTargets: plan.targets.length,
-        keptTargets: 0, bytesReceived: 0};
+
+    /** Step 4's request: who sent masked input (survivors) and who shared keys but did not (dropped). */
+    unmaskRequest(): {survivors: string[]; dropped: string[]} {
+        if (!this.unmaskList) {
+            const survivors = [...this.masked.keys()].sort();
+            this.unmaskList = {survivors, dropped: [...this.boxes.keys()].filter((id) => !this.masked.has(id)).sort()};
+        }
+        return this.unmaskList;
+    }
+
+    /** Step 4: a survivor's shares. */
+    submitUnmask(id: string, shares: UnmaskShares): void {
+        if (!this.unmaskRequest().survivors.includes(id))
+            throw new Error(`client ${id} is not a survivor of this round`);
+        this.received.push(shareBytes(shares));
+        this.unmasks.set(id, shares);
+    }
+
+    /** The unmasked, decoded per-matrix means; throws when fewer than `threshold` survivors answered. */
+    result(): {adapter: LoraAdapter; targets: TargetAggregation[]; contributors: string[]} {
+        const plan = this.plan();
+        const {survivors, dropped} = this.unmaskRequest();
+        const answered = [...this.unmasks.keys()];
+        if (answered.length < this.threshold)
+            throw new Error(`${answered.length} survivor(s) sent unmasking shares, fewer than the threshold ${this.threshold}`);
+        const roster = this.roster();
+        const gather = (kind: "b" | "s", id: string): Share[] =>
+            [...this.unmasks.values()].flatMap((u) => u[kind].filter((x) => x.id === id).map((x) => x.share));
+        const bSeed = new Map(survivors.map((id) => [id, fieldToBytes(combineShares(gather("b", id), this.threshold), 32)]));
+        const sKey = new Map(dropped.map((id) => {
+            const adv = roster.find((a) => a.id === id)!;
+            return [id, privateFromRaw(fieldToBytes(combineShares(gather("s", id), this.threshold), 32), adv.sPub)];
+        }));
+        const pairSeeds = new Map<string, Buffer>();
+        const droppedPairSeed = (k: string, j: string): Buffer => {
+            let seed = pairSeeds.get(`${k}|${j}`);
+            if (!seed) {
+                seed = diffieHellman({privateKey: sKey.get(k)!, publicKey: publicFromRaw(roster.find((a) => a.id === j)!.sPub)});
+                pairSeeds.set(`${k}|${j}`, seed);
+            }
+            return seed;
+        };
+        const round = this.options.round;
+        const prevByName = new Map(this.previous.tensors.map((t) => [t.name, t]));
+        const out = new Map<string, LoraTensor>();
+        const targets: TargetAggregation[] = [];
+        for (const t of plan.targets) {
+            const alive = t.holders.filter((h) => survivors.includes(h));
+            const gone = t.holders.filter((h) => dropped.includes(h));
+            if (alive.length < 2)
+                throw new Error(`${t.target}: ${alive.length} surviving holder(s); a sum of fewer than two would reveal an update`);
+            const pSum = alive.reduce((s, h) => s + t.p.get(h)!, 0);
+            for (const part of ["a", "b"]) {
+                const name = `${t.target}.lora_${part}`;
+                const prev = prevByName.get(name)!;
+                const acc = new Uint32Array(prev.data.length);
+                for (const h of alive) {
+                    addInto(acc, this.masked.get(h)!.get(name)!, 1);
+                    addInto(acc, maskStream(bSeed.get(h)!, round, name, acc.length), -1);
+                }
+                for (const k of gone)
+                    for (const j of alive)
+                        // j added +PRG(s_jk) when j < k, -PRG otherwise: remove it
+                        addInto(acc, maskStream(droppedPairSeed(k, j), round, name, acc.length), j < k ? -1 : 1);
+                const data = new Float32Array(acc.length);
+                const scale = 2 ** this.scaleBits;
+                for (let i = 0; i < acc.length; i++)
+                    data[i] = (acc[i] | 0) / scale / pSum;
+                out.set(name, {name, shape: prev.shape, data});
+            }
+            const parsed = parseLoraTensorName(`${t.target}.lora_a`)!;
+            targets.push({target: t.target, layer: parsed.layer ?? null, holders: alive, weight: alive.reduce((s, h) => s + this.member(h).weight, 0)});
+        }
+        const contributors = survivors.filter((id) => plan.targets.some((t) => t.holders.includes(id)));
+        return {adapter: {...this.previous, tensors: this.previous.tensors.map((t) => out.get(t.name) ?? t)}, targets, contributors};
+    }
+}
+
+/**
+ * One round of secure layerwise aggregation among `participants`, in one process: SecureClient and
+ * SecureAggregationServer exchange exactly the messages a networked deployment would, and
+ * `received` is every byte the server got. The new global keeps `previous` where a matrix had fewer
+ * than two holders, and entirely when the round cannot be unmasked (too few survivors, or a matrix
+ * left with one surviving holder).
+ */
+export function secureAggregateRound(previous: LoraAdapter, participants: SecureParticipant[], options: SecureRoundOptions): SecureRoundResult {
+    const server = new SecureAggregationServer(previous, participants.map((p) => ({id: p.id, weight: p.weight, layerMap: p.layerMap})), options);
+    const clients = [...participants].sort((a, b) => (a.id < b.id ? -1 : 1)).map((p) => new SecureClient(p, options.round, server.scaleBits));
+    // 1. advertise keys; 2. share keys, routed (sealed) through the server
+    for (const c of clients)
+        server.advertise(c.advertise());
+    const roster = server.roster();
+    for (const c of clients)
+        server.submitShares(c.id, c.shareKeys(roster, server.threshold));
+    for (const c of clients)
+        c.acceptShares(server.sharesFor(c.id));
+    // 3. masked inputs; clients in dropAfterMasking go silent here
+    const plan = server.plan();
+    const dropped = clients.map((c) => c.id).filter((id) => options.dropAfterMasking?.includes(id));
+    for (const c of clients)
+        if (!dropped.includes(c.id))
+            server.submitMasked(c.id, c.maskedInput(plan));
+    const request = server.unmaskRequest();
+    const report: SecureRoundReport = {clients: clients.map((c) => c.id), dropped: request.dropped, threshold: server.threshold,
+        scaleBits: server.scaleBits, maskedTargets: plan.targets.length,
+        keptTargets: new Set(previous.tensors.map((x) => parseLoraTensorName(x.name)!.target)).size - plan.targets.length, bytesReceived: 0};
     const keep = (reason: string): SecureRoundResult => {
         report.aborted = reason;
-        report.bytesReceived = received.reduce((s, b) => s + b.length, 0);
-        return {adapter: previous, targets: [], contributors: [], report, received};
+        report.bytesReceived = server.received.reduce((s, b) => s + b.length, 0);
+        return {adapter: previous, targets: [], contributors: [], report, received: server.received};
     };
-    if (survivors.length < threshold)
-        return keep(`${survivors.length} client(s) sent masked input, fewer than the threshold ${threshold}`);
-
+    if (request.survivors.length < server.threshold)
+        return keep(`${request.survivors.length} client(s) sent masked input, fewer than the threshold ${server.threshold}`);
     // 4. unmasking shares from the survivors
-    const bShares = new Map<string, Share[]>(), sShares = new Map<string, Share[]>();
-    for (const c of clients.filter((x) => survivors.includes(x.id))) {
-        let r;
+    for (const c of clients.filter((x) => request.survivors.includes(x.id))) {
         try {
-            r = c.unmaskShares(plan, survivors, dropped);
+            server.submitUnmask(c.id, c.unmaskShares(plan, request.survivors, request.dropped));
         } catch (err) {
             return keep((err as Error).message);
         }
-        received.push(shareBytes(r));
-        for (const x of r.b)
-            bShares.set(x.id, [...(bShares.get(x.id) ?? []), x.share]);
-        for (const x of r.s)
-            sShares.set(x.id, [...(sShares.get(x.id) ?? []), x.share]);
     }
-    const bSeed = new Map(survivors.map((id) => [id, fieldToBytes(combineShares(bShares.get(id) ?? [], threshold), 32)]));
-    const sKey = new Map(dropped.map((id) => {
-        const adv = roster.find((a) => a.id === id)!;
-        return [id, privateFromRaw(fieldToBytes(combineShares(sShares.get(id) ?? [], threshold), 32), adv.sPub)];
-    }));
-
-    // the server's sums, unmasked and decoded
-    const pairSeeds = new Map<string, Buffer>();
-    const droppedPairSeed = (k: string, j: string): Buffer => {
-        let seed = pairSeeds.get(`${k}|${j}`);
-        if (!seed) {
-            seed = diffieHellman({privateKey: sKey.get(k)!, publicKey: publicFromRaw(roster.find((a) => a.id === j)!.sPub)});
-            pairSeeds.set(`${k}|${j}`, seed);
-        }
-        return seed;
-    };
-    const prevByName = new Map(previous.tensors.map((t) => [t.name, t]));
-    const out = new Map<string, LoraTensor>();
-    const targets: TargetAggregation[] = [];
-    for (const t of plan.targets) {
-        const alive = t.holders.filter((h) => survivors.includes(h));
-        const gone = t.holders.filter((h) => dropped.includes(h));
-        const pSum = alive.reduce((s, h) => s + t.p.get(h)!, 0);
-        for (const part of ["a", "b"]) {
-            const name = `${t.target}.lora_${part}`;
-            const prev = prevByName.get(name);
-            if (!prev)
-                throw new Error(`global adapter: no tensor ${name}`);
-            const acc = new Uint32Array(prev.data.length);
-            for (const h of alive) {
-                const y = inputs.get(h)!.get(name)!;
-                if (y.length !== acc.length)
-                    throw new Error(`client ${h}: masked ${name} has ${y.length} values, expected ${acc.length}`);
-                addInto(acc, y, 1);
-                addInto(acc, maskStream(bSeed.get(h)!, options.round, name, acc.length), -1);
-            }
-            for (const k of gone)
-                for (const j of alive) {
-                    // j added +PRG(s_jk) when j < k, -PRG otherwise: remove it
-                    addInto(acc, maskStream(droppedPairSeed(k, j), options.round, name, acc.length), j < k ? -1 : 1);
-                }
-            const data = new Float32Array(acc.length);
-            const scale = 2 ** scaleBits;
-            for (let i = 0; i < acc.length; i++)
-                data[i] = (acc[i] | 0) / scale / pSum;
-            out.set(name, {name, shape: prev.shape, data});
-        }
-        const parsed = parseLoraTensorName(`${t.target}.lora_a`)!;
-        targets.push({target: t.target, layer: parsed.layer ?? null, holders: alive, weight: alive.reduce((s, h) => s + weight.get(h)!, 0)});
-    }
-    report.keptTargets = [...new Set(previous.tensors.map((x) => parseLoraTensorName(x.name)!.target))].length - plan.targets.length;
-    report.bytesReceived = received.reduce((s, b) => s + b.length, 0);
-    const contributors = survivors.filter((id) => plan.targets.some((t) => t.holders.includes(id)));
-    return {adapter: {...previous, tensors: previous.tensors.map((t) => out.get(t.name) ?? t)}, targets, contributors, report, received};
+    const res = server.result();
+    report.bytesReceived = server.received.reduce((s, b) => s + b.length, 0);
+    return {...res, report, received: server.received};
 }
