@@ -263,6 +263,8 @@ test("uploads with NaN, wrong shapes, layers not held, missing tensors or anothe
     missing.tensors.pop();
     reject(missing, "missing", /blk\.4\.ffn_down\.weight\.lora_b .*missing/);
     reject(good(), "rank", /declared r = 2/, 2);
+    const alpha = t.throws(() => validateUpload(good(), layout, {layerMap, r: 4, loraAlpha: 16}), {instanceOf: UploadRejected});
+    t.is(alpha?.reason, "alpha");
     const foreign = good();
     foreign.tensors[0] = {...foreign.tensors[0], name: "blk.0.attn_k.weight.lora_a"};
     reject(foreign, "tensor", /not adapted/);

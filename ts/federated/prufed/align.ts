@@ -138,7 +138,7 @@ export function toClientNumbering(adapter: LoraAdapter, layerMap: number[]): Lor
 /** Why an upload was refused; `reason` is a short machine-readable code. */
 export class UploadRejected extends Error {
     override name = "UploadRejected";
-    constructor(readonly reason: "size" | "format" | "architecture" | "rank" | "layer" | "tensor" | "shape" | "missing" | "nonfinite" | "magnitude",
+    constructor(readonly reason: "size" | "format" | "architecture" | "rank" | "alpha" | "layer" | "tensor" | "shape" | "missing" | "nonfinite" | "magnitude",
         message: string) {
         super(message);
     }
@@ -156,6 +156,8 @@ export interface ClientDeclaration {
     layerMap: number[];
     /** LoRA rank the client trains at. */
     r: number;
+    /** Its lora_alpha, when the federation fixes it (checked against the upload's adapter.lora.alpha). */
+    loraAlpha?: number;
 }
 
 /** Bytes an adapter's matrices take (F32). */
@@ -175,6 +177,8 @@ export function validateUpload(adapter: LoraAdapter, layout: AdapterLayout, clie
         throw new UploadRejected("architecture", `the adapter is for "${adapter.architecture}", the federation's base is "${layout.architecture}"`);
     if (adapter.r !== client.r)
         throw new UploadRejected("rank", `the adapter has rank ${adapter.r}; the client declared r = ${client.r}`);
+    if (client.loraAlpha !== undefined && adapter.alpha !== client.loraAlpha)
+        throw new UploadRejected("alpha", `the adapter has lora_alpha ${adapter.alpha}; the client declared ${client.loraAlpha}`);
     if (limits.maxBytes !== undefined && adapterBytes(adapter) > limits.maxBytes)
         throw new UploadRejected("size", `the adapter's matrices take ${adapterBytes(adapter)} bytes, more than the limit of ${limits.maxBytes}`);
     const targets = new Map(layout.targets.map((t) => [t.name, t]));

@@ -273,7 +273,7 @@ export class FederationServer {
             return reject("duplicate", new Error(`client ${id} already uploaded for round ${round.round}`));
         const c = this.client(id);
         try {
-            await readUpload(file, this.layout, {layerMap: c.layerMap, r: c.r}, this.limits());
+            await readUpload(file, this.layout, {layerMap: c.layerMap, r: c.r, loraAlpha: c.loraAlpha}, this.limits());
         } catch (err) {
             if (err instanceof UploadRejected)
                 return reject(err.reason, err);
@@ -308,7 +308,7 @@ export class FederationServer {
         const updates = [];
         for (const a of accepted) {
             const client = this.client(a.client);
-            const adapter = validateUpload(await readLoraAdapter(a.file), this.layout, {layerMap: client.layerMap, r: client.r}, this.limits());
+            const adapter = validateUpload(await readLoraAdapter(a.file), this.layout, {layerMap: client.layerMap, r: client.r, loraAlpha: client.loraAlpha}, this.limits());
             updates.push({client: a.client, weight: client.weight, layerMap: client.layerMap, adapter});
         }
         const quorum = c.minClients ?? 1;
