@@ -110,3 +110,18 @@ export {protocolVersion, routes, jobSpecDefaults, fillJobSpec, jobItemsProblem, 
     epsilonRange} from "./federated/protocol.js";
 export type {JobSpec, FilledJobSpec, JobItem, JobStatus, ServerInfo, SubmitJobRequest, SubmitJobResponse, StageName,
     JobState} from "./federated/protocol.js";
+// PruFed: federated LoRA tuning across clients pruned to different depths (ts/federated/prufed)
+export {parseLoraTensorName, layoutOfBase, layoutOfAdapter, clientLayerMap, toBaseNumbering, toClientNumbering, validateUpload, readUpload,
+    UploadRejected} from "./federated/prufed/align.js";
+export type {AdapterLayout, LayoutTarget, ClientDeclaration, UploadLimits} from "./federated/prufed/align.js";
+export {aggregate, aggregationMethods, clientPart, initialGlobal} from "./federated/prufed/aggregate.js";
+export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, TargetAggregation} from "./federated/prufed/aggregate.js";
+export {FederationServer, LateUpload, recomputeRound, roundFile} from "./federated/prufed/rounds.js";
+export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, UploadMetrics} from "./federated/prufed/rounds.js";
+export {runLocalRound, labelAccuracy, clientRoundFiles} from "./federated/prufed/client.js";
+export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./federated/prufed/client.js";
+export {simulate, accuracyByDepth, simulationModes} from "./federated/prufed/simulate.js";
+export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./federated/prufed/simulate.js";
+export {secureAggregateRound, SecureClient, SecureAggregationServer} from "./federated/prufed/secure.js";
+export type {SecureParticipant, SecureMember, SecureRoundOptions, SecureRoundReport, SecureRoundResult, MaskPlan, Advert, SharedBox} from "./federated/prufed/secure.js";
+export {roundsSvg} from "./federated/prufed/plot.js";

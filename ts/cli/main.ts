@@ -19,6 +19,7 @@ const verbs: Record<string, () => Promise<Command>> = {
     run: async () => (await import("./run.js")).runCommand(),
     worker: async () => (await import("./worker.js")).workerCommand(),
     experiment: async () => (await import("./experiment.js")).experimentCommand(),
+    fl: async () => (await import("./fl.js")).flCommand(),
 };
 
 function fail(verb: string, err: unknown): never {

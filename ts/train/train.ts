@@ -12,8 +12,9 @@ import {defaultTaskFormat, labelTaskPrefix, promptFormatVersion, promptMetadataK
 import {taskItemProblem, type TaskItem} from "../data/task-item.js";
 import {readGguf} from "../gguf/read.js";
 import type {GgufKv} from "../gguf/write.js";
+import {readGguf, type GgufModelFile} from "../gguf/read.js";
 import {loadModel} from "../model.js";
-import {defaultTargetModules, initLoraAdapter, writeLoraAdapter, type LoraAdapter} from "./adapter.js";
+import {defaultTargetModules, initLoraAdapter, readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "./adapter.js";
 import {loadCheckpoint, saveCheckpoint, type EvalRecord, type StepRecord} from "./checkpoint.js";
 import {ExampleEncoder, exampleLength, packMicroBatches, stepTokenWeights, type EncodedExample, type ExampleKind,
     type MicroBatch, type TrainTask, type WeightedItem} from "./examples.js";
@@ -49,6 +50,10 @@ export interface TrainOptions {
     loraDropout?: number;
     /** Default: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down (those the model has). */
     targetModules?: string[];
+    /** Start from this adapter (a LoRA GGUF on this model's matrices) instead of a fresh one, e.g. the
+     * global adapter of a federated round; its rank and alpha are used (r / loraAlpha, when given,
+     * must agree) and its tensors decide the adapted modules. The AdamW moments start at zero. */
+    initAdapter?: string;
     learningRate?: number;
     weightDecay?: number;
     adamBeta1?: number;
@@ -339,6 +344,34 @@ function tokensOf(batches: MicroBatch[]): number {
     return batches.reduce((s, b) => s + b.tokens.length, 0);
 }
 
+/**
+ * Checks a starting adapter against the model (every matrix adapts one of its tensors, in shape) and
+ * takes its rank and alpha into the resolved options; returns the file's sha256 for the fingerprint.
+ */
+async function checkInitAdapter(options: TrainOptions, o: ResolvedOptions, model: GgufModelFile): Promise<string> {
+    const file = options.initAdapter!;
+    const adapter = await readLoraAdapter(file);
+    if (options.r !== undefined && options.r !== adapter.r)
+        throw new RangeError(`r = ${options.r}, but the starting adapter ${file} has rank ${adapter.r}`);
+    if (options.loraAlpha !== undefined && options.loraAlpha !== adapter.alpha)
+        throw new RangeError(`loraAlpha = ${options.loraAlpha}, but the starting adapter ${file} has alpha ${adapter.alpha}`);
+    if (adapter.architecture !== model.architecture)
+        throw new Error(`${file}: an adapter for ${adapter.architecture}, the model is ${model.architecture}`);
+    const shapes = new Map(model.tensors.map((t) => [t.name, t.shape]));
+    for (const t of adapter.tensors) {
+        const base = t.name.replace(/\.lora_[ab]$/, "");
+        const shape = shapes.get(base);
+        if (!shape || shape.length !== 2)
+            throw new Error(`${file}: tensor ${t.name} adapts ${base}, which ${options.model} lacks`);
+        const fits = t.name.endsWith(".lora_a") ? t.shape[0] === shape[0] : t.shape[1] === shape[1];
+        if (!fits)
+            throw new Error(`${file}: tensor ${t.name} [${t.shape.join(", ")}] does not fit ${base} [${shape.join(", ")}]`);
+    }
+    o.r = adapter.r;
+    o.loraAlpha = adapter.alpha;
+    return createHash("sha256").update(await fs.promises.readFile(file)).digest("hex");
+}
+
 export async function trainLora(options: TrainOptions): Promise<TrainResult> {
     const o = resolveOptions(options);
     const started = Date.now();
@@ -411,6 +444,7 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
     const noise = new GaussianNoise(options.dpNoiseSeed);
 
     const gguf = await readGguf(options.model);
+    const initSha = options.initAdapter !== undefined ? await checkInitAdapter(options, o, gguf) : undefined;
     const fingerprint: Record<string, unknown> = {
         model: path.basename(options.model),
         modelBytes: fs.statSync(options.model).size,
@@ -422,6 +456,7 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
         warmupSteps,
         microBatchTokens,
         ...(dpOn ? {dp: {dpDelta, noiseMultiplier, maxPerExampleGradNorm, sampleRate}} : {}),
+        ...(initSha ? {initAdapter: initSha} : {}),
     };
     delete fingerprint.saveEvery;
 
@@ -448,6 +483,8 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
         tokens = ckpt.meta.tokens;
         priorSeconds = ckpt.meta.seconds;
         startStep = ckpt.meta.step;
+    } else if (options.initAdapter !== undefined) {
+        trainer = await LoraTrainer.open(options.model, options.initAdapter, trainerOptions);
     } else {
         const init = initLoraAdapter(gguf, {r: o.r, loraAlpha: o.loraAlpha, targetModules: o.targetModules}, o.seed, o.explicitTargets);
         const tmpDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), "ppc-gpt-lora-"));

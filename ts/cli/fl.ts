@@ -1,0 +1,165 @@
+import fs from "node:fs";
+import path from "node:path";
+import {Command, Option} from "commander";
+import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
+import {roundsSvg} from "../federated/prufed/plot.js";
+import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
+import {parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
+
+interface SimulateCliOptions {
+    base: string;
+    depths: string;
+    clients: string;
+    data: string;
+    rounds: string;
+    seed: string;
+    out: string;
+    aggregation: SimulationMode;
+    localSteps: string;
+    strategy: PruningStrategy;
+    clientsPerRound?: string;
+    minClients?: string;
+    heldOut: string;
+    r: string;
+    loraAlpha: string;
+    ranks?: string;
+    targetModules?: string;
+    lr: string;
+    batch: string;
+    loraDropout: string;
+    clipNorm?: string;
+    secureAggregation?: boolean;
+    secureThreshold?: string;
+    dropAfterMasking?: string;
+    threads?: string;
+    plot?: string;
+    json?: boolean;
+}
+
+const positiveInt = (x: number) => Number.isInteger(x) && x >= 1;
+const int = (text: string, name: string) => parseNumber(text, name, positiveInt, "a positive integer");
+
+function reporter(json: boolean): (e: SimulateEvent) => void {
+    const tty = process.stderr.isTTY && !json;
+    return (e) => {
+        if (json) {
+            process.stderr.write(JSON.stringify({event: e.type, ...e}) + "\n");
+            return;
+        }
+        if (!tty)
+            return;
+        if (e.type === "setup")
+            process.stderr.write(`${e.clients.length} clients: ${e.clients.map((c) => `${c.id} (${c.items} items, layers ${c.layerMap.join(",")})`).join("; ")}\n`);
+        else if (e.type === "client")
+            process.stderr.write(`round ${e.round}: ${e.metrics.id} loss ${e.metrics.trainLoss.toFixed(4)} ` +
+                `acc ${e.metrics.accuracyBefore?.toFixed(3)} -> ${e.metrics.accuracy?.toFixed(3)} (${e.metrics.seconds.toFixed(1)} s)\n`);
+        else
+            process.stderr.write(`round ${e.round.round} done in ${e.round.seconds.toFixed(1)} s: ` +
+                e.round.evaluation.map((x) => `${x.id} ${x.accuracy.toFixed(3)}`).join(", ") + "\n");
+    };
+}
+
+function simulateCommand(): Command {
+    return new Command("simulate")
+        .exitOverride()
+        .description("run a PruFed federation in one process: clients pruned to different depths, local LoRA rounds, aggregation by base layer")
+        .requiredOption("--base <model.gguf>", "full-depth base model the clients' models are cut from")
+        .requiredOption("--depths <list>", "kept layers of the client models, cycled over the clients (e.g. 5,4,3)")
+        .requiredOption("--clients <n>", "number of clients")
+        .requiredOption("--data <items.jsonl>", "task items (task-item JSONL), split across the clients")
+        .requiredOption("--out <dir>", "new folder: models/ (cut models), server/ (round files), clients/<id>/ (uploads)")
+        .option("--rounds <n>", "federated rounds", "5")
+        .option("--seed <n>", "seed of the split, sampling, adapter init and local training", "42")
+        .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks), local (no federation: baseline)")
+            .choices([...simulationModes]).default("layerwise"))
+        .option("--local-steps <n>", "optimizer steps of local training per round (E)", "4")
+        .addOption(new Option("--strategy <name>", "pruning strategy of the client models").choices(pruningStrategies.filter((s) => s !== "scores" && s !== "bi"))
+            .default("top"))
+        .option("--clients-per-round <m>", "clients sampled per round (seeded; default all)")
+        .option("--min-clients <q>", "uploads a round needs to be aggregated (default 1)")
+        .option("--held-out <share>", "share of each client's items held out for accuracy", "0.25")
+        .option("--r <n>", "LoRA rank (flexlora: the global rank)", "8")
+        .option("--lora-alpha <a>", "LoRA alpha", "16")
+        .option("--ranks <list>", "flexlora: each client's own rank, cycled over the clients (alpha scales with it)")
+        .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
+        .option("--lr <x>", "local learning rate (constant)", "3e-3")
+        .option("--batch <n>", "items per local optimizer step", "8")
+        .option("--lora-dropout <p>", "LoRA dropout", "0")
+        .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
+        .option("--secure-aggregation", "pairwise-masked aggregation (X25519 + Shamir): the server sees only per-layer sums")
+        .option("--secure-threshold <t>", "Shamir threshold of secure aggregation (default: a majority)")
+        .option("--drop-after-masking <ids>", "secure aggregation: these client ids drop out after masking every round (recovered from shares)")
+        .option("--threads <n>", "CPU threads of training and evaluation")
+        .option("--plot <rounds.svg>", "write held-out accuracy by round, one line per client depth")
+        .option("--json", "print the result as JSON (events as JSON lines on stderr)")
+        .addHelpText("after", `
+Clients' models are cut from the base with ts/prune (--strategy, default top) to the --depths given;
+client i gets depth depths[i mod k] and the id c<i>-d<depth>. Items are shuffled (seeded) and dealt
+round-robin; each client holds out --held-out of its items and measures accuracy on them in the
+training prompt format (the gold label must score highest among the choice labels).
+Every round: seeded sample of clients; each starts from the global adapter's part for its layers
+(mapped through ppc_gpt.pruning.original_layers), trains --local-steps steps, uploads; the server
+aggregates by base layer and writes <out>/server/rounds/round-N.gguf (base numbering, full depth);
+each client keeps its upload as <out>/clients/<id>/round-N.gguf. Same seed, same round files.
+
+Examples:
+  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --rounds 8 --seed 1 --out sim --plot rounds.svg
+  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --aggregation local --out sim-local
+  ppc-gpt fl simulate --base base.gguf --depths 5 --clients 4 --data items.jsonl --aggregation fedavg --out sim-fedavg
+  ppc-gpt fl simulate --base base.gguf --depths 5,3 --clients 4 --data items.jsonl --aggregation flexlora --r 8 --ranks 8,4 --out sim-flex
+  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec`)
+        .action(async (opts: SimulateCliOptions) => {
+            const depths = parseIndexList(opts.depths, "--depths", "depths");
+            if (fs.existsSync(path.join(opts.out, "server", "state.json")))
+                throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
+            const share = parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)");
+            const json = Boolean(opts.json);
+            const result = await simulate({
+                base: opts.base, depths, clients: int(opts.clients, "--clients"), data: opts.data, rounds: int(opts.rounds, "--rounds"),
+                seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
+                aggregation: opts.aggregation, localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
+                clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
+                minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
+                heldOutShare: share, r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+                ranks: opts.ranks !== undefined ? parseIndexList(opts.ranks, "--ranks", "ranks") : undefined,
+                targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
+                clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
+                secureAggregation: opts.secureAggregation,
+                secureThreshold: opts.secureThreshold !== undefined ? int(opts.secureThreshold, "--secure-threshold") : undefined,
+                dropAfterMasking: opts.dropAfterMasking?.split(",").map((s) => s.trim()).filter(Boolean),
+                train: {
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(opts.batch, "--batch"),
+                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
+                    ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
+                },
+                onEvent: reporter(json),
+            });
+            if (opts.plot) {
+                const series = accuracyByDepth(result).map((s) => ({name: `depth ${s.depth}`, values: s.values}));
+                const tmp = `${opts.plot}.tmp-${process.pid}`;
+                fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: held-out accuracy by round`));
+                fs.renameSync(tmp, opts.plot);
+            }
+            if (json) {
+                printJson(result);
+                return;
+            }
+            const last = result.rounds.at(-1);
+            process.stdout.write(table(["client", "depth", "items", "held-out", "accuracy r0", `accuracy r${last?.round ?? 0}`],
+                result.clients.map((c) => [c.id, c.depth, c.items, c.heldOut,
+                    result.initial.find((x) => x.id === c.id)!.accuracy.toFixed(3),
+                    (last?.evaluation.find((x) => x.id === c.id)?.accuracy ?? NaN).toFixed(3)])));
+            for (const s of accuracyByDepth(result))
+                process.stdout.write(`depth ${s.depth}: mean held-out accuracy by round ${s.values.map((v) => v.toFixed(2)).join(" ")}\n`);
+            process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
+        });
+}
+
+export function flCommand(): Command {
+    return new Command("fl")
+        .description("PruFed federated LoRA tuning across clients pruned to different depths")
+        .addCommand(simulateCommand())
+        .addHelpText("after", `
+'fl simulate' runs server and clients in one process. See docs/prufed.md for the round protocol,
+the aggregation rules (layerwise, fedavg, flexlora) and secure aggregation.`);
+}

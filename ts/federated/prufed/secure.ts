@@ -1,0 +1,493 @@
+// Secure aggregation for PruFed's per-layer sums (after Bonawitz et al., CCS 2017), so the server
+// learns each adapted matrix's weighted sum over its holders and never one client's update:
+//   1. advertise: each client makes two X25519 key pairs (c: to encrypt shares, s: to agree masks);
+//   2. share keys: each client Shamir-shares (threshold t) its s private key and a self-mask seed b
+//      among the round's clients; each share travels through the server encrypted (AES-256-GCM under
+//      a key agreed from the c keys), so the server sees only ciphertext;
+//   3. masked input: for every matrix whose layer has ≥ 2 holders, client k sends
+//        y_k = fix(p_k·x_k) + PRG(b_k) + Σ_{holders j ≠ k} ±PRG(s_kj)   (mod 2^32)
+//      with p_k = w_k / Σ_holders w (weights pre-multiplied), fix(v) = round(v·2^scaleBits), the pair
+//      masks + for k < j and - for k > j so they cancel in the sum; PRG = AES-256-CTR keyed by
+//      HKDF-SHA256(seed, round, matrix). A matrix with one holder is not sent (its sum would be it);
+//   4. unmask: for each client that sent y, the survivors give shares of its b; for each that
+//      dropped after step 2, shares of its s key, so the server recomputes the dropped client's pair
+//      masks in the survivors' inputs. Clients refuse to unmask when a matrix would be left with one
+//      surviving holder (the "sum" would be that client's update): the round is then not aggregated.
+// The sum mod 2^32 decodes to Σ_survivors p_k x_k; divided by Σ_survivors p_k it is layerwise's mean.
+import {createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes,
+    type KeyObject} from "node:crypto";
+import type {LoraAdapter, LoraTensor} from "../../train/adapter.js";
+import {parseLoraTensorName} from "./align.js";
+import type {TargetAggregation} from "./aggregate.js";
+import {bytesToField, combineShares, fieldToBytes, splitSecret, type Share} from "./shamir.js";
+
+export interface SecureParticipant {
+    id: string;
+    weight: number;
+    layerMap: number[];
+    /** Its adapter in base numbering (its layers only). */
+    adapter: LoraAdapter;
+}
+
+export interface SecureRoundOptions {
+    round: number;
+    /** Shamir threshold (default: a majority, floor(n/2) + 1, at least 2 when n ≥ 2). */
+    threshold?: number;
+    /** Fixed-point fraction bits (default 20: resolution 2^-20, range ±2^11 for each p_k·x_k). */
+    scaleBits?: number;
+    /** Clients that go silent after sharing their keys (before sending their masked input). */
+    dropAfterMasking?: string[];
+    /** "fedavg" additionally refuses clients of different depths. */
+    method?: "layerwise" | "fedavg";
+}
+
+export interface SecureRoundReport {
+    clients: string[];
+    dropped: string[];
+    threshold: number;
+    scaleBits: number;
+    /** Matrices summed under masks, and those kept (fewer than two holders). */
+    maskedTargets: number;
+    keptTargets: number;
+    /** Everything the server received, in bytes (keys, encrypted shares, masked inputs, unmasking shares). */
+    bytesReceived: number;
+    aborted?: string;
+}
+
+export interface SecureRoundResult {
+    adapter: LoraAdapter;
+    targets: TargetAggregation[];
+    /** Clients whose update is in the aggregate. */
+    contributors: string[];
+    report: SecureRoundReport;
+    /** Every message the server received, as bytes (for audits and tests). */
+    received: Buffer[];
+}
+
+export interface Advert {
+    id: string;
+    /** x coordinate of this client's shares (1-based position in the roster). */
+    x: number;
+    cPub: Buffer;
+    sPub: Buffer;
+}
+
+export interface SharedBox {
+    from: string;
+    to: string;
+    box: Buffer;
+}
+
+/** Per matrix (target) the holders among the clients that shared keys, and their normalised weights. */
+export interface MaskPlan {
+    targets: {target: string; holders: string[]; p: Map<string, number>}[];
+}
+
+const rawPublic = (k: KeyObject) => Buffer.from(k.export({format: "jwk"}).x!, "base64url");
+const publicFromRaw = (raw: Buffer) => createPublicKey({key: {kty: "OKP", crv: "X25519", x: raw.toString("base64url")}, format: "jwk"});
+const rawPrivate = (k: KeyObject) => Buffer.from(k.export({format: "jwk"}).d!, "base64url");
+const privateFromRaw = (raw: Buffer, pub: Buffer) => createPrivateKey({key: {kty: "OKP", crv: "X25519", d: raw.toString("base64url"),
+    x: pub.toString("base64url")}, format: "jwk"});
+
+function agree(priv: KeyObject, pubRaw: Buffer): Buffer {
+    return diffieHellman({privateKey: priv, publicKey: publicFromRaw(pubRaw)});
+}
+
+/** The mask stream of `seed` for one matrix of one round: AES-256-CTR under an HKDF-derived key, as uint32 lanes (little-endian). */
+export function maskStream(seed: Buffer, round: number, tensor: string, length: number): Uint32Array {
+    const key = Buffer.from(hkdfSync("sha256", seed, `prufed-secagg-round-${round}`, tensor, 32));
+    const cipher = createCipheriv("aes-256-ctr", key, Buffer.alloc(16));
+    const bytes = cipher.update(Buffer.alloc(length * 4));
+    return new Uint32Array(bytes.buffer, bytes.byteOffset, length).slice();
+}
+
+/** fix(v) = round(v·2^bits) as a uint32 lane (two's complement); refuses values beyond the range. */
+export function toFixedPoint(values: Float32Array | Float64Array, factor: number, bits: number, tensor: string): Uint32Array {
+    const scale = 2 ** bits, limit = 2 ** 31 - 1;
+    const out = new Uint32Array(values.length);
+    for (let i = 0; i < values.length; i++) {
+        const q = Math.round(factor * values[i] * scale);
+        if (!(Math.abs(q) <= limit))
+            throw new RangeError(`${tensor}[${i}]: ${factor * values[i]} is beyond the fixed-point range ±${limit / scale} (fewer scaleBits would fit it)`);
+        out[i] = q >>> 0;
+    }
+    return out;
+}
+
+function addInto(acc: Uint32Array, x: Uint32Array, sign: 1 | -1): void {
+    for (let i = 0; i < acc.length; i++)
+        acc[i] = (sign === 1 ? acc[i] + x[i] : acc[i] - x[i]) >>> 0;
+}
+
+function seal(key: Buffer, plain: Buffer): Buffer {
+    const iv = randomBytes(12);
+    const c = createCipheriv("aes-256-gcm", key, iv);
+    const body = Buffer.concat([c.update(plain), c.final()]);
+    return Buffer.concat([iv, c.getAuthTag(), body]);
+}
+
+function open(key: Buffer, box: Buffer): Buffer {
+    const d = createDecipheriv("aes-256-gcm", key, box.subarray(0, 12));
+    d.setAuthTag(box.subarray(12, 28));
+    return Buffer.concat([d.update(box.subarray(28)), d.final()]);
+}
+
+const shareKey = (secret: Buffer, a: string, b: string) =>
+    Buffer.from(hkdfSync("sha256", secret, "prufed-secagg-shares", [a, b].sort().join("|"), 32));
+
+/** One client of the protocol: holds its keys, its update and the shares others gave it. */
+export class SecureClient {
+    private readonly c = generateKeyPairSync("x25519");
+    private readonly s = generateKeyPairSync("x25519");
+    private readonly b = randomBytes(32);
+    private readonly held = new Map<string, {s: Share; b: Share}>();
+    private roster: Advert[] = [];
+    /** Mask seeds agreed with each other client (X25519 of the s keys), computed once per round. */
+    private readonly pairSeeds = new Map<string, Buffer>();
+
+    constructor(readonly participant: SecureParticipant, readonly round: number, readonly scaleBits: number) {}
+
+    get id(): string { return this.participant.id; }
+
+    /** Its public keys (the server assigns the share coordinate x in the roster). */
+    advertise(): Omit<Advert, "x"> {
+        return {id: this.id, cPub: rawPublic(this.c.publicKey), sPub: rawPublic(this.s.publicKey)};
+    }
+
+    /** Shares of its s key and b seed for every other client, each sealed for its recipient. */
+    shareKeys(roster: Advert[], threshold: number): SharedBox[] {
+        this.roster = roster;
+        const sShares = splitSecret(bytesToField(rawPrivate(this.s.privateKey)), roster.length, threshold);
+        const bShares = splitSecret(bytesToField(this.b), roster.length, threshold);
+        const me = roster.find((a) => a.id === this.id)!;
+        this.held.set(this.id, {s: sShares[me.x - 1], b: bShares[me.x - 1]});
+        return roster.filter((a) => a.id !== this.id).map((a) => {
+            const plain = Buffer.from(JSON.stringify({from: this.id, to: a.id, round: this.round,
+                s: {x: a.x, y: sShares[a.x - 1].y.toString(16)}, b: {x: a.x, y: bShares[a.x - 1].y.toString(16)}}));
+            return {from: this.id, to: a.id, box: seal(shareKey(agree(this.c.privateKey, a.cPub), this.id, a.id), plain)};
+        });
+    }
+
+    acceptShares(boxes: SharedBox[]): void {
+        for (const m of boxes) {
+            const sender = this.roster.find((a) => a.id === m.from);
+            if (!sender || m.to !== this.id)
+                throw new Error(`client ${this.id}: a share box from ${m.from} to ${m.to} is not for it`);
+            const msg = JSON.parse(open(shareKey(agree(this.c.privateKey, sender.cPub), m.from, this.id), m.box).toString()) as
+                {from: string; to: string; round: number; s: {x: number; y: string}; b: {x: number; y: string}};
+            if (msg.from !== m.from || msg.to !== this.id || msg.round !== this.round)
+                throw new Error(`client ${this.id}: a share box's contents do not match its envelope`);
+            this.held.set(m.from, {s: {x: msg.s.x, y: BigInt("0x" + msg.s.y)}, b: {x: msg.b.x, y: BigInt("0x" + msg.b.y)}});
+        }
+    }
+
+    /** y for every matrix of the plan this client holds (tensor name -> uint32 lanes). */
+    maskedInput(plan: MaskPlan): Map<string, Uint32Array> {
+        const mine = new Map(this.participant.adapter.tensors.map((t) => [t.name, t]));
+        const out = new Map<string, Uint32Array>();
+        for (const target of plan.targets) {
+            if (!target.holders.includes(this.id))
+                continue;
+            const p = target.p.get(this.id)!;
+            for (const part of ["a", "b"]) {
+                const name = `${target.target}.lora_${part}`;
+                const t = mine.get(name);
+                if (!t)
+                    throw new Error(`client ${this.id}: the plan lists it as a holder of ${name}, which it lacks`);
+                const y = toFixedPoint(t.data, p, this.scaleBits, name);
+                addInto(y, maskStream(this.b, this.round, name, y.length), 1);
+                for (const j of target.holders) {
+                    if (j === this.id)
+                        continue;
+                    addInto(y, maskStream(this.pairSeed(j), this.round, name, y.length), this.id < j ? 1 : -1);
+                }
+                out.set(name, y);
+            }
+        }
+        return out;
+    }
+
+    private pairSeed(peer: string): Buffer {
+        let seed = this.pairSeeds.get(peer);
+        if (!seed) {
+            seed = agree(this.s.privateKey, this.roster.find((a) => a.id === peer)!.sPub);
+            this.pairSeeds.set(peer, seed);
+        }
+        return seed;
+    }
+
+    /** Shares the server needs: b of the clients that sent input, s keys of those that dropped. */
+    unmaskShares(plan: MaskPlan, survivors: string[], dropped: string[]): UnmaskShares {
+        const alive = new Set(survivors);
+        for (const t of plan.targets) {
+            const left = t.holders.filter((h) => alive.has(h)).length;
+            if (left === 1)
+                throw new Error(`client ${this.id} refuses to unmask: ${t.target} would be left with one surviving holder, whose update the sum would reveal`);
+        }
+        const overlap = survivors.filter((x) => dropped.includes(x));
+        if (overlap.length)
+            throw new Error(`client ${this.id} refuses to unmask: ${overlap.join(", ")} listed as both alive and dropped`);
+        return {
+            b: survivors.filter((id) => this.held.has(id)).map((id) => ({id, share: this.held.get(id)!.b})),
+            s: dropped.filter((id) => this.held.has(id)).map((id) => ({id, share: this.held.get(id)!.s})),
+        };
+    }
+}
+
+function shareBytes(r: UnmaskShares): Buffer {
+    return Buffer.from(JSON.stringify({b: r.b.map((x) => [x.id, x.share.x, x.share.y.toString(16)]), s: r.s.map((x) => [x.id, x.share.x, x.share.y.toString(16)])}));
+}
+
+type UnmaskShares = {b: {id: string; share: Share}[]; s: {id: string; share: Share}[]};
+
+/** A round's participant as the server knows it: declared layers and weight, never its update. */
+export interface SecureMember {
+    id: string;
+    weight: number;
+    layerMap: number[];
+}
+
+/**
+ * The server's side of one secure round as a state machine, one method per message, so a transport
+ * only routes: advertise -> roster -> submitShares / sharesFor -> plan -> submitMasked ->
+ * unmaskRequest -> submitUnmask -> result. It never holds an update: holders follow from the declared
+ * layer maps, and `received` records every byte it was given.
+ */
+export class SecureAggregationServer {
+    readonly received: Buffer[] = [];
+    readonly threshold: number;
+    readonly scaleBits: number;
+    private readonly adverts = new Map<string, Advert>();
+    private rosterList: Advert[] | undefined;
+    private readonly boxes = new Map<string, SharedBox[]>();
+    private planned: MaskPlan | undefined;
+    private readonly masked = new Map<string, Map<string, Uint32Array>>();
+    private unmaskList: {survivors: string[]; dropped: string[]} | undefined;
+    private readonly unmasks = new Map<string, UnmaskShares>();
+
+    constructor(readonly previous: LoraAdapter, readonly members: SecureMember[], readonly options: SecureRoundOptions) {
+        const n = members.length;
+        this.scaleBits = options.scaleBits ?? 20;
+        if (!Number.isInteger(this.scaleBits) || this.scaleBits < 1 || this.scaleBits > 30)
+            throw new RangeError(`scaleBits must be an integer in [1, 30] (got ${this.scaleBits})`);
+        this.threshold = options.threshold ?? Math.max(Math.min(2, n), Math.floor(n / 2) + 1);
+        if (!Number.isInteger(this.threshold) || this.threshold < 1 || this.threshold > n)
+            throw new RangeError(`threshold must be in [1, ${n}] (got ${this.threshold})`);
+        if (new Set(members.map((m) => m.id)).size !== n)
+            throw new Error("a client appears twice in the secure round");
+        if (options.method === "fedavg" && new Set(members.map((m) => m.layerMap.join(","))).size > 1)
+            throw new Error("fedavg is the homogeneous baseline: the round's clients hold different layers; use layerwise");
+    }
+
+    private member(id: string): SecureMember {
+        const m = this.members.find((x) => x.id === id);
+        if (!m)
+            throw new Error(`client ${id} is not in this secure round`);
+        return m;
+    }
+
+    /** Step 1: a client's public keys. */
+    advertise(advert: Omit<Advert, "x">): void {
+        this.member(advert.id);
+        if (this.rosterList)
+            throw new Error(`client ${advert.id}: keys arrive after the roster was fixed`);
+        this.received.push(Buffer.concat([Buffer.from(advert.id), advert.cPub, advert.sPub]));
+        this.adverts.set(advert.id, {...advert, x: 0});
+    }
+
+    /** The clients that advertised, in id order, each with its share coordinate x. */
+    roster(): Advert[] {
+        if (!this.rosterList) {
+            const ids = [...this.adverts.keys()].sort();
+            if (ids.length < this.threshold)
+                throw new Error(`${ids.length} client(s) advertised keys, fewer than the threshold ${this.threshold}`);
+            this.rosterList = ids.map((id, i) => ({...this.adverts.get(id)!, x: i + 1}));
+        }
+        return this.rosterList;
+    }
+
+    /** Step 2: a client's sealed shares, one per other roster member. */
+    submitShares(from: string, boxes: SharedBox[]): void {
+        const roster = this.roster();
+        if (!roster.some((a) => a.id === from) || boxes.some((b) => b.from !== from || !roster.some((a) => a.id === b.to)))
+            throw new Error(`client ${from}: share boxes from or to clients outside the roster`);
+        if (this.planned)
+            throw new Error(`client ${from}: shares arrive after the masking plan was fixed`);
+        for (const b of boxes)
+            this.received.push(b.box);
+        this.boxes.set(from, boxes);
+    }
+
+    /** The boxes addressed to a client (from every client that shared). */
+    sharesFor(id: string): SharedBox[] {
+        return [...this.boxes.values()].flat().filter((b) => b.to === id);
+    }
+
+    /** Step 3's plan: per matrix, its holders among the clients that shared keys and their weights p_k. */
+    plan(): MaskPlan {
+        if (this.planned)
+            return this.planned;
+        const shared = new Set(this.boxes.keys());
+        const held = new Map<string, string[]>();
+        for (const t of this.previous.tensors) {
+            const parsed = parseLoraTensorName(t.name);
+            if (parsed?.part !== "a")
+                continue;
+            const holders = this.members.filter((m) => shared.has(m.id) && (parsed.layer === undefined || m.layerMap.includes(parsed.layer)))
+                .map((m) => m.id).sort();
+            held.set(parsed.target, holders);
+        }
+        this.planned = {targets: []};
+        for (const [target, holders] of held) {
+            if (holders.length < 2)
+                continue;
+            const total = holders.reduce((s, h) => s + this.member(h).weight, 0);
+            this.planned.targets.push({target, holders, p: new Map(holders.map((h) => [h, this.member(h).weight / total]))});
+        }
+        return this.planned;
+    }
+
+    /** Step 3: a client's masked matrices. */
+    submitMasked(id: string, inputs: Map<string, Uint32Array>): void {
+        const plan = this.plan();
+        if (this.unmaskList)
+            throw new Error(`client ${id}: masked input after the unmasking request (too late)`);
+        for (const t of plan.targets) {
+            if (!t.holders.includes(id))
+                continue;
+            for (const part of ["a", "b"]) {
+                const name = `${t.target}.lora_${part}`;
+                const want = this.previous.tensors.find((x) => x.name === name)!.data.length;
+                if (inputs.get(name)?.length !== want)
+                    throw new Error(`client ${id}: masked ${name} missing or not ${want} values`);
+            }
+        }
+        for (const v of inputs.values())
+            this.received.push(Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+        this.masked.set(id, inputs);
+    }
+
+    /** Step 4's request: who sent masked input (survivors) and who shared keys but did not (dropped). */
+    unmaskRequest(): {survivors: string[]; dropped: string[]} {
+        if (!this.unmaskList) {
+            const survivors = [...this.masked.keys()].sort();
+            this.unmaskList = {survivors, dropped: [...this.boxes.keys()].filter((id) => !this.masked.has(id)).sort()};
+        }
+        return this.unmaskList;
+    }
+
+    /** Step 4: a survivor's shares. */
+    submitUnmask(id: string, shares: UnmaskShares): void {
+        if (!this.unmaskRequest().survivors.includes(id))
+            throw new Error(`client ${id} is not a survivor of this round`);
+        this.received.push(shareBytes(shares));
+        this.unmasks.set(id, shares);
+    }
+
+    /** The unmasked, decoded per-matrix means; throws when fewer than `threshold` survivors answered. */
+    result(): {adapter: LoraAdapter; targets: TargetAggregation[]; contributors: string[]} {
+        const plan = this.plan();
+        const {survivors, dropped} = this.unmaskRequest();
+        const answered = [...this.unmasks.keys()];
+        if (answered.length < this.threshold)
+            throw new Error(`${answered.length} survivor(s) sent unmasking shares, fewer than the threshold ${this.threshold}`);
+        const roster = this.roster();
+        const gather = (kind: "b" | "s", id: string): Share[] =>
+            [...this.unmasks.values()].flatMap((u) => u[kind].filter((x) => x.id === id).map((x) => x.share));
+        const bSeed = new Map(survivors.map((id) => [id, fieldToBytes(combineShares(gather("b", id), this.threshold), 32)]));
+        const sKey = new Map(dropped.map((id) => {
+            const adv = roster.find((a) => a.id === id)!;
+            return [id, privateFromRaw(fieldToBytes(combineShares(gather("s", id), this.threshold), 32), adv.sPub)];
+        }));
+        const pairSeeds = new Map<string, Buffer>();
+        const droppedPairSeed = (k: string, j: string): Buffer => {
+            let seed = pairSeeds.get(`${k}|${j}`);
+            if (!seed) {
+                seed = diffieHellman({privateKey: sKey.get(k)!, publicKey: publicFromRaw(roster.find((a) => a.id === j)!.sPub)});
+                pairSeeds.set(`${k}|${j}`, seed);
+            }
+            return seed;
+        };
+        const round = this.options.round;
+        const prevByName = new Map(this.previous.tensors.map((t) => [t.name, t]));
+        const out = new Map<string, LoraTensor>();
+        const targets: TargetAggregation[] = [];
+        for (const t of plan.targets) {
+            const alive = t.holders.filter((h) => survivors.includes(h));
+            const gone = t.holders.filter((h) => dropped.includes(h));
+            if (alive.length < 2)
+                throw new Error(`${t.target}: ${alive.length} surviving holder(s); a sum of fewer than two would reveal an update`);
+            const pSum = alive.reduce((s, h) => s + t.p.get(h)!, 0);
+            for (const part of ["a", "b"]) {
+                const name = `${t.target}.lora_${part}`;
+                const prev = prevByName.get(name)!;
+                const acc = new Uint32Array(prev.data.length);
+                for (const h of alive) {
+                    addInto(acc, this.masked.get(h)!.get(name)!, 1);
+                    addInto(acc, maskStream(bSeed.get(h)!, round, name, acc.length), -1);
+                }
+                for (const k of gone)
+                    for (const j of alive)
+                        // j added +PRG(s_jk) when j < k, -PRG otherwise: remove it
+                        addInto(acc, maskStream(droppedPairSeed(k, j), round, name, acc.length), j < k ? -1 : 1);
+                const data = new Float32Array(acc.length);
+                const scale = 2 ** this.scaleBits;
+                for (let i = 0; i < acc.length; i++)
+                    data[i] = (acc[i] | 0) / scale / pSum;
+                out.set(name, {name, shape: prev.shape, data});
+            }
+            const parsed = parseLoraTensorName(`${t.target}.lora_a`)!;
+            targets.push({target: t.target, layer: parsed.layer ?? null, holders: alive, weight: alive.reduce((s, h) => s + this.member(h).weight, 0)});
+        }
+        const contributors = survivors.filter((id) => plan.targets.some((t) => t.holders.includes(id)));
+        return {adapter: {...this.previous, tensors: this.previous.tensors.map((t) => out.get(t.name) ?? t)}, targets, contributors};
+    }
+}
+
+/**
+ * One round of secure layerwise aggregation among `participants`, in one process: SecureClient and
+ * SecureAggregationServer exchange exactly the messages a networked deployment would, and
+ * `received` is every byte the server got. The new global keeps `previous` where a matrix had fewer
+ * than two holders, and entirely when the round cannot be unmasked (too few survivors, or a matrix
+ * left with one surviving holder).
+ */
+export function secureAggregateRound(previous: LoraAdapter, participants: SecureParticipant[], options: SecureRoundOptions): SecureRoundResult {
+    const server = new SecureAggregationServer(previous, participants.map((p) => ({id: p.id, weight: p.weight, layerMap: p.layerMap})), options);
+    const clients = [...participants].sort((a, b) => (a.id < b.id ? -1 : 1)).map((p) => new SecureClient(p, options.round, server.scaleBits));
+    // 1. advertise keys; 2. share keys, routed (sealed) through the server
+    for (const c of clients)
+        server.advertise(c.advertise());
+    const roster = server.roster();
+    for (const c of clients)
+        server.submitShares(c.id, c.shareKeys(roster, server.threshold));
+    for (const c of clients)
+        c.acceptShares(server.sharesFor(c.id));
+    // 3. masked inputs; clients in dropAfterMasking go silent here
+    const plan = server.plan();
+    const dropped = clients.map((c) => c.id).filter((id) => options.dropAfterMasking?.includes(id));
+    for (const c of clients)
+        if (!dropped.includes(c.id))
+            server.submitMasked(c.id, c.maskedInput(plan));
+    const request = server.unmaskRequest();
+    const report: SecureRoundReport = {clients: clients.map((c) => c.id), dropped: request.dropped, threshold: server.threshold,
+        scaleBits: server.scaleBits, maskedTargets: plan.targets.length,
+        keptTargets: new Set(previous.tensors.map((x) => parseLoraTensorName(x.name)!.target)).size - plan.targets.length, bytesReceived: 0};
+    const keep = (reason: string): SecureRoundResult => {
+        report.aborted = reason;
+        report.bytesReceived = server.received.reduce((s, b) => s + b.length, 0);
+        return {adapter: previous, targets: [], contributors: [], report, received: server.received};
+    };
+    if (request.survivors.length < server.threshold)
+        return keep(`${request.survivors.length} client(s) sent masked input, fewer than the threshold ${server.threshold}`);
+    // 4. unmasking shares from the survivors
+    for (const c of clients.filter((x) => request.survivors.includes(x.id))) {
+        try {
+            server.submitUnmask(c.id, c.unmaskShares(plan, request.survivors, request.dropped));
+        } catch (err) {
+            return keep((err as Error).message);
+        }
+    }
+    const res = server.result();
+    report.bytesReceived = server.received.reduce((s, b) => s + b.length, 0);
+    return {...res, report, received: server.received};
+}

@@ -1,0 +1,282 @@
+// `fl simulate`: a whole PruFed federation in one process, through the same code the networked
+// server and clients use (rounds.ts, client.ts, aggregate.ts), without HTTP. Clients' models are cut
+// from the base with ts/prune, the items are split across clients (each keeps a held-out share),
+// and every round is deterministic for a seed. aggregation "local" is the baseline without
+// federation: each client continues from its own last adapter.
+import fs from "node:fs";
+import path from "node:path";
+import {readTaskItems} from "../../data/jsonl.js";
+import type {TaskItem} from "../../data/task-item.js";
+import {readGguf} from "../../gguf/read.js";
+import {planPruning, type PruningStrategy} from "../../prune/plan.js";
+import {removeLayers} from "../../prune/remove.js";
+import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
+import {deriveSeed, Random} from "../../train/random.js";
+import {toBaseNumbering} from "./align.js";
+import {aggregationMethods, clientPart, type AggregationMethod} from "./aggregate.js";
+import {labelAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
+import {FederationServer, type RoundSummary} from "./rounds.js";
+import {secureAggregateRound, type SecureRoundReport} from "./secure.js";
+
+export const simulationModes = [...aggregationMethods, "local"] as const;
+export type SimulationMode = (typeof simulationModes)[number];
+
+export interface SimulateOptions {
+    /** Full-depth base model. */
+    base: string;
+    /** Depth (kept layers) of each client model, cycled over the clients. */
+    depths: number[];
+    clients: number;
+    /** Task items (JSONL or items), split across the clients. */
+    data: string | TaskItem[];
+    rounds: number;
+    seed: number;
+    aggregation: SimulationMode;
+    /** Local optimizer steps per round (E). */
+    localSteps: number;
+    /** Folder for models/, server/ (round files) and clients/<id>/ (uploads). */
+    outDir: string;
+    /** Pruning strategy the client models are cut with (default top). */
+    strategy?: PruningStrategy;
+    clientsPerRound?: number;
+    minClients?: number;
+    /** Share of each client's items held out for accuracy (default 0.25). */
+    heldOutShare?: number;
+    /** LoRA rank and alpha (flexlora: the global rank; `ranks` gives the clients' own, cycled like depths). */
+    r?: number;
+    loraAlpha?: number;
+    ranks?: number[];
+    targetModules?: string[];
+    clipNorm?: number;
+    /** Masked aggregation (secure.ts): the server sees only per-layer weighted sums. Layerwise / fedavg. */
+    secureAggregation?: boolean;
+    /** Shamir threshold of secure aggregation (default: a majority of each round's clients). */
+    secureThreshold?: number;
+    /** Clients (by id) that drop out after masking in every round: recovered from Shamir shares. */
+    dropAfterMasking?: string[];
+    train?: LocalTrainSettings;
+    onEvent?: (event: SimulateEvent) => void;
+}
+
+export interface ClientRoundMetrics {
+    id: string;
+    depth: number;
+    trainLoss: number;
+    accuracyBefore?: number;
+    accuracy?: number;
+    bytesDown: number;
+    bytesUp: number;
+    seconds: number;
+}
+
+export interface ClientAccuracy {
+    id: string;
+    depth: number;
+    accuracy: number;
+}
+
+export interface SimulatedRound {
+    round: number;
+    aggregated: boolean;
+    sampled: string[];
+    clients: ClientRoundMetrics[];
+    /** After the round: every client's held-out accuracy with the adapter it would now use. */
+    evaluation: ClientAccuracy[];
+    file?: string;
+    secure?: SecureRoundReport;
+    seconds: number;
+}
+
+export type SimulateEvent =
+    | {type: "setup"; clients: {id: string; depth: number; layerMap: number[]; items: number; heldOut: number; model: string}[]}
+    | {type: "client"; round: number; metrics: ClientRoundMetrics}
+    | {type: "round"; round: SimulatedRound};
+
+export interface SimulateResult {
+    aggregation: SimulationMode;
+    seed: number;
+    clients: {id: string; depth: number; layerMap: number[]; items: number; heldOut: number; model: string}[];
+    /** Accuracy of every client before any training (the initial adapter). */
+    initial: ClientAccuracy[];
+    rounds: SimulatedRound[];
+    seconds: number;
+}
+
+interface SimClient {
+    id: string;
+    depth: number;
+    model: string;
+    layerMap: number[];
+    items: TaskItem[];
+    heldOut: TaskItem[];
+    r: number;
+    loraAlpha: number;
+    dir: string;
+}
+
+function checkOptions(o: SimulateOptions, baseLayers: number): void {
+    if (!simulationModes.includes(o.aggregation))
+        throw new RangeError(`aggregation must be one of ${simulationModes.join(", ")} (got ${o.aggregation})`);
+    if (o.depths.length === 0 || o.depths.some((d) => !Number.isInteger(d) || d < 1 || d > baseLayers))
+        throw new RangeError(`depths must be integers in [1, ${baseLayers}] (the base has ${baseLayers} layers); got ${o.depths.join(",")}`);
+    if (!Number.isInteger(o.clients) || o.clients < 1)
+        throw new RangeError(`clients must be a positive integer (got ${o.clients})`);
+    if (!Number.isInteger(o.localSteps) || o.localSteps < 1)
+        throw new RangeError(`localSteps must be a positive integer (got ${o.localSteps})`);
+    const share = o.heldOutShare ?? 0.25;
+    if (!(share > 0 && share < 1))
+        throw new RangeError(`heldOutShare must be in (0, 1) (got ${share})`);
+    if (o.secureAggregation && !(o.aggregation === "layerwise" || o.aggregation === "fedavg"))
+        throw new RangeError(`secure aggregation sums per-layer factors: use it with layerwise or fedavg, not ${o.aggregation}`);
+    if (o.dropAfterMasking?.length && !o.secureAggregation)
+        throw new RangeError("dropAfterMasking simulates dropouts of secure aggregation; enable secureAggregation");
+    if (o.aggregation === "fedavg" && new Set(o.depths).size > 1)
+        throw new RangeError(`fedavg is the homogeneous baseline: give one depth (got ${o.depths.join(",")}); layerwise aggregates mixed depths`);
+    if (o.ranks && o.aggregation !== "flexlora")
+        throw new RangeError("per-client ranks need flexlora (the other methods average factors of one rank)");
+}
+
+/** Cuts one model per distinct depth from the base (strategy `top` by default); the full depth is the base itself. */
+async function clientModels(base: string, depths: number[], strategy: PruningStrategy, dir: string): Promise<Map<number, string>> {
+    const g = await readGguf(base);
+    const out = new Map<number, string>();
+    await fs.promises.mkdir(dir, {recursive: true});
+    for (const depth of new Set(depths)) {
+        if (depth === g.blockCount) {
+            out.set(depth, base);
+            continue;
+        }
+        const plan = await planPruning(g, {strategy, count: g.blockCount - depth});
+        const file = path.join(dir, `depth-${depth}-${strategy}.gguf`);
+        await removeLayers(base, file, plan.removed);
+        out.set(depth, file);
+    }
+    return out;
+}
+
+/** Splits items across clients (seeded shuffle, round robin); each client holds out its last share. */
+function splitItems(items: TaskItem[], n: number, share: number, seed: number): {items: TaskItem[]; heldOut: TaskItem[]}[] {
+    const order = new Random(deriveSeed(seed, "split")).shuffle(items.map((_, i) => i));
+    const parts: TaskItem[][] = Array.from({length: n}, () => []);
+    order.forEach((idx, k) => parts[k % n].push(items[idx]));
+    return parts.map((p, i) => {
+        const held = Math.max(1, Math.round(share * p.length));
+        if (p.length - held < 1)
+            throw new Error(`client ${i} gets ${p.length} item(s): too few to train and hold out (use more data or fewer clients)`);
+        return {items: p.slice(0, p.length - held), heldOut: p.slice(p.length - held)};
+    });
+}
+
+async function accuracyWith(client: SimClient, adapter: LoraAdapter, threads?: number): Promise<number> {
+    const file = path.join(client.dir, "eval.gguf");
+    await writeLoraAdapter(file, adapter);
+    try {
+        return await labelAccuracy(client.model, file, client.heldOut, threads);
+    } finally {
+        await fs.promises.rm(file, {force: true});
+    }
+}
+
+export async function simulate(options: SimulateOptions): Promise<SimulateResult> {
+    const started = performance.now();
+    const base = await readGguf(options.base);
+    checkOptions(options, base.blockCount);
+    const items = typeof options.data === "string" ? await readTaskItems(options.data) : options.data;
+    const strategy = options.strategy ?? "top";
+    const r = options.r ?? 8, loraAlpha = options.loraAlpha ?? 16;
+    await fs.promises.mkdir(options.outDir, {recursive: true});
+    const models = await clientModels(options.base, options.depths, strategy, path.join(options.outDir, "models"));
+    const split = splitItems(items, options.clients, options.heldOutShare ?? 0.25, options.seed);
+    const clients: SimClient[] = [];
+    for (let i = 0; i < options.clients; i++) {
+        const depth = options.depths[i % options.depths.length];
+        const model = models.get(depth)!;
+        const id = `c${i}-d${depth}`;
+        const cr = options.ranks ? options.ranks[i % options.ranks.length] : r;
+        clients.push({id, depth, model, layerMap: (await readGguf(model)).originalLayers, ...split[i], r: cr,
+            loraAlpha: options.ranks ? loraAlpha * cr / r : loraAlpha, dir: path.join(options.outDir, "clients", id)});
+    }
+    const setup = clients.map((c) => ({id: c.id, depth: c.depth, layerMap: c.layerMap, items: c.items.length, heldOut: c.heldOut.length, model: c.model}));
+    options.onEvent?.({type: "setup", clients: setup});
+
+    const local = options.aggregation === "local";
+    const method: AggregationMethod = local ? "layerwise" : options.aggregation as AggregationMethod;
+    const server = await FederationServer.create(path.join(options.outDir, "server"), {
+        base: options.base, aggregation: method, rounds: options.rounds, clientsPerRound: options.clientsPerRound,
+        minClients: options.minClients, seed: options.seed, r, loraAlpha, targetModules: options.targetModules, clipNorm: options.clipNorm,
+    });
+    for (const c of clients)
+        await server.register({id: c.id, layerMap: c.layerMap, weight: c.items.length, r: c.r, loraAlpha: c.loraAlpha});
+    const threads = options.train?.threads;
+    // "local": each client's own adapter, starting from the same initial global part as federated runs
+    const own = new Map<string, LoraAdapter>();
+    const initial: ClientAccuracy[] = [];
+    for (const c of clients) {
+        const start = clientPart(server.globalAdapter, c.layerMap, {method, r: c.r, loraAlpha: c.loraAlpha, seed: deriveSeed(options.seed, "client-part", c.id, 0)});
+        own.set(c.id, start);
+        await fs.promises.mkdir(c.dir, {recursive: true});
+        initial.push({id: c.id, depth: c.depth, accuracy: await accuracyWith(c, start, threads)});
+    }
+
+    const rounds: SimulatedRound[] = [];
+    for (let n = 1; n <= options.rounds; n++) {
+        const roundStarted = performance.now();
+        const open = await server.startRound();
+        const metrics: ClientRoundMetrics[] = [];
+        const uploads = new Map<string, string>();
+        for (const id of open.sampled) {
+            const c = clients.find((x) => x.id === id)!;
+            const start = local ? own.get(id)! : server.assignment(id);
+            const res = await runLocalRound({model: c.model, items: c.items, heldOut: c.heldOut, start, round: n, workDir: c.dir,
+                localSteps: options.localSteps, seed: deriveSeed(options.seed, "local", id, n), train: options.train});
+            const m: ClientRoundMetrics = {id, depth: c.depth, trainLoss: res.trainLoss, accuracyBefore: res.accuracyBefore, accuracy: res.accuracy,
+                bytesDown: res.bytesDown, bytesUp: res.bytesUp, seconds: res.seconds};
+            metrics.push(m);
+            uploads.set(id, res.upload);
+            options.onEvent?.({type: "client", round: n, metrics: m});
+            if (local)
+                own.set(id, await readLoraAdapter(res.upload));
+            else if (!options.secureAggregation)
+                await server.submit(id, res.upload, {trainLoss: res.trainLoss, accuracyBefore: res.accuracyBefore, accuracy: res.accuracy,
+                    bytesDown: res.bytesDown, bytesUp: res.bytesUp, seconds: res.seconds});
+        }
+        let summary: RoundSummary | undefined;
+        let secure: SecureRoundReport | undefined;
+        if (options.secureAggregation && !local) {
+            const participants = [];
+            for (const id of open.sampled) {
+                const c = clients.find((x) => x.id === id)!;
+                participants.push({id, weight: c.items.length, layerMap: c.layerMap,
+                    adapter: toBaseNumbering(await readLoraAdapter(uploads.get(id)!), c.layerMap)});
+            }
+            const res = secureAggregateRound(server.globalAdapter, participants, {
+                round: n, threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking, method: method === "fedavg" ? "fedavg" : "layerwise",
+            });
+            secure = res.report;
+            summary = await server.closeRoundWith(res.adapter, res.targets, res.contributors, res.report.aborted);
+        } else {
+            summary = await server.closeRound();
+        }
+        const evaluation: ClientAccuracy[] = [];
+        for (const c of clients) {
+            const adapter = local ? own.get(c.id)! : clientPart(server.globalAdapter, c.layerMap,
+                {method, r: c.r, loraAlpha: c.loraAlpha, seed: deriveSeed(options.seed, "client-part", c.id, n + 1)});
+            evaluation.push({id: c.id, depth: c.depth, accuracy: await accuracyWith(c, adapter, threads)});
+        }
+        const round: SimulatedRound = {round: n, aggregated: local ? false : summary.aggregated, sampled: open.sampled, clients: metrics, evaluation,
+            ...(local ? {} : {file: summary.file}), ...(secure ? {secure} : {}), seconds: (performance.now() - roundStarted) / 1000};
+        rounds.push(round);
+        options.onEvent?.({type: "round", round});
+    }
+    return {aggregation: options.aggregation, seed: options.seed, clients: setup, initial, rounds, seconds: (performance.now() - started) / 1000};
+}
+
+/** Mean accuracy per client depth, per round (round 0: before training): the series the plot draws. */
+export function accuracyByDepth(result: SimulateResult): {depth: number; values: number[]}[] {
+    const depths = [...new Set(result.clients.map((c) => c.depth))].sort((a, b) => b - a);
+    const mean = (xs: ClientAccuracy[], d: number) => {
+        const v = xs.filter((x) => x.depth === d).map((x) => x.accuracy);
+        return v.reduce((s, x) => s + x, 0) / v.length;
+    };
+    return depths.map((d) => ({depth: d, values: [mean(result.initial, d), ...result.rounds.map((r) => mean(r.evaluation, d))]}));
+}
