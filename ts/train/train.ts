@@ -10,7 +10,6 @@ import {readJsonl, DataError} from "../data/jsonl.js";
 import {defaultTaskFormat, labelTaskPrefix, promptFormatVersion, promptMetadataKeys, readPromptRecord, taskFormatNames,
     type TaskFormatName} from "../data/prompt.js";
 import {taskItemProblem, type TaskItem} from "../data/task-item.js";
-import {readGguf} from "../gguf/read.js";
 import type {GgufKv} from "../gguf/write.js";
 import {readGguf, type GgufModelFile} from "../gguf/read.js";
 import {loadModel} from "../model.js";
