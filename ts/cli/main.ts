@@ -14,6 +14,8 @@ const verbs: Record<string, () => Promise<Command>> = {
     synth: async () => (await import("./synth.js")).synthCommand(),
     train: async () => (await import("./train.js")).trainCommand(),
     merge: async () => (await import("./merge.js")).mergeCommand(),
+    build: async () => (await import("./build.js")).buildCommand(),
+    doctor: async () => (await import("./doctor.js")).doctorCommand(),
 };
 
 function fail(verb: string, err: unknown): never {
