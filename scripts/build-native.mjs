@@ -17,6 +17,7 @@
 //   PPC_BUILD_JOBS=N      --jobs (default: number of CPUs)
 //   PPC_BUILD_DIR=dir     --out (default build/)
 import {execFileSync} from "node:child_process";
+import {createHash} from "node:crypto";
 import {createRequire} from "node:module";
 import fs from "node:fs";
 import os from "node:os";
@@ -183,6 +184,29 @@ try {
     process.exit(1);
 }
 
+/**
+ * A hash of every file under native/ (relative path and contents, in sorted order): the loader
+ * compares it with the installed sources, so a user build of other sources is never used.
+ * ts/native-loader.ts computes the same hash.
+ */
+function nativeSourceHash(dir) {
+    const files = [];
+    const walk = (d) => {
+        for (const e of fs.readdirSync(d, {withFileTypes: true})) {
+            const full = path.join(d, e.name);
+            if (e.isDirectory())
+                walk(full);
+            else if (e.isFile())
+                files.push(path.relative(dir, full).split(path.sep).join("/"));
+        }
+    };
+    walk(dir);
+    const hash = createHash("sha256");
+    for (const rel of files.sort())
+        hash.update(rel).update("\0").update(fs.readFileSync(path.join(dir, rel))).update("\0");
+    return hash.digest("hex").slice(0, 16);
+}
+
 const source = JSON.parse(fs.readFileSync(path.join(llamaDir, ".ppc-gpt-source.json"), "utf8"));
 const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8"));
 const buildRecord = {
@@ -194,6 +218,7 @@ const buildRecord = {
     cpu,
     cpuFeatures: requiredCpuFeatures(),
     cuda: cudaRecord,
+    sourceHash: nativeSourceHash(path.join(root, "native")),
     llama: {commit: source.commit, nodeLlamaCpp: source.nodeLlamaCpp, patches: source.patches, ppcPatches: source.ppcPatches},
     builtAt: new Date().toISOString(),
     buildSeconds: Math.round((Date.now() - started) / 1000),

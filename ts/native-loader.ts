@@ -9,6 +9,7 @@
 // cannot crash the caller); that verdict is cached per binary (path, mtime, size) and host (driver,
 // LD_LIBRARY_PATH, CUDA_VISIBLE_DEVICES). A CPU binary needs the CPU features its build record lists.
 import {spawnSync} from "node:child_process";
+import {createHash} from "node:crypto";
 import fs from "node:fs";
 import {createRequire} from "node:module";
 import os from "node:os";
@@ -27,6 +28,8 @@ export interface NativeBuildRecord {
     cpuFeatures?: string[];
     /** null for a CPU build. */
     cuda?: {toolkit: string; archs: string[]; bundled?: string[]; required?: string[]} | null;
+    /** Hash of the native/ sources it was built from (see nativeSourceHash). */
+    sourceHash?: string;
     llama?: {commit?: string; nodeLlamaCpp?: string};
     builtAt?: string;
 }
@@ -126,6 +129,39 @@ export function nativeCandidates(): NativeCandidate[] {
     const prebuilt = path.join(packageRoot, "prebuilds", `${process.platform}-${process.arch}`, "ppc_gpt.node");
     list.push(candidate(prebuilt, "prebuilt", "prebuilds/"));
     return list;
+}
+
+let sourceHashCache: string | null | undefined;
+
+/**
+ * A hash of every file under the package's native/ (relative path and contents, sorted), the same
+ * as scripts/build-native.mjs records; null where the package has no sources.
+ */
+export function nativeSourceHash(): string | null {
+    if (sourceHashCache !== undefined)
+        return sourceHashCache;
+    const dir = path.join(packageRoot, "native");
+    const files: string[] = [];
+    const walk = (d: string) => {
+        for (const e of fs.readdirSync(d, {withFileTypes: true})) {
+            const full = path.join(d, e.name);
+            if (e.isDirectory())
+                walk(full);
+            else if (e.isFile())
+                files.push(path.relative(dir, full).split(path.sep).join("/"));
+        }
+    };
+    try {
+        walk(dir);
+    } catch {
+        sourceHashCache = null;
+        return null;
+    }
+    const hash = createHash("sha256");
+    for (const rel of files.sort())
+        hash.update(rel).update("\0").update(fs.readFileSync(path.join(dir, rel))).update("\0");
+    sourceHashCache = hash.digest("hex").slice(0, 16);
+    return sourceHashCache;
 }
 
 // ------------------------------------------------------------------ CUDA checks
@@ -289,6 +325,15 @@ function checkCudaUncached(c: NativeCandidate): CachedVerdict {
 function checkCandidate(c: NativeCandidate): {ok: boolean; reason: string; cached?: boolean; missing?: boolean} {
     if (!fs.existsSync(c.path))
         return {ok: false, reason: c.path.endsWith("(not installed)") ? "not installed" : "missing", missing: true};
+    // A user build is this installation's own: built from other sources (an edited checkout, another
+    // copy of this version) it would not match the JavaScript that calls it.
+    if (c.source === "user build") {
+        const current = nativeSourceHash();
+        if (!c.record)
+            return {ok: false, reason: "no build record (ppc_gpt.json): run `ppc-gpt build` again"};
+        if (current && c.record.sourceHash !== current)
+            return {ok: false, reason: "built from other native sources than this package's: run `ppc-gpt build` again"};
+    }
     const lacking = missingCpuFeatures(c.record?.cpuFeatures ?? []);
     if (lacking.length)
         return {ok: false, reason: `needs CPU features ${lacking.join(", ")}, which this CPU lacks`};

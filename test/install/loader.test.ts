@@ -25,6 +25,7 @@ function packageCopy(t: ExecutionContext): Layout {
     const root = path.join(dir, "ppc-gpt");
     fs.mkdirSync(root);
     fs.cpSync(path.join(repoRoot, "dist", "ts"), path.join(root, "dist", "ts"), {recursive: true});
+    fs.cpSync(path.join(repoRoot, "native"), path.join(root, "native"), {recursive: true});
     fs.copyFileSync(path.join(repoRoot, "package.json"), path.join(root, "package.json"));
     fs.symlinkSync(path.join(repoRoot, "node_modules"), path.join(root, "node_modules"));
     const cache = path.join(dir, "cache");
@@ -81,6 +82,13 @@ test("order: a user build wins over the source build; a corrupt one is rejected 
     t.is(report.native.chosen.path, user);
     const source = byLabel(report, "source build")[0];
     t.is(source.status, "usable");  // doctor checks the rest in a child process
+
+    // Built from other sources than the package's native/ (an edited checkout): never used.
+    fs.appendFileSync(path.join(l.root, "native", "addon.h"), "\n// edited\n");
+    ({report} = await l.doctor());
+    t.is(report.native.chosen.source, "source build");
+    t.regex(byLabel(report, "user build").find((c) => c.path === user)!.reason, /built from other native sources/);
+    fs.copyFileSync(path.join(repoRoot, "native", "addon.h"), path.join(l.root, "native", "addon.h"));
 
     fs.writeFileSync(user, "not an ELF file");
     ({report} = await l.doctor());
