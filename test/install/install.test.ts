@@ -120,15 +120,26 @@ for (const nodeMajor of [0, 24]) {
         const script = path.join(project, `library-${nodeMajor}.mjs`);
         fs.writeFileSync(script, `
 import {blockInfluence, inspectModel, loadModel, nativeSelection, readTaskItems} from "ppc-gpt";
+import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 const model = await loadModel(process.argv[2], {threads: 2});
 const report = await blockInfluence(model, await readTaskItems(process.argv[3]));
+const text = "Once upon a time, Lily saw a big red ball.";
+const tokens = Array.from(model.tokenize(text, {addSpecial: false}));
 model.close();
 const inspection = await inspectModel(process.argv[2]);
-process.stdout.write(JSON.stringify({bi: report.bi_label, layers: inspection.blockCount, chosen: nativeSelection()?.chosen?.label}));
+// node-llama-cpp (synth's embedded generator) with its install script skipped: its prebuilt CPU binary.
+const llama = await getLlama({gpu: false, build: "never", logLevel: LlamaLogLevel.error, progressLogs: false});
+const nlcModel = await llama.loadModel({modelPath: process.argv[2]});
+const nlcTokens = Array.from(nlcModel.tokenize(text));
+await nlcModel.dispose();
+process.stdout.write(JSON.stringify({bi: report.bi_label, layers: inspection.blockCount, chosen: nativeSelection()?.chosen?.label,
+    tokens, nlcTokens}));
 `);
         const lib = json(await run(path.join(bin, "node"), [script, stories260K, data], project, env));
         t.is(lib.chosen, "@ppc-gpt/linux-x64");
         t.is(lib.layers, 5);
+        t.true(lib.tokens.length > 5);
+        t.deepEqual(lib.nlcTokens, lib.tokens);
         (lib.bi as number[]).forEach((v, i) => t.true(Math.abs(v - bi.bi_label[i]) <= 1e-9 * Math.max(1, Math.abs(v)), `layer ${i}`));
 
         // eval: six ARC-Easy items scored; every choice's log-likelihood a finite negative number.
