@@ -1,5 +1,6 @@
 // ppc-gpt public API.
-export {native} from "./native.js";
+export {native, nativeSelection} from "./native.js";
+export {userCacheDir, type NativeSelection, type NativeVerdict} from "./native-loader.js";
 export type {GgufFileInfo, GgufMetadataEntry, GgufTensorInfo, GgmlTypeInfo, NativeModel, NativeModelInfo, NativeModelOptions,
     ProgressCallback} from "./native.js";
 export {readGguf, GgufModelFile} from "./gguf/read.js";

@@ -1,9 +1,5 @@
-// Loads the native addon and types its bindings. Lookup order: PPC_GPT_NATIVE (a path), the
-// source build (build/Release), then a prebuilt binary for this platform (prebuilds/).
-import fs from "node:fs";
-import {createRequire} from "node:module";
-import path from "node:path";
-import {fileURLToPath} from "node:url";
+// Loads the native addon and types its bindings; native-loader.ts chooses the binary.
+import {noNativeError, selectNative, type NativeSelection} from "./native-loader.js";
 
 /** A GGUF metadata value as the addon returns it (64-bit integers beyond 2^53 as bigint). */
 export type GgufScalar = number | bigint | boolean | string;
@@ -339,37 +335,25 @@ export interface NativeAddon {
         options?: {threads?: number; gpuLayers?: number}): Promise<Float32Array>;
 }
 
-const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-
-function candidates(): string[] {
-    const list: string[] = [];
-    if (process.env.PPC_GPT_NATIVE)
-        list.push(path.resolve(process.env.PPC_GPT_NATIVE));
-    list.push(path.join(packageRoot, "build", "Release", "ppc_gpt.node"));
-    list.push(path.join(packageRoot, "prebuilds", `${process.platform}-${process.arch}`, "ppc_gpt.node"));
-    return list;
-}
-
 let cached: NativeAddon | undefined;
+let selection: NativeSelection | undefined;
 
-/** The native addon, loaded on first use. Throws with build instructions when none is found. */
+/**
+ * The native addon, loaded on first use: the best binary that works here (see native-loader.ts for
+ * the order and the checks). Throws, listing every path tried and why, when none does.
+ */
 export function native(): NativeAddon {
     if (cached)
         return cached;
-    const require = createRequire(import.meta.url);
-    const tried: string[] = [];
-    for (const file of candidates()) {
-        if (!fs.existsSync(file)) {
-            tried.push(`${file} (missing)`);
-            continue;
-        }
-        try {
-            cached = require(file) as NativeAddon;
-            return cached;
-        } catch (err) {
-            tried.push(`${file} (${(err as Error).message.split("\n")[0]})`);
-        }
-    }
-    throw new Error("the ppc-gpt native addon is not available; build it with `npm run build:native`.\n" +
-        `Tried:\n  ${tried.join("\n  ")}`);
+    const result = selectNative();
+    selection = {chosen: result.chosen, candidates: result.candidates};
+    if (!result.chosen)
+        throw noNativeError(selection);
+    cached = result.module as NativeAddon;
+    return cached;
+}
+
+/** Which binary native() loaded and every candidate's verdict (undefined before the first load). */
+export function nativeSelection(): NativeSelection | undefined {
+    return selection;
 }

@@ -20,6 +20,8 @@ const verbs: Record<string, () => Promise<Command>> = {
     worker: async () => (await import("./worker.js")).workerCommand(),
     experiment: async () => (await import("./experiment.js")).experimentCommand(),
     fl: async () => (await import("./fl.js")).flCommand(),
+    build: async () => (await import("./build.js")).buildCommand(),
+    doctor: async () => (await import("./doctor.js")).doctorCommand(),
 };
 
 function fail(verb: string, err: unknown): never {
