@@ -16,6 +16,7 @@ import math
 import struct
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -87,7 +88,9 @@ def loop(args):
     n_head_kv = meta.get(f"{arch}.attention.head_count_kv", n_head)
     eps = meta[f"{arch}.attention.layer_norm_rms_epsilon"]
     base = meta.get(f"{arch}.rope.freq_base", 10000.0)
-    t = lambda name: torch.from_numpy(np.array(w[name]))  # a private copy: the base is frozen, not shared
+    # the frozen base is read in place from the memory map (as llama.cpp maps it): counted once in the peak RSS
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    t = lambda name: torch.from_numpy(w[name])
     tok_embd = t("token_embd.weight")
     output = t("output.weight") if "output.weight" in w else tok_embd
     scale = args.alpha / args.r
