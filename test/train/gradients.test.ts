@@ -11,11 +11,14 @@ import {LoraTrainer, type TrainerState} from "../../ts/train/trainer.js";
 import {tempDir} from "../helpers.js";
 import {makeAdapter, makeModel, microBatch, randomSequence, weightedCrossEntropy, type SequenceSpec} from "./helpers.js";
 
-function batchesFor(seed: number, vocab: number): {batches: NativeMicroBatch[]; sequences: SequenceSpec[][]} {
+function batchesFor(seed: number, vocab: number, equalLengths = false): {batches: NativeMicroBatch[]; sequences: SequenceSpec[][]} {
     const rng = new Random(seed);
-    // two micro-batches (gradient accumulation), the first with two sequences; masked prompts, weights
+    // two micro-batches (gradient accumulation), the first with two sequences (or three of one length, which
+    // attention takes as a batch of streams); masked prompts, weights
     const sequences = [
-        [randomSequence(rng, 9, vocab, 3, 0.7), randomSequence(rng, 6, vocab, 2, 1.3)],
+        equalLengths
+            ? [randomSequence(rng, 7, vocab, 3, 0.7), randomSequence(rng, 7, vocab, 2, 1.3), randomSequence(rng, 7, vocab, 4, 0.9)]
+            : [randomSequence(rng, 9, vocab, 3, 0.7), randomSequence(rng, 6, vocab, 2, 1.3)],
         [randomSequence(rng, 8, vocab, 4, 0.5)],
     ];
     sequences[0][0].weights = sequences[0][0].tokens.map((_, k) => 0.4 + 0.1 * k);
@@ -32,14 +35,15 @@ function withValue(state: TrainerState, tensor: number, index: number, value: nu
     })};
 }
 
-async function checkGradients(t: import("ava").ExecutionContext, options: Partial<SyntheticModelOptions>, modules: string[]) {
+async function checkGradients(t: import("ava").ExecutionContext, options: Partial<SyntheticModelOptions>, modules: string[],
+    equalLengths = false) {
     const model = await makeModel(t, options);
     const adapterFile = path.join(tempDir(t), "adapter.gguf");
     await makeAdapter(model, adapterFile, {modules, r: 3, alpha: 6});
     const trainer = await LoraTrainer.open(model, adapterFile, {contextSize: 64, sequences: 4, threads: 2});
     t.teardown(() => trainer.close());
     const vocab = options.vocab ?? 300;
-    const {batches} = batchesFor(11, vocab);
+    const {batches} = batchesFor(11, vocab, equalLengths);
 
     // the loss is sum_t w_t CE_t of the logits the engine computes
     const ev = await trainer.evaluate(batches, {logits: true});
@@ -94,13 +98,18 @@ test("LoRA gradients match central finite differences (openelm: fused QKV, per-l
     await checkGradients(t, {architecture: "openelm", heads: [4, 2], kvHeads: [2, 1], feedForward: [48, 64]}, ["attn_qkv", "attn_output", "ffn_up"]);
 });
 
-test("sequences packed into one micro-batch see only themselves", async (t) => {
+test("LoRA gradients match central finite differences (equal-length sequences: attention as a batch of streams)", async (t) => {
+    await checkGradients(t, {}, ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_down"], true);
+});
+
+for (const equalLengths of [false, true])
+test(`sequences packed into one micro-batch see only themselves (${equalLengths ? "equal lengths: streams" : "block-diagonal mask"})`, async (t) => {
     const model = await makeModel(t);
     const adapterFile = path.join(tempDir(t), "adapter.gguf");
     await makeAdapter(model, adapterFile);
     const trainer = await LoraTrainer.open(model, adapterFile, {contextSize: 64, sequences: 4, threads: 2});
     t.teardown(() => trainer.close());
-    const {sequences} = batchesFor(3, 300);
+    const {sequences} = batchesFor(3, 300, equalLengths);
     const packed = await trainer.evaluate([microBatch(sequences[0])], {logits: true});
     let row = 0;
     for (const seq of sequences[0]) {
