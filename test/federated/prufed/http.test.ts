@@ -27,12 +27,12 @@ async function models(dir: string): Promise<{base: string; cut: Record<string, s
 }
 
 function serverArgs(base: string, dataDir: string, extra: string[]): string[] {
-    return ["fl", "server", "--base", base, "--data-dir", dataDir, "--port", "0", "--json", "--r", "4", "--lora-alpha", "8", "--seed", "5",
+    return ["fl", "server", "--base", base, "--data-dir", dataDir, "--json", "--r", "4", "--lora-alpha", "8", "--seed", "5",
         "--linger", "4", ...extra];
 }
 
 async function startServer(t: Parameters<typeof tempDir>[0], base: string, dataDir: string, extra: string[]): Promise<{proc: Proc; url: string}> {
-    const proc = spawnCli(t, serverArgs(base, dataDir, extra));
+    const proc = spawnCli(t, serverArgs(base, dataDir, extra.includes("--port") ? extra : ["--port", "0", ...extra]));
     const listening = await proc.waitFor((e) => e.event === "listening", "listening", 60_000);
     return {proc, url: listening.url};
 }
@@ -48,8 +48,11 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
     const tokens: Record<string, string> = {};
     for (const id of ids)
         tokens[id] = await makeToken(dataDir, id);
-    const common = ["--rounds", "2", "--clients-per-round", "3", "--min-clients", "2", "--round-timeout", "120", "--aggregation", "layerwise"];
-    let server = await startServer(t, base, dataDir, [...common, "--plot", path.join(dir, "rounds.svg")]);
+    const common = ["--rounds", "2", "--clients-per-round", "3", "--min-clients", "2", "--round-timeout", "120", "--aggregation", "layerwise",
+        "--plot", path.join(dir, "rounds.svg")];
+    let server = await startServer(t, base, dataDir, common);
+    // a restarted server listens where the clients know it
+    const port = new URL(server.url).port;
     const clients: Proc[] = [];
     for (const [i, id] of ids.entries()) {
         const items = path.join(dir, `${id}.jsonl`);
@@ -61,14 +64,14 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
     // mid-round: the first accepted upload of round 1 is on disk; the server dies
     await server.proc.waitFor((e) => e.event === "upload_accepted" && e.round === 1, "a round-1 upload");
     await server.proc.kill9();
-    server = await startServer(t, base, dataDir, common);
+    server = await startServer(t, base, dataDir, [...common, "--port", port]);
     const resumed = server.proc.events.find((e) => e.event === "listening")!;
     t.is(resumed.resumed_round, 1, "the restarted server resumes round 1");
     // between rounds: round 1 closed, then the server dies again
     await server.proc.waitFor((e) => e.event === "round_closed" && e.round === 1, "round 1 closed");
     await server.proc.kill9();
     t.true(fs.existsSync(roundFile(dataDir, 1)));
-    server = await startServer(t, base, dataDir, common);
+    server = await startServer(t, base, dataDir, [...common, "--port", port]);
     await server.proc.waitFor((e) => e.event === "finished", "finished", 180_000);
     t.is(await server.proc.exited, 0, server.proc.stderr());
     for (const c of clients)
