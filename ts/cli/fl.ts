@@ -6,8 +6,7 @@ import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
 import {parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
 import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
-import {startFlServer, type FlServerEvent} from "../federated/prufed/http-server.js";
-import {runFlClient} from "../federated/prufed/http-client.js";
+import type {FlServerEvent} from "../federated/prufed/http-server.js";
 import {readToken} from "../federated/client/http.js";
 
 interface SimulateCliOptions {
@@ -223,6 +222,8 @@ Examples:
                 else if (process.stderr.isTTY)
                     process.stderr.write(`${JSON.stringify(e)}\n`);
             };
+            // loaded here: a client process never loads the server (Fastify)
+            const {startFlServer} = await import("../federated/prufed/http-server.js");
             const server = await startFlServer({
                 dataDir: opts.dataDir, host: opts.host, port, plot: opts.plot,
                 ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
@@ -294,6 +295,7 @@ Examples:
                     throw new UsageError(`${name} ${f} does not exist`);
             const token = readToken(opts.tokenFile);
             const json = Boolean(opts.json);
+            const {runFlClient} = await import("../federated/prufed/http-client.js");
             const result = await runFlClient({
                 server: opts.server, token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
                 r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),

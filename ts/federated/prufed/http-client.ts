@@ -14,7 +14,7 @@ import {readLoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
-import {metricsHeader} from "./http-server.js";
+import {metricsHeader} from "./http-protocol.js";
 
 export interface FlClientOptions {
     server: string;
@@ -110,7 +110,7 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
             return {rounds, completed: cur.completed};
         }
         if (cur.round === undefined || !cur.sampled || cur.uploaded) {
-            await sleep(200);
+            await sleep(50);
             continue;
         }
         const n = cur.round;

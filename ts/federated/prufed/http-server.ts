@@ -16,19 +16,11 @@ import {errorCodes, routes as fedRoutes} from "../protocol.js";
 import {SqliteJobStore, type TokenRecord} from "../store.js";
 import {authenticate} from "../tokens.js";
 import {UploadRejected} from "./align.js";
+import {flRoutes, metricsHeader} from "./http-protocol.js";
 import {roundsSvg} from "./plot.js";
 import {FederationServer, LateUpload, roundFile, type FederationConfig, type RoundSummary, type UploadMetrics} from "./rounds.js";
 
-export const flRoutes = {
-    clients: "/v1/fl/clients",
-    current: "/v1/fl/rounds/current",
-    round: "/v1/fl/rounds/:n",
-    adapter: "/v1/fl/rounds/:n/adapter",
-    upload: "/v1/fl/rounds/:n/upload",
-    global: "/v1/fl/rounds/:n/global",
-} as const;
-
-export const metricsHeader = "x-ppc-metrics";
+export {flRoutes, metricsHeader};
 
 export type FlServerEvent =
     | {event: "registered"; client: string; layers: number[]; weight: number}
@@ -251,6 +243,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             });
             if (!known)
                 emit({event: "registered", client: id, layers: b.original_layers, weight: b.weight});
+            kick();
             return reply.code(known ? 200 : 201).send({id, rejoined: known});
         });
 
@@ -272,7 +265,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             const c = currentFor(id);
             if (c.finished || (c.sampled && !c.uploaded) || Date.now() >= until || request.raw.destroyed)
                 return c;
-            await new Promise((r) => setTimeout(r, 100));
+            await new Promise((r) => setTimeout(r, 25));
         }
     });
 
@@ -332,6 +325,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             await fs.promises.rm(file, {force: true});
         }
         emit({event: "upload_accepted", round: n, client: id, bytes: body.length});
+        kick();
         return reply.code(201).send({round: n, accepted: true});
     });
 
@@ -358,19 +352,19 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         fs.renameSync(tmp, options.plot);
     };
 
+    let ticking = false;
+    // the round machine runs on a timer, and at once after a registration or an upload
+    const kick = () => {
+        if (ticking)
+            return;
+        ticking = true;
+        tick().catch((err) => log(`round machine: ${(err as Error).stack ?? err}`)).finally(() => (ticking = false));
+    };
     let resolveDone!: () => void;
     const done = new Promise<void>((r) => (resolveDone = r));
     const needed = Math.max(config.clientsPerRound ?? 1, config.minClients ?? 1);
     const tick = () => queue.run(async () => {
-        if (federation.finished)
-            return;
-        const cur = federation.current;
-        if (!cur) {
-            if (federation.clients.length < needed)
-                return;
-            const r = await federation.startRound();
-            emit({event: "round_started", round: r.round, sampled: r.sampled, deadline: r.deadline});
-        } else if (federation.readyToClose()) {
+        if (federation.current && federation.readyToClose()) {
             const s = await federation.closeRound();
             emit({event: "round_closed", round: s.round, aggregated: s.aggregated, clients: s.clients, missing: s.missing, file: s.file,
                 ...(s.note ? {note: s.note} : {})});
@@ -380,16 +374,14 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
                 resolveDone();
             }
         }
+        if (!federation.current && !federation.finished && federation.clients.length >= needed) {
+            const r = await federation.startRound();
+            emit({event: "round_started", round: r.round, sampled: r.sampled, deadline: r.deadline});
+        }
     });
     if (federation.finished)
         resolveDone();
-    let ticking = false;
-    const timer = setInterval(() => {
-        if (ticking)
-            return;
-        ticking = true;
-        tick().catch((err) => log(`round machine: ${(err as Error).stack ?? err}`)).finally(() => (ticking = false));
-    }, options.tickMs ?? 200);
+    const timer = setInterval(() => kick(), options.tickMs ?? 200);
 
     const address = await app.listen({host: options.host ?? "127.0.0.1", port: options.port ?? 8080});
     const url = address.replace("[::1]", "127.0.0.1");
