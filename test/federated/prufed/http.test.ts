@@ -54,12 +54,12 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
     // a restarted server listens where the clients know it
     const port = new URL(server.url).port;
     const clients: Proc[] = [];
+    const startClient = (i: number, id: string) => spawnCli(t, ["fl", "client", "--server", server.url, "--model", cut[id.split("-")[1]],
+        "--data", path.join(dir, `${id}.jsonl`), "--work-dir", path.join(dir, id), "--local-steps", "1", "--r", "4", "--lora-alpha", "8",
+        "--batch", "4", "--threads", "1", "--seed", String(i + 1), "--json"], {PPC_GPT_TOKEN: tokens[id]});
     for (const [i, id] of ids.entries()) {
-        const items = path.join(dir, `${id}.jsonl`);
-        await writeJsonlAtomic(items, copyTask(16, 10 + i));
-        clients.push(spawnCli(t, ["fl", "client", "--server", server.url, "--model", cut[id.split("-")[1]], "--data", items,
-            "--work-dir", path.join(dir, id), "--local-steps", "1", "--r", "4", "--lora-alpha", "8", "--batch", "4", "--threads", "1",
-            "--seed", String(i + 1), "--json"], {PPC_GPT_TOKEN: tokens[id]}));
+        await writeJsonlAtomic(path.join(dir, `${id}.jsonl`), copyTask(16, 10 + i));
+        clients.push(startClient(i, id));
     }
     // mid-round: the first accepted upload of round 1 is on disk; the server dies
     await server.proc.waitFor((e) => e.event === "upload_accepted" && e.round === 1, "a round-1 upload");
@@ -71,7 +71,11 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
     await server.proc.waitFor((e) => e.event === "round_closed" && e.round === 1, "round 1 closed");
     await server.proc.kill9();
     t.true(fs.existsSync(roundFile(dataDir, 1)));
+    // a client dies too while the server is down, and is started again: it rejoins
+    await clients[0].kill9();
     server = await startServer(t, base, dataDir, [...common, "--port", port]);
+    clients[0] = startClient(0, ids[0]);
+    t.is((await clients[0].waitFor((e) => e.event === "registered", "re-registration")).rejoined, true);
     await server.proc.waitFor((e) => e.event === "finished", "finished", 180_000);
     t.is(await server.proc.exited, 0, server.proc.stderr());
     for (const c of clients)

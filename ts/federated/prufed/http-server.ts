@@ -82,6 +82,7 @@ const metricsSchema = {
         .map((k) => [k, {type: "number"}])),
 } as const;
 
+const registeredSchema = {type: "object", required: ["id", "rejoined"], properties: {id: {type: "string"}, rejoined: {type: "boolean"}}} as const;
 const roundParams = {type: "object", required: ["n"], properties: {n: {type: "string", pattern: "^[0-9]{1,6}$"}}} as const;
 const errorSchema = {type: "object", required: ["error", "code"], properties: {error: {type: "string"}, code: {type: "string"}}} as const;
 const currentSchema = {
@@ -228,7 +229,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     const security = [{bearer: []}];
     const errors = {400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema, 410: errorSchema, 413: errorSchema, 422: errorSchema};
 
-    app.post(flRoutes.clients, {schema: {body: registerSchema, security, response: {201: {type: "object"}, 200: {type: "object"}, ...errors}}},
+    app.post(flRoutes.clients, {schema: {body: registerSchema, security, response: {201: registeredSchema, 200: registeredSchema, ...errors}}},
         async (request, reply) => {
             const b = request.body as {original_layers: number[]; weight: number; r: number; lora_alpha: number};
             const id = clientId(request);
@@ -293,7 +294,8 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         }
     });
 
-    app.put(flRoutes.upload, {schema: {params: roundParams, security, response: {201: {type: "object"}, ...errors}}}, async (request, reply) => {
+    app.put(flRoutes.upload, {schema: {params: roundParams, security, response: {201: {type: "object", required: ["round", "accepted"], properties: {round: {type: "integer"}, accepted: {type: "boolean"}}},
+        ...errors}}}, async (request, reply) => {
         const id = clientId(request);
         const n = Number((request.params as {n: string}).n);
         const metrics = metricsFromHeader(request.headers[metricsHeader]);
