@@ -103,6 +103,19 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
         // and the round changed the global adapter (layer 1 is held only by the depth-4 client)
         t.true(stored.tensors.some((s) => maxDiff(s.data, previous.tensors.find((x) => x.name === s.name)!.data) > 0));
     }
+    // privacy: nothing the server stored (uploads, state, round files, store) holds a client's item text
+    const stored = Buffer.concat(fs.readdirSync(dataDir, {recursive: true, withFileTypes: true}).filter((e) => e.isFile())
+        .map((e) => fs.readFileSync(path.join(e.parentPath, e.name))));
+    t.true(stored.length > 10_000);
+    for (const id of ids) {
+        const own = fs.readFileSync(path.join(dir, `${id}.jsonl`));
+        for (const line of own.toString("utf8").trim().split("\n")) {
+            const item = JSON.parse(line) as {id: string; question: string};
+            t.true(own.includes(item.question), "the search sees the text where it is");
+            t.false(stored.includes(item.question), `${id}: "${item.question}" found in the server's folder`);
+            t.false(stored.includes(item.id), `${id}: item id ${item.id} found in the server's folder`);
+        }
+    }
     const svg = fs.readFileSync(path.join(dir, "rounds.svg"), "utf8");
     t.regex(svg, /depth 4/);
     t.regex(svg, /depth 2/);
