@@ -13,6 +13,7 @@ import Fastify, {type FastifyError, type FastifyInstance, type FastifyRequest} f
 import swagger from "@fastify/swagger";
 import {writeLoraAdapter} from "../../train/adapter.js";
 import {errorCodes, routes as fedRoutes} from "../protocol.js";
+import {claimDataDir} from "../server.js";
 import {SqliteJobStore, type TokenRecord} from "../store.js";
 import {authenticate} from "../tokens.js";
 import {UploadRejected} from "./align.js";
@@ -145,6 +146,8 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     const emit = options.onEvent ?? (() => {});
     const dataDir = path.resolve(options.dataDir);
     await fs.promises.mkdir(dataDir, {recursive: true});
+    // one server per data dir (server.pid; a pid file left by a server killed -9 is taken over)
+    const release = claimDataDir(dataDir);
     const store = SqliteJobStore.open(dataDir);
     const federation = fs.existsSync(path.join(dataDir, "state.json"))
         ? await FederationServer.open(dataDir)
@@ -394,6 +397,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             await queue.run(async () => undefined);
             await app.close();
             store.close?.();
+            release();
         },
     };
 }
