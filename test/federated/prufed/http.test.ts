@@ -12,7 +12,7 @@ import {readLoraAdapter, writeLoraAdapter} from "../../../ts/train/adapter.js";
 import {recomputeRound, roundFile} from "../../../ts/federated/prufed/rounds.js";
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {makeToken} from "../server-process.js";
-import {tempDir} from "../../helpers.js";
+import {runCli, stories260K, tempDir} from "../../helpers.js";
 import {spawnCli, type Proc} from "./http-process.js";
 
 async function models(dir: string): Promise<{base: string; cut: Record<string, string>}> {
@@ -209,4 +209,20 @@ test.serial("bad uploads are refused with their reason and logged; a straggler p
         t.true(s.data.every(Number.isFinite));
         t.true(maxDiff(s.data, again.tensors.find((x) => x.name === s.name)!.data) < 1e-6);
     }
+});
+
+test.serial("fl server / fl client: usage errors exit 2, a missing token exits 1 naming PPC_GPT_TOKEN", async (t) => {
+    const dir = tempDir(t);
+    const noBase = await runCli(["fl", "server", "--base", path.join(dir, "none.gguf"), "--data-dir", path.join(dir, "d")]);
+    t.is(noBase.code, 2);
+    t.regex(noBase.stderr, /--base .*none\.gguf does not exist/);
+    const badPort = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--port", "70000"]);
+    t.is(badPort.code, 2);
+    t.regex(badPort.stderr, /--port/);
+    const env = {...process.env};
+    delete env.PPC_GPT_TOKEN;
+    const noToken = await runCli(["fl", "client", "--server", "http://127.0.0.1:9", "--model", stories260K, "--data", stories260K,
+        "--work-dir", path.join(dir, "w")], {env});
+    t.is(noToken.code, 1);
+    t.regex(noToken.stderr, /PPC_GPT_TOKEN/);
 });
