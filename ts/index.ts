@@ -122,6 +122,11 @@ export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, Uploa
 export {runLocalRound, labelAccuracy, clientRoundFiles} from "./federated/prufed/client.js";
 export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./federated/prufed/client.js";
 export {simulate, accuracyByDepth, simulationModes} from "./federated/prufed/simulate.js";
+export {startFlServer} from "./federated/prufed/http-server.js";
+export type {FlServer, FlServerEvent, FlServerOptions} from "./federated/prufed/http-server.js";
+export {runFlClient} from "./federated/prufed/http-client.js";
+export type {FlClientOptions, FlClientRound} from "./federated/prufed/http-client.js";
+export {flRoutes} from "./federated/prufed/http-protocol.js";
 export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./federated/prufed/simulate.js";
 export {secureAggregateRound, SecureClient, SecureAggregationServer} from "./federated/prufed/secure.js";
 export type {SecureParticipant, SecureMember, SecureRoundOptions, SecureRoundReport, SecureRoundResult, MaskPlan, Advert, SharedBox} from "./federated/prufed/secure.js";

@@ -5,6 +5,9 @@ import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
 import {parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
+import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
+import type {FlServerEvent} from "../federated/prufed/http-server.js";
+import {readToken} from "../federated/client/http.js";
 
 interface SimulateCliOptions {
     base: string;
@@ -159,7 +162,162 @@ export function flCommand(): Command {
     return new Command("fl")
         .description("PruFed federated LoRA tuning across clients pruned to different depths")
         .addCommand(simulateCommand())
+        .addCommand(serverCommand())
+        .addCommand(clientCommand())
         .addHelpText("after", `
-'fl simulate' runs server and clients in one process. See docs/prufed.md for the round protocol,
+'fl server' and 'fl client' run a federation over HTTP (tokens: ppc-gpt server token create
+--data-dir D --name <client id>); 'fl simulate' runs server and clients in one process. See docs/prufed.md for the round protocol,
 the aggregation rules (layerwise, fedavg, flexlora) and secure aggregation.`);
+}
+
+interface ServerCliOptions {
+    base: string; rounds: string; clientsPerRound?: string; minClients?: string; roundTimeout?: string; aggregation: AggregationMethod;
+    dataDir: string; seed: string; r: string; loraAlpha: string; targetModules?: string; clipNorm?: string; maxUploadMb: string;
+    host: string; port: string; tlsCert?: string; tlsKey?: string; plot?: string; json?: boolean; linger: string;
+}
+
+function serverCommand(): Command {
+    return new Command("server")
+        .exitOverride()
+        .description("serve PruFed rounds over HTTP: clients of different depths register, train locally, upload; the server aggregates by base layer")
+        .requiredOption("--base <model.gguf>", "full-depth base model the clients' models were cut from")
+        .requiredOption("--data-dir <dir>", "state.json, rounds/round-N.gguf (+ .json), uploads/, store.db (tokens); an existing one is resumed")
+        .option("--rounds <n>", "federated rounds", "5")
+        .option("--clients-per-round <m>", "clients sampled per round (seeded); the first round waits for this many registrations")
+        .option("--min-clients <q>", "accepted uploads a round needs to be aggregated (quorum, default 1)")
+        .option("--round-timeout <s>", "seconds from a round's start to its deadline; later uploads are dropped", "600")
+        .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks)")
+            .choices([...aggregationMethods]).default("layerwise"))
+        .option("--seed <n>", "seed of client sampling and the initial adapter", "42")
+        .option("--r <n>", "LoRA rank of the federation (flexlora: the global rank)", "8")
+        .option("--lora-alpha <a>", "LoRA alpha", "16")
+        .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
+        .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
+        .option("--max-upload-mb <n>", "largest upload (decompressed)", "256")
+        .option("--host <host>", "address to listen on", "127.0.0.1")
+        .option("--port <n>", "port (0: a free one; the URL is printed)", "8080")
+        .option("--tls-cert <file>", "serve HTTPS with this certificate (PEM)")
+        .option("--tls-key <file>", "and this key (PEM)")
+        .option("--plot <rounds.svg>", "held-out accuracy by round, one line per client depth (rewritten after every round)")
+        .option("--linger <s>", "seconds to keep answering after the last round, so clients learn it is finished", "3")
+        .option("--json", "events as JSON lines on stdout (the first: listening, with the URL)")
+        .addHelpText("after", `
+Clients authenticate with tokens of this data dir; a client's id is its token's name:
+  ppc-gpt server token create --data-dir fl --name hospital-a > a.token
+
+Examples:
+  ppc-gpt fl server --base base.gguf --rounds 10 --clients-per-round 3 --min-clients 2 --round-timeout 600 \\
+      --aggregation layerwise --data-dir fl --port 8090 --plot rounds.svg
+  ppc-gpt fl server --base base.gguf --rounds 2 --clients-per-round 3 --data-dir fl --port 0 --json`)
+        .action(async (opts: ServerCliOptions) => {
+            if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
+                throw new UsageError("give --tls-cert and --tls-key together");
+            if (!fs.existsSync(opts.base))
+                throw new UsageError(`--base ${opts.base} does not exist`);
+            const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
+            const json = Boolean(opts.json);
+            const emit = (e: FlServerEvent | Record<string, unknown>) => {
+                if (json)
+                    process.stdout.write(JSON.stringify(e) + "\n");
+                else if (process.stderr.isTTY)
+                    process.stderr.write(`${JSON.stringify(e)}\n`);
+            };
+            // loaded here: a client process never loads the server (Fastify)
+            const {startFlServer} = await import("../federated/prufed/http-server.js");
+            const server = await startFlServer({
+                dataDir: opts.dataDir, host: opts.host, port, plot: opts.plot,
+                ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
+                config: {
+                    base: path.resolve(opts.base), aggregation: opts.aggregation, rounds: int(opts.rounds, "--rounds"),
+                    clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
+                    minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
+                    roundTimeout: parseNumber(opts.roundTimeout ?? "600", "--round-timeout", (x) => x > 0, "a positive number of seconds"),
+                    seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
+                    r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+                    targetModules: opts.targetModules?.split(",").map((x) => x.trim()).filter(Boolean),
+                    clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
+                    maxUploadBytes: Math.floor(parseNumber(opts.maxUploadMb, "--max-upload-mb", (x) => x > 0 && x <= 4096, "in (0, 4096]") * 1024 * 1024),
+                },
+                onEvent: emit,
+            });
+            if (json)
+                process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, completed: server.federation.completed,
+                    rounds: server.federation.config.rounds, resumed_round: server.federation.current?.round ?? null}) + "\n");
+            else
+                process.stdout.write(`ppc-gpt fl server listening on ${server.url} (${server.federation.config.aggregation}, ` +
+                    `${server.federation.completed}/${server.federation.config.rounds} rounds done, data ${opts.dataDir})\n`);
+            const stopped = new Promise<void>((resolve) => {
+                process.once("SIGINT", () => resolve());
+                process.once("SIGTERM", () => resolve());
+            });
+            await Promise.race([server.done.then(() => new Promise((r) => setTimeout(r, 1000 * Number(opts.linger)))), stopped]);
+            await server.close();
+            if (!json)
+                process.stdout.write(`${server.federation.completed} rounds closed; round files in ${path.join(opts.dataDir, "rounds")}\n`);
+        });
+}
+
+interface ClientCliOptions {
+    server: string; model: string; data: string; workDir: string; localSteps: string; tokenFile?: string; r: string; loraAlpha: string;
+    lr: string; batch: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
+}
+
+function clientCommand(): Command {
+    return new Command("client")
+        .exitOverride()
+        .description("join an 'fl server' federation with a (pruned) model: train local LoRA rounds on private items, upload adapters")
+        .requiredOption("--server <url>", "the fl server, e.g. http://127.0.0.1:8090")
+        .requiredOption("--model <model.gguf>", "this client's model (pruned from the federation's base: ppc_gpt.pruning.original_layers)")
+        .requiredOption("--data <items.jsonl>", "private task items; --held-out of them measure accuracy, the rest train")
+        .requiredOption("--work-dir <dir>", "round-N-start.gguf (received), round-N.gguf (uploaded), round-N.done.json (metrics)")
+        .option("--token-file <file>", "bearer token (first line); default: the PPC_GPT_TOKEN environment variable")
+        .option("--local-steps <n>", "optimizer steps of local training per round (E)", "4")
+        .option("--r <n>", "LoRA rank (must match the server's unless flexlora)", "8")
+        .option("--lora-alpha <a>", "LoRA alpha", "16")
+        .option("--lr <x>", "learning rate (constant)", "3e-3")
+        .option("--batch <n>", "items per optimizer step", "8")
+        .option("--lora-dropout <p>", "LoRA dropout", "0")
+        .option("--max-input-length <n>", "prompt tokens kept per example", "64")
+        .option("--held-out <share>", "share of the items held out for accuracy", "0.25")
+        .option("--seed <n>", "seed of the local split and training", "42")
+        .option("--threads <n>", "CPU threads of training and evaluation")
+        .option("--json", "events as JSON lines on stdout, the result last")
+        .addHelpText("after", `
+The token is never an argument: PPC_GPT_TOKEN=... or --token-file. The client's id is the token's
+name. Restart the same command after a crash: it re-registers and resumes the open round.
+
+Examples:
+  PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\
+      --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`)
+        .action(async (opts: ClientCliOptions) => {
+            for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"]] as const)
+                if (!fs.existsSync(f))
+                    throw new UsageError(`${name} ${f} does not exist`);
+            const token = readToken(opts.tokenFile);
+            const json = Boolean(opts.json);
+            const {runFlClient} = await import("../federated/prufed/http-client.js");
+            const result = await runFlClient({
+                server: opts.server, token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
+                r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+                heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"),
+                seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
+                train: {
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(opts.batch, "--batch"),
+                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
+                    maxInputLength: int(opts.maxInputLength, "--max-input-length"),
+                    ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
+                },
+                onEvent: (e) => {
+                    if (json)
+                        process.stdout.write(JSON.stringify(e) + "\n");
+                    else if (process.stderr.isTTY)
+                        process.stderr.write(JSON.stringify(e) + "\n");
+                },
+            });
+            if (json)
+                return printJson({event: "result", ...result});
+            process.stdout.write(table(["round", "loss", "acc before", "acc after", "bytes down", "bytes up", "s", "accepted"],
+                result.rounds.map((r) => [r.round, r.trainLoss.toFixed(4), r.accuracyBefore?.toFixed(3) ?? "", r.accuracy?.toFixed(3) ?? "",
+                    r.bytesDown, r.bytesUp, r.seconds.toFixed(1), r.accepted ? "yes" : `no: ${r.error}`])));
+        });
 }

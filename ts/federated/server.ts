@@ -159,7 +159,7 @@ async function sourceModelInfo(model: string): Promise<ServerInfo["model"] & {si
  * process is gone (a server killed with -9) is taken over; a live one is an error, because two
  * servers would run the same jobs twice.
  */
-function claimDataDir(dataDir: string): () => void {
+export function claimDataDir(dataDir: string): () => void {
     const file = path.join(dataDir, "server.pid");
     fs.mkdirSync(dataDir, {recursive: true});
     for (let attempt = 0; attempt < 2; attempt++) {

@@ -1,0 +1,68 @@
+// Test plumbing for `fl server` / `fl client` as real processes on loopback: the server's JSON-line
+// events are collected; tokens come from the real `server token create` verb.
+import {spawn, type ChildProcess} from "node:child_process";
+import readline from "node:readline";
+import type {ExecutionContext} from "ava";
+import {cliPath} from "../../helpers.js";
+
+export interface Proc {
+    child: ChildProcess;
+    events: Record<string, any>[];
+    stderr: () => string;
+    exited: Promise<number | null>;
+    /** Resolves with the first event matching. */
+    waitFor(match: (e: Record<string, any>) => boolean, what: string, timeoutMs?: number): Promise<Record<string, any>>;
+    kill9(): Promise<void>;
+}
+
+export function spawnCli(t: ExecutionContext, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+    const child = spawn(process.execPath, [cliPath, ...args], {stdio: ["ignore", "pipe", "pipe"], env: {...process.env, ...env}});
+    let stderr = "";
+    child.stderr!.on("data", (d) => (stderr += d));
+    const events: Record<string, any>[] = [];
+    const waiters: {match: (e: Record<string, any>) => boolean; resolve: (e: Record<string, any>) => void}[] = [];
+    readline.createInterface({input: child.stdout!}).on("line", (line) => {
+        let e: Record<string, any>;
+        try {
+            e = JSON.parse(line);
+        } catch {
+            return;
+        }
+        events.push(e);
+        for (const w of [...waiters])
+            if (w.match(e)) {
+                waiters.splice(waiters.indexOf(w), 1);
+                w.resolve(e);
+            }
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    t.teardown(async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+            child.kill("SIGKILL");
+            await exited;
+        }
+    });
+    return {
+        child, events, stderr: () => stderr, exited,
+        waitFor(match, what, timeoutMs = 120_000) {
+            const seen = events.find(match);
+            if (seen)
+                return Promise.resolve(seen);
+            return new Promise((resolve, reject) => {
+                const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; stderr:\n${stderr}`)), timeoutMs);
+                void exited.then((code) => {
+                    clearTimeout(timer);
+                    reject(new Error(`process exited (${code}) before ${what}; stderr:\n${stderr}`));
+                });
+                waiters.push({match, resolve: (e) => {
+                    clearTimeout(timer);
+                    resolve(e);
+                }});
+            });
+        },
+        async kill9() {
+            child.kill("SIGKILL");
+            await exited;
+        },
+    };
+}

@@ -1,0 +1,228 @@
+// `fl server` and `fl client` as real processes over loopback: three clients cut to different
+// depths run two rounds while the server is killed -9 mid-round and between rounds; the round files
+// are recomputed from the clients' own uploads. Bad uploads (NaN, another layer's tensors, wrong
+// shape) are refused with a reason and never aggregated; a straggler past the deadline is dropped.
+import fs from "node:fs";
+import path from "node:path";
+import test from "ava";
+import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
+import {writeJsonlAtomic} from "../../../ts/data/jsonl.js";
+import {removeLayers} from "../../../ts/prune/remove.js";
+import {readLoraAdapter, writeLoraAdapter} from "../../../ts/train/adapter.js";
+import {recomputeRound, roundFile} from "../../../ts/federated/prufed/rounds.js";
+import {copyTask} from "../../../scripts/prufed/copy-task.js";
+import {makeToken} from "../server-process.js";
+import {runCli, stories260K, tempDir} from "../../helpers.js";
+import {spawnCli, type Proc} from "./http-process.js";
+
+async function models(dir: string): Promise<{base: string; cut: Record<string, string>}> {
+    const base = path.join(dir, "base.gguf");
+    await writeSyntheticModel(base, {architecture: "llama", layers: 4, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 2});
+    const cut: Record<string, string> = {d4: base};
+    for (const [name, removed] of [["d3", [1]], ["d2", [1, 3]]] as const) {
+        cut[name] = path.join(dir, `${name}.gguf`);
+        await removeLayers(base, cut[name], [...removed]);
+    }
+    return {base, cut};
+}
+
+function serverArgs(base: string, dataDir: string, extra: string[]): string[] {
+    return ["fl", "server", "--base", base, "--data-dir", dataDir, "--json", "--r", "4", "--lora-alpha", "8", "--seed", "5",
+        "--linger", "4", ...extra];
+}
+
+async function startServer(t: Parameters<typeof tempDir>[0], base: string, dataDir: string, extra: string[]): Promise<{proc: Proc; url: string}> {
+    const proc = spawnCli(t, serverArgs(base, dataDir, extra.includes("--port") ? extra : ["--port", "0", ...extra]));
+    const listening = await proc.waitFor((e) => e.event === "listening", "listening", 60_000);
+    return {proc, url: listening.url};
+}
+
+const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
+
+test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through kill -9 of the server mid-round and between rounds", async (t) => {
+    const dir = tempDir(t);
+    const {base, cut} = await models(dir);
+    const dataDir = path.join(dir, "server");
+    fs.mkdirSync(dataDir);
+    const ids = ["a-d4", "b-d3", "c-d2"];
+    const tokens: Record<string, string> = {};
+    for (const id of ids)
+        tokens[id] = await makeToken(dataDir, id);
+    const common = ["--rounds", "2", "--clients-per-round", "3", "--min-clients", "2", "--round-timeout", "120", "--aggregation", "layerwise",
+        "--plot", path.join(dir, "rounds.svg")];
+    let server = await startServer(t, base, dataDir, common);
+    // a restarted server listens where the clients know it
+    const port = new URL(server.url).port;
+    const clients: Proc[] = [];
+    const startClient = (i: number, id: string) => spawnCli(t, ["fl", "client", "--server", server.url, "--model", cut[id.split("-")[1]],
+        "--data", path.join(dir, `${id}.jsonl`), "--work-dir", path.join(dir, id), "--local-steps", "1", "--r", "4", "--lora-alpha", "8",
+        "--batch", "4", "--threads", "1", "--seed", String(i + 1), "--json"], {PPC_GPT_TOKEN: tokens[id]});
+    for (const [i, id] of ids.entries()) {
+        await writeJsonlAtomic(path.join(dir, `${id}.jsonl`), copyTask(16, 10 + i));
+        clients.push(startClient(i, id));
+    }
+    // mid-round: the first accepted upload of round 1 is on disk; the server dies
+    await server.proc.waitFor((e) => e.event === "upload_accepted" && e.round === 1, "a round-1 upload");
+    await server.proc.kill9();
+    server = await startServer(t, base, dataDir, [...common, "--port", port]);
+    const resumed = server.proc.events.find((e) => e.event === "listening")!;
+    t.is(resumed.resumed_round, 1, "the restarted server resumes round 1");
+    // between rounds: round 1 closed, then the server dies again
+    await server.proc.waitFor((e) => e.event === "round_closed" && e.round === 1, "round 1 closed");
+    await server.proc.kill9();
+    t.true(fs.existsSync(roundFile(dataDir, 1)));
+    // a client dies too while the server is down, and is started again: it rejoins
+    await clients[0].kill9();
+    server = await startServer(t, base, dataDir, [...common, "--port", port]);
+    clients[0] = startClient(0, ids[0]);
+    t.is((await clients[0].waitFor((e) => e.event === "registered", "re-registration")).rejoined, true);
+    await server.proc.waitFor((e) => e.event === "finished", "finished", 180_000);
+    t.is(await server.proc.exited, 0, server.proc.stderr());
+    for (const c of clients)
+        t.is(await c.exited, 0, c.stderr());
+
+    for (const n of [1, 2]) {
+        const summary = JSON.parse(fs.readFileSync(roundFile(dataDir, n).replace(/\.gguf$/, ".json"), "utf8"));
+        t.true(summary.aggregated, `round ${n}: ${summary.note}`);
+        t.deepEqual(summary.clients.map((c: {id: string}) => c.id).sort(), ids);
+        t.deepEqual(summary.clients.map((c: {layerMap: number[]}) => c.layerMap.length).sort(), [2, 3, 4]);
+        for (const c of summary.clients) {
+            t.true(c.metrics.accuracy >= 0 && c.metrics.accuracy <= 1);
+            t.true(Number.isFinite(c.metrics.trainLoss) && c.metrics.bytesUp > 0 && c.metrics.bytesDown > 0);
+        }
+        // anyone holding the clients' own copies of their uploads recomputes the server's round file
+        const uploads = Object.fromEntries(ids.map((id) => [id, path.join(dir, id, `round-${n}.gguf`)]));
+        const again = await recomputeRound(dataDir, n, uploads, "layerwise");
+        const stored = await readLoraAdapter(roundFile(dataDir, n));
+        const previous = await readLoraAdapter(roundFile(dataDir, n - 1));
+        t.is(stored.tensors.length, again.tensors.length);
+        for (const s of stored.tensors) {
+            const r = again.tensors.find((x) => x.name === s.name)!;
+            t.true(maxDiff(s.data, r.data) < 1e-6, `round ${n} ${s.name}`);
+        }
+        // and the round changed the global adapter (layer 1 is held only by the depth-4 client)
+        t.true(stored.tensors.some((s) => maxDiff(s.data, previous.tensors.find((x) => x.name === s.name)!.data) > 0));
+    }
+    // privacy: nothing the server stored (uploads, state, round files, store) holds a client's item text
+    const stored = Buffer.concat(fs.readdirSync(dataDir, {recursive: true, withFileTypes: true}).filter((e) => e.isFile())
+        .map((e) => fs.readFileSync(path.join(e.parentPath, e.name))));
+    t.true(stored.length > 10_000);
+    for (const id of ids) {
+        const own = fs.readFileSync(path.join(dir, `${id}.jsonl`));
+        for (const line of own.toString("utf8").trim().split("\n")) {
+            const item = JSON.parse(line) as {id: string; question: string};
+            t.true(own.includes(item.question), "the search sees the text where it is");
+            t.false(stored.includes(item.question), `${id}: "${item.question}" found in the server's folder`);
+            t.false(stored.includes(item.id), `${id}: item id ${item.id} found in the server's folder`);
+        }
+    }
+    const svg = fs.readFileSync(path.join(dir, "rounds.svg"), "utf8");
+    t.regex(svg, /depth 4/);
+    t.regex(svg, /depth 2/);
+});
+
+test.serial("bad uploads are refused with their reason and logged; a straggler past the deadline is dropped", async (t) => {
+    const dir = tempDir(t);
+    const {base} = await models(dir);
+    const dataDir = path.join(dir, "server");
+    fs.mkdirSync(dataDir);
+    const good = await makeToken(dataDir, "good-d2");
+    const slow = await makeToken(dataDir, "slow-d3");
+    const server = await startServer(t, base, dataDir, ["--rounds", "1", "--clients-per-round", "2", "--min-clients", "1", "--round-timeout", "4"]);
+    const call = (token: string, route: string, init: RequestInit = {}) =>
+        fetch(`${server.url}${route}`, {...init, headers: {authorization: `Bearer ${token}`, ...(init.headers as Record<string, string> ?? {})}});
+    const register = async (token: string, layers: number[]) => {
+        const res = await call(token, "/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
+            body: JSON.stringify({original_layers: layers, weight: 10, r: 4, lora_alpha: 8})});
+        t.is(res.status, 201, await res.text());
+    };
+    t.is((await call("ppc_nottoken", "/v1/fl/rounds/current")).status, 401);
+    await register(good, [0, 2]);
+    await register(slow, [0, 2, 3]);
+    // a re-registration with another declaration is refused
+    const other = await call(good, "/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify({original_layers: [0, 1], weight: 10, r: 4, lora_alpha: 8})});
+    t.is(other.status, 409);
+    let cur: any;
+    for (let i = 0; i < 100 && !(cur?.round === 1); i++)
+        cur = await (await call(good, "/v1/fl/rounds/current?wait=5")).json();
+    t.is(cur.round, 1);
+    t.true(cur.sampled);
+    const got = await call(good, "/v1/fl/rounds/1/adapter");
+    t.is(got.status, 200);
+    const startFile = path.join(dir, "start.gguf");
+    fs.writeFileSync(startFile, Buffer.from(await got.arrayBuffer()));
+    const start = await readLoraAdapter(startFile);
+    t.true(start.tensors.length > 0);
+    t.true(start.tensors.every((x) => /^blk\.[01]\./.test(x.name) || !/^blk\./.test(x.name)), "the client's part is in its own numbering");
+    const upload = async (token: string, adapter: typeof start, name: string) => {
+        const file = path.join(dir, name);
+        await writeLoraAdapter(file, adapter);
+        return call(token, "/v1/fl/rounds/1/upload", {method: "PUT", headers: {"content-type": "application/octet-stream",
+            "x-ppc-metrics": JSON.stringify({train_loss: 1})}, body: fs.readFileSync(file)});
+    };
+    const nan = structuredClone(start);
+    nan.tensors[2].data[3] = NaN;
+    let res = await upload(good, nan, "nan.gguf");
+    t.is(res.status, 422);
+    const nanBody = await res.json() as {error: string; code: string};
+    t.is(nanBody.code, "nonfinite");
+    t.regex(nanBody.error, new RegExp(nan.tensors[2].name.replace(/\./g, "\\.")));
+    const wrong = structuredClone(start);
+    wrong.tensors[0] = {...wrong.tensors[0], shape: [wrong.tensors[0].shape[0] - 1, wrong.tensors[0].shape[1]],
+        data: wrong.tensors[0].data.slice(wrong.tensors[0].shape[1])};
+    res = await upload(good, wrong, "wrong.gguf");
+    t.is(res.status, 422);
+    t.is((await res.json() as {code: string}).code, "shape");
+    // a tensor of a layer this client does not hold (blk.2: it declared two layers)
+    const extra = structuredClone(start);
+    extra.tensors.push(...start.tensors.filter((x) => x.name.startsWith("blk.1.")).map((x) => ({...x, name: x.name.replace("blk.1.", "blk.2.")})));
+    res = await upload(good, extra, "extra.gguf");
+    t.is(res.status, 422);
+    // a valid update is accepted
+    const fine = structuredClone(start);
+    for (const x of fine.tensors)
+        x.data = x.data.map((v, i) => v + 0.01 * Math.sin(i));
+    res = await upload(good, fine, "fine.gguf");
+    t.is(res.status, 201, await res.text());
+    t.is((await upload(good, fine, "again.gguf")).status, 409, "a second upload for the round is a duplicate");
+    // the straggler downloads its part but uploads after the 4 s deadline
+    const slowStart = await call(slow, "/v1/fl/rounds/1/adapter");
+    const slowFile = path.join(dir, "slow-start.gguf");
+    fs.writeFileSync(slowFile, Buffer.from(await slowStart.arrayBuffer()));
+    await server.proc.waitFor((e) => e.event === "round_closed", "round closed at the deadline", 30_000);
+    res = await upload(slow, await readLoraAdapter(slowFile), "slow.gguf");
+    t.is(res.status, 409);
+    await server.proc.exited;
+
+    const summary = JSON.parse(fs.readFileSync(roundFile(dataDir, 1).replace(/\.gguf$/, ".json"), "utf8"));
+    t.true(summary.aggregated);
+    t.deepEqual(summary.clients.map((c: {id: string}) => c.id), ["good-d2"]);
+    t.deepEqual(summary.missing, ["slow-d3"]);
+    t.deepEqual(summary.rejected.map((r: {reason: string}) => r.reason), ["nonfinite", "shape", "layer", "duplicate"]);
+    t.deepEqual(server.proc.events.filter((e) => e.event === "upload_rejected").map((e) => e.code), ["nonfinite", "shape", "layer", "duplicate"]);
+    t.regex(server.proc.stderr(), /rejected \(nonfinite\)/);
+    // the aggregate is the accepted update alone (recomputed from the valid file), with no NaN
+    const stored = await readLoraAdapter(roundFile(dataDir, 1));
+    const again = await recomputeRound(dataDir, 1, {"good-d2": path.join(dir, "fine.gguf")}, "layerwise");
+    for (const s of stored.tensors) {
+        t.true(s.data.every(Number.isFinite));
+        t.true(maxDiff(s.data, again.tensors.find((x) => x.name === s.name)!.data) < 1e-6);
+    }
+});
+
+test.serial("fl server / fl client: usage errors exit 2, a missing token exits 1 naming PPC_GPT_TOKEN", async (t) => {
+    const dir = tempDir(t);
+    const noBase = await runCli(["fl", "server", "--base", path.join(dir, "none.gguf"), "--data-dir", path.join(dir, "d")]);
+    t.is(noBase.code, 2);
+    t.regex(noBase.stderr, /--base .*none\.gguf does not exist/);
+    const badPort = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--port", "70000"]);
+    t.is(badPort.code, 2);
+    t.regex(badPort.stderr, /--port/);
+    const env = {...process.env};
+    delete env.PPC_GPT_TOKEN;
+    const noToken = await runCli(["fl", "client", "--server", "http://127.0.0.1:9", "--model", stories260K, "--data", stories260K,
+        "--work-dir", path.join(dir, "w")], {env});
+    t.is(noToken.code, 1);
+    t.regex(noToken.stderr, /PPC_GPT_TOKEN/);
+});

@@ -1,0 +1,160 @@
+// `ppc-gpt fl client`: registers with an `fl server` (its kept layers from the model's
+// ppc_gpt.pruning.original_layers, rank, sample count), long-polls for a round it is sampled in,
+// downloads its part of the global adapter, trains E local steps (client.ts runLocalRound), keeps
+// its upload as W/round-N.gguf and uploads it gzip-compressed with its metrics. A restarted client
+// re-registers with the same declaration (the server keeps it) and re-sends an upload it already
+// made (W/round-N.done.json) instead of training again.
+import fs from "node:fs";
+import path from "node:path";
+import zlib from "node:zlib";
+import {readTaskItems} from "../../data/jsonl.js";
+import type {TaskItem} from "../../data/task-item.js";
+import {readGguf} from "../../gguf/read.js";
+import {readLoraAdapter} from "../../train/adapter.js";
+import {deriveSeed, Random} from "../../train/random.js";
+import {FederatedError, serverBase} from "../client/http.js";
+import {runLocalRound, type LocalTrainSettings} from "./client.js";
+import {metricsHeader} from "./http-protocol.js";
+
+export interface FlClientOptions {
+    server: string;
+    token: string;
+    model: string;
+    data: string;
+    workDir: string;
+    localSteps: number;
+    r: number;
+    loraAlpha: number;
+    /** Share of the local items held out for accuracy (default 0.25). */
+    heldOutShare?: number;
+    seed?: number;
+    train?: LocalTrainSettings;
+    /** Long-poll period (s, default 20). */
+    waitSeconds?: number;
+    onEvent?: (e: Record<string, unknown>) => void;
+    signal?: AbortSignal;
+}
+
+export interface FlClientRound {
+    round: number;
+    trainLoss: number;
+    accuracyBefore?: number;
+    accuracy?: number;
+    bytesDown: number;
+    bytesUp: number;
+    seconds: number;
+    accepted: boolean;
+    error?: string;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Deterministic split of the local items: a seeded shuffle, the last share held out. */
+export function splitLocal(items: TaskItem[], share: number, seed: number): {train: TaskItem[]; heldOut: TaskItem[]} {
+    const shuffled = new Random(deriveSeed(seed, "fl-client-split")).shuffle([...items]);
+    const held = items.length >= 4 ? Math.max(1, Math.round(items.length * share)) : 0;
+    return {train: shuffled.slice(0, shuffled.length - held), heldOut: shuffled.slice(shuffled.length - held)};
+}
+
+export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClientRound[]; completed: number}> {
+    const emit = o.onEvent ?? (() => {});
+    const base = serverBase(o.server);
+    const auth = {authorization: `Bearer ${o.token}`};
+    const call = async (route: string, init: RequestInit = {}, retry = true): Promise<Response> => {
+        for (let attempt = 0; ; attempt++) {
+            try {
+                return await fetch(`${base}${route}`, {...init, headers: {...auth, ...(init.headers as Record<string, string> ?? {})}, signal: o.signal});
+            } catch (err) {
+                // a server restarting (killed, then started again): retry for up to a minute
+                if (!retry || attempt >= 120 || o.signal?.aborted)
+                    throw new FederatedError(`${base}${route}: ${(err as Error).message}${(err as {cause?: Error}).cause ? ` (${(err as {cause: Error}).cause.message})` : ""}`);
+                await sleep(500);
+            }
+        }
+    };
+    const failed = async (res: Response, what: string): Promise<never> => {
+        const text = await res.text();
+        let msg = text;
+        try {
+            msg = `${JSON.parse(text).error} (${JSON.parse(text).code})`;
+        } catch {
+            // not JSON
+        }
+        throw new FederatedError(`${what}: HTTP ${res.status}: ${msg}`);
+    };
+
+    const gguf = await readGguf(o.model);
+    const layers = gguf.originalLayers;
+    const items = await readTaskItems(o.data);
+    const seed = o.seed ?? 0;
+    const {train, heldOut} = splitLocal(items, o.heldOutShare ?? 0.25, seed);
+    if (train.length === 0)
+        throw new FederatedError(`${o.data}: no training items left after holding out ${heldOut.length}`);
+    await fs.promises.mkdir(o.workDir, {recursive: true});
+
+    const reg = await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify({original_layers: layers, weight: train.length, r: o.r, lora_alpha: o.loraAlpha})});
+    if (!reg.ok)
+        await failed(reg, "registration");
+    const regBody = await reg.json() as {id: string; rejoined: boolean};
+    emit({event: "registered", id: regBody.id, rejoined: regBody.rejoined, layers, train: train.length, held_out: heldOut.length});
+
+    const rounds: FlClientRound[] = [];
+    for (;;) {
+        const res = await call(`/v1/fl/rounds/current?wait=${o.waitSeconds ?? 20}`);
+        if (!res.ok)
+            await failed(res, "round status");
+        const cur = await res.json() as {round?: number; sampled?: boolean; uploaded?: boolean; finished: boolean; completed: number};
+        if (cur.finished) {
+            emit({event: "finished", completed: cur.completed});
+            return {rounds, completed: cur.completed};
+        }
+        if (cur.round === undefined || !cur.sampled || cur.uploaded) {
+            await sleep(50);
+            continue;
+        }
+        const n = cur.round;
+        const started = performance.now();
+        const upload = path.join(o.workDir, `round-${n}.gguf`);
+        const doneFile = path.join(o.workDir, `round-${n}.done.json`);
+        let result: Omit<FlClientRound, "accepted" | "error">;
+        if (fs.existsSync(doneFile) && fs.existsSync(upload)) {
+            // restarted after training this round: send the same upload again
+            result = JSON.parse(fs.readFileSync(doneFile, "utf8"));
+        } else {
+            const got = await call(`/v1/fl/rounds/${n}/adapter`, {headers: {"accept-encoding": "gzip"}});
+            if (got.status === 410 || got.status === 403)
+                continue; // the round closed meanwhile
+            if (!got.ok)
+                await failed(got, `round ${n} adapter`);
+            const raw = Buffer.from(await got.arrayBuffer());
+            const wireDown = Number(got.headers.get("content-length") ?? raw.length);
+            // fetch has already undone the gzip of the wire
+            const received = path.join(o.workDir, `round-${n}-received.gguf.tmp`);
+            await fs.promises.writeFile(received, raw);
+            const start = await readLoraAdapter(received);
+            await fs.promises.rm(received, {force: true});
+            emit({event: "round_started", round: n});
+            const local = await runLocalRound({model: o.model, items: train, heldOut, start, round: n, workDir: o.workDir,
+                localSteps: o.localSteps, seed: deriveSeed(seed, "fl-local", n), train: o.train});
+            result = {round: n, trainLoss: local.trainLoss, accuracyBefore: local.accuracyBefore, accuracy: local.accuracy,
+                bytesDown: wireDown, bytesUp: 0, seconds: 0};
+        }
+        const body = zlib.gzipSync(await fs.promises.readFile(upload), {level: 1});
+        result.bytesUp = body.length;
+        result.seconds = result.seconds || (performance.now() - started) / 1000;
+        const tmp = `${doneFile}.tmp-${process.pid}`;
+        fs.writeFileSync(tmp, JSON.stringify(result));
+        fs.renameSync(tmp, doneFile);
+        const metrics = {train_loss: result.trainLoss, bytes_down: result.bytesDown, bytes_up: result.bytesUp, seconds: result.seconds,
+            ...(result.accuracy !== undefined ? {accuracy: result.accuracy, accuracy_before: result.accuracyBefore} : {})};
+        const put = await call(`/v1/fl/rounds/${n}/upload`, {method: "PUT", body,
+            headers: {"content-type": "application/octet-stream", "content-encoding": "gzip", [metricsHeader]: JSON.stringify(metrics)}});
+        const answer = put.ok ? undefined : await put.json().catch(() => ({error: `HTTP ${put.status}`, code: ""})) as {error: string; code: string};
+        const round: FlClientRound = {...result, accepted: put.ok, ...(answer ? {error: `${answer.error} (${answer.code})`} : {})};
+        rounds.push(round);
+        emit({event: put.ok ? "uploaded" : "upload_refused", ...round});
+        if (answer && (put.status === 400 || put.status === 401 || put.status === 413 || put.status === 422))
+            throw new FederatedError(`round ${n}: the server refused the upload: ${answer.error} (${answer.code})`);
+    }
+}

@@ -1,0 +1,403 @@
+// `ppc-gpt fl server`: the PruFed round state machine (rounds.ts, FederationServer) behind HTTP, on
+// the issue-11 framework's conventions: Fastify with a JSON schema on every body, bearer tokens
+// checked against the same SQLite store (`ppc-gpt server token create --data-dir D`), errors as
+// {error, code}, gzip on the wire, OpenAPI at /v1/openapi.json. A client is its token's name.
+// Every state change goes through one queue (the state machine is not re-entrant); a timer opens
+// rounds when enough clients registered and closes them at quorum or deadline. All state lives in
+// the data dir (state.json, rounds/, uploads/), so a server killed -9 resumes the open round.
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import zlib from "node:zlib";
+import Fastify, {type FastifyError, type FastifyInstance, type FastifyRequest} from "fastify";
+import swagger from "@fastify/swagger";
+import {writeLoraAdapter} from "../../train/adapter.js";
+import {errorCodes, routes as fedRoutes} from "../protocol.js";
+import {claimDataDir} from "../server.js";
+import {SqliteJobStore, type TokenRecord} from "../store.js";
+import {authenticate} from "../tokens.js";
+import {UploadRejected} from "./align.js";
+import {flRoutes, metricsHeader} from "./http-protocol.js";
+import {roundsSvg} from "./plot.js";
+import {FederationServer, LateUpload, roundFile, type FederationConfig, type RoundSummary, type UploadMetrics} from "./rounds.js";
+
+export {flRoutes, metricsHeader};
+
+export type FlServerEvent =
+    | {event: "registered"; client: string; layers: number[]; weight: number}
+    | {event: "round_started"; round: number; sampled: string[]; deadline: number | null}
+    | {event: "upload_accepted"; round: number; client: string; bytes: number}
+    | {event: "upload_rejected"; round: number; client: string; code: string; error: string}
+    | {event: "round_closed"; round: number; aggregated: boolean; clients: RoundSummary["clients"]; missing: string[]; note?: string; file: string}
+    | {event: "finished"; rounds: number};
+
+export interface FlServerOptions {
+    dataDir: string;
+    /** The federation (a new data dir); ignored when the data dir already holds one (it is resumed). */
+    config: FederationConfig;
+    host?: string;
+    port?: number;
+    tls?: {cert: string; key: string};
+    /** accuracy by round, one line per client depth, rewritten after every round */
+    plot?: string;
+    onEvent?: (e: FlServerEvent) => void;
+    log?: (line: string) => void;
+    /** Timer period of the round machine (ms, default 200). */
+    tickMs?: number;
+}
+
+export interface FlServer {
+    app: FastifyInstance;
+    url: string;
+    federation: FederationServer;
+    /** Resolves when every round is closed. */
+    done: Promise<void>;
+    close(): Promise<void>;
+}
+
+class HttpError extends Error {
+    constructor(readonly statusCode: number, readonly code: string, message: string) {
+        super(message);
+    }
+}
+
+declare module "fastify" {
+    interface FastifyRequest {
+        flClient?: TokenRecord;
+    }
+}
+
+const registerSchema = {
+    type: "object", additionalProperties: false, required: ["original_layers", "weight", "r", "lora_alpha"],
+    properties: {
+        original_layers: {type: "array", minItems: 1, maxItems: 4096, items: {type: "integer", minimum: 0}},
+        weight: {type: "number", exclusiveMinimum: 0},
+        r: {type: "integer", minimum: 1, maximum: 4096},
+        lora_alpha: {type: "number", exclusiveMinimum: 0},
+    },
+} as const;
+
+const metricsSchema = {
+    type: "object", additionalProperties: false,
+    properties: Object.fromEntries(["train_loss", "accuracy_before", "accuracy", "bytes_down", "bytes_up", "seconds"]
+        .map((k) => [k, {type: "number"}])),
+} as const;
+
+const registeredSchema = {type: "object", required: ["id", "rejoined"], properties: {id: {type: "string"}, rejoined: {type: "boolean"}}} as const;
+const roundParams = {type: "object", required: ["n"], properties: {n: {type: "string", pattern: "^[0-9]{1,6}$"}}} as const;
+const errorSchema = {type: "object", required: ["error", "code"], properties: {error: {type: "string"}, code: {type: "string"}}} as const;
+const currentSchema = {
+    type: "object", required: ["completed", "rounds", "finished", "aggregation"],
+    properties: {
+        round: {type: "integer"}, sampled: {type: "boolean"}, uploaded: {type: "boolean"}, deadline: {type: ["integer", "null"]},
+        completed: {type: "integer"}, rounds: {type: "integer"}, finished: {type: "boolean"}, aggregation: {type: "string"},
+        registered: {type: "boolean"},
+    },
+} as const;
+
+/** Serialises async work: the round state machine sees one call at a time. */
+class Queue {
+    private tail: Promise<unknown> = Promise.resolve();
+    run<T>(fn: () => Promise<T>): Promise<T> {
+        const next = this.tail.then(fn, fn);
+        this.tail = next.catch(() => undefined);
+        return next;
+    }
+}
+
+function metricsFromHeader(value: string | string[] | undefined): UploadMetrics {
+    if (value === undefined)
+        return {};
+    let m: Record<string, unknown>;
+    try {
+        m = JSON.parse(Array.isArray(value) ? value[0] : value);
+    } catch {
+        throw new HttpError(400, errorCodes.invalidRequest, `${metricsHeader} must be a JSON object`);
+    }
+    if (!m || typeof m !== "object" || Array.isArray(m))
+        throw new HttpError(400, errorCodes.invalidRequest, `${metricsHeader} must be a JSON object`);
+    const out: UploadMetrics = {};
+    const names: Record<string, keyof UploadMetrics> = {train_loss: "trainLoss", accuracy_before: "accuracyBefore", accuracy: "accuracy",
+        bytes_down: "bytesDown", bytes_up: "bytesUp", seconds: "seconds"};
+    for (const [k, v] of Object.entries(m)) {
+        if (!(k in names))
+            throw new HttpError(400, errorCodes.invalidRequest, `${metricsHeader}: unknown field "${k}" (allowed: ${Object.keys(names).join(", ")})`);
+        if (typeof v !== "number" || !Number.isFinite(v))
+            throw new HttpError(400, errorCodes.invalidRequest, `${metricsHeader}: ${k} must be a finite number`);
+        out[names[k]] = v;
+    }
+    return out;
+}
+
+/** Accuracy by round, one line per client depth (clients without an accuracy are left out). */
+export function accuracyByDepthOf(history: readonly RoundSummary[]): {name: string; values: number[]}[] {
+    const depths = [...new Set(history.flatMap((h) => h.clients.map((c) => c.layerMap.length)))].sort((a, b) => b - a);
+    return depths.map((d) => ({
+        name: `depth ${d}`,
+        values: history.map((h) => {
+            const acc = h.clients.filter((c) => c.layerMap.length === d && c.metrics.accuracy !== undefined).map((c) => c.metrics.accuracy!);
+            return acc.length ? acc.reduce((s, x) => s + x, 0) / acc.length : NaN;
+        }).filter((v) => !Number.isNaN(v)),
+    }));
+}
+
+export async function startFlServer(options: FlServerOptions): Promise<FlServer> {
+    const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+    const emit = options.onEvent ?? (() => {});
+    const dataDir = path.resolve(options.dataDir);
+    await fs.promises.mkdir(dataDir, {recursive: true});
+    // one server per data dir (server.pid; a pid file left by a server killed -9 is taken over)
+    const release = claimDataDir(dataDir);
+    const store = SqliteJobStore.open(dataDir);
+    const federation = fs.existsSync(path.join(dataDir, "state.json"))
+        ? await FederationServer.open(dataDir)
+        : await FederationServer.create(dataDir, options.config);
+    const config = federation.config;
+    const incoming = path.join(dataDir, "incoming");
+    await fs.promises.rm(incoming, {recursive: true, force: true});
+    await fs.promises.mkdir(incoming, {recursive: true});
+    const maxUpload = config.maxUploadBytes ?? 256 * 1024 * 1024;
+    const queue = new Queue();
+
+    const app = Fastify({
+        logger: false,
+        bodyLimit: maxUpload,
+        ...(options.tls ? {https: {cert: fs.readFileSync(options.tls.cert), key: fs.readFileSync(options.tls.key)}} : {}),
+        ajv: {customOptions: {removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false}},
+    }) as unknown as FastifyInstance;
+    await app.register(swagger, {
+        openapi: {
+            openapi: "3.0.3",
+            info: {title: "ppc-gpt PruFed server", version: "v1", description: "PruFed rounds over HTTP (docs/prufed.md)."},
+            components: {securitySchemes: {bearer: {type: "http", scheme: "bearer"}}},
+        },
+    });
+    app.addContentTypeParser("application/octet-stream", {parseAs: "buffer"}, (_req, body, done) => done(null, body));
+
+    app.addHook("onRequest", async (request) => {
+        if (request.routeOptions.url === fedRoutes.openapi)
+            return;
+        const client = await authenticate(store, request.headers.authorization);
+        if (!client)
+            throw new HttpError(401, errorCodes.unauthorized, "missing, invalid or revoked bearer token");
+        request.flClient = client;
+    });
+    // gzip bodies are decompressed as a stream; the body limit counts decompressed bytes
+    app.addHook("preParsing", async (request, _reply, payload) => {
+        const encoding = (request.headers["content-encoding"] ?? "identity").toLowerCase().trim();
+        if (encoding === "identity")
+            return payload;
+        if (encoding !== "gzip")
+            throw new HttpError(415, errorCodes.unsupportedMediaType, `Content-Encoding ${encoding} is not supported (use gzip or none)`);
+        const gunzip = zlib.createGunzip() as zlib.Gunzip & {receivedEncodedLength: number};
+        gunzip.receivedEncodedLength = 0;
+        payload.on("data", (chunk: Buffer) => (gunzip.receivedEncodedLength += chunk.length));
+        payload.on("error", (err) => gunzip.destroy(err));
+        payload.pipe(gunzip);
+        return gunzip;
+    });
+    app.setErrorHandler((err: FastifyError, request, reply) => {
+        let status: number, body: {error: string; code: string};
+        if (err instanceof HttpError) {
+            status = err.statusCode;
+            body = {error: err.message, code: err.code};
+        } else if (err.validation?.length) {
+            const v = err.validation[0] as {instancePath?: string; message?: string};
+            status = 400;
+            body = {error: `${err.validationContext ?? "body"}${v.instancePath ?? ""} ${v.message ?? "is invalid"}`, code: errorCodes.invalidRequest};
+        } else if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+            status = 413;
+            body = {error: `the upload is larger than ${maxUpload} bytes`, code: errorCodes.payloadTooLarge};
+        } else if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+            status = 415;
+            body = {error: "the body must be application/json (registration) or application/octet-stream (upload)", code: errorCodes.unsupportedMediaType};
+        } else if (err.code === "Z_DATA_ERROR" || err.code === "Z_BUF_ERROR") {
+            status = 400;
+            body = {error: `the gzip body cannot be decompressed: ${err.message}`, code: errorCodes.invalidRequest};
+        } else if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
+            status = err.statusCode;
+            body = {error: err.message, code: "bad_request"};
+        } else {
+            status = 500;
+            body = {error: "internal server error", code: errorCodes.internal};
+            log(`${request.method} ${request.url}: ${err.stack ?? err.message}`);
+        }
+        return reply.code(status).type("application/json").send(body);
+    });
+    app.setNotFoundHandler((request, reply) =>
+        reply.code(404).send({error: `no route ${request.method} ${request.url.split("?")[0]}`, code: errorCodes.notFound}));
+    app.get(fedRoutes.openapi, {schema: {hide: true}}, async () => app.swagger());
+
+    const clientId = (request: FastifyRequest) => request.flClient!.name;
+    const security = [{bearer: []}];
+    const errors = {400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema, 410: errorSchema, 413: errorSchema, 422: errorSchema};
+
+    app.post(flRoutes.clients, {schema: {body: registerSchema, security, response: {201: registeredSchema, 200: registeredSchema, ...errors}}},
+        async (request, reply) => {
+            const b = request.body as {original_layers: number[]; weight: number; r: number; lora_alpha: number};
+            const id = clientId(request);
+            const known = federation.clients.some((c) => c.id === id);
+            await queue.run(async () => {
+                try {
+                    await federation.register({id, layerMap: b.original_layers, weight: b.weight, r: b.r, loraAlpha: b.lora_alpha});
+                } catch (err) {
+                    throw new HttpError(err instanceof RangeError ? 422 : 409, err instanceof RangeError ? "invalid_declaration" : "conflict",
+                        (err as Error).message);
+                }
+            });
+            if (!known)
+                emit({event: "registered", client: id, layers: b.original_layers, weight: b.weight});
+            kick();
+            return reply.code(known ? 200 : 201).send({id, rejoined: known});
+        });
+
+    const currentFor = (id: string) => {
+        const cur = federation.current;
+        return {
+            completed: federation.completed, rounds: config.rounds, finished: federation.finished, aggregation: config.aggregation,
+            registered: federation.clients.some((c) => c.id === id),
+            ...(cur ? {round: cur.round, sampled: cur.sampled.includes(id), uploaded: cur.accepted.some((a) => a.client === id),
+                deadline: cur.deadline} : {}),
+        };
+    };
+    // long poll: ?wait=s answers as soon as this client has something to do (or the federation finished)
+    app.get(flRoutes.current, {schema: {security, querystring: {type: "object", additionalProperties: false,
+        properties: {wait: {type: "string", pattern: "^[0-9]{1,3}$"}}}, response: {200: currentSchema, ...errors}}}, async (request) => {
+        const id = clientId(request);
+        const until = Date.now() + Math.min(60, Number((request.query as {wait?: string}).wait ?? 0)) * 1000;
+        for (;;) {
+            const c = currentFor(id);
+            if (c.finished || (c.sampled && !c.uploaded) || Date.now() >= until || request.raw.destroyed)
+                return c;
+            await new Promise((r) => setTimeout(r, 25));
+        }
+    });
+
+    const openRound = (request: FastifyRequest, id: string) => {
+        const n = Number((request.params as {n: string}).n);
+        const cur = federation.current;
+        if (!cur || cur.round !== n)
+            throw new HttpError(410, "round_closed", `round ${n} is not open (${cur ? `round ${cur.round} is` : "no round is"})`);
+        if (!cur.sampled.includes(id))
+            throw new HttpError(403, "not_sampled", `client ${id} is not sampled in round ${n}`);
+        return cur;
+    };
+
+    app.get(flRoutes.adapter, {schema: {params: roundParams, security, response: errors}}, async (request, reply) => {
+        const id = clientId(request);
+        const file = path.join(incoming, `part-${crypto.randomBytes(6).toString("hex")}.gguf`);
+        try {
+            const round = openRound(request, id);
+            await writeLoraAdapter(file, federation.assignment(id), [{key: "ppc_gpt.prufed.round", type: "uint32", value: round.round}]);
+            const gz = zlib.gzipSync(await fs.promises.readFile(file), {level: 1});
+            return reply.header("content-type", "application/octet-stream").header("content-encoding", "gzip")
+                .header("x-ppc-round", String(round.round)).send(gz);
+        } finally {
+            await fs.promises.rm(file, {force: true});
+        }
+    });
+
+    app.put(flRoutes.upload, {schema: {params: roundParams, security, response: {201: {type: "object", required: ["round", "accepted"], properties: {round: {type: "integer"}, accepted: {type: "boolean"}}},
+        ...errors}}}, async (request, reply) => {
+        const id = clientId(request);
+        const n = Number((request.params as {n: string}).n);
+        const metrics = metricsFromHeader(request.headers[metricsHeader]);
+        const body = request.body as Buffer;
+        if (!Buffer.isBuffer(body))
+            throw new HttpError(415, errorCodes.unsupportedMediaType, "the upload must be application/octet-stream (a LoRA GGUF, gzip on the wire)");
+        const file = path.join(incoming, `${id}-${n}-${crypto.randomBytes(6).toString("hex")}.gguf`);
+        await fs.promises.writeFile(file, body);
+        try {
+            await queue.run(async () => {
+                const cur = federation.current;
+                if (!cur || cur.round !== n)
+                    throw new HttpError(cur && n < cur.round || !cur ? 409 : 410, "round_closed",
+                        `round ${n} is not open (${cur ? `round ${cur.round} is` : "no round is"}); the upload is not counted`);
+                try {
+                    await federation.submit(id, file, metrics);
+                } catch (err) {
+                    const e = err as Error;
+                    const code = err instanceof UploadRejected ? err.reason : err instanceof LateUpload ? "late"
+                        : /not sampled/.test(e.message) ? "not_sampled" : /already uploaded/.test(e.message) ? "duplicate" : "";
+                    if (!code)
+                        throw err;
+                    emit({event: "upload_rejected", round: n, client: id, code, error: e.message});
+                    log(`round ${n}: upload of ${id} rejected (${code}): ${e.message}`);
+                    throw new HttpError(err instanceof UploadRejected ? (err.reason === "size" ? 413 : 422) : 409, code, e.message);
+                }
+            });
+        } finally {
+            await fs.promises.rm(file, {force: true});
+        }
+        emit({event: "upload_accepted", round: n, client: id, bytes: body.length});
+        kick();
+        return reply.code(201).send({round: n, accepted: true});
+    });
+
+    app.get(flRoutes.round, {schema: {params: roundParams, security, response: errors}}, async (request, reply) => {
+        const n = Number((request.params as {n: string}).n);
+        const file = roundFile(dataDir, n).replace(/\.gguf$/, ".json");
+        if (n < 1 || n > federation.completed || !fs.existsSync(file))
+            throw new HttpError(404, errorCodes.notFound, `round ${n} is not closed (last closed: ${federation.completed})`);
+        return reply.type("application/json").send(await fs.promises.readFile(file, "utf8"));
+    });
+    app.get(flRoutes.global, {schema: {params: roundParams, security, response: errors}}, async (request, reply) => {
+        const n = Number((request.params as {n: string}).n);
+        if (n > federation.completed)
+            throw new HttpError(404, errorCodes.notFound, `round ${n} is not closed (last closed: ${federation.completed})`);
+        const gz = zlib.gzipSync(await fs.promises.readFile(roundFile(dataDir, n)), {level: 1});
+        return reply.header("content-type", "application/octet-stream").header("content-encoding", "gzip").send(gz);
+    });
+
+    const writePlot = () => {
+        if (!options.plot)
+            return;
+        const tmp = `${options.plot}.tmp-${process.pid}`;
+        fs.writeFileSync(tmp, roundsSvg(accuracyByDepthOf(federation.history), `PruFed ${config.aggregation}: held-out accuracy by round`));
+        fs.renameSync(tmp, options.plot);
+    };
+
+    let ticking = false;
+    // the round machine runs on a timer, and at once after a registration or an upload
+    const kick = () => {
+        if (ticking)
+            return;
+        ticking = true;
+        tick().catch((err) => log(`round machine: ${(err as Error).stack ?? err}`)).finally(() => (ticking = false));
+    };
+    let resolveDone!: () => void;
+    const done = new Promise<void>((r) => (resolveDone = r));
+    const needed = Math.max(config.clientsPerRound ?? 1, config.minClients ?? 1);
+    const tick = () => queue.run(async () => {
+        if (federation.current && federation.readyToClose()) {
+            const s = await federation.closeRound();
+            emit({event: "round_closed", round: s.round, aggregated: s.aggregated, clients: s.clients, missing: s.missing, file: s.file,
+                ...(s.note ? {note: s.note} : {})});
+            writePlot();
+            if (federation.finished) {
+                emit({event: "finished", rounds: federation.completed});
+                resolveDone();
+            }
+        }
+        if (!federation.current && !federation.finished && federation.clients.length >= needed) {
+            const r = await federation.startRound();
+            emit({event: "round_started", round: r.round, sampled: r.sampled, deadline: r.deadline});
+        }
+    });
+    if (federation.finished)
+        resolveDone();
+    const timer = setInterval(() => kick(), options.tickMs ?? 200);
+
+    const address = await app.listen({host: options.host ?? "127.0.0.1", port: options.port ?? 8080});
+    const url = address.replace("[::1]", "127.0.0.1");
+    return {
+        app, url, federation, done,
+        async close() {
+            clearInterval(timer);
+            await queue.run(async () => undefined);
+            await app.close();
+            store.close?.();
+            release();
+        },
+    };
+}
