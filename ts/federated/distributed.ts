@@ -402,7 +402,9 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
                 this.quiet(`worker ${this.id}: could not record the end of ${stage} of ${jobId}: ${(inner as Error).message}`);
             }
         } finally {
-            this.claims.delete(queueJobId);
+            // a stage whose lease was lost may be claimed again here before its old run has ended
+            if (this.claims.get(queueJobId) === entry)
+                this.claims.delete(queueJobId);
             this.emit("change", jobId);
             finish();
             void this.heartbeat();
