@@ -102,7 +102,7 @@ export async function enqueueNextStage(store: PostgresJobStore, boss: PgBoss, jo
  * and "enqueue"), and fails the jobs whose stage pg-boss gave up on (its workers died more often
  * than the retry limit allows).
  */
-export async function reconcileQueue(store: PostgresJobStore, boss: PgBoss, settings: QueueSettings): Promise<void> {
+export async function reconcileQueue(store: PostgresJobStore, boss: PgBoss, settings: QueueSettings, log?: Log): Promise<void> {
     for (const job of await store.jobsIn(["queued", "running"])) {
         const next = await enqueueNextStage(store, boss, job.id, settings);
         if (!next) {
@@ -116,6 +116,12 @@ export async function reconcileQueue(store: PostgresJobStore, boss: PgBoss, sett
                 `last: ${JSON.stringify(queued.output ?? null)}`;
             await store.updateJob(job.id, {status: "failed", error: message}, new Date().toISOString());
             await store.updateStage(job.id, next, {status: "failed"});
+        } else if (queued?.state === "completed" || queued?.state === "cancelled") {
+            // its queue entry ended but the stage is not done: nobody would ever take it again. Queue
+            // it afresh; if it was done after all (a race with this check), its taker just moves on.
+            log?.(`queue reconciler: the ${next} stage of ${job.id} left the queue (${queued.state}) unfinished; queueing it again`);
+            await store.retry(() => boss.deleteJob(stageQueue(next), stageJobId(job.id, next)));
+            await enqueueNextStage(store, boss, job.id, settings);
         }
     }
 }
@@ -265,9 +271,11 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
                 if (!this.draining)
                     await this.register();
             }
-            const jobs = [...new Set(this.held().map((c) => c.job_id))];
-            const existing = await this.store.existingJobs(jobs);
-            for (const c of this.claims.values())
+            // judge only the claims held before the query: a stage claimed while it runs is not in
+            // `existing` and would be taken for deleted (completed as cancelled, its job left stuck)
+            const checked = [...this.claims.values()];
+            const existing = await this.store.existingJobs([...new Set(checked.map((c) => c.claim.job_id))]);
+            for (const c of checked)
                 if (!existing.has(c.claim.job_id))
                     c.controller.abort(new StageStopped("deleted"));
         } catch (err) {
@@ -394,7 +402,9 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
                 this.quiet(`worker ${this.id}: could not record the end of ${stage} of ${jobId}: ${(inner as Error).message}`);
             }
         } finally {
-            this.claims.delete(queueJobId);
+            // a stage whose lease was lost may be claimed again here before its old run has ended
+            if (this.claims.get(queueJobId) === entry)
+                this.claims.delete(queueJobId);
             this.emit("change", jobId);
             finish();
             void this.heartbeat();
@@ -531,10 +541,10 @@ export class DistributedRunner extends EventEmitter<SchedulerEvents> {
 
     async start(): Promise<void> {
         this.boss = await startQueue(this.store, this.log);
-        await reconcileQueue(this.store, this.boss, this.settings);
+        await reconcileQueue(this.store, this.boss, this.settings, this.log);
         const beat = this.settings.heartbeatSeconds * 1000;
         this.timers.push(setInterval(() => void this.reap(), beat));
-        this.timers.push(setInterval(() => void reconcileQueue(this.store, this.boss, this.settings).catch((err) => {
+        this.timers.push(setInterval(() => void reconcileQueue(this.store, this.boss, this.settings, this.log).catch((err) => {
             this.lastStoreError = Date.now();
             this.quiet(`queue reconciler: ${(err as Error).message}`);
         }), 30_000));
