@@ -4,22 +4,15 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import {fileSha256} from "../privacy/kit.js";
 
 export interface ArtifactRef {
     sha256: string;
     size: number;
 }
 
-/** sha256 and size of a file, streamed. */
-export async function hashFile(file: string): Promise<ArtifactRef> {
-    const hash = crypto.createHash("sha256");
-    let size = 0;
-    for await (const chunk of fs.createReadStream(file, {highWaterMark: 1 << 22})) {
-        hash.update(chunk as Buffer);
-        size += (chunk as Buffer).length;
-    }
-    return {sha256: hash.digest("hex"), size};
-}
+/** sha256 and size of a file, streamed (one implementation: the perturbation kit's). */
+export const hashFile: (file: string) => Promise<ArtifactRef> = fileSha256;
 
 async function fsyncPath(p: string): Promise<void> {
     const fh = await fs.promises.open(p, "r");
