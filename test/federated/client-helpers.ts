@@ -7,6 +7,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
+import type {ExecutionContext} from "ava";
 import {cliPath, runCli, stories260K} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
 
@@ -79,6 +80,27 @@ export async function createToken(dataDir: string, name: string): Promise<string
     if (r.code !== 0)
         throw new Error(`token create failed: ${r.stderr}`);
     return JSON.parse(r.stdout).token;
+}
+
+/** A scripted generator and a server process on `<dir>/srv`, both stopped when the test ends. */
+export async function startFederation(t: ExecutionContext, dir: string, serverArgs: string[] = []):
+    Promise<{generator: ScriptedChatServer; server: ServerProcess; serverDir: string}> {
+    const generator = await startGenerator();
+    t.teardown(() => generator.stop());
+    const serverDir = path.join(dir, "srv");
+    const server = await startServer(serverDir, generator.baseUrl, serverArgs);
+    t.teardown(() => server.stop());
+    return {generator, server, serverDir};
+}
+
+/** A JSON line the client printed, or {} for a line that is not JSON. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export function jsonLine(line: string): any {
+    try {
+        return JSON.parse(line);
+    } catch {
+        return {};
+    }
 }
 
 export interface ClientResult {

@@ -5,17 +5,13 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {hasShared, runCli, sharedDir, stories260K, tempDir} from "../helpers.js";
-import {clientEnv, createToken, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
+import {clientEnv, createToken, spawnClient, startFederation, writePrivateItems} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
 maybe("two clients at once: each sees only its own job; the other's is not found", async (t) => {
     const dir = tempDir(t);
-    const gen = await startGenerator();
-    t.teardown(() => gen.stop());
-    const srvDir = path.join(dir, "srv");
-    const server = await startServer(srvDir, gen.baseUrl);
-    t.teardown(() => server.stop());
+    const {server, serverDir: srvDir} = await startFederation(t, dir);
     const tokens = {acme: await createToken(srvDir, "acme"), bolt: await createToken(srvDir, "bolt")};
     const submit = (name: "acme" | "bolt") => {
         const priv = writePrivateItems(dir, 6, name);

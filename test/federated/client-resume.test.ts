@@ -6,26 +6,13 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {hasShared, tempDir} from "../helpers.js";
-import {createToken, RecordingProxy, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
+import {createToken, jsonLine, RecordingProxy, spawnClient, startFederation, writePrivateItems} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-function jsonLine(line: string): any {
-    try {
-        return JSON.parse(line);
-    } catch {
-        return {};
-    }
-}
-
 maybe("kill -9 during submission and during the download: re-runs continue the same job and resume the download", async (t) => {
     const dir = tempDir(t);
-    const gen = await startGenerator();
-    t.teardown(() => gen.stop());
-    const srvDir = path.join(dir, "srv");
-    const server = await startServer(srvDir, gen.baseUrl);
-    t.teardown(() => server.stop());
+    const {server, serverDir: srvDir} = await startFederation(t, dir);
     const token = await createToken(srvDir, "acme");
     const proxy = await RecordingProxy.start(server.url);
     t.teardown(() => proxy.close());
@@ -101,11 +88,7 @@ maybe("kill -9 during submission and during the download: re-runs continue the s
 
 maybe("fetch: a corrupted partial download fails the hash check, is removed, and the next fetch gets the right file", async (t) => {
     const dir = tempDir(t);
-    const gen = await startGenerator();
-    t.teardown(() => gen.stop());
-    const srvDir = path.join(dir, "srv");
-    const server = await startServer(srvDir, gen.baseUrl);
-    t.teardown(() => server.stop());
+    const {server, serverDir: srvDir} = await startFederation(t, dir);
     const token = await createToken(srvDir, "acme");
     const priv = writePrivateItems(dir, 6, "acme");
     const sub = await spawnClient(["submit", "--server", server.url, "--data", priv.file, "--holdout", "0.2", "--k", "1",

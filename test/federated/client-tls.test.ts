@@ -4,7 +4,7 @@ import {execFileSync} from "node:child_process";
 import path from "node:path";
 import test from "ava";
 import {hasShared, tempDir} from "../helpers.js";
-import {createToken, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
+import {createToken, spawnClient, startFederation, writePrivateItems} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
@@ -13,11 +13,7 @@ maybe("client over TLS: an unknown certificate is refused; trusted via NODE_EXTR
     const cert = path.join(dir, "cert.pem"), key = path.join(dir, "key.pem");
     execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], {stdio: "ignore"});
-    const gen = await startGenerator();
-    t.teardown(() => gen.stop());
-    const srvDir = path.join(dir, "srv");
-    const server = await startServer(srvDir, gen.baseUrl, ["--tls-cert", cert, "--tls-key", key]);
-    t.teardown(() => server.stop());
+    const {server, serverDir: srvDir} = await startFederation(t, dir, ["--tls-cert", cert, "--tls-key", key]);
     t.regex(server.url, /^https:/);
     const token = await createToken(srvDir, "acme");
     const refused = await spawnClient(["jobs", "--server", server.url], token).done;

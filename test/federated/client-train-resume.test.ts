@@ -4,26 +4,13 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {hasShared, tempDir} from "../helpers.js";
-import {createToken, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
+import {createToken, jsonLine, spawnClient, startFederation, writePrivateItems} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-function jsonLine(line: string): any {
-    try {
-        return JSON.parse(line);
-    } catch {
-        return {};
-    }
-}
-
 maybe("kill -9 during client retraining: the re-run resumes training from its checkpoint, same job, same upload", async (t) => {
     const dir = tempDir(t);
-    const gen = await startGenerator();
-    t.teardown(() => gen.stop());
-    const srvDir = path.join(dir, "srv");
-    const server = await startServer(srvDir, gen.baseUrl);
-    t.teardown(() => server.stop());
+    const {server, serverDir: srvDir} = await startFederation(t, dir);
     const token = await createToken(srvDir, "acme");
     const priv = writePrivateItems(dir, 8, "acme");
     const state = path.join(dir, "state");

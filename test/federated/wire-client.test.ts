@@ -6,17 +6,13 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {hasShared, tempDir} from "../helpers.js";
-import {createToken, RecordingProxy, spawnClient, startGenerator, startServer, writePrivateItems} from "./client-helpers.js";
+import {createToken, RecordingProxy, spawnClient, startFederation, writePrivateItems} from "./client-helpers.js";
 
 const maybe = hasShared ? test : test.skip;
 
 maybe("what the client sends holds perturbed text under random ids and nothing private", async (t) => {
     const dir = tempDir(t);
-    const gen = await startGenerator();
-    t.teardown(() => gen.stop());
-    const srvDir = path.join(dir, "srv");
-    const server = await startServer(srvDir, gen.baseUrl);
-    t.teardown(() => server.stop());
+    const {server, serverDir: srvDir} = await startFederation(t, dir);
     const token = await createToken(srvDir, "acme");
     const proxy = await RecordingProxy.start(server.url);
     t.teardown(() => proxy.close());

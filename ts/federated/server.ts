@@ -4,8 +4,7 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import zlib from "node:zlib";
-import Fastify, {type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest} from "fastify";
+import Fastify, {type FastifyInstance, type FastifyReply, type FastifyRequest} from "fastify";
 import swagger from "@fastify/swagger";
 import {readGguf} from "../gguf/read.js";
 import {writePerturbationKit} from "../privacy/kit.js";
@@ -13,6 +12,7 @@ import type {Generator} from "../synth/generator.js";
 import {createRemoteGenerator} from "../synth/remote.js";
 import {ArtifactStore, hashFile, type ArtifactRef} from "./artifacts.js";
 import {sendStoredFile} from "./download.js";
+import {acceptGzipBodies, HttpError, requireBearerToken, sendProtocolErrors} from "./http-common.js";
 import {finalModel, type PipelineEnv} from "./pipeline.js";
 import {
     epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobStatusSchema,
@@ -21,9 +21,8 @@ import {
 } from "./protocol.js";
 import {JobScheduler} from "./scheduler.js";
 import {DistributedRunner, noGenerator, type QueueSettings} from "./distributed.js";
-import {isPostgresUrl, PostgresJobStore, StoreUnavailableError, type WorkerRecord} from "./store-postgres.js";
-import {SqliteJobStore, TooManyJobsError, type JobRecord, type JobStore, type TokenRecord} from "./store.js";
-import {authenticate} from "./tokens.js";
+import {isPostgresUrl, PostgresJobStore, type WorkerRecord} from "./store-postgres.js";
+import {SqliteJobStore, TooManyJobsError, type JobRecord, type JobStore} from "./store.js";
 
 export type GeneratorConfig =
     | {kind: "embedded"; modelPath: string; sequences?: number; contextSize?: number; threads?: number; gpuLayers?: number}
@@ -79,51 +78,6 @@ export const serverDefaults = {
     workers: 1,
     checkpointEvery: 50,
 } as const;
-
-declare module "fastify" {
-    interface FastifyRequest {
-        client?: TokenRecord;
-    }
-}
-
-class HttpError extends Error {
-    constructor(readonly statusCode: number, readonly code: string, message: string) {
-        super(message);
-    }
-}
-
-/** Turns a Fastify/ajv error into the protocol's `{error, code}` with a message naming the field. */
-function errorBody(err: FastifyError): {status: number; body: {error: string; code: string}} {
-    if (err instanceof HttpError)
-        return {status: err.statusCode, body: {error: err.message, code: err.code}};
-    if ((err as Error) instanceof StoreUnavailableError)
-        return {status: 503, body: {error: "the job store is unavailable; retry shortly", code: "store_unavailable"}};
-    if (err.validation && err.validation.length > 0) {
-        const v = err.validation[0] as {instancePath?: string; message?: string; keyword?: string; params?: Record<string, unknown>};
-        const where = (v.instancePath ?? "").replace(/^\//, "") || (err.validationContext === "body" ? "body" : String(err.validationContext));
-        const what = v.keyword === "additionalProperties"
-            ? `must not have the property "${String(v.params?.additionalProperty)}"`
-            : v.keyword === "required" ? `must have the property "${String(v.params?.missingProperty)}"` : v.message ?? "is invalid";
-        const context = err.validationContext && err.validationContext !== "body" ? `${err.validationContext}: ` : "";
-        return {status: 400, body: {error: `${context}${where} ${what}`, code: errorCodes.invalidRequest}};
-    }
-    switch (err.code) {
-        case "FST_ERR_CTP_BODY_TOO_LARGE":
-            return {status: 413, body: {error: err.message, code: errorCodes.payloadTooLarge}};
-        case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-            return {status: 415, body: {error: "the body must be application/json", code: errorCodes.unsupportedMediaType}};
-        case "FST_ERR_CTP_EMPTY_JSON_BODY":
-            return {status: 400, body: {error: "the body is empty", code: errorCodes.invalidRequest}};
-        case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
-            return {status: 400, body: {error: "the body does not match its Content-Length", code: errorCodes.invalidRequest}};
-    }
-    if (err.code === "Z_DATA_ERROR" || err.code === "Z_BUF_ERROR" || /incorrect header check|unexpected end of file/.test(err.message))
-        return {status: 400, body: {error: `the gzip body cannot be decompressed: ${err.message}`, code: errorCodes.invalidRequest}};
-    if (err instanceof SyntaxError || (err.statusCode === 400 && /JSON/.test(err.message)))
-        return {status: 400, body: {error: `the body is not valid JSON: ${err.message}`, code: errorCodes.invalidRequest}};
-    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    return {status, body: {error: status === 500 ? "internal server error" : err.message, code: status === 500 ? errorCodes.internal : "bad_request"}};
-}
 
 /** A stable serialization (sorted keys) for hashing request bodies. */
 function canonicalJson(value: unknown): string {
@@ -284,43 +238,9 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         },
     });
 
-    const publicRoutes = new Set<string>([routes.info, routes.openapi]);
-    app.addHook("onRequest", async (request) => {
-        if (publicRoutes.has(request.routeOptions.url ?? ""))
-            return;
-        const client = await authenticate(store, request.headers.authorization);
-        if (!client)
-            throw new HttpError(401, errorCodes.unauthorized, "missing, invalid or revoked bearer token");
-        request.client = client;
-    });
-
-    // gzip bodies: decompressed as a stream; Fastify's body limit counts the decompressed bytes
-    app.addHook("preParsing", async (request, _reply, payload) => {
-        const encoding = (request.headers["content-encoding"] ?? "identity").toLowerCase().trim();
-        if (encoding === "identity")
-            return payload;
-        if (encoding !== "gzip")
-            throw new HttpError(415, errorCodes.unsupportedMediaType, `Content-Encoding ${encoding} is not supported (use gzip or none)`);
-        const gunzip = zlib.createGunzip() as zlib.Gunzip & {receivedEncodedLength: number};
-        gunzip.receivedEncodedLength = 0;
-        payload.on("data", (chunk: Buffer) => {
-            gunzip.receivedEncodedLength += chunk.length;
-        });
-        payload.on("error", (err) => gunzip.destroy(err));
-        payload.pipe(gunzip);
-        return gunzip;
-    });
-
-    app.setErrorHandler((err: FastifyError, request, reply) => {
-        const {status, body} = errorBody(err);
-        if (status === 500)
-            log(`${request.method} ${request.url}: ${err.stack ?? err.message}`);
-        if (status === 413)
-            reply.header("connection", "close");
-        return reply.code(status).type("application/json").send(body);
-    });
-    app.setNotFoundHandler((request, reply) =>
-        reply.code(404).send({error: `no route ${request.method} ${request.url.split("?")[0]}`, code: errorCodes.notFound}));
+    requireBearerToken(app, store, new Set<string>([routes.info, routes.openapi]));
+    acceptGzipBodies(app);
+    sendProtocolErrors(app, log);
 
     const ownJob = async (request: FastifyRequest, id: string): Promise<JobRecord> => {
         const job = await store.job(id);

@@ -9,13 +9,13 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
-import Fastify, {type FastifyError, type FastifyInstance, type FastifyRequest} from "fastify";
+import Fastify, {type FastifyInstance, type FastifyRequest} from "fastify";
 import swagger from "@fastify/swagger";
 import {writeLoraAdapter} from "../../train/adapter.js";
 import {errorCodes, routes as fedRoutes} from "../protocol.js";
 import {claimDataDir} from "../server.js";
-import {SqliteJobStore, type TokenRecord} from "../store.js";
-import {authenticate} from "../tokens.js";
+import {SqliteJobStore} from "../store.js";
+import {acceptGzipBodies, HttpError, requireBearerToken, sendProtocolErrors} from "../http-common.js";
 import {UploadRejected} from "./align.js";
 import {flRoutes, metricsHeader} from "./http-protocol.js";
 import {roundsSvg} from "./plot.js";
@@ -53,18 +53,6 @@ export interface FlServer {
     /** Resolves when every round is closed. */
     done: Promise<void>;
     close(): Promise<void>;
-}
-
-class HttpError extends Error {
-    constructor(readonly statusCode: number, readonly code: string, message: string) {
-        super(message);
-    }
-}
-
-declare module "fastify" {
-    interface FastifyRequest {
-        flClient?: TokenRecord;
-    }
 }
 
 const registerSchema = {
@@ -174,61 +162,12 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     });
     app.addContentTypeParser("application/octet-stream", {parseAs: "buffer"}, (_req, body, done) => done(null, body));
 
-    app.addHook("onRequest", async (request) => {
-        if (request.routeOptions.url === fedRoutes.openapi)
-            return;
-        const client = await authenticate(store, request.headers.authorization);
-        if (!client)
-            throw new HttpError(401, errorCodes.unauthorized, "missing, invalid or revoked bearer token");
-        request.flClient = client;
-    });
-    // gzip bodies are decompressed as a stream; the body limit counts decompressed bytes
-    app.addHook("preParsing", async (request, _reply, payload) => {
-        const encoding = (request.headers["content-encoding"] ?? "identity").toLowerCase().trim();
-        if (encoding === "identity")
-            return payload;
-        if (encoding !== "gzip")
-            throw new HttpError(415, errorCodes.unsupportedMediaType, `Content-Encoding ${encoding} is not supported (use gzip or none)`);
-        const gunzip = zlib.createGunzip() as zlib.Gunzip & {receivedEncodedLength: number};
-        gunzip.receivedEncodedLength = 0;
-        payload.on("data", (chunk: Buffer) => (gunzip.receivedEncodedLength += chunk.length));
-        payload.on("error", (err) => gunzip.destroy(err));
-        payload.pipe(gunzip);
-        return gunzip;
-    });
-    app.setErrorHandler((err: FastifyError, request, reply) => {
-        let status: number, body: {error: string; code: string};
-        if (err instanceof HttpError) {
-            status = err.statusCode;
-            body = {error: err.message, code: err.code};
-        } else if (err.validation?.length) {
-            const v = err.validation[0] as {instancePath?: string; message?: string};
-            status = 400;
-            body = {error: `${err.validationContext ?? "body"}${v.instancePath ?? ""} ${v.message ?? "is invalid"}`, code: errorCodes.invalidRequest};
-        } else if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
-            status = 413;
-            body = {error: `the upload is larger than ${maxUpload} bytes`, code: errorCodes.payloadTooLarge};
-        } else if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
-            status = 415;
-            body = {error: "the body must be application/json (registration) or application/octet-stream (upload)", code: errorCodes.unsupportedMediaType};
-        } else if (err.code === "Z_DATA_ERROR" || err.code === "Z_BUF_ERROR") {
-            status = 400;
-            body = {error: `the gzip body cannot be decompressed: ${err.message}`, code: errorCodes.invalidRequest};
-        } else if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
-            status = err.statusCode;
-            body = {error: err.message, code: "bad_request"};
-        } else {
-            status = 500;
-            body = {error: "internal server error", code: errorCodes.internal};
-            log(`${request.method} ${request.url}: ${err.stack ?? err.message}`);
-        }
-        return reply.code(status).type("application/json").send(body);
-    });
-    app.setNotFoundHandler((request, reply) =>
-        reply.code(404).send({error: `no route ${request.method} ${request.url.split("?")[0]}`, code: errorCodes.notFound}));
+    requireBearerToken(app, store, new Set<string>([fedRoutes.openapi]));
+    acceptGzipBodies(app);
+    sendProtocolErrors(app, log);
     app.get(fedRoutes.openapi, {schema: {hide: true}}, async () => app.swagger());
 
-    const clientId = (request: FastifyRequest) => request.flClient!.name;
+    const clientId = (request: FastifyRequest) => request.client!.name;
     const security = [{bearer: []}];
     const errors = {400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema, 410: errorSchema, 413: errorSchema, 422: errorSchema};
 
