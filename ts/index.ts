@@ -88,46 +88,5 @@ export {defaultCacheDir} from "./privacy/cache.js";
 export {releaseItems, idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
 export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
 export {writePerturbationKit, isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
-export {FederatedClient, FederatedError, readToken, serverBase} from "./federated/client/http.js";
-export type {FederatedClientOptions, TrafficCounters, DownloadResult, DownloadOptions, WaitOptions} from "./federated/client/http.js";
-export {ClientFlow, preparePerturbedUpload, waitForJob, fetchModel, readState, runFingerprint} from "./federated/client/flow.js";
-export type {ClientSettings, ClientEvent, ClientState, PerturbSettings, PreparedUpload, RunSummary} from "./federated/client/flow.js";
-export {loadPrivateData, checkUploadable} from "./federated/client/data.js";
-export type {PrivateData, PrivateDataOptions} from "./federated/client/data.js";
-export {finishModel} from "./federated/client/finish.js";
-export type {FinishOptions, FinishReport, StageAccuracy} from "./federated/client/finish.js";
-export {startFederatedServer, serverDefaults} from "./federated/server.js";
-export type {FederatedServer, FederatedServerOptions, GeneratorConfig} from "./federated/server.js";
-export {SqliteJobStore, TooManyJobsError} from "./federated/store.js";
-export type {JobStore, JobRecord, StageRecord, TokenRecord, NewJob} from "./federated/store.js";
-export {createToken, tokenHash, authenticate} from "./federated/tokens.js";
-export {PostgresJobStore, StoreUnavailableError, openJobStore, isPostgresUrl} from "./federated/store-postgres.js";
-export type {PostgresStoreOptions, WorkerRecord, WorkerClaim} from "./federated/store-postgres.js";
-export {StageWorker, DistributedRunner, queueDefaults, stageQueue} from "./federated/distributed.js";
-export type {QueueSettings} from "./federated/distributed.js";
-export {startWorker} from "./federated/worker.js";
-export type {WorkerOptions, RunningWorker} from "./federated/worker.js";
-export {protocolVersion, routes, jobSpecDefaults, fillJobSpec, jobItemsProblem, jobStrategies, stageNames, privacyMechanisms,
-    epsilonRange} from "./federated/protocol.js";
-export type {JobSpec, FilledJobSpec, JobItem, JobStatus, ServerInfo, SubmitJobRequest, SubmitJobResponse, StageName,
-    JobState} from "./federated/protocol.js";
-// PruFed: federated LoRA tuning across clients pruned to different depths (ts/federated/prufed)
-export {parseLoraTensorName, layoutOfBase, layoutOfAdapter, clientLayerMap, toBaseNumbering, toClientNumbering, validateUpload, readUpload,
-    UploadRejected} from "./federated/prufed/align.js";
-export type {AdapterLayout, LayoutTarget, ClientDeclaration, UploadLimits} from "./federated/prufed/align.js";
-export {aggregate, aggregationMethods, clientPart, initialGlobal} from "./federated/prufed/aggregate.js";
-export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, TargetAggregation} from "./federated/prufed/aggregate.js";
-export {FederationServer, LateUpload, recomputeRound, roundFile} from "./federated/prufed/rounds.js";
-export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, UploadMetrics} from "./federated/prufed/rounds.js";
-export {runLocalRound, labelAccuracy, clientRoundFiles} from "./federated/prufed/client.js";
-export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./federated/prufed/client.js";
-export {simulate, accuracyByDepth, simulationModes} from "./federated/prufed/simulate.js";
-export {startFlServer} from "./federated/prufed/http-server.js";
-export type {FlServer, FlServerEvent, FlServerOptions} from "./federated/prufed/http-server.js";
-export {runFlClient} from "./federated/prufed/http-client.js";
-export type {FlClientOptions, FlClientRound} from "./federated/prufed/http-client.js";
-export {flRoutes} from "./federated/prufed/http-protocol.js";
-export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./federated/prufed/simulate.js";
-export {secureAggregateRound, SecureClient, SecureAggregationServer} from "./federated/prufed/secure.js";
-export type {SecureParticipant, SecureMember, SecureRoundOptions, SecureRoundReport, SecureRoundResult, MaskPlan, Advert, SharedBox} from "./federated/prufed/secure.js";
-export {roundsSvg} from "./federated/prufed/plot.js";
+// The federated layer (job server and client, scale-out workers, PruFed) is the subpath export
+// "ppc-gpt/federated" (ts/federated/index.ts), so importing the stages does not load Fastify, libsql or pg.

@@ -132,14 +132,17 @@ const llama = await getLlama({gpu: false, build: "never", logLevel: LlamaLogLeve
 const nlcModel = await llama.loadModel({modelPath: process.argv[2]});
 const nlcTokens = Array.from(nlcModel.tokenize(text));
 await nlcModel.dispose();
+// The federated layer is its own entry point (it loads Fastify, libsql and pg; "ppc-gpt" does not).
+const federated = await import("ppc-gpt/federated");
 process.stdout.write(JSON.stringify({bi: report.bi_label, layers: inspection.blockCount, chosen: nativeSelection()?.chosen?.label,
-    tokens, nlcTokens}));
+    tokens, nlcTokens, federated: [typeof federated.startFederatedServer, typeof federated.FederatedClient, typeof federated.startFlServer]}));
 `);
         const lib = json(await run(path.join(bin, "node"), [script, stories260K, data], project, env));
         t.is(lib.chosen, "@ppc-gpt/linux-x64");
         t.is(lib.layers, 5);
         t.true(lib.tokens.length > 5);
         t.deepEqual(lib.nlcTokens, lib.tokens);
+        t.deepEqual(lib.federated, ["function", "function", "function"]);
         (lib.bi as number[]).forEach((v, i) => t.true(Math.abs(v - bi.bi_label[i]) <= 1e-9 * Math.max(1, Math.abs(v)), `layer ${i}`));
 
         // eval: six ARC-Easy items scored; every choice's log-likelihood a finite negative number.

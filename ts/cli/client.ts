@@ -203,7 +203,8 @@ function eventPrinter(json: boolean): (e: ClientEvent) => void {
                 return say(`perturbation kit ${e.sha256.slice(0, 16)} (${formatBytes(e.size)}${e.cached ? ", cached" : ""})`);
             case "perturbed":
                 return say(`perturbed ${e.items} items locally (ε ${e.epsilonPerToken} per token; per record mean ${e.epsilonPerRecord.mean.toFixed(1)}, ` +
-                    `max ${e.epsilonPerRecord.max}); ${e.heldOut} held-out items stay local`);
+                    `max ${e.epsilonPerRecord.max}); ${e.heldOut} held-out items stay local` +
+                    (e.clipped > 0 ? `; ${e.clipped} perturbed texts cut to the upload's field limits` : ""));
             case "submitted":
                 return say(`job ${e.job} ${e.resumed ? "(same job as before)" : "submitted"}: ${formatBytes(e.bytes)} of perturbed text`);
             case "status":

@@ -9,7 +9,7 @@ import {datasetReport, createPerturber, type DatasetReport, type MechanismReport
 import {readIdMap, releaseItems, writeIdMap, type IdMapEntry, type ReleasedItem} from "../../privacy/release.js";
 import {readJsonl, writeJsonlAtomic} from "../../data/jsonl.js";
 import type {TrainEvent} from "../../train/train.js";
-import {epsilonRange, fillJobSpec, protocolVersion, type JobItem, type JobProgress, type JobSpec, type JobStatus, type PrivacyMechanism,
+import {epsilonRange, fillJobSpec, jobItemSchema, protocolVersion, type JobItem, type JobProgress, type JobSpec, type JobStatus, type PrivacyMechanism,
     type ServerInfo} from "../protocol.js";
 import {fileDigest, loadPrivateData, type PrivateData, type PrivateDataOptions} from "./data.js";
 import {finishModel, type FinishReport} from "./finish.js";
@@ -41,7 +41,9 @@ export interface ClientSettings {
 export type ClientEvent =
     | {event: "info"; server: string; model: ServerInfo["model"]; generator: ServerInfo["generator"]}
     | {event: "kit"; sha256: string; size: number; cached: boolean}
-    | {event: "perturbed"; items: number; heldOut: number; epsilonPerToken: number; epsilonPerRecord: DatasetReport["epsilonPerRecord"]}
+    | {event: "perturbed"; items: number; heldOut: number; epsilonPerToken: number; epsilonPerRecord: DatasetReport["epsilonPerRecord"];
+        /** Perturbed texts cut to the upload's field limits. */
+        clipped: number}
     | {event: "submitted"; job: string; bytes: number; resumed: boolean}
     | {event: "status"; job: string; status: JobStatus["status"]; stage: JobStatus["stage"]}
     | {event: "progress"; stage: string; done: number; total: number; unit?: string}
@@ -136,6 +138,19 @@ export interface PreparedUpload {
     records: RecordReport[];
     dataset: DatasetReport;
     mechanism: MechanismReport;
+    /** Perturbed texts cut to the protocol's field limits (replacement tokens can be longer than the originals). */
+    clipped: number;
+}
+
+const questionLimit = jobItemSchema.properties.question.maxLength;
+const choiceTextLimit = jobItemSchema.properties.choices.items.properties.text.maxLength;
+
+/** `text` cut to at most `limit` UTF-16 units, never inside a surrogate pair. */
+function clipText(text: string, limit: number): string {
+    if (text.length <= limit)
+        return text;
+    const end = /[\uD800-\uDBFF]/.test(text[limit - 1]) ? limit - 1 : limit;
+    return text.slice(0, end);
 }
 
 /**
@@ -149,12 +164,22 @@ export async function preparePerturbedUpload(items: PrivateData["train"], embedd
     });
     try {
         const r = await perturber.perturbItems(items);
-        const kept = r.items.map((x, i) => ({x, i})).filter(({x}) => x.question.trim() !== "");
+        // Cutting a perturbed text to the upload's field limits is post-processing of the mechanism's
+        // output: it costs no privacy, and the upload is never refused for a text the client could not choose.
+        let clipped = 0;
+        const clip = (text: string, limit: number): string => {
+            const out = clipText(text, limit);
+            clipped += out.length < text.length ? 1 : 0;
+            return out;
+        };
+        const fitted = r.items.map((x) => ({...x, question: clip(x.question, questionLimit),
+            choices: x.choices.map((c) => ({...c, text: clip(c.text, choiceTextLimit)}))}));
+        const kept = fitted.map((x, i) => ({x, i})).filter(({x}) => x.question.trim() !== "");
         const released = releaseItems(kept.map(({x}) => x), {seed: p.seed});
         const records = released.sourceIndex.map((k, n) => ({...r.records[kept[k].i], id: released.items[n].id}));
         const texts = kept.reduce((n, {x}) => n + 1 + x.choices.length, 0);
         return {items: released.items, idMap: released.idMap, records, dataset: datasetReport(records, texts, perturber.mechanism.epsilon),
-            mechanism: perturber.summary};
+            mechanism: perturber.summary, clipped};
     } finally {
         perturber.close();
     }
@@ -225,7 +250,7 @@ export class ClientFlow {
         this.state.perturbed = {items: up.items.length, held_out: data.heldOut.length, ...files};
         this.save();
         this.emit({event: "perturbed", items: up.items.length, heldOut: data.heldOut.length, epsilonPerToken: up.dataset.epsilonPerToken,
-            epsilonPerRecord: up.dataset.epsilonPerRecord});
+            epsilonPerRecord: up.dataset.epsilonPerRecord, clipped: up.clipped});
         return this.state.perturbed;
     }
 
