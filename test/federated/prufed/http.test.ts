@@ -5,37 +5,13 @@
 import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
-import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
 import {writeJsonlAtomic} from "../../../ts/data/jsonl.js";
-import {removeLayers} from "../../../ts/prune/remove.js";
 import {readLoraAdapter, writeLoraAdapter} from "../../../ts/train/adapter.js";
 import {recomputeRound, roundFile} from "../../../ts/federated/prufed/rounds.js";
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {makeToken} from "../server-process.js";
 import {runCli, stories260K, tempDir} from "../../helpers.js";
-import {spawnCli, type Proc} from "./http-process.js";
-
-async function models(dir: string): Promise<{base: string; cut: Record<string, string>}> {
-    const base = path.join(dir, "base.gguf");
-    await writeSyntheticModel(base, {architecture: "llama", layers: 4, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 2});
-    const cut: Record<string, string> = {d4: base};
-    for (const [name, removed] of [["d3", [1]], ["d2", [1, 3]]] as const) {
-        cut[name] = path.join(dir, `${name}.gguf`);
-        await removeLayers(base, cut[name], [...removed]);
-    }
-    return {base, cut};
-}
-
-function serverArgs(base: string, dataDir: string, extra: string[]): string[] {
-    return ["fl", "server", "--base", base, "--data-dir", dataDir, "--json", "--r", "4", "--lora-alpha", "8", "--seed", "5",
-        "--linger", "4", ...extra];
-}
-
-async function startServer(t: Parameters<typeof tempDir>[0], base: string, dataDir: string, extra: string[]): Promise<{proc: Proc; url: string}> {
-    const proc = spawnCli(t, serverArgs(base, dataDir, extra.includes("--port") ? extra : ["--port", "0", ...extra]));
-    const listening = await proc.waitFor((e) => e.event === "listening", "listening", 60_000);
-    return {proc, url: listening.url};
-}
+import {models, spawnCli, startServer, type Proc} from "./http-process.js";
 
 const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
 
