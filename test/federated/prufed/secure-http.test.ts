@@ -214,3 +214,51 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
     // the search finds what is there: one client's own upload file contains its windows
     t.truthy(search.find(fs.readFileSync(path.join(dir, "a-d4", "round-2.gguf"))));
 });
+
+test.serial("secure rounds refuse plain uploads, late keys and malformed shares; a round below the threshold is closed unaggregated", async (t) => {
+    const dir = tempDir(t);
+    const {base} = await models(dir);
+    const dataDir = path.join(dir, "server");
+    fs.mkdirSync(dataDir);
+    const tokens = {x: await makeToken(dataDir, "x"), y: await makeToken(dataDir, "y"), z: await makeToken(dataDir, "z")};
+    const server = await startServer(t, base, dataDir, ["--rounds", "1", "--clients-per-round", "3", "--round-timeout", "3", "--secure-aggregation",
+        "--secagg-phase-timeout", "2"]);
+    const call = (who: keyof typeof tokens, route: string, init: RequestInit = {}) =>
+        fetch(`${server.url}${route}`, {...init, headers: {authorization: `Bearer ${tokens[who]}`, "content-type": "application/json",
+            ...(init.headers as Record<string, string> ?? {})}});
+    for (const who of ["x", "y", "z"] as const)
+        t.is((await call(who, "/v1/fl/clients", {method: "POST", body: JSON.stringify({original_layers: [0, 2], weight: 10, r: 4, lora_alpha: 8})})).status, 201);
+    const cur = await (await call("x", "/v1/fl/rounds/current?wait=10")).json() as Record<string, any>;
+    t.is(cur.round, 1);
+    t.true(cur.secure_aggregation);
+    t.like(cur.secure, {phase: "keys", joined: false, threshold: 2, scale_bits: 20});
+    const plain = await call("x", "/v1/fl/rounds/1/upload", {method: "PUT", headers: {"content-type": "application/octet-stream"}, body: Buffer.alloc(64)});
+    t.is(plain.status, 409);
+    t.is((await plain.json() as {code: string}).code, "secure_round");
+    const key = () => Buffer.from(Array.from({length: 32}, (_, i) => i + 1)).toString("base64");
+    t.is((await call("x", "/v1/fl/rounds/1/secagg/keys", {method: "POST", body: JSON.stringify({c_pub: "short", s_pub: key()})})).status, 400);
+    for (const who of ["x", "y"] as const)
+        t.is((await call(who, "/v1/fl/rounds/1/secagg/keys", {method: "POST", body: JSON.stringify({c_pub: key(), s_pub: key()})})).status, 201);
+    const early = await (await call("x", "/v1/fl/rounds/1/secagg/roster")).json() as Record<string, any>;
+    t.like(early, {ready: false, phase: "keys"});
+    // the keys phase ends at the round deadline: z is not in the roster and is refused from then on
+    const roster = await (await call("x", "/v1/fl/rounds/1/secagg/roster?wait=20")).json() as Record<string, any>;
+    t.true(roster.ready);
+    t.deepEqual(roster.roster.map((a: {id: string; x: number}) => [a.id, a.x]), [["x", 1], ["y", 2]]);
+    const late = await call("z", "/v1/fl/rounds/1/secagg/keys", {method: "POST", body: JSON.stringify({c_pub: key(), s_pub: key()})});
+    t.is(late.status, 409);
+    t.is((await late.json() as {code: string}).code, "dropped");
+    t.is((await call("z", "/v1/fl/rounds/1/secagg/roster")).status, 409);
+    const wrongTo = await call("x", "/v1/fl/rounds/1/secagg/shares", {method: "POST", body: JSON.stringify({boxes: [{to: "z", box: "AAAA"}]})});
+    t.is(wrongTo.status, 422);
+    t.regex((await wrongTo.json() as {error: string}).error, /each other roster member \(y\)/);
+    const masked = await call("x", "/v1/fl/rounds/1/secagg/masked", {method: "PUT", headers: {"content-type": "application/octet-stream"}, body: Buffer.alloc(8)});
+    t.is(masked.status, 409, "masked input before the plan");
+    // nobody shares: the round closes unaggregated, the global kept
+    const closed = await server.proc.waitFor((e) => e.event === "round_closed", "round closed", 30_000);
+    t.false(closed.aggregated);
+    t.regex(closed.note, /0 client\(s\) sent shares in time, fewer than the threshold 2/);
+    t.deepEqual(closed.secure.roster, ["x", "y"]);
+    t.is(await server.proc.exited, 0);
+    t.deepEqual((await readLoraAdapter(roundFile(dataDir, 1))).tensors, (await readLoraAdapter(roundFile(dataDir, 0))).tensors, "the global is kept");
+});
