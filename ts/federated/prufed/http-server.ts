@@ -436,7 +436,15 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         }
     };
     const tick = () => queue.run(async () => {
-        const h = await hostFor();
+        let h: SecureRoundHost | undefined;
+        try {
+            h = await hostFor();
+        } catch (err) {
+            // a round the state machine refuses (fedavg over clients of different depths): closed unaggregated
+            const note = `secure aggregation cannot run this round: ${(err as Error).message}`;
+            log(`round ${federation.current!.round}: ${note}`);
+            closed(await federation.closeRoundWith(federation.globalAdapter, [], [], note));
+        }
         if (h) {
             const {events, outcome} = await h.advance();
             for (const e of events)
@@ -455,14 +463,15 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         }
         if (!federation.current && !federation.finished && federation.clients.length >= needed) {
             const r = await federation.startRound();
-            await hostFor();
+            await hostFor().catch(() => undefined); // a refused round is closed by the next tick
             emit({event: "round_started", round: r.round, sampled: r.sampled, deadline: r.deadline});
         }
     });
     if (federation.finished)
         resolveDone();
     const timer = setInterval(() => kick(), options.tickMs ?? 200);
-    await queue.run(async () => void await hostFor());
+    // a secure round left open by a killed server: its journal is replayed now (the round machine closes a refused one)
+    await queue.run(async () => void await hostFor().catch(() => undefined));
 
     const address = await app.listen({host: options.host ?? "127.0.0.1", port: options.port ?? 8080});
     const url = address.replace("[::1]", "127.0.0.1");
