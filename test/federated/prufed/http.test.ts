@@ -202,3 +202,52 @@ test.serial("fl server / fl client: usage errors exit 2, a missing token exits 1
     t.is(noToken.code, 1);
     t.regex(noToken.stderr, /PPC_GPT_TOKEN/);
 });
+
+/** Reads a text/event-stream body to its end: [event name, parsed data] per event (comments skipped). */
+async function readEventStream(res: Response): Promise<[string, any][]> {
+    const out: [string, any][] = [];
+    const text = await res.text();
+    for (const block of text.split("\n\n")) {
+        const name = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (name && data)
+            out.push([name, JSON.parse(data)]);
+    }
+    return out;
+}
+
+test.serial("GET /v1/fl/events streams the events fl server --json prints and ends after finished", async (t) => {
+    const dir = tempDir(t);
+    const {base} = await models(dir);
+    const dataDir = path.join(dir, "server");
+    fs.mkdirSync(dataDir);
+    const token = await makeToken(dataDir, "solo");
+    const server = await startServer(t, base, dataDir, ["--rounds", "1", "--clients-per-round", "1", "--round-timeout", "60"]);
+    const call = (route: string, init: RequestInit = {}) =>
+        fetch(`${server.url}${route}`, {...init, headers: {authorization: `Bearer ${token}`, ...(init.headers as Record<string, string> ?? {})}});
+    t.is((await fetch(`${server.url}/v1/fl/events`)).status, 401);
+    const stream = await call("/v1/fl/events");
+    t.is(stream.status, 200);
+    t.regex(stream.headers.get("content-type") ?? "", /^text\/event-stream/);
+    const events = readEventStream(stream);
+    t.is((await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify({original_layers: [0, 2], weight: 10, r: 4, lora_alpha: 8})})).status, 201);
+    let cur: any;
+    for (let i = 0; i < 100 && cur?.round !== 1; i++)
+        cur = await (await call("/v1/fl/rounds/current?wait=5")).json();
+    const start = Buffer.from(await (await call("/v1/fl/rounds/1/adapter")).arrayBuffer());
+    t.is((await call("/v1/fl/rounds/1/upload", {method: "PUT", headers: {"content-type": "application/octet-stream"}, body: start})).status, 201);
+    const got = await events;
+    t.deepEqual(got.map(([name]) => name), ["status", "registered", "round_started", "upload_accepted", "round_closed", "finished"]);
+    t.like(got[0][1], {event: "status", completed: 0, finished: false, registered: false});
+    // each event is the JSON line fl server --json printed
+    await server.proc.waitFor((e) => e.event === "finished", "finished");
+    for (const [name, data] of got.slice(1)) {
+        t.is(data.event, name);
+        t.deepEqual(data, server.proc.events.find((e) => e.event === name));
+    }
+    // a stream opened after the last round gets the status and ends
+    const late = await readEventStream(await call("/v1/fl/events"));
+    t.deepEqual(late.map(([name]) => name), ["status"]);
+    t.true(late[0][1].finished);
+});

@@ -6,6 +6,8 @@ export const flRoutes = {
     adapter: "/v1/fl/rounds/:n/adapter",
     upload: "/v1/fl/rounds/:n/upload",
     global: "/v1/fl/rounds/:n/global",
+    /** Server-sent events: the JSON events `fl server --json` prints. */
+    events: "/v1/fl/events",
     // secure rounds (docs/prufed.md "Secure aggregation over HTTP"): one route pair per phase
     secaggKeys: "/v1/fl/rounds/:n/secagg/keys",
     secaggRoster: "/v1/fl/rounds/:n/secagg/roster",

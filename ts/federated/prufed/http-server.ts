@@ -136,7 +136,13 @@ export function accuracyByDepthOf(history: readonly RoundSummary[]): {name: stri
 
 export async function startFlServer(options: FlServerOptions): Promise<FlServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
-    const emit = options.onEvent ?? (() => {});
+    // every event goes to the caller (fl server --json prints them) and to the open event streams
+    const streams = new Set<(e: FlServerEvent) => void>();
+    const emit = (e: FlServerEvent) => {
+        options.onEvent?.(e);
+        for (const send of streams)
+            send(e);
+    };
     const dataDir = path.resolve(options.dataDir);
     await fs.promises.mkdir(dataDir, {recursive: true});
     // one server per data dir (server.pid; a pid file left by a server killed -9 is taken over)
@@ -407,6 +413,48 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         return reply.code(201).send({round: h.round, accepted: true});
     });
 
+    // GET /v1/fl/events: the same JSON events as `fl server --json`, as server-sent events, with the job
+    // server's conventions (ts/federated/server.ts): `event: <name>` + `data: <json>`, a `: ping` comment
+    // every 15 s, the stream ends after `finished` (or at once when the federation is finished) and when
+    // the server stops. The first event is `status`: the client's view of the round (GET rounds/current).
+    const closeStreams = new Set<() => void>();
+    app.get(flRoutes.events, {schema: {security, response: errors}}, async (request, reply) => {
+        const id = clientId(request);
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive",
+            "x-accel-buffering": "no"});
+        let closed = false;
+        const finish = () => {
+            if (closed)
+                return;
+            closed = true;
+            streams.delete(send);
+            closeStreams.delete(finish);
+            clearInterval(ping);
+            res.end();
+        };
+        const write = (name: string, data: unknown) => {
+            if (!closed)
+                res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+        };
+        const send = (e: FlServerEvent) => {
+            write(e.event, e);
+            if (e.event === "finished")
+                finish();
+        };
+        const ping = setInterval(() => {
+            if (!closed)
+                res.write(": ping\n\n");
+        }, 15_000);
+        request.raw.on("close", finish);
+        closeStreams.add(finish);
+        write("status", {event: "status", ...currentFor(id)});
+        if (federation.finished)
+            return finish();
+        streams.add(send);
+    });
+
     const writePlot = () => {
         if (!options.plot)
             return;
@@ -479,6 +527,8 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         app, url, federation, done,
         async close() {
             clearInterval(timer);
+            for (const finish of [...closeStreams])
+                finish();
             await queue.run(async () => undefined);
             await app.close();
             store.close?.();
