@@ -138,10 +138,23 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     // every event goes to the caller (fl server --json prints them) and to the open event streams
     const streams = new Set<(e: FlServerEvent) => void>();
+    // long polls wake on every state change (each comes with an event) instead of polling a timer
+    let wake: (() => void)[] = [];
+    const changed = (ms: number) => new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.max(0, Math.min(ms, 1000)));
+        wake.push(() => {
+            clearTimeout(timer);
+            resolve();
+        });
+    });
     const emit = (e: FlServerEvent) => {
         options.onEvent?.(e);
         for (const send of streams)
             send(e);
+        const waiting = wake;
+        wake = [];
+        for (const w of waiting)
+            w();
     };
     const dataDir = path.resolve(options.dataDir);
     await fs.promises.mkdir(dataDir, {recursive: true});
@@ -243,7 +256,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             const c = currentFor(id);
             if (c.finished || (c.sampled && !c.uploaded && (!c.secure || c.secure.phase === "keys")) || Date.now() >= until || request.raw.destroyed)
                 return c;
-            await new Promise((r) => setTimeout(r, 25));
+            await changed(until - Date.now());
         }
     });
 
@@ -357,7 +370,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
                 return {ready: true, ...v};
             if (Date.now() >= until || request.raw.destroyed)
                 return {ready: false, phase: h.phase, phase_deadline: h.phaseDeadline};
-            await new Promise((r) => setTimeout(r, 25));
+            await changed(until - Date.now());
         }
     };
     const waitQuery = {type: "object", additionalProperties: false, properties: {wait: {type: "string", pattern: "^[0-9]{1,3}$"}}} as const;
