@@ -213,7 +213,7 @@ Examples:
   ppc-gpt fl server --base base.gguf --rounds 10 --clients-per-round 3 --min-clients 2 --round-timeout 600 \\
       --aggregation layerwise --data-dir fl --port 8090 --plot rounds.svg
   ppc-gpt fl server --base base.gguf --rounds 2 --clients-per-round 3 --data-dir fl --port 0 --json
-  ppc-gpt fl server --base base.gguf --rounds 10 --clients-per-round 5 --secure-aggregation --secagg-threshold 3 \
+  ppc-gpt fl server --base base.gguf --rounds 10 --clients-per-round 5 --secure-aggregation --secagg-threshold 3 \\
       --round-timeout 600 --secagg-phase-timeout 60 --data-dir fl-sec --port 8090
 
 Secure aggregation (--secure-aggregation): a round's keys phase lasts until every sampled client
