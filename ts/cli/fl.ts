@@ -262,7 +262,8 @@ need no flag: they learn it from the round. See docs/prufed.md.`)
             });
             if (json)
                 process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, completed: server.federation.completed,
-                    rounds: server.federation.config.rounds, resumed_round: server.federation.current?.round ?? null}) + "\n");
+                    rounds: server.federation.config.rounds, resumed_round: server.federation.current?.round ?? null,
+                    ...(server.federation.config.secureAggregation ? {secure_phase: server.securePhase()} : {})}) + "\n");
             else
                 process.stdout.write(`ppc-gpt fl server listening on ${server.url} (${server.federation.config.aggregation}, ` +
                     `${server.federation.completed}/${server.federation.config.rounds} rounds done, data ${opts.dataDir})\n`);

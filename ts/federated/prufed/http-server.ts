@@ -53,6 +53,8 @@ export interface FlServer {
     app: FastifyInstance;
     url: string;
     federation: FederationServer;
+    /** The open secure round's phase (after a restart: the phase its journal was replayed to), or null. */
+    securePhase(): string | null;
     /** Resolves when every round is closed. */
     done: Promise<void>;
     close(): Promise<void>;
@@ -538,6 +540,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     const url = address.replace("[::1]", "127.0.0.1");
     return {
         app, url, federation, done,
+        securePhase: () => (host && host.round === federation.current?.round ? host.phase : null),
         async close() {
             clearInterval(timer);
             for (const finish of [...closeStreams])
