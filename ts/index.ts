@@ -118,7 +118,7 @@ export type {AdapterLayout, LayoutTarget, ClientDeclaration, UploadLimits} from 
 export {aggregate, aggregationMethods, clientPart, initialGlobal} from "./federated/prufed/aggregate.js";
 export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, TargetAggregation} from "./federated/prufed/aggregate.js";
 export {FederationServer, LateUpload, recomputeRound, roundFile} from "./federated/prufed/rounds.js";
-export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, UploadMetrics} from "./federated/prufed/rounds.js";
+export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, SecureRoundRecord, UploadMetrics} from "./federated/prufed/rounds.js";
 export {runLocalRound, labelAccuracy, clientRoundFiles} from "./federated/prufed/client.js";
 export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./federated/prufed/client.js";
 export {simulate, accuracyByDepth, simulationModes} from "./federated/prufed/simulate.js";
@@ -130,4 +130,6 @@ export {flRoutes} from "./federated/prufed/http-protocol.js";
 export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./federated/prufed/simulate.js";
 export {secureAggregateRound, SecureClient, SecureAggregationServer} from "./federated/prufed/secure.js";
 export type {SecureParticipant, SecureMember, SecureRoundOptions, SecureRoundReport, SecureRoundResult, MaskPlan, Advert, SharedBox} from "./federated/prufed/secure.js";
+export {SecureRoundHost, SecureRoundError} from "./federated/prufed/secure-host.js";
+export type {SecurePhase, SecureHostEvent, SecureRoundOutcome} from "./federated/prufed/secure-host.js";
 export {roundsSvg} from "./federated/prufed/plot.js";
