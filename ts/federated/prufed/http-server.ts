@@ -141,20 +141,22 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     // every event goes to the caller (fl server --json prints them) and to the open event streams
     const streams = new Set<(e: FlServerEvent) => void>();
     // long polls wake on every state change (each comes with an event) instead of polling a timer
-    let wake: (() => void)[] = [];
+    let wake = new Set<() => void>();
     const changed = (ms: number) => new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, Math.max(0, Math.min(ms, 1000)));
-        wake.push(() => {
+        const done = () => {
             clearTimeout(timer);
+            wake.delete(done);
             resolve();
-        });
+        };
+        const timer = setTimeout(done, Math.max(0, Math.min(ms, 1000)));
+        wake.add(done);
     });
     const emit = (e: FlServerEvent) => {
         options.onEvent?.(e);
         for (const send of streams)
             send(e);
         const waiting = wake;
-        wake = [];
+        wake = new Set();
         for (const w of waiting)
             w();
     };
