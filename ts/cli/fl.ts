@@ -306,6 +306,9 @@ function clientCommand(): Command {
         .addHelpText("after", `
 The token is never an argument: PPC_GPT_TOKEN=... or --token-file. The client's id is the token's
 name. Restart the same command after a crash: it re-registers and resumes the open round.
+Against 'fl server --secure-aggregation' it sends its update only masked (keys, sealed shares,
+masked matrices, unmasking shares; docs/prufed.md); killed mid secure round, it is dropped from
+that round and takes part again from the next.
 
 Examples:
   PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\
