@@ -230,6 +230,8 @@ need no flag: they learn it from the round. See docs/prufed.md.`)
             const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
             if (opts.secaggThreshold !== undefined && !opts.secureAggregation)
                 throw new UsageError("--secagg-threshold needs --secure-aggregation");
+            if (opts.secaggThreshold !== undefined && !(Number.isInteger(Number(opts.secaggThreshold)) && Number(opts.secaggThreshold) >= 2))
+                throw new UsageError(`--secagg-threshold must be an integer >= 2 (one share would give the server a client's mask seed; got ${opts.secaggThreshold})`);
             if (opts.secureAggregation && (opts.aggregation === "flexlora" || opts.clipNorm !== undefined))
                 throw new UsageError("--secure-aggregation sums per-layer factors: use it with --aggregation layerwise or fedavg and without --clip-norm");
             const json = Boolean(opts.json);

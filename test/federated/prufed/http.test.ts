@@ -195,6 +195,13 @@ test.serial("fl server / fl client: usage errors exit 2, a missing token exits 1
     const badPort = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--port", "70000"]);
     t.is(badPort.code, 2);
     t.regex(badPort.stderr, /--port/);
+    const lowT = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--secure-aggregation", "--secagg-threshold", "1"]);
+    t.is(lowT.code, 2);
+    t.regex(lowT.stderr, /--secagg-threshold must be an integer >= 2/);
+    const flex = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--secure-aggregation", "--aggregation", "flexlora"]);
+    t.is(flex.code, 2);
+    t.regex(flex.stderr, /--secure-aggregation sums per-layer factors/);
+    t.false(fs.existsSync(path.join(dir, "d", "state.json")), "a refused command creates no federation");
     const env = {...process.env};
     delete env.PPC_GPT_TOKEN;
     const noToken = await runCli(["fl", "client", "--server", "http://127.0.0.1:9", "--model", stories260K, "--data", stories260K,

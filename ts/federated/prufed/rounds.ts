@@ -155,8 +155,9 @@ export function checkFederationConfig(c: FederationConfig): void {
         if (c.clipNorm !== undefined)
             throw new RangeError("clipNorm needs each update, which secure aggregation hides from the server (clients may clip locally)");
     }
-    if (c.secaggThreshold !== undefined && (!posInt(c.secaggThreshold) || !c.secureAggregation))
-        throw new RangeError(`secaggThreshold must be a positive integer, with secureAggregation (got ${c.secaggThreshold})`);
+    // t = 1 would let the server rebuild any client's mask seed from one share
+    if (c.secaggThreshold !== undefined && (!posInt(c.secaggThreshold) || c.secaggThreshold < 2 || !c.secureAggregation))
+        throw new RangeError(`secaggThreshold must be an integer >= 2, with secureAggregation (got ${c.secaggThreshold})`);
     if (c.secaggPhaseTimeout !== undefined && !(c.secaggPhaseTimeout > 0))
         throw new RangeError(`secaggPhaseTimeout must be a positive number of seconds (got ${c.secaggPhaseTimeout})`);
 }
