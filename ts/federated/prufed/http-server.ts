@@ -5,6 +5,9 @@
 // Every state change goes through one queue (the state machine is not re-entrant); a timer opens
 // rounds when enough clients registered and closes them at quorum or deadline. All state lives in
 // the data dir (state.json, rounds/, uploads/), so a server killed -9 resumes the open round.
+// With --secure-aggregation every round is a secure round (secure-host.ts): clients send keys,
+// sealed shares, masked matrices and unmasking shares instead of an upload; its journal in
+// secagg/round-N/ lets a restarted server resume it too.
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
