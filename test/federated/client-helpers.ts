@@ -149,6 +149,8 @@ export class RecordingProxy {
     cut?: {match: RegExp; afterBytes: number; times: number};
     /** Connections cut by `cut`. */
     cuts = 0;
+    /** Once a connection's request stream matches, nothing more of it is forwarded (recorded still): the request hangs. */
+    hold?: RegExp;
     private server?: net.Server;
     private readonly sockets = new Set<net.Socket>();
     port = 0;
@@ -173,9 +175,12 @@ export class RecordingProxy {
             const upstream = net.connect(this.target.port, this.target.host);
             this.sockets.add(client);
             this.sockets.add(upstream);
+            let held = false;
             client.on("data", (d) => {
                 rec.up.push(Buffer.from(d));
-                upstream.write(d);
+                held ||= this.hold !== undefined && this.hold.test(Buffer.concat(rec.up).toString("latin1"));
+                if (!held)
+                    upstream.write(d);
             });
             let downBytes = 0;
             let queue = Promise.resolve();
@@ -252,16 +257,21 @@ export class RecordingProxy {
  * chunked bodies are de-chunked and gzip bodies decompressed, so a search sees what was meant.
  */
 export function decodeHttpStream(buf: Buffer): string {
-    const out: string[] = [];
+    return decodeHttpMessages(buf).map((b) => b.toString("utf8")).join("\n");
+}
+
+/** The same split as bytes (heads, then bodies de-chunked and gunzipped): a stream either way (requests or responses). */
+export function decodeHttpMessages(buf: Buffer): Buffer[] {
+    const out: Buffer[] = [];
     let at = 0;
     while (at < buf.length) {
         const headEnd = buf.indexOf("\r\n\r\n", at);
         if (headEnd < 0) {
-            out.push(buf.subarray(at).toString("utf8"));
+            out.push(buf.subarray(at));
             break;
         }
         const head = buf.subarray(at, headEnd).toString("latin1");
-        out.push(head);
+        out.push(buf.subarray(at, headEnd));
         at = headEnd + 4;
         const length = /\r\ncontent-length:\s*(\d+)/i.exec(head);
         const chunked = /\r\ntransfer-encoding:\s*chunked/i.test(head);
@@ -293,9 +303,9 @@ export function decodeHttpStream(buf: Buffer): string {
                 // left as sent
             }
         }
-        out.push(body.toString("utf8"));
+        out.push(body);
     }
-    return out.join("\n");
+    return out;
 }
 
 /** A small private set in task-item JSONL with distinctive words, answers and ids. */

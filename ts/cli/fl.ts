@@ -174,6 +174,7 @@ interface ServerCliOptions {
     base: string; rounds: string; clientsPerRound?: string; minClients?: string; roundTimeout?: string; aggregation: AggregationMethod;
     dataDir: string; seed: string; r: string; loraAlpha: string; targetModules?: string; clipNorm?: string; maxUploadMb: string;
     host: string; port: string; tlsCert?: string; tlsKey?: string; plot?: string; json?: boolean; linger: string;
+    secureAggregation?: boolean; secaggThreshold?: string; secaggPhaseTimeout?: string;
 }
 
 function serverCommand(): Command {
@@ -194,6 +195,9 @@ function serverCommand(): Command {
         .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--max-upload-mb <n>", "largest upload (decompressed)", "256")
+        .option("--secure-aggregation", "masked per-layer sums (layerwise, fedavg): the server never sees one client's update; clients follow it")
+        .option("--secagg-threshold <t>", "Shamir threshold of secure rounds: survivors needed to unmask (default: a majority of the round's clients)")
+        .option("--secagg-phase-timeout <s>", "seconds each secure phase after the keys may last (shares, masked input, unmasking)", "60")
         .option("--host <host>", "address to listen on", "127.0.0.1")
         .option("--port <n>", "port (0: a free one; the URL is printed)", "8080")
         .option("--tls-cert <file>", "serve HTTPS with this certificate (PEM)")
@@ -208,13 +212,28 @@ Clients authenticate with tokens of this data dir; a client's id is its token's 
 Examples:
   ppc-gpt fl server --base base.gguf --rounds 10 --clients-per-round 3 --min-clients 2 --round-timeout 600 \\
       --aggregation layerwise --data-dir fl --port 8090 --plot rounds.svg
-  ppc-gpt fl server --base base.gguf --rounds 2 --clients-per-round 3 --data-dir fl --port 0 --json`)
+  ppc-gpt fl server --base base.gguf --rounds 2 --clients-per-round 3 --data-dir fl --port 0 --json
+  ppc-gpt fl server --base base.gguf --rounds 10 --clients-per-round 5 --secure-aggregation --secagg-threshold 3 \\
+      --round-timeout 600 --secagg-phase-timeout 60 --data-dir fl-sec --port 8090
+
+Secure aggregation (--secure-aggregation): a round's keys phase lasts until every sampled client
+has trained and sent its public keys, or until --round-timeout; then shares, masked input and
+unmasking each last until all clients answered or --secagg-phase-timeout. A client that misses a
+phase is dropped from the round (its masks are removed with the others' Shamir shares); the round
+is aggregated over the clients whose masked input arrived, if at least t survivors unmask. Clients
+need no flag: they learn it from the round. See docs/prufed.md.`)
         .action(async (opts: ServerCliOptions) => {
             if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
                 throw new UsageError("give --tls-cert and --tls-key together");
             if (!fs.existsSync(opts.base))
                 throw new UsageError(`--base ${opts.base} does not exist`);
             const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
+            if (opts.secaggThreshold !== undefined && !opts.secureAggregation)
+                throw new UsageError("--secagg-threshold needs --secure-aggregation");
+            if (opts.secaggThreshold !== undefined && !(Number.isInteger(Number(opts.secaggThreshold)) && Number(opts.secaggThreshold) >= 2))
+                throw new UsageError(`--secagg-threshold must be an integer >= 2 (one share would give the server a client's mask seed; got ${opts.secaggThreshold})`);
+            if (opts.secureAggregation && (opts.aggregation === "flexlora" || opts.clipNorm !== undefined))
+                throw new UsageError("--secure-aggregation sums per-layer factors: use it with --aggregation layerwise or fedavg and without --clip-norm");
             const json = Boolean(opts.json);
             const emit = (e: FlServerEvent | Record<string, unknown>) => {
                 if (json)
@@ -237,12 +256,16 @@ Examples:
                     targetModules: opts.targetModules?.split(",").map((x) => x.trim()).filter(Boolean),
                     clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
                     maxUploadBytes: Math.floor(parseNumber(opts.maxUploadMb, "--max-upload-mb", (x) => x > 0 && x <= 4096, "in (0, 4096]") * 1024 * 1024),
+                    ...(opts.secureAggregation ? {secureAggregation: true,
+                        secaggPhaseTimeout: parseNumber(opts.secaggPhaseTimeout ?? "60", "--secagg-phase-timeout", (x) => x > 0, "a positive number of seconds"),
+                        ...(opts.secaggThreshold !== undefined ? {secaggThreshold: int(opts.secaggThreshold, "--secagg-threshold")} : {})} : {}),
                 },
                 onEvent: emit,
             });
             if (json)
                 process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, completed: server.federation.completed,
-                    rounds: server.federation.config.rounds, resumed_round: server.federation.current?.round ?? null}) + "\n");
+                    rounds: server.federation.config.rounds, resumed_round: server.federation.current?.round ?? null,
+                    ...(server.federation.config.secureAggregation ? {secure_phase: server.securePhase()} : {})}) + "\n");
             else
                 process.stdout.write(`ppc-gpt fl server listening on ${server.url} (${server.federation.config.aggregation}, ` +
                     `${server.federation.completed}/${server.federation.config.rounds} rounds done, data ${opts.dataDir})\n`);
@@ -285,6 +308,9 @@ function clientCommand(): Command {
         .addHelpText("after", `
 The token is never an argument: PPC_GPT_TOKEN=... or --token-file. The client's id is the token's
 name. Restart the same command after a crash: it re-registers and resumes the open round.
+Against 'fl server --secure-aggregation' it sends its update only masked (keys, sealed shares,
+masked matrices, unmasking shares; docs/prufed.md); killed mid secure round, it is dropped from
+that round and takes part again from the next.
 
 Examples:
   PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\

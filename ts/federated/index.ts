@@ -31,7 +31,7 @@ export type {AdapterLayout, LayoutTarget, ClientDeclaration, UploadLimits} from 
 export {aggregate, aggregationMethods, clientPart, initialGlobal} from "./prufed/aggregate.js";
 export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, TargetAggregation} from "./prufed/aggregate.js";
 export {FederationServer, LateUpload, recomputeRound, roundFile} from "./prufed/rounds.js";
-export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, UploadMetrics} from "./prufed/rounds.js";
+export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, SecureRoundRecord, UploadMetrics} from "./prufed/rounds.js";
 export {runLocalRound, labelAccuracy, clientRoundFiles} from "./prufed/client.js";
 export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
 export {simulate, accuracyByDepth, simulationModes} from "./prufed/simulate.js";
@@ -44,3 +44,5 @@ export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, Sim
 export {secureAggregateRound, SecureClient, SecureAggregationServer} from "./prufed/secure.js";
 export type {SecureParticipant, SecureMember, SecureRoundOptions, SecureRoundReport, SecureRoundResult, MaskPlan, Advert, SharedBox} from "./prufed/secure.js";
 export {roundsSvg} from "./prufed/plot.js";
+export {SecureRoundHost, SecureRoundError} from "./prufed/secure-host.js";
+export type {SecurePhase, SecureHostEvent, SecureRoundOutcome} from "./prufed/secure-host.js";

@@ -6,7 +6,7 @@ import test from "ava";
 import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
 import {writeJsonlAtomic} from "../../../ts/data/jsonl.js";
 import {readLoraAdapter} from "../../../ts/train/adapter.js";
-import {roundFile} from "../../../ts/federated/prufed/rounds.js";
+import {recomputeRound, roundFile} from "../../../ts/federated/prufed/rounds.js";
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {runCli, tempDir} from "../../helpers.js";
 
@@ -56,6 +56,15 @@ test("fl simulate --json writes a result, round files and an accuracy plot per d
         g.data.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - (w0 * x0[i] + w1 * x1[i]) / (w0 + w1)))));
     }
     t.true(worst < 1e-5, `secure round 1 vs plain mean of the survivors: ${worst}`);
+    // round-1.json records the secure round, so recomputeRound over the contributors' uploads agrees too
+    const again = await recomputeRound(path.join(dir, "secure", "server"), 1, {"c0-d3": path.join(dir, "secure", "clients", "c0-d3", "round-1.gguf"),
+        "c2-d3": path.join(dir, "secure", "clients", "c2-d3", "round-1.gguf")}, "layerwise");
+    const summary1 = JSON.parse(fs.readFileSync(roundFile(path.join(dir, "secure", "server"), 1).replace(/\.gguf$/, ".json"), "utf8"));
+    t.deepEqual(summary1.secure.dropped, ["c1-d2"]);
+    let worstAgain = 0;
+    for (const g of g1.tensors)
+        g.data.forEach((v, i) => (worstAgain = Math.max(worstAgain, Math.abs(v - again.tensors.find((x) => x.name === g.name)!.data[i]))));
+    t.true(worstAgain < 1e-5, `secure round 1 vs recomputeRound: ${worstAgain}`);
 
     // nothing the server stored holds a client's update: every 16-byte window of each upload that the
     // server did not already have (round 0, the initial adapter it sent) is absent from its folder;

@@ -1,9 +1,12 @@
 // Test plumbing for `fl server` / `fl client` as real processes on loopback: the server's JSON-line
 // events are collected; tokens come from the real `server token create` verb.
 import {spawn, type ChildProcess} from "node:child_process";
+import path from "node:path";
 import readline from "node:readline";
 import type {ExecutionContext} from "ava";
 import {cliPath} from "../../helpers.js";
+import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
+import {removeLayers} from "../../../ts/prune/remove.js";
 
 export interface Proc {
     child: ChildProcess;
@@ -66,3 +69,27 @@ export function spawnCli(t: ExecutionContext, args: string[], env: NodeJS.Proces
         },
     };
 }
+
+/** A synthetic 4-layer base and two cuts: d3 (layers 0, 2, 3) and d2 (layers 0, 2). */
+export async function models(dir: string): Promise<{base: string; cut: Record<string, string>}> {
+    const base = path.join(dir, "base.gguf");
+    await writeSyntheticModel(base, {architecture: "llama", layers: 4, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 2});
+    const cut: Record<string, string> = {d4: base};
+    for (const [name, removed] of [["d3", [1]], ["d2", [1, 3]]] as const) {
+        cut[name] = path.join(dir, `${name}.gguf`);
+        await removeLayers(base, cut[name], [...removed]);
+    }
+    return {base, cut};
+}
+
+export function serverArgs(base: string, dataDir: string, extra: string[]): string[] {
+    return ["fl", "server", "--base", base, "--data-dir", dataDir, "--json", "--r", "4", "--lora-alpha", "8", "--seed", "5",
+        "--linger", "4", ...extra];
+}
+
+export async function startServer(t: ExecutionContext, base: string, dataDir: string, extra: string[]): Promise<{proc: Proc; url: string}> {
+    const proc = spawnCli(t, serverArgs(base, dataDir, extra.includes("--port") ? extra : ["--port", "0", ...extra]));
+    const listening = await proc.waitFor((e) => e.event === "listening", "listening", 60_000);
+    return {proc, url: listening.url};
+}
+

@@ -5,37 +5,13 @@
 import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
-import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
 import {writeJsonlAtomic} from "../../../ts/data/jsonl.js";
-import {removeLayers} from "../../../ts/prune/remove.js";
 import {readLoraAdapter, writeLoraAdapter} from "../../../ts/train/adapter.js";
 import {recomputeRound, roundFile} from "../../../ts/federated/prufed/rounds.js";
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {makeToken} from "../server-process.js";
 import {runCli, stories260K, tempDir} from "../../helpers.js";
-import {spawnCli, type Proc} from "./http-process.js";
-
-async function models(dir: string): Promise<{base: string; cut: Record<string, string>}> {
-    const base = path.join(dir, "base.gguf");
-    await writeSyntheticModel(base, {architecture: "llama", layers: 4, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 2});
-    const cut: Record<string, string> = {d4: base};
-    for (const [name, removed] of [["d3", [1]], ["d2", [1, 3]]] as const) {
-        cut[name] = path.join(dir, `${name}.gguf`);
-        await removeLayers(base, cut[name], [...removed]);
-    }
-    return {base, cut};
-}
-
-function serverArgs(base: string, dataDir: string, extra: string[]): string[] {
-    return ["fl", "server", "--base", base, "--data-dir", dataDir, "--json", "--r", "4", "--lora-alpha", "8", "--seed", "5",
-        "--linger", "4", ...extra];
-}
-
-async function startServer(t: Parameters<typeof tempDir>[0], base: string, dataDir: string, extra: string[]): Promise<{proc: Proc; url: string}> {
-    const proc = spawnCli(t, serverArgs(base, dataDir, extra.includes("--port") ? extra : ["--port", "0", ...extra]));
-    const listening = await proc.waitFor((e) => e.event === "listening", "listening", 60_000);
-    return {proc, url: listening.url};
-}
+import {models, spawnCli, startServer, type Proc} from "./http-process.js";
 
 const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
 
@@ -219,10 +195,66 @@ test.serial("fl server / fl client: usage errors exit 2, a missing token exits 1
     const badPort = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--port", "70000"]);
     t.is(badPort.code, 2);
     t.regex(badPort.stderr, /--port/);
+    const lowT = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--secure-aggregation", "--secagg-threshold", "1"]);
+    t.is(lowT.code, 2);
+    t.regex(lowT.stderr, /--secagg-threshold must be an integer >= 2/);
+    const flex = await runCli(["fl", "server", "--base", stories260K, "--data-dir", path.join(dir, "d"), "--secure-aggregation", "--aggregation", "flexlora"]);
+    t.is(flex.code, 2);
+    t.regex(flex.stderr, /--secure-aggregation sums per-layer factors/);
+    t.false(fs.existsSync(path.join(dir, "d", "state.json")), "a refused command creates no federation");
     const env = {...process.env};
     delete env.PPC_GPT_TOKEN;
     const noToken = await runCli(["fl", "client", "--server", "http://127.0.0.1:9", "--model", stories260K, "--data", stories260K,
         "--work-dir", path.join(dir, "w")], {env});
     t.is(noToken.code, 1);
     t.regex(noToken.stderr, /PPC_GPT_TOKEN/);
+});
+
+/** Reads a text/event-stream body to its end: [event name, parsed data] per event (comments skipped). */
+async function readEventStream(res: Response): Promise<[string, any][]> {
+    const out: [string, any][] = [];
+    const text = await res.text();
+    for (const block of text.split("\n\n")) {
+        const name = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (name && data)
+            out.push([name, JSON.parse(data)]);
+    }
+    return out;
+}
+
+test.serial("GET /v1/fl/events streams the events fl server --json prints and ends after finished", async (t) => {
+    const dir = tempDir(t);
+    const {base} = await models(dir);
+    const dataDir = path.join(dir, "server");
+    fs.mkdirSync(dataDir);
+    const token = await makeToken(dataDir, "solo");
+    const server = await startServer(t, base, dataDir, ["--rounds", "1", "--clients-per-round", "1", "--round-timeout", "60"]);
+    const call = (route: string, init: RequestInit = {}) =>
+        fetch(`${server.url}${route}`, {...init, headers: {authorization: `Bearer ${token}`, ...(init.headers as Record<string, string> ?? {})}});
+    t.is((await fetch(`${server.url}/v1/fl/events`)).status, 401);
+    const stream = await call("/v1/fl/events");
+    t.is(stream.status, 200);
+    t.regex(stream.headers.get("content-type") ?? "", /^text\/event-stream/);
+    const events = readEventStream(stream);
+    t.is((await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify({original_layers: [0, 2], weight: 10, r: 4, lora_alpha: 8})})).status, 201);
+    let cur: any;
+    for (let i = 0; i < 100 && cur?.round !== 1; i++)
+        cur = await (await call("/v1/fl/rounds/current?wait=5")).json();
+    const start = Buffer.from(await (await call("/v1/fl/rounds/1/adapter")).arrayBuffer());
+    t.is((await call("/v1/fl/rounds/1/upload", {method: "PUT", headers: {"content-type": "application/octet-stream"}, body: start})).status, 201);
+    const got = await events;
+    t.deepEqual(got.map(([name]) => name), ["status", "registered", "round_started", "upload_accepted", "round_closed", "finished"]);
+    t.like(got[0][1], {event: "status", completed: 0, finished: false, registered: false});
+    // each event is the JSON line fl server --json printed
+    await server.proc.waitFor((e) => e.event === "finished", "finished");
+    for (const [name, data] of got.slice(1)) {
+        t.is(data.event, name);
+        t.deepEqual(data, server.proc.events.find((e) => e.event === name));
+    }
+    // a stream opened after the last round gets the status and ends
+    const late = await readEventStream(await call("/v1/fl/events"));
+    t.deepEqual(late.map(([name]) => name), ["status"]);
+    t.true(late[0][1].finished);
 });

@@ -14,7 +14,10 @@ import {readLoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
-import {metricsHeader} from "./http-protocol.js";
+import {flRoutes, metricsHeader, roundRoute, type NotReady, type RosterAnswer, type SecureRoundStatus, type SharesAnswer,
+    type UnmaskAnswer} from "./http-protocol.js";
+import {toBaseNumbering} from "./align.js";
+import {SecureClient, type MaskPlan} from "./secure.js";
 
 export interface FlClientOptions {
     server: string;
@@ -104,7 +107,8 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
         const res = await call(`/v1/fl/rounds/current?wait=${o.waitSeconds ?? 20}`);
         if (!res.ok)
             await failed(res, "round status");
-        const cur = await res.json() as {round?: number; sampled?: boolean; uploaded?: boolean; finished: boolean; completed: number};
+        const cur = await res.json() as {round?: number; sampled?: boolean; uploaded?: boolean; finished: boolean; completed: number;
+            secure_aggregation?: boolean; secure?: SecureRoundStatus};
         if (cur.finished) {
             emit({event: "finished", completed: cur.completed});
             return {rounds, completed: cur.completed};
@@ -148,6 +152,15 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
         fs.renameSync(tmp, doneFile);
         const metrics = {train_loss: result.trainLoss, bytes_down: result.bytesDown, bytes_up: result.bytesUp, seconds: result.seconds,
             ...(result.accuracy !== undefined ? {accuracy: result.accuracy, accuracy_before: result.accuracyBefore} : {})};
+        if (cur.secure_aggregation) {
+            // the server follows secure aggregation: the update leaves this process only masked
+            const secure = await secureRound({call, failed, emit, id: regBody.id, round: n, layers, weight: train.length, upload, metrics,
+                scaleBits: cur.secure?.scale_bits ?? 20, waitSeconds: o.waitSeconds ?? 20});
+            const round: FlClientRound = {...result, bytesUp: secure.bytesUp, accepted: secure.accepted, ...(secure.error ? {error: secure.error} : {})};
+            rounds.push(round);
+            emit({event: secure.accepted ? "uploaded" : "upload_refused", secure: true, ...round});
+            continue;
+        }
         const put = await call(`/v1/fl/rounds/${n}/upload`, {method: "PUT", body,
             headers: {"content-type": "application/octet-stream", "content-encoding": "gzip", [metricsHeader]: JSON.stringify(metrics)}});
         const answer = put.ok ? undefined : await put.json().catch(() => ({error: `HTTP ${put.status}`, code: ""})) as {error: string; code: string};
@@ -157,4 +170,95 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
         if (answer && (put.status === 400 || put.status === 401 || put.status === 413 || put.status === 422))
             throw new FederatedError(`round ${n}: the server refused the upload: ${answer.error} (${answer.code})`);
     }
+}
+
+type Call = (route: string, init?: RequestInit, retry?: boolean) => Promise<Response>;
+
+/**
+ * This client's side of a secure round (docs/prufed.md "Secure aggregation over HTTP"): keys,
+ * sealed shares, masked matrices, unmasking shares, each phase's answer long-polled. Its keys and the
+ * shares it holds live in this process only: killed, it is dropped from the round (the others'
+ * shares remove its masks) and takes part again from the next round.
+ */
+async function secureRound(o: {call: Call; failed: (res: Response, what: string) => Promise<never>; emit: (e: Record<string, unknown>) => void;
+    id: string; round: number; layers: number[]; weight: number; upload: string; metrics: Record<string, number | undefined>; scaleBits: number;
+    waitSeconds: number}): Promise<{accepted: boolean; bytesUp: number; error?: string}> {
+    const n = o.round;
+    const json = {"content-type": "application/json"};
+    /** A refusal that takes this client out of the round (dropped, phase over, round closed): not an error of the client. */
+    const outOfRound = async (res: Response): Promise<string | undefined> => {
+        if (res.status !== 409 && res.status !== 410 && res.status !== 403)
+            return undefined;
+        const b = await res.json().catch(() => ({error: `HTTP ${res.status}`, code: ""})) as {error: string; code: string};
+        return `${b.error} (${b.code})`;
+    };
+    const send = async (route: string, init: RequestInit, what: string): Promise<string | undefined> => {
+        const res = await o.call(roundRoute(route, n), init);
+        if (res.ok) {
+            await res.arrayBuffer();
+            return undefined;
+        }
+        return (await outOfRound(res)) ?? await o.failed(res, `round ${n} ${what}`);
+    };
+    const poll = async <T>(route: string, what: string): Promise<T | string> => {
+        for (;;) {
+            const res = await o.call(`${roundRoute(route, n)}?wait=${o.waitSeconds}`);
+            if (!res.ok)
+                return (await outOfRound(res)) ?? await o.failed(res, `round ${n} ${what}`);
+            const body = await res.json() as T | NotReady;
+            if ((body as {ready: boolean}).ready)
+                return body as T;
+        }
+    };
+    const out = (error: string, bytesUp = 0) => {
+        o.emit({event: "secagg_dropped", round: n, error});
+        return {accepted: false, bytesUp, error};
+    };
+    const adapter = toBaseNumbering(await readLoraAdapter(o.upload), o.layers);
+    const client = new SecureClient({id: o.id, weight: o.weight, layerMap: o.layers, adapter}, n, o.scaleBits);
+    const keys = client.advertise();
+    let refused = await send(flRoutes.secaggKeys, {method: "POST", headers: json,
+        body: JSON.stringify({c_pub: keys.cPub.toString("base64"), s_pub: keys.sPub.toString("base64")})}, "keys");
+    if (refused)
+        return out(refused);
+    o.emit({event: "secagg_keys", round: n});
+    const roster = await poll<RosterAnswer>(flRoutes.secaggRoster, "roster");
+    if (typeof roster === "string")
+        return out(roster);
+    const boxes = client.shareKeys(roster.roster.map((a) => ({id: a.id, x: a.x, cPub: Buffer.from(a.c_pub, "base64"), sPub: Buffer.from(a.s_pub, "base64")})),
+        roster.threshold);
+    refused = await send(flRoutes.secaggShares, {method: "POST", headers: json,
+        body: JSON.stringify({boxes: boxes.map((b) => ({to: b.to, box: b.box.toString("base64")}))})}, "shares");
+    if (refused)
+        return out(refused);
+    o.emit({event: "secagg_shares", round: n, roster: roster.roster.map((a) => a.id)});
+    const shares = await poll<SharesAnswer>(flRoutes.secaggShares, "shares");
+    if (typeof shares === "string")
+        return out(shares);
+    client.acceptShares(shares.boxes.map((b) => ({from: b.from, to: o.id, box: Buffer.from(b.box, "base64")})));
+    const plan: MaskPlan = {targets: shares.targets.map((t) => ({target: t.target, holders: t.holders, p: new Map(t.holders.map((h, i) => [h, t.p[i]]))}))};
+    const masked = client.maskedInput(plan);
+    // plan order, lora_a then lora_b: the layout the server expects (secure-host.ts maskedLayout)
+    const lanes = plan.targets.filter((t) => t.holders.includes(o.id)).flatMap((t) => ["a", "b"].map((part) => masked.get(`${t.target}.lora_${part}`)!));
+    const body = Buffer.concat(lanes.map((y) => Buffer.from(y.buffer, y.byteOffset, y.byteLength)));
+    refused = await send(flRoutes.secaggMasked, {method: "PUT", body, headers: {"content-type": "application/octet-stream",
+        [metricsHeader]: JSON.stringify({...o.metrics, bytes_up: body.length})}}, "masked input");
+    if (refused)
+        return out(refused);
+    o.emit({event: "secagg_masked", round: n, bytes: body.length, matrices: lanes.length});
+    const request = await poll<UnmaskAnswer>(flRoutes.secaggUnmask, "unmasking request");
+    if (typeof request === "string")
+        return out(request, body.length);
+    let answer;
+    try {
+        answer = client.unmaskShares(plan, request.survivors, request.dropped);
+    } catch (err) {
+        return out((err as Error).message, body.length);
+    }
+    const wire = (xs: typeof answer.b) => xs.map((x) => ({id: x.id, x: x.share.x, y: x.share.y.toString(16)}));
+    refused = await send(flRoutes.secaggUnmask, {method: "POST", headers: json, body: JSON.stringify({b: wire(answer.b), s: wire(answer.s)})}, "unmasking shares");
+    if (refused)
+        return out(refused, body.length);
+    o.emit({event: "secagg_unmasked", round: n, survivors: request.survivors, dropped: request.dropped});
+    return {accepted: true, bytesUp: body.length};
 }

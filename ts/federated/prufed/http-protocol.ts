@@ -6,7 +6,56 @@ export const flRoutes = {
     adapter: "/v1/fl/rounds/:n/adapter",
     upload: "/v1/fl/rounds/:n/upload",
     global: "/v1/fl/rounds/:n/global",
+    /** Server-sent events: the JSON events `fl server --json` prints. */
+    events: "/v1/fl/events",
+    // secure rounds (docs/prufed.md "Secure aggregation over HTTP"): one route pair per phase
+    secaggKeys: "/v1/fl/rounds/:n/secagg/keys",
+    secaggRoster: "/v1/fl/rounds/:n/secagg/roster",
+    secaggShares: "/v1/fl/rounds/:n/secagg/shares",
+    secaggMasked: "/v1/fl/rounds/:n/secagg/masked",
+    secaggUnmask: "/v1/fl/rounds/:n/secagg/unmask",
 } as const;
+
+/** A route with its round number filled in. */
+export const roundRoute = (route: string, n: number) => route.replace(":n", String(n));
 
 /** Request header of an upload: the client's metrics as JSON (train_loss, accuracy, accuracy_before, bytes_down, bytes_up, seconds). */
 export const metricsHeader = "x-ppc-metrics";
+
+/** The secure part of `GET /v1/fl/rounds/current` in a secure round. */
+export interface SecureRoundStatus {
+    phase: "keys" | "shares" | "masked" | "unmask";
+    /** Epoch ms at which the open phase ends. */
+    phase_deadline: number;
+    threshold: number;
+    scale_bits: number;
+    /** This client sent its keys (it takes part in the round, or was dropped from it). */
+    joined: boolean;
+}
+
+/** A phase's GET answer before the phase has come: the client asks again (`?wait=s` long-polls). */
+export interface NotReady {
+    ready: false;
+    phase: SecureRoundStatus["phase"];
+    phase_deadline: number;
+}
+
+export interface RosterAnswer {
+    ready: true;
+    threshold: number;
+    scale_bits: number;
+    roster: {id: string; x: number; c_pub: string; s_pub: string}[];
+}
+
+/** Boxes sealed for this client and the masking plan (per matrix its holders and their weights p, in holder order). */
+export interface SharesAnswer {
+    ready: true;
+    boxes: {from: string; box: string}[];
+    targets: {target: string; holders: string[]; p: number[]}[];
+}
+
+export interface UnmaskAnswer {
+    ready: true;
+    survivors: string[];
+    dropped: string[];
+}

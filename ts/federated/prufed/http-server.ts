@@ -5,6 +5,9 @@
 // Every state change goes through one queue (the state machine is not re-entrant); a timer opens
 // rounds when enough clients registered and closes them at quorum or deadline. All state lives in
 // the data dir (state.json, rounds/, uploads/), so a server killed -9 resumes the open round.
+// With --secure-aggregation every round is a secure round (secure-host.ts): clients send keys,
+// sealed shares, masked matrices and unmasking shares instead of an upload; its journal in
+// secagg/round-N/ lets a restarted server resume it too.
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
@@ -17,7 +20,8 @@ import {claimDataDir} from "../server.js";
 import {SqliteJobStore} from "../store.js";
 import {acceptGzipBodies, HttpError, requireBearerToken, sendProtocolErrors} from "../http-common.js";
 import {UploadRejected} from "./align.js";
-import {flRoutes, metricsHeader} from "./http-protocol.js";
+import {flRoutes, metricsHeader, type SecureRoundStatus} from "./http-protocol.js";
+import {SecureRoundError, SecureRoundHost, secureRoundDir, type SecureHostEvent} from "./secure-host.js";
 import {roundsSvg} from "./plot.js";
 import {FederationServer, LateUpload, roundFile, type FederationConfig, type RoundSummary, type UploadMetrics} from "./rounds.js";
 
@@ -28,8 +32,10 @@ export type FlServerEvent =
     | {event: "round_started"; round: number; sampled: string[]; deadline: number | null}
     | {event: "upload_accepted"; round: number; client: string; bytes: number}
     | {event: "upload_rejected"; round: number; client: string; code: string; error: string}
-    | {event: "round_closed"; round: number; aggregated: boolean; clients: RoundSummary["clients"]; missing: string[]; note?: string; file: string}
-    | {event: "finished"; rounds: number};
+    | {event: "round_closed"; round: number; aggregated: boolean; clients: RoundSummary["clients"]; missing: string[]; note?: string; file: string;
+        secure?: RoundSummary["secure"]}
+    | {event: "finished"; rounds: number}
+    | SecureHostEvent;
 
 export interface FlServerOptions {
     dataDir: string;
@@ -50,6 +56,8 @@ export interface FlServer {
     app: FastifyInstance;
     url: string;
     federation: FederationServer;
+    /** The open secure round's phase (after a restart: the phase its journal was replayed to), or null. */
+    securePhase(): string | null;
     /** Resolves when every round is closed. */
     done: Promise<void>;
     close(): Promise<void>;
@@ -79,7 +87,9 @@ const currentSchema = {
     properties: {
         round: {type: "integer"}, sampled: {type: "boolean"}, uploaded: {type: "boolean"}, deadline: {type: ["integer", "null"]},
         completed: {type: "integer"}, rounds: {type: "integer"}, finished: {type: "boolean"}, aggregation: {type: "string"},
-        registered: {type: "boolean"},
+        registered: {type: "boolean"}, secure_aggregation: {type: "boolean"},
+        secure: {type: "object", required: ["phase", "phase_deadline", "threshold", "scale_bits", "joined"], properties: {
+            phase: {type: "string"}, phase_deadline: {type: "number"}, threshold: {type: "integer"}, scale_bits: {type: "integer"}, joined: {type: "boolean"}}},
     },
 } as const;
 
@@ -131,7 +141,28 @@ export function accuracyByDepthOf(history: readonly RoundSummary[]): {name: stri
 
 export async function startFlServer(options: FlServerOptions): Promise<FlServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
-    const emit = options.onEvent ?? (() => {});
+    // every event goes to the caller (fl server --json prints them) and to the open event streams
+    const streams = new Set<(e: FlServerEvent) => void>();
+    // long polls wake on every state change (each comes with an event) instead of polling a timer
+    let wake = new Set<() => void>();
+    const changed = (ms: number) => new Promise<void>((resolve) => {
+        const done = () => {
+            clearTimeout(timer);
+            wake.delete(done);
+            resolve();
+        };
+        const timer = setTimeout(done, Math.max(0, Math.min(ms, 1000)));
+        wake.add(done);
+    });
+    const emit = (e: FlServerEvent) => {
+        options.onEvent?.(e);
+        for (const send of streams)
+            send(e);
+        const waiting = wake;
+        wake = new Set();
+        for (const w of waiting)
+            w();
+    };
     const dataDir = path.resolve(options.dataDir);
     await fs.promises.mkdir(dataDir, {recursive: true});
     // one server per data dir (server.pid; a pid file left by a server killed -9 is taken over)
@@ -146,6 +177,24 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     await fs.promises.mkdir(incoming, {recursive: true});
     const maxUpload = config.maxUploadBytes ?? 256 * 1024 * 1024;
     const queue = new Queue();
+    const secure = config.secureAggregation === true;
+    /** The open secure round's host (secure-host.ts), rebuilt from its journal after a restart. */
+    let host: SecureRoundHost | undefined;
+    // journals of rounds already closed (a server killed between closing and cleaning up)
+    for (const d of fs.existsSync(path.join(dataDir, "secagg")) ? await fs.promises.readdir(path.join(dataDir, "secagg")) : [])
+        if (d !== `round-${federation.current?.round}`)
+            await fs.promises.rm(path.join(dataDir, "secagg", d), {recursive: true, force: true});
+    const hostFor = async (): Promise<SecureRoundHost | undefined> => {
+        const cur = federation.current;
+        if (!secure || !cur)
+            return undefined;
+        if (host?.round !== cur.round)
+            host = await SecureRoundHost.open({dataDir, round: cur.round, sampled: cur.sampled, previous: federation.globalAdapter,
+                members: federation.clients.filter((c) => cur.sampled.includes(c.id)), threshold: config.secaggThreshold,
+                keysDeadline: cur.deadline ?? Number.MAX_SAFE_INTEGER, phaseTimeoutMs: (config.secaggPhaseTimeout ?? 60) * 1000,
+                method: config.aggregation === "fedavg" ? "fedavg" : "layerwise"});
+        return host;
+    };
 
     const app = Fastify({
         logger: false,
@@ -192,11 +241,17 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
 
     const currentFor = (id: string) => {
         const cur = federation.current;
+        // a secure round: "uploaded" means the client sent its keys (it takes part, or was dropped); the
+        // client has something to do only while the keys phase is open
+        const h = cur && host?.round === cur.round ? host : undefined;
+        const sec: SecureRoundStatus | undefined = cur && secure && h ? {phase: h.phase, phase_deadline: h.phaseDeadline, threshold: h.threshold,
+            scale_bits: h.scaleBits, joined: h.hasAdvertised(id)} : undefined;
         return {
             completed: federation.completed, rounds: config.rounds, finished: federation.finished, aggregation: config.aggregation,
-            registered: federation.clients.some((c) => c.id === id),
-            ...(cur ? {round: cur.round, sampled: cur.sampled.includes(id), uploaded: cur.accepted.some((a) => a.client === id),
-                deadline: cur.deadline} : {}),
+            registered: federation.clients.some((c) => c.id === id), secure_aggregation: secure,
+            ...(cur ? {round: cur.round, sampled: cur.sampled.includes(id) && (!secure || sec !== undefined),
+                uploaded: secure ? (sec ? sec.joined || sec.phase !== "keys" : false) : cur.accepted.some((a) => a.client === id),
+                deadline: cur.deadline, ...(sec ? {secure: sec} : {})} : {}),
         };
     };
     // long poll: ?wait=s answers as soon as this client has something to do (or the federation finished)
@@ -206,9 +261,9 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         const until = Date.now() + Math.min(60, Number((request.query as {wait?: string}).wait ?? 0)) * 1000;
         for (;;) {
             const c = currentFor(id);
-            if (c.finished || (c.sampled && !c.uploaded) || Date.now() >= until || request.raw.destroyed)
+            if (c.finished || (c.sampled && !c.uploaded && (!c.secure || c.secure.phase === "keys")) || Date.now() >= until || request.raw.destroyed)
                 return c;
-            await new Promise((r) => setTimeout(r, 25));
+            await changed(until - Date.now());
         }
     });
 
@@ -249,6 +304,9 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         try {
             await queue.run(async () => {
                 const cur = federation.current;
+                if (secure)
+                    throw new HttpError(409, "secure_round", "this federation uses secure aggregation: send keys, shares and masked input " +
+                        "(/v1/fl/rounds/{n}/secagg/...), never a plain upload");
                 if (!cur || cur.round !== n)
                     throw new HttpError(cur && n < cur.round || !cur ? 409 : 410, "round_closed",
                         `round ${n} is not open (${cur ? `round ${cur.round} is` : "no round is"}); the upload is not counted`);
@@ -288,6 +346,135 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         return reply.header("content-type", "application/octet-stream").header("content-encoding", "gzip").send(gz);
     });
 
+    // secure rounds: one route pair per phase of secure-host.ts; every message goes through the queue
+    const secureRound = async (request: FastifyRequest): Promise<{id: string; h: SecureRoundHost}> => {
+        const id = clientId(request);
+        if (!secure)
+            throw new HttpError(409, "not_secure", "this federation does not use secure aggregation (fl server --secure-aggregation)");
+        const cur = openRound(request, id);
+        // the host is made by the round machine (in its queue) when the round opens
+        const h = host?.round === cur.round ? host : undefined;
+        if (!h)
+            throw new HttpError(410, "round_closed", "no secure round is open");
+        return {id, h};
+    };
+    const secureErrors = async <T>(fn: () => Promise<T>): Promise<T> => {
+        try {
+            return await fn();
+        } catch (err) {
+            if (err instanceof SecureRoundError)
+                throw new HttpError(err.code === "invalid" ? 422 : 409, err.code === "invalid" ? "invalid_message" : err.code, err.message);
+            throw err;
+        }
+    };
+    /** A phase's GET: answers as soon as the phase has come (long poll with ?wait=s), else {ready: false}. */
+    const securePoll = (view: (h: SecureRoundHost, id: string) => object | undefined) => async (request: FastifyRequest) => {
+        const until = Date.now() + Math.min(60, Number((request.query as {wait?: string}).wait ?? 0)) * 1000;
+        for (;;) {
+            const {id, h} = await secureRound(request);
+            const v = await secureErrors(async () => view(h, id));
+            if (v)
+                return {ready: true, ...v};
+            if (Date.now() >= until || request.raw.destroyed)
+                return {ready: false, phase: h.phase, phase_deadline: h.phaseDeadline};
+            await changed(until - Date.now());
+        }
+    };
+    const waitQuery = {type: "object", additionalProperties: false, properties: {wait: {type: "string", pattern: "^[0-9]{1,3}$"}}} as const;
+    const b64Key = {type: "string", pattern: "^[A-Za-z0-9+/]{43}=$"} as const;
+    const accepted = {201: {type: "object", required: ["round", "accepted"], properties: {round: {type: "integer"}, accepted: {type: "boolean"}}}, ...errors};
+    const received = (h: SecureRoundHost, id: string, step: SecureRoundHost["phase"], bytes: number) => {
+        emit(h.noteReceived(id, step, bytes));
+        kick();
+    };
+    app.post(flRoutes.secaggKeys, {schema: {params: roundParams, security, body: {type: "object", additionalProperties: false, required: ["c_pub", "s_pub"],
+        properties: {c_pub: b64Key, s_pub: b64Key}}, response: accepted}}, async (request, reply) => {
+        const b = request.body as {c_pub: string; s_pub: string};
+        const {id, h} = await secureRound(request);
+        await queue.run(() => secureErrors(() => h.advertise(id, Buffer.from(b.c_pub, "base64"), Buffer.from(b.s_pub, "base64"))));
+        received(h, id, "keys", 64);
+        return reply.code(201).send({round: h.round, accepted: true});
+    });
+    app.get(flRoutes.secaggRoster, {schema: {params: roundParams, security, querystring: waitQuery, response: errors}},
+        securePoll((h, id) => h.rosterView(id)));
+    app.post(flRoutes.secaggShares, {schema: {params: roundParams, security, body: {type: "object", additionalProperties: false, required: ["boxes"],
+        properties: {boxes: {type: "array", maxItems: 4096, items: {type: "object", additionalProperties: false, required: ["to", "box"],
+            properties: {to: {type: "string", maxLength: 64}, box: {type: "string", maxLength: 16384, pattern: "^[A-Za-z0-9+/]*={0,2}$"}}}}}},
+    response: accepted}}, async (request, reply) => {
+        const b = request.body as {boxes: {to: string; box: string}[]};
+        const {id, h} = await secureRound(request);
+        const boxes = b.boxes.map((x) => ({to: x.to, box: Buffer.from(x.box, "base64")}));
+        await queue.run(() => secureErrors(() => h.submitShares(id, boxes)));
+        received(h, id, "shares", boxes.reduce((s, x) => s + x.box.length, 0));
+        return reply.code(201).send({round: h.round, accepted: true});
+    });
+    app.get(flRoutes.secaggShares, {schema: {params: roundParams, security, querystring: waitQuery, response: errors}},
+        securePoll((h, id) => h.sharesView(id)));
+    app.put(flRoutes.secaggMasked, {schema: {params: roundParams, security, response: accepted}}, async (request, reply) => {
+        const body = request.body as Buffer;
+        if (!Buffer.isBuffer(body))
+            throw new HttpError(415, errorCodes.unsupportedMediaType, "masked input is application/octet-stream (uint32 little-endian lanes in plan order)");
+        const metrics = metricsFromHeader(request.headers[metricsHeader]);
+        const {id, h} = await secureRound(request);
+        await queue.run(() => secureErrors(() => h.submitMasked(id, body, metrics)));
+        received(h, id, "masked", body.length);
+        return reply.code(201).send({round: h.round, accepted: true});
+    });
+    app.get(flRoutes.secaggUnmask, {schema: {params: roundParams, security, querystring: waitQuery, response: errors}},
+        securePoll((h, id) => h.unmaskView(id)));
+    const wireShares = {type: "array", maxItems: 4096, items: {type: "object", additionalProperties: false, required: ["id", "x", "y"],
+        properties: {id: {type: "string", maxLength: 64}, x: {type: "integer", minimum: 1, maximum: 65535}, y: {type: "string", pattern: "^[0-9a-f]{1,131}$"}}}} as const;
+    app.post(flRoutes.secaggUnmask, {schema: {params: roundParams, security, body: {type: "object", additionalProperties: false, required: ["b", "s"],
+        properties: {b: wireShares, s: wireShares}}, response: accepted}}, async (request, reply) => {
+        const b = request.body as {b: {id: string; x: number; y: string}[]; s: {id: string; x: number; y: string}[]};
+        const {id, h} = await secureRound(request);
+        await queue.run(() => secureErrors(() => h.submitUnmask(id, b.b, b.s)));
+        received(h, id, "unmask", JSON.stringify(b).length);
+        return reply.code(201).send({round: h.round, accepted: true});
+    });
+
+    // GET /v1/fl/events: the same JSON events as `fl server --json`, as server-sent events, with the job
+    // server's conventions (ts/federated/server.ts): `event: <name>` + `data: <json>`, a `: ping` comment
+    // every 15 s, the stream ends after `finished` (or at once when the federation is finished) and when
+    // the server stops. The first event is `status`: the client's view of the round (GET rounds/current).
+    const closeStreams = new Set<() => void>();
+    app.get(flRoutes.events, {schema: {security, response: errors}}, async (request, reply) => {
+        const id = clientId(request);
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive",
+            "x-accel-buffering": "no"});
+        let closed = false;
+        const finish = () => {
+            if (closed)
+                return;
+            closed = true;
+            streams.delete(send);
+            closeStreams.delete(finish);
+            clearInterval(ping);
+            res.end();
+        };
+        const write = (name: string, data: unknown) => {
+            if (!closed)
+                res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+        };
+        const send = (e: FlServerEvent) => {
+            write(e.event, e);
+            if (e.event === "finished")
+                finish();
+        };
+        const ping = setInterval(() => {
+            if (!closed)
+                res.write(": ping\n\n");
+        }, 15_000);
+        request.raw.on("close", finish);
+        closeStreams.add(finish);
+        write("status", {event: "status", ...currentFor(id)});
+        if (federation.finished)
+            return finish();
+        streams.add(send);
+    });
+
     const writePlot = () => {
         if (!options.plot)
             return;
@@ -307,32 +494,62 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     let resolveDone!: () => void;
     const done = new Promise<void>((r) => (resolveDone = r));
     const needed = Math.max(config.clientsPerRound ?? 1, config.minClients ?? 1);
+    const closed = (s: RoundSummary) => {
+        emit({event: "round_closed", round: s.round, aggregated: s.aggregated, clients: s.clients, missing: s.missing, file: s.file,
+            ...(s.note ? {note: s.note} : {}), ...(s.secure ? {secure: s.secure} : {})});
+        writePlot();
+        if (federation.finished) {
+            emit({event: "finished", rounds: federation.completed});
+            resolveDone();
+        }
+    };
     const tick = () => queue.run(async () => {
-        if (federation.current && federation.readyToClose()) {
-            const s = await federation.closeRound();
-            emit({event: "round_closed", round: s.round, aggregated: s.aggregated, clients: s.clients, missing: s.missing, file: s.file,
-                ...(s.note ? {note: s.note} : {})});
-            writePlot();
-            if (federation.finished) {
-                emit({event: "finished", rounds: federation.completed});
-                resolveDone();
+        let h: SecureRoundHost | undefined;
+        try {
+            h = await hostFor();
+        } catch (err) {
+            // a round the state machine refuses (fedavg over clients of different depths): closed unaggregated
+            const note = `secure aggregation cannot run this round: ${(err as Error).message}`;
+            log(`round ${federation.current!.round}: ${note}`);
+            closed(await federation.closeRoundWith(federation.globalAdapter, [], [], note));
+        }
+        if (h) {
+            const {events, outcome} = await h.advance();
+            for (const e of events)
+                emit(e);
+            if (outcome) {
+                if (outcome.record.aborted)
+                    log(`round ${h.round}: secure aggregation not completed: ${outcome.record.aborted}`);
+                const s = await federation.closeRoundWith(outcome.result?.adapter ?? federation.globalAdapter, outcome.result?.targets ?? [],
+                    outcome.result?.contributors ?? [], outcome.record.aborted, {metrics: outcome.metrics, secure: outcome.record});
+                host = undefined;
+                await fs.promises.rm(secureRoundDir(dataDir, s.round), {recursive: true, force: true});
+                closed(s);
             }
+        } else if (federation.current && federation.readyToClose()) {
+            closed(await federation.closeRound());
         }
         if (!federation.current && !federation.finished && federation.clients.length >= needed) {
             const r = await federation.startRound();
+            await hostFor().catch(() => undefined); // a refused round is closed by the next tick
             emit({event: "round_started", round: r.round, sampled: r.sampled, deadline: r.deadline});
         }
     });
     if (federation.finished)
         resolveDone();
     const timer = setInterval(() => kick(), options.tickMs ?? 200);
+    // a secure round left open by a killed server: its journal is replayed now (the round machine closes a refused one)
+    await queue.run(async () => void await hostFor().catch(() => undefined));
 
     const address = await app.listen({host: options.host ?? "127.0.0.1", port: options.port ?? 8080});
     const url = address.replace("[::1]", "127.0.0.1");
     return {
         app, url, federation, done,
+        securePhase: () => (host && host.round === federation.current?.round ? host.phase : null),
         async close() {
             clearInterval(timer);
+            for (const finish of [...closeStreams])
+                finish();
             await queue.run(async () => undefined);
             await app.close();
             store.close?.();

@@ -37,6 +37,12 @@ export interface FederationConfig {
     clipNorm?: number;
     maxUploadBytes?: number;
     maxAbsValue?: number;
+    /** Secure aggregation over HTTP (secure.ts): the server learns only each layer's weighted sum (layerwise / fedavg). */
+    secureAggregation?: boolean;
+    /** Shamir threshold t of secure rounds (default: a majority of the round's sampled clients). */
+    secaggThreshold?: number;
+    /** Seconds each secure phase after the keys phase may last (shares, masked input, unmasking; default 60). */
+    secaggPhaseTimeout?: number;
 }
 
 export interface RegisteredClient {
@@ -81,6 +87,25 @@ export interface RoundSummary {
     targets: TargetAggregation[];
     file: string;
     seconds: number;
+    /** Secure rounds: who took part in which phase; the server never held an update (no uploads/round-N). */
+    secure?: SecureRoundRecord;
+}
+
+export interface SecureRoundRecord {
+    threshold: number;
+    scaleBits: number;
+    /** Clients that sent keys in time (the roster). */
+    roster: string[];
+    /** Roster clients that sent shares but no masked input: their masks were removed with Shamir shares of their keys. */
+    dropped: string[];
+    /** Clients whose masked input is in the sum. */
+    contributors: string[];
+    /** Survivors that sent unmasking shares. */
+    unmasked: string[];
+    /** Matrices summed under masks / kept (fewer than two holders). */
+    maskedTargets: number;
+    keptTargets: number;
+    aborted?: string;
 }
 
 interface FederationState {
@@ -124,6 +149,17 @@ export function checkFederationConfig(c: FederationConfig): void {
         throw new RangeError(`r must be a positive integer and loraAlpha positive (got ${c.r}, ${c.loraAlpha})`);
     if (c.clipNorm !== undefined && !(c.clipNorm > 0))
         throw new RangeError(`clipNorm must be positive (got ${c.clipNorm})`);
+    if (c.secureAggregation) {
+        if (c.aggregation !== "layerwise" && c.aggregation !== "fedavg")
+            throw new RangeError(`secure aggregation sums per-layer factors: use it with layerwise or fedavg, not ${c.aggregation}`);
+        if (c.clipNorm !== undefined)
+            throw new RangeError("clipNorm needs each update, which secure aggregation hides from the server (clients may clip locally)");
+    }
+    // t = 1 would let the server rebuild any client's mask seed from one share
+    if (c.secaggThreshold !== undefined && (!posInt(c.secaggThreshold) || c.secaggThreshold < 2 || !c.secureAggregation))
+        throw new RangeError(`secaggThreshold must be an integer >= 2, with secureAggregation (got ${c.secaggThreshold})`);
+    if (c.secaggPhaseTimeout !== undefined && !(c.secaggPhaseTimeout > 0))
+        throw new RangeError(`secaggPhaseTimeout must be a positive number of seconds (got ${c.secaggPhaseTimeout})`);
 }
 
 export class FederationServer {
@@ -324,7 +360,8 @@ export class FederationServer {
      * Closes the open round with an aggregate computed elsewhere (secure aggregation: the server
      * holds only the unmasked per-layer sums, never the uploads); `contributors` are the clients in it.
      */
-    async closeRoundWith(adapter: LoraAdapter, targets: TargetAggregation[], contributors: string[], note?: string): Promise<RoundSummary> {
+    async closeRoundWith(adapter: LoraAdapter, targets: TargetAggregation[], contributors: string[], note?: string,
+        extra: {metrics?: Record<string, UploadMetrics>; secure?: SecureRoundRecord} = {}): Promise<RoundSummary> {
         const round = this.state.current;
         if (!round)
             throw new Error("no round is open");
@@ -335,12 +372,12 @@ export class FederationServer {
         if (note === undefined && contributors.length < quorum)
             note = `${contributors.length} contributor(s), fewer than minClients = ${quorum}: the global adapter is kept`;
         if (note !== undefined || contributors.length === 0)
-            return this.finishRound(round, this.global, [], [], note ?? "no contributors: the global adapter is kept", performance.now());
-        return this.finishRound(round, adapter, targets, contributors, undefined, performance.now());
+            return this.finishRound(round, this.global, [], [], note ?? "no contributors: the global adapter is kept", performance.now(), extra);
+        return this.finishRound(round, adapter, targets, contributors, undefined, performance.now(), extra);
     }
 
     private async finishRound(round: RoundState, adapter: LoraAdapter, targets: TargetAggregation[], used: string[], note: string | undefined,
-        started: number): Promise<RoundSummary> {
+        started: number, extra: {metrics?: Record<string, UploadMetrics>; secure?: SecureRoundRecord} = {}): Promise<RoundSummary> {
         this.global = adapter;
         const file = roundFile(this.dataDir, round.round);
         await this.writeGlobal(round.round, this.global, used);
@@ -351,7 +388,7 @@ export class FederationServer {
             sampled: round.sampled,
             clients: used.map((id) => {
                 const cl = this.client(id);
-                const metrics = round.accepted.find((a) => a.client === id)?.metrics ?? {};
+                const metrics = round.accepted.find((a) => a.client === id)?.metrics ?? extra.metrics?.[id] ?? {};
                 return {id: cl.id, layerMap: cl.layerMap, weight: cl.weight, r: cl.r, loraAlpha: cl.loraAlpha, metrics};
             }),
             rejected: round.rejected,
@@ -359,6 +396,7 @@ export class FederationServer {
             targets,
             file,
             seconds: (performance.now() - started) / 1000,
+            ...(extra.secure ? {secure: extra.secure} : {}),
         };
         await writeJsonAtomic(file.replace(/\.gguf$/, ".json"), summary);
         this.state.history.push(summary);
@@ -376,7 +414,9 @@ export function roundFile(dataDir: string, round: number): string {
 /**
  * Recomputes a round's global adapter from the previous round file and the clients' own copies of
  * their uploads (client numbering), as recorded in round-N.json: anyone holding the files can check
- * the server's aggregate.
+ * the server's aggregate. For a secure round the matrices that were not summed under masks (fewer
+ * than two holders, round-N.json `targets`) keep the previous value, as the secure round did; the
+ * secure aggregate then agrees within fixed-point error (n·2^-21 over the survivors' weight share).
  */
 export async function recomputeRound(dataDir: string, round: number, uploads: Record<string, string>, method: AggregationMethod,
     clipNorm?: number): Promise<LoraAdapter> {
@@ -391,5 +431,10 @@ export async function recomputeRound(dataDir: string, round: number, uploads: Re
             throw new Error(`round ${round}: no upload given for client ${c.id}`);
         updates.push({client: c.id, weight: c.weight, layerMap: c.layerMap, adapter: toBaseNumbering(await readLoraAdapter(file), c.layerMap)});
     }
-    return aggregate(previous, updates, {method, clipNorm}).adapter;
+    const plain = aggregate(previous, updates, {method, clipNorm}).adapter;
+    if (!summary.secure)
+        return plain;
+    const summed = new Set(summary.targets.map((t) => t.target));
+    return {...plain, tensors: plain.tensors.map((t) => summed.has(t.name.replace(/\.lora_[ab]$/, "")) ? t
+        : previous.tensors.find((p) => p.name === t.name)!)};
 }

@@ -286,6 +286,12 @@ export class SecureAggregationServer {
         return m;
     }
 
+    /** Whether a client sent keys / shares / masked input / unmasking shares (for a transport's phase deadlines). */
+    advertised(id: string): boolean { return this.adverts.has(id); }
+    sharers(): string[] { return [...this.boxes.keys()].sort(); }
+    maskedFrom(id: string): boolean { return this.masked.has(id); }
+    unmaskers(): string[] { return [...this.unmasks.keys()].sort(); }
+
     /** Step 1: a client's public keys. */
     advertise(advert: Omit<Advert, "x">): void {
         this.member(advert.id);

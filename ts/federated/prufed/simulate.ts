@@ -253,7 +253,12 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
                 round: n, threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking, method: method === "fedavg" ? "fedavg" : "layerwise",
             });
             secure = res.report;
-            summary = await server.closeRoundWith(res.adapter, res.targets, res.contributors, res.report.aborted);
+            const r = res.report;
+            // recorded as over HTTP, so recomputeRound keeps the single-holder matrices as the round did
+            summary = await server.closeRoundWith(res.adapter, res.targets, res.contributors, r.aborted, {secure: {threshold: r.threshold,
+                scaleBits: r.scaleBits, roster: r.clients, dropped: r.dropped, contributors: res.contributors,
+                unmasked: r.aborted ? [] : r.clients.filter((id) => !r.dropped.includes(id)), maskedTargets: r.maskedTargets, keptTargets: r.keptTargets,
+                ...(r.aborted ? {aborted: r.aborted} : {})}});
         } else {
             summary = await server.closeRound();
         }
