@@ -10,6 +10,7 @@ import {aggregate, initialGlobal} from "../../../ts/federated/prufed/aggregate.j
 import type {AdapterLayout} from "../../../ts/federated/prufed/align.js";
 import {SecureClient, type MaskPlan, type SecureParticipant} from "../../../ts/federated/prufed/secure.js";
 import {SecureRoundHost} from "../../../ts/federated/prufed/secure-host.js";
+import {unmaskToWire} from "../../../ts/federated/prufed/http-protocol.js";
 import {tempDir} from "../../helpers.js";
 
 const modules = [{rest: "attn_q.weight", nIn: 16, nOut: 16}, {rest: "ffn_up.weight", nIn: 16, nOut: 24}];
@@ -80,8 +81,8 @@ test("a host rebuilt from its journal (torn last line cut) finishes the round; a
     await t.throwsAsync(host.submitMasked("d", body(clients[3]), {}, now + 6_000), {message: /masked phase is over/});
     for (const c of clients.slice(0, 3)) {
         const u = c.unmaskShares(plan(c.id), req.survivors, req.dropped);
-        const wire = (xs: typeof u.b) => xs.map((x) => ({id: x.id, x: x.share.x, y: x.share.y.toString(16)}));
-        await host.submitUnmask(c.id, wire(u.b), wire(u.s), now + 6_000);
+        const w = unmaskToWire(u);
+        await host.submitUnmask(c.id, w.b, w.s, now + 6_000);
     }
     const {outcome} = await host.advance(now + 6_000);
     t.truthy(outcome?.result, outcome?.record.aborted);

@@ -101,15 +101,73 @@ test("clients that drop after masking are recovered from Shamir shares; the sum 
     assertNoPlainUpdate(t, res.received, ps, (target) => ps.filter((p) => p.adapter.tensors.some((x) => x.name === `${target}.lora_a`)));
 });
 
-test("unmasking is refused when dropouts would leave a layer with one holder, and below the threshold", (t) => {
+test("a layer left with one surviving holder keeps its value and its holder's seed; the other layers are aggregated", (t) => {
     const ps = people();
     const previous = initialGlobal(layout, "layerwise", 4, 8, 11);
-    // base layer 2 held by a-full, b-three, d-three, e-alt: drop three of them -> a-full alone
-    const lone = secureAggregateRound(previous, ps, {round: 3, threshold: 2, dropAfterMasking: ["b-three", "d-three", "e-alt"]});
-    t.regex(lone.report.aborted ?? "", /one surviving holder/);
-    t.is(lone.adapter, previous);
+    // base layer 2 held by a-full, b-three, d-three, e-alt: drop three of them -> a-full alone; layers 0, 1 keep a-full and c-two
+    const gone = ["b-three", "d-three", "e-alt"];
+    const lone = secureAggregateRound(previous, ps, {round: 3, threshold: 2, dropAfterMasking: gone});
+    t.is(lone.report.aborted, undefined);
+    const survivors = ps.filter((p) => !gone.includes(p.id));
+    t.deepEqual(lone.contributors, ["a-full", "c-two"]);
+    // layers 0 and 1 equal the plain layerwise aggregate over the contributors; layers 2 (one survivor) and 3 (one holder) are kept bit for bit
+    const plain = aggregate(previous, survivors.map((p) => ({client: p.id, weight: p.weight, layerMap: p.layerMap, adapter: p.adapter})), {method: "layerwise"});
+    const kept = new Set(previous.tensors.filter((x) => /^blk\.[23]\./.test(x.name)).map((x) => x.name));
+    for (const name of kept)
+        t.deepEqual(lone.adapter.tensors.find((x) => x.name === name)!.data, previous.tensors.find((x) => x.name === name)!.data, name);
+    compareToPlain(t, lone.adapter, plain.adapter, survivors.length, kept);
+    t.deepEqual(lone.targets.map((x) => x.target).sort(), previous.tensors.filter((x) => /^blk\.[01]\..*lora_a$/.test(x.name))
+        .map((x) => x.name.replace(/\.lora_a$/, "")).sort());
+    t.is(lone.report.maskedTargets, 3 * modules.length);
+    t.is(lone.report.keptTargets, 2 * modules.length);
+    const byLayer = new Map(lone.report.layers.map((l) => [l.layer, l]));
+    t.like(byLayer.get(0), {summed: true, survivors: ["a-full", "c-two"]});
+    t.like(byLayer.get(1), {summed: true, survivors: ["a-full", "c-two"]});
+    t.like(byLayer.get(2), {summed: false, holders: ["a-full", "b-three", "d-three", "e-alt"], survivors: ["a-full"]});
+    t.regex(byLayer.get(2)!.reason!, /one surviving holder \(a-full\)/);
+    t.like(byLayer.get(3), {summed: false, holders: ["a-full"]});
+    t.regex(byLayer.get(3)!.reason!, /1 holder\(s\)/);
+    // the unmasking messages: seeds of the survivors for layers 0 and 1 only, never a-full's layer-2 seed; keys of the three dropped
+    t.deepEqual([...lone.unmasks.keys()].sort(), ["a-full", "c-two"]);
+    for (const [from, u] of lone.unmasks) {
+        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-full:0", "a-full:1", "c-two:0", "c-two:1"], from);
+        t.deepEqual(u.s.map((x) => x.id).sort(), gone, from);
+    }
+    assertNoPlainUpdate(t, lone.received, ps, (target) => ps.filter((p) => p.adapter.tensors.some((x) => x.name === `${target}.lora_a`)));
+    // below the threshold the round is not aggregated at all
     const few = secureAggregateRound(previous, ps, {round: 4, threshold: 4, dropAfterMasking: ["c-two", "e-alt"]});
     t.regex(few.report.aborted ?? "", /fewer than the threshold 4/);
+    t.is(few.adapter, previous);
+    t.true(few.report.layers.every((l) => !l.summed && /round not unmasked/.test(l.reason!)));
+});
+
+test("the server refuses a self-mask share of a layer with one surviving holder", async (t) => {
+    const {SecureAggregationServer, SecureClient} = await import("../../../ts/federated/prufed/secure.js");
+    const ps = people().slice(0, 3); // a-full [0..3], b-three [0, 1, 2], c-two [0, 1]
+    const previous = initialGlobal(layout, "layerwise", 4, 8, 13);
+    const server = new SecureAggregationServer(previous, ps.map((p) => ({id: p.id, weight: p.weight, layerMap: p.layerMap})), {round: 6, threshold: 2});
+    const clients = ps.map((p) => new SecureClient(p, 6, server.scaleBits));
+    for (const c of clients)
+        server.advertise(c.advertise());
+    for (const c of clients)
+        server.submitShares(c.id, c.shareKeys(server.roster(), server.threshold));
+    for (const c of clients)
+        c.acceptShares(server.sharesFor(c.id));
+    const plan = server.plan();
+    // b-three drops: layer 2 is left with a-full alone
+    for (const c of [clients[0], clients[2]])
+        server.submitMasked(c.id, c.maskedInput(plan));
+    const {survivors, dropped} = server.unmaskRequest();
+    t.deepEqual(dropped, ["b-three"]);
+    const honest = clients[2].unmaskShares(plan, survivors, dropped);
+    t.false(honest.b.some((x) => x.layer === 2), "an honest client never releases a layer-2 seed share");
+    // a client that would release a-full's layer-2 seed share (here: a copy of its layer-0 share relabelled) is refused
+    const leak = {...honest, b: [...honest.b, {...honest.b.find((x) => x.id === "a-full")!, layer: 2}]};
+    t.throws(() => server.submitUnmask("c-two", leak), {message: /a-full for layer 2/});
+    server.submitUnmask("c-two", honest);
+    server.submitUnmask("a-full", clients[0].unmaskShares(plan, survivors, dropped));
+    const res = server.result();
+    t.deepEqual(res.layers.map((l) => [l.layer, l.summed]), [[0, true], [1, true], [2, false], [3, false]]);
 });
 
 test("Shamir: any t shares give the secret back, t-1 do not", (t) => {

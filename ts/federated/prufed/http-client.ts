@@ -14,7 +14,7 @@ import {readLoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
-import {flRoutes, metricsHeader, roundRoute, type NotReady, type RosterAnswer, type SecureRoundStatus, type SharesAnswer,
+import {flRoutes, metricsHeader, roundRoute, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus, type SharesAnswer,
     type UnmaskAnswer} from "./http-protocol.js";
 import {toBaseNumbering} from "./align.js";
 import {SecureClient, type MaskPlan} from "./secure.js";
@@ -255,8 +255,7 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     } catch (err) {
         return out((err as Error).message, body.length);
     }
-    const wire = (xs: typeof answer.b) => xs.map((x) => ({id: x.id, x: x.share.x, y: x.share.y.toString(16)}));
-    refused = await send(flRoutes.secaggUnmask, {method: "POST", headers: json, body: JSON.stringify({b: wire(answer.b), s: wire(answer.s)})}, "unmasking shares");
+    refused = await send(flRoutes.secaggUnmask, {method: "POST", headers: json, body: JSON.stringify(unmaskToWire(answer))}, "unmasking shares");
     if (refused)
         return out(refused, body.length);
     o.emit({event: "secagg_unmasked", round: n, survivors: request.survivors, dropped: request.dropped});

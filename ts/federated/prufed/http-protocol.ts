@@ -1,4 +1,6 @@
 // Names shared by `fl server` and `fl client` (kept apart so that the client never loads Fastify).
+import type {UnmaskShares} from "./secure.js";
+
 export const flRoutes = {
     clients: "/v1/fl/clients",
     current: "/v1/fl/rounds/current",
@@ -58,4 +60,36 @@ export interface UnmaskAnswer {
     ready: true;
     survivors: string[];
     dropped: string[];
+}
+
+/** One Shamir share in `POST …/secagg/unmask`: whose secret (`id`), the share's x and y (field element, hex). */
+export interface WireShare {
+    id: string;
+    x: number;
+    y: string;
+}
+
+/** A share of a self-mask seed: `layer` says which of the client's seeds (a base layer; null: the tensors outside any layer). */
+export interface WireSeedShare extends WireShare {
+    layer: number | null;
+}
+
+/**
+ * `POST …/secagg/unmask` body: shares of the survivors' self-mask seeds, only for layers left with at
+ * least two surviving holders, and of the dropped clients' mask keys.
+ */
+export interface UnmaskBody {
+    b: WireSeedShare[];
+    s: WireShare[];
+}
+
+const hex = (y: bigint) => y.toString(16);
+const field = (y: string) => BigInt("0x" + y);
+
+export function unmaskToWire(u: UnmaskShares): UnmaskBody {
+    return {b: u.b.map((x) => ({id: x.id, layer: x.layer, x: x.share.x, y: hex(x.share.y)})), s: u.s.map((x) => ({id: x.id, x: x.share.x, y: hex(x.share.y)}))};
+}
+
+export function unmaskFromWire(w: UnmaskBody): UnmaskShares {
+    return {b: w.b.map((x) => ({id: x.id, layer: x.layer, share: {x: x.x, y: field(x.y)}})), s: w.s.map((x) => ({id: x.id, share: {x: x.x, y: field(x.y)}}))};
 }

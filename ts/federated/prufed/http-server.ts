@@ -20,7 +20,7 @@ import {claimDataDir} from "../server.js";
 import {SqliteJobStore} from "../store.js";
 import {acceptGzipBodies, HttpError, requireBearerToken, sendProtocolErrors} from "../http-common.js";
 import {UploadRejected} from "./align.js";
-import {flRoutes, metricsHeader, type SecureRoundStatus} from "./http-protocol.js";
+import {flRoutes, metricsHeader, type SecureRoundStatus, type UnmaskBody} from "./http-protocol.js";
 import {SecureRoundError, SecureRoundHost, secureRoundDir, type SecureHostEvent} from "./secure-host.js";
 import {roundsSvg} from "./plot.js";
 import {FederationServer, LateUpload, roundFile, type FederationConfig, type RoundSummary, type UploadMetrics} from "./rounds.js";
@@ -399,7 +399,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         securePoll((h, id) => h.rosterView(id)));
     app.post(flRoutes.secaggShares, {schema: {params: roundParams, security, body: {type: "object", additionalProperties: false, required: ["boxes"],
         properties: {boxes: {type: "array", maxItems: 4096, items: {type: "object", additionalProperties: false, required: ["to", "box"],
-            properties: {to: {type: "string", maxLength: 64}, box: {type: "string", maxLength: 16384, pattern: "^[A-Za-z0-9+/]*={0,2}$"}}}}}},
+            properties: {to: {type: "string", maxLength: 64}, box: {type: "string", maxLength: 65536, pattern: "^[A-Za-z0-9+/]*={0,2}$"}}}}}},
     response: accepted}}, async (request, reply) => {
         const b = request.body as {boxes: {to: string; box: string}[]};
         const {id, h} = await secureRound(request);
@@ -422,11 +422,14 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     });
     app.get(flRoutes.secaggUnmask, {schema: {params: roundParams, security, querystring: waitQuery, response: errors}},
         securePoll((h, id) => h.unmaskView(id)));
-    const wireShares = {type: "array", maxItems: 4096, items: {type: "object", additionalProperties: false, required: ["id", "x", "y"],
-        properties: {id: {type: "string", maxLength: 64}, x: {type: "integer", minimum: 1, maximum: 65535}, y: {type: "string", pattern: "^[0-9a-f]{1,131}$"}}}} as const;
+    const share = {id: {type: "string", maxLength: 64}, x: {type: "integer", minimum: 1, maximum: 65535}, y: {type: "string", pattern: "^[0-9a-f]{1,131}$"}};
+    // self-mask shares: one per survivor and layer it holds (null: its tensors outside any layer)
+    const seedShares = {type: "array", maxItems: 65536, items: {type: "object", additionalProperties: false, required: ["id", "layer", "x", "y"],
+        properties: {...share, layer: {type: ["integer", "null"], minimum: 0, maximum: 65535}}}} as const;
+    const keyShares = {type: "array", maxItems: 4096, items: {type: "object", additionalProperties: false, required: ["id", "x", "y"], properties: share}} as const;
     app.post(flRoutes.secaggUnmask, {schema: {params: roundParams, security, body: {type: "object", additionalProperties: false, required: ["b", "s"],
-        properties: {b: wireShares, s: wireShares}}, response: accepted}}, async (request, reply) => {
-        const b = request.body as {b: {id: string; x: number; y: string}[]; s: {id: string; x: number; y: string}[]};
+        properties: {b: seedShares, s: keyShares}}, response: accepted}}, async (request, reply) => {
+        const b = request.body as UnmaskBody;
         const {id, h} = await secureRound(request);
         await queue.run(() => secureErrors(() => h.submitUnmask(id, b.b, b.s)));
         received(h, id, "unmask", JSON.stringify(b).length);

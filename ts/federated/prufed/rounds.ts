@@ -16,6 +16,7 @@ import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/a
 import {deriveSeed, Random} from "../../train/random.js";
 import {checkLayerMap, layoutOfBase, readUpload, toBaseNumbering, UploadRejected, validateUpload, type AdapterLayout,
     type UploadLimits} from "./align.js";
+import type {SecureLayerOutcome} from "./secure.js";
 import {aggregate, aggregationMethods, clientPart, initialGlobal, type AggregationMethod, type TargetAggregation} from "./aggregate.js";
 
 export interface FederationConfig {
@@ -102,9 +103,11 @@ export interface SecureRoundRecord {
     contributors: string[];
     /** Survivors that sent unmasking shares. */
     unmasked: string[];
-    /** Matrices summed under masks / kept (fewer than two holders). */
+    /** Matrices sent under masks (≥ 2 holders) / keeping their previous value (not summed: see `layers`). */
     maskedTargets: number;
     keptTargets: number;
+    /** Per layer (null: the tensors outside any layer): its holders and survivors, summed or kept and why. */
+    layers?: SecureLayerOutcome[];
     aborted?: string;
 }
 

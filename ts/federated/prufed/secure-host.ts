@@ -7,8 +7,9 @@
 //           passed: the masking plan (holders and weights per matrix) is fixed over those that shared;
 //   masked  sharers send their masked matrices; ends when all did or the phase timeout passed: who
 //           sent input (survivors) and who did not (dropped) is fixed;
-//   unmask  survivors send shares of the survivors' self-mask seeds and of the dropped clients' keys;
-//           ends when all did or the phase timeout passed; the sums are then unmasked (result).
+//   unmask  survivors send shares of the survivors' self-mask seeds (per layer, only for layers left
+//           with at least two surviving holders) and of the dropped clients' keys; ends when all did
+//           or the phase timeout passed; the layers it can are then unmasked (result), the others kept.
 // A client that misses a phase is out of the round; its masks are removed with the others' shares.
 // The journal (D/secagg/round-N/journal.jsonl, masked inputs beside it) holds only what the server
 // received (public keys, sealed boxes, masked lanes, unmasking shares) and the phase changes; the
@@ -21,7 +22,7 @@ import type {TargetAggregation} from "./aggregate.js";
 import {parseLoraTensorName} from "./align.js";
 import type {RegisteredClient, SecureRoundRecord, UploadMetrics} from "./rounds.js";
 import {SecureAggregationServer, type Advert, type MaskPlan} from "./secure.js";
-import type {Share} from "./shamir.js";
+import {unmaskFromWire, type WireSeedShare, type WireShare} from "./http-protocol.js";
 
 export type SecurePhase = "keys" | "shares" | "masked" | "unmask";
 
@@ -32,13 +33,6 @@ export class SecureRoundError extends Error {
     }
 }
 
-export interface WireShare {
-    id: string;
-    x: number;
-    /** Field element, hex. */
-    y: string;
-}
-
 type JournalEntry =
     | {op: "keys"; id: string; c: string; s: string; at: number}
     | {op: "roster"; at: number}
@@ -46,7 +40,7 @@ type JournalEntry =
     | {op: "plan"; at: number}
     | {op: "masked"; id: string; file: string; metrics: UploadMetrics; at: number}
     | {op: "unmask_request"; at: number}
-    | {op: "unmask"; id: string; b: WireShare[]; s: WireShare[]; at: number};
+    | {op: "unmask"; id: string; b: WireSeedShare[]; s: WireShare[]; at: number};
 
 export type SecureHostEvent =
     | {event: "secagg_received"; round: number; client: string; step: SecurePhase; bytes: number}
@@ -62,7 +56,6 @@ export interface SecureRoundOutcome {
 export const secureRoundDir = (dataDir: string, round: number) => path.join(dataDir, "secagg", `round-${round}`);
 
 const b64 = (b: Buffer) => b.toString("base64");
-const fromWire = (x: WireShare): {id: string; share: Share} => ({id: x.id, share: {x: x.x, y: BigInt("0x" + x.y)}});
 
 export class SecureRoundHost {
     phase: SecurePhase = "keys";
@@ -143,7 +136,7 @@ export class SecureRoundHost {
                 this.enter("unmask", e.at);
                 break;
             case "unmask":
-                this.server.submitUnmask(e.id, {b: e.b.map(fromWire), s: e.s.map(fromWire)});
+                this.server.submitUnmask(e.id, unmaskFromWire(e));
                 break;
         }
         await this.record(e);
@@ -247,17 +240,22 @@ export class SecureRoundHost {
         return out;
     }
 
-    /** unmask phase: a survivor's shares (self-mask seeds of survivors, keys of the dropped). */
-    async submitUnmask(id: string, b: WireShare[], s: WireShare[], now = Date.now()): Promise<void> {
+    /** unmask phase: a survivor's shares (self-mask seeds of survivors for the layers with ≥ 2 surviving holders, keys of the dropped). */
+    async submitUnmask(id: string, b: WireSeedShare[], s: WireShare[], now = Date.now()): Promise<void> {
         if (this.phase !== "unmask")
             throw new SecureRoundError(this.phase === "keys" || this.phase === "shares" || this.phase === "masked" ? "phase" : "dropped",
                 `round ${this.round} is in its ${this.phase} phase; unmasking shares come last`);
         const {survivors, dropped} = this.server.unmaskRequest();
         if (!survivors.includes(id))
             throw new SecureRoundError("dropped", `client ${id} sent no masked input in round ${this.round}; only survivors unmask`);
-        for (const x of b)
+        const open = this.server.unmaskable();
+        for (const x of b) {
             if (!survivors.includes(x.id))
                 throw new SecureRoundError("invalid", `a self-mask share names ${x.id}, which is not a survivor`);
+            if (!open.get(x.layer)?.includes(x.id))
+                throw new SecureRoundError("invalid", `a self-mask share of ${x.id} for ${x.layer === null ? "the non-layer tensors" : `layer ${x.layer}`}, ` +
+                    "which is not a layer it holds with at least two surviving holders (a seed of a layer with one survivor is never released)");
+        }
         for (const x of s)
             if (!dropped.includes(x.id))
                 throw new SecureRoundError("invalid", `a key share names ${x.id}, which did not drop`);
@@ -295,7 +293,7 @@ export class SecureRoundHost {
         return req;
     }
 
-    private recordOf(aborted?: string): SecureRoundRecord {
+    private recordOf(aborted?: string, summedTargets = 0): SecureRoundRecord {
         const plan = this.phase === "masked" || this.phase === "unmask" ? this.server.plan() : undefined;
         const req = this.phase === "unmask" ? this.server.unmaskRequest() : undefined;
         const targets = new Set(this.server.previous.tensors.map((t) => parseLoraTensorName(t.name)?.target ?? t.name)).size;
@@ -306,7 +304,8 @@ export class SecureRoundHost {
             contributors: [],
             unmasked: this.server.unmaskers(),
             maskedTargets: plan?.targets.length ?? 0,
-            keptTargets: targets - (plan?.targets.length ?? 0),
+            keptTargets: targets - summedTargets,
+            layers: this.server.layerOutcomes(aborted),
             ...(aborted ? {aborted} : {}),
         };
     }
@@ -353,8 +352,8 @@ export class SecureRoundHost {
         if (now <= this.phaseDeadline && !survivors.every((id) => this.server.unmaskers().includes(id)))
             return {events};
         try {
-            const result = this.server.result();
-            const record = {...this.recordOf(), contributors: result.contributors};
+            const {layers, ...result} = this.server.result();
+            const record = {...this.recordOf(undefined, result.targets.length), contributors: result.contributors, layers};
             return {events, outcome: {result, record, metrics: Object.fromEntries(this.metrics)}};
         } catch (err) {
             return abort((err as Error).message);

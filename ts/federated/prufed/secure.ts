@@ -1,18 +1,21 @@
 // Secure aggregation for PruFed's per-layer sums (after Bonawitz et al., CCS 2017), so the server
 // learns each adapted matrix's weighted sum over its holders and never one client's update:
 //   1. advertise: each client makes two X25519 key pairs (c: to encrypt shares, s: to agree masks);
-//   2. share keys: each client Shamir-shares (threshold t) its s private key and a self-mask seed b
+//   2. share keys: each client Shamir-shares (threshold t) its s private key and one self-mask seed
+//      b_{k,l} per mask group l (each base layer it holds, and one for the tensors outside any layer)
 //      among the round's clients; each share travels through the server encrypted (AES-256-GCM under
 //      a key agreed from the c keys), so the server sees only ciphertext;
 //   3. masked input: for every matrix whose layer has ≥ 2 holders, client k sends
-//        y_k = fix(p_k·x_k) + PRG(b_k) + Σ_{holders j ≠ k} ±PRG(s_kj)   (mod 2^32)
+//        y_k = fix(p_k·x_k) + PRG(b_{k,l}) + Σ_{holders j ≠ k} ±PRG(s_kj)   (mod 2^32)
 //      with p_k = w_k / Σ_holders w (weights pre-multiplied), fix(v) = round(v·2^scaleBits), the pair
 //      masks + for k < j and - for k > j so they cancel in the sum; PRG = AES-256-CTR keyed by
 //      HKDF-SHA256(seed, round, matrix). A matrix with one holder is not sent (its sum would be it);
-//   4. unmask: for each client that sent y, the survivors give shares of its b; for each that
-//      dropped after step 2, shares of its s key, so the server recomputes the dropped client's pair
-//      masks in the survivors' inputs. Clients refuse to unmask when a matrix would be left with one
-//      surviving holder (the "sum" would be that client's update): the round is then not aggregated.
+//   4. unmask: for each client that sent y, the survivors give shares of its b_{k,l} for the layers l
+//      left with at least two surviving holders; for each client that dropped after step 2, shares of
+//      its s key, so the server recomputes the dropped client's pair masks in the survivors' inputs.
+//      A layer left with one surviving holder keeps that holder's self mask secret (knowing the pair
+//      masks, the server would otherwise read its update): it is not unmasked and keeps its value,
+//      while every other layer is aggregated. Fewer than t survivors void the round.
 // The sum mod 2^32 decodes to Σ_survivors p_k x_k; divided by Σ_survivors p_k it is layerwise's mean.
 import {createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes,
     type KeyObject} from "node:crypto";
@@ -41,14 +44,37 @@ export interface SecureRoundOptions {
     method?: "layerwise" | "fedavg";
 }
 
+/** The self-mask group of a matrix: its base layer, or null for the tensors outside any layer. */
+export type MaskGroup = number | null;
+
+/** The mask group of a target (a matrix's base name, "blk.3.attn_q.weight"). */
+export const maskGroupOf = (target: string): MaskGroup => parseLoraTensorName(`${target}.lora_a`)?.layer ?? null;
+
+/** What became of one mask group (layer) in a secure round: summed under masks, or kept and why. */
+export interface SecureLayerOutcome {
+    /** Base layer index; null: the tensors outside any layer. */
+    layer: MaskGroup;
+    /** Its matrices (base names). */
+    targets: string[];
+    /** Its holders among the clients that shared keys. */
+    holders: string[];
+    /** Holders whose masked input arrived. */
+    survivors: string[];
+    summed: boolean;
+    /** Why the previous global value was kept. */
+    reason?: string;
+}
+
 export interface SecureRoundReport {
     clients: string[];
     dropped: string[];
     threshold: number;
     scaleBits: number;
-    /** Matrices summed under masks, and those kept (fewer than two holders). */
+    /** Matrices sent under masks (≥ 2 holders), and those keeping their previous value (not summed). */
     maskedTargets: number;
     keptTargets: number;
+    /** Per layer: summed, or kept and why. */
+    layers: SecureLayerOutcome[];
     /** Everything the server received, in bytes (keys, encrypted shares, masked inputs, unmasking shares). */
     bytesReceived: number;
     aborted?: string;
@@ -62,6 +88,8 @@ export interface SecureRoundResult {
     report: SecureRoundReport;
     /** Every message the server received, as bytes (for audits and tests). */
     received: Buffer[];
+    /** The unmasking messages, by sender (for audits and tests: which seeds were released). */
+    unmasks: Map<string, UnmaskShares>;
 }
 
 export interface Advert {
@@ -135,17 +163,27 @@ function open(key: Buffer, box: Buffer): Buffer {
 const shareKey = (secret: Buffer, a: string, b: string) =>
     Buffer.from(hkdfSync("sha256", secret, "prufed-secagg-shares", [a, b].sort().join("|"), 32));
 
+/** Self-mask shares as they travel: [layer (null: outside any layer), y hex]; x is the recipient's. */
+type WireSeedShares = [MaskGroup, string][];
+
 /** One client of the protocol: holds its keys, its update and the shares others gave it. */
 export class SecureClient {
     private readonly c = generateKeyPairSync("x25519");
     private readonly s = generateKeyPairSync("x25519");
-    private readonly b = randomBytes(32);
-    private readonly held = new Map<string, {s: Share; b: Share}>();
+    /** One self-mask seed per mask group it holds, so that one layer's seed can be revealed without the others. */
+    private readonly b = new Map<MaskGroup, Buffer>();
+    private readonly held = new Map<string, {s: Share; b: Map<MaskGroup, Share>}>();
     private roster: Advert[] = [];
     /** Mask seeds agreed with each other client (X25519 of the s keys), computed once per round. */
     private readonly pairSeeds = new Map<string, Buffer>();
 
-    constructor(readonly participant: SecureParticipant, readonly round: number, readonly scaleBits: number) {}
+    constructor(readonly participant: SecureParticipant, readonly round: number, readonly scaleBits: number) {
+        for (const t of participant.adapter.tensors) {
+            const group = maskGroupOf(parseLoraTensorName(t.name)?.target ?? t.name);
+            if (!this.b.has(group))
+                this.b.set(group, randomBytes(32));
+        }
+    }
 
     get id(): string { return this.participant.id; }
 
@@ -154,16 +192,16 @@ export class SecureClient {
         return {id: this.id, cPub: rawPublic(this.c.publicKey), sPub: rawPublic(this.s.publicKey)};
     }
 
-    /** Shares of its s key and b seed for every other client, each sealed for its recipient. */
+    /** Shares of its s key and of each self-mask seed for every other client, each sealed for its recipient. */
     shareKeys(roster: Advert[], threshold: number): SharedBox[] {
         this.roster = roster;
         const sShares = splitSecret(bytesToField(rawPrivate(this.s.privateKey)), roster.length, threshold);
-        const bShares = splitSecret(bytesToField(this.b), roster.length, threshold);
+        const bShares = [...this.b].map(([group, seed]) => [group, splitSecret(bytesToField(seed), roster.length, threshold)] as const);
         const me = roster.find((a) => a.id === this.id)!;
-        this.held.set(this.id, {s: sShares[me.x - 1], b: bShares[me.x - 1]});
+        this.held.set(this.id, {s: sShares[me.x - 1], b: new Map(bShares.map(([g, sh]) => [g, sh[me.x - 1]]))});
         return roster.filter((a) => a.id !== this.id).map((a) => {
-            const plain = Buffer.from(JSON.stringify({from: this.id, to: a.id, round: this.round,
-                s: {x: a.x, y: sShares[a.x - 1].y.toString(16)}, b: {x: a.x, y: bShares[a.x - 1].y.toString(16)}}));
+            const b: WireSeedShares = bShares.map(([g, sh]) => [g, sh[a.x - 1].y.toString(16)]);
+            const plain = Buffer.from(JSON.stringify({from: this.id, to: a.id, round: this.round, x: a.x, s: sShares[a.x - 1].y.toString(16), b}));
             return {from: this.id, to: a.id, box: seal(shareKey(agree(this.c.privateKey, a.cPub), this.id, a.id), plain)};
         });
     }
@@ -174,10 +212,11 @@ export class SecureClient {
             if (!sender || m.to !== this.id)
                 throw new Error(`client ${this.id}: a share box from ${m.from} to ${m.to} is not for it`);
             const msg = JSON.parse(open(shareKey(agree(this.c.privateKey, sender.cPub), m.from, this.id), m.box).toString()) as
-                {from: string; to: string; round: number; s: {x: number; y: string}; b: {x: number; y: string}};
-            if (msg.from !== m.from || msg.to !== this.id || msg.round !== this.round)
+                {from: string; to: string; round: number; x: number; s: string; b: WireSeedShares};
+            const me = this.roster.find((a) => a.id === this.id)!;
+            if (msg.from !== m.from || msg.to !== this.id || msg.round !== this.round || msg.x !== me.x)
                 throw new Error(`client ${this.id}: a share box's contents do not match its envelope`);
-            this.held.set(m.from, {s: {x: msg.s.x, y: BigInt("0x" + msg.s.y)}, b: {x: msg.b.x, y: BigInt("0x" + msg.b.y)}});
+            this.held.set(m.from, {s: {x: msg.x, y: BigInt("0x" + msg.s)}, b: new Map(msg.b.map(([g, y]) => [g, {x: msg.x, y: BigInt("0x" + y)}]))});
         }
     }
 
@@ -195,7 +234,7 @@ export class SecureClient {
                 if (!t)
                     throw new Error(`client ${this.id}: the plan lists it as a holder of ${name}, which it lacks`);
                 const y = toFixedPoint(t.data, p, this.scaleBits, name);
-                addInto(y, maskStream(this.b, this.round, name, y.length), 1);
+                addInto(y, maskStream(this.b.get(maskGroupOf(target.target))!, this.round, name, y.length), 1);
                 for (const j of target.holders) {
                     if (j === this.id)
                         continue;
@@ -216,29 +255,51 @@ export class SecureClient {
         return seed;
     }
 
-    /** Shares the server needs: b of the clients that sent input, s keys of those that dropped. */
+    /**
+     * Shares the server needs: of each survivor's self-mask seed for the layers left with at least two
+     * surviving holders (never for a layer with one: with the dropped clients' keys the server knows
+     * its pair masks, so its self mask is all that hides that holder's update), and of the keys of
+     * the clients that dropped.
+     */
     unmaskShares(plan: MaskPlan, survivors: string[], dropped: string[]): UnmaskShares {
-        const alive = new Set(survivors);
-        for (const t of plan.targets) {
-            const left = t.holders.filter((h) => alive.has(h)).length;
-            if (left === 1)
-                throw new Error(`client ${this.id} refuses to unmask: ${t.target} would be left with one surviving holder, whose update the sum would reveal`);
-        }
         const overlap = survivors.filter((x) => dropped.includes(x));
         if (overlap.length)
             throw new Error(`client ${this.id} refuses to unmask: ${overlap.join(", ")} listed as both alive and dropped`);
+        const open = unmaskableGroups(plan, survivors);
         return {
-            b: survivors.filter((id) => this.held.has(id)).map((id) => ({id, share: this.held.get(id)!.b})),
+            b: survivors.filter((id) => this.held.has(id)).flatMap((id) => [...this.held.get(id)!.b]
+                .filter(([g]) => open.get(g)?.includes(id)).map(([layer, share]) => ({id, layer, share}))),
             s: dropped.filter((id) => this.held.has(id)).map((id) => ({id, share: this.held.get(id)!.s})),
         };
     }
 }
 
-function shareBytes(r: UnmaskShares): Buffer {
-    return Buffer.from(JSON.stringify({b: r.b.map((x) => [x.id, x.share.x, x.share.y.toString(16)]), s: r.s.map((x) => [x.id, x.share.x, x.share.y.toString(16)])}));
+/**
+ * The mask groups (layers) of a plan whose every matrix keeps at least two holders among the
+ * survivors, each with those surviving holders: the groups whose self masks may be removed.
+ */
+export function unmaskableGroups(plan: MaskPlan, survivors: string[]): Map<MaskGroup, string[]> {
+    const alive = new Set(survivors);
+    const out = new Map<MaskGroup, string[]>();
+    const closed = new Set<MaskGroup>();
+    for (const t of plan.targets) {
+        const g = maskGroupOf(t.target);
+        const left = t.holders.filter((h) => alive.has(h));
+        if (left.length < 2 || closed.has(g) || (out.has(g) && out.get(g)!.join() !== left.join())) {
+            closed.add(g);
+            out.delete(g);
+            continue;
+        }
+        out.set(g, left);
+    }
+    return out;
 }
 
-type UnmaskShares = {b: {id: string; share: Share}[]; s: {id: string; share: Share}[]};
+function shareBytes(r: UnmaskShares): Buffer {
+    return Buffer.from(JSON.stringify({b: r.b.map((x) => [x.id, x.layer, x.share.x, x.share.y.toString(16)]), s: r.s.map((x) => [x.id, x.share.x, x.share.y.toString(16)])}));
+}
+
+export type UnmaskShares = {b: {id: string; layer: MaskGroup; share: Share}[]; s: {id: string; share: Share}[]};
 
 /** A round's participant as the server knows it: declared layers and weight, never its update. */
 export interface SecureMember {
@@ -382,28 +443,89 @@ export class SecureAggregationServer {
         return this.unmaskList;
     }
 
-    /** Step 4: a survivor's shares. */
+    /** The layers whose self masks may be removed (at least two surviving holders), with those holders. */
+    unmaskable(): Map<MaskGroup, string[]> {
+        return unmaskableGroups(this.plan(), this.unmaskRequest().survivors);
+    }
+
+    /** Step 4: a survivor's shares; a self-mask share is accepted only for a holder of an unmaskable layer. */
     submitUnmask(id: string, shares: UnmaskShares): void {
-        if (!this.unmaskRequest().survivors.includes(id))
+        const {survivors, dropped} = this.unmaskRequest();
+        if (!survivors.includes(id))
             throw new Error(`client ${id} is not a survivor of this round`);
+        const open = this.unmaskable();
+        for (const x of shares.b)
+            if (!open.get(x.layer)?.includes(x.id))
+                throw new Error(`client ${id}: a self-mask share of ${x.id} for ${x.layer === null ? "the non-layer tensors" : `layer ${x.layer}`}, ` +
+                    "which is not a surviving holder of a layer with at least two");
+        for (const x of shares.s)
+            if (!dropped.includes(x.id))
+                throw new Error(`client ${id}: a key share of ${x.id}, which did not drop`);
         this.received.push(shareBytes(shares));
         this.unmasks.set(id, shares);
     }
 
-    /** The unmasked, decoded per-matrix means; throws when fewer than `threshold` survivors answered. */
-    result(): {adapter: LoraAdapter; targets: TargetAggregation[]; contributors: string[]} {
+    /**
+     * Per mask group (layer) of the previous adapter: its holders, survivors, and whether it is summed
+     * (or why it keeps its previous value). `aborted`: the round is not unmasked at all.
+     */
+    layerOutcomes(aborted?: string): SecureLayerOutcome[] {
+        const shared = new Set(this.boxes.keys());
+        const request = this.unmaskList;
+        const open = this.planned && request ? this.unmaskable() : new Map<MaskGroup, string[]>();
+        const groups = new Map<MaskGroup, string[]>();
+        for (const t of this.previous.tensors) {
+            const parsed = parseLoraTensorName(t.name);
+            if (parsed?.part !== "a")
+                continue;
+            const g = parsed.layer ?? null;
+            groups.set(g, [...(groups.get(g) ?? []), parsed.target]);
+        }
+        return [...groups].sort(([a], [b]) => (a ?? -1) - (b ?? -1)).map(([layer, targets]) => {
+            const holders = this.members.filter((m) => shared.has(m.id) && (layer === null || m.layerMap.includes(layer))).map((m) => m.id).sort();
+            const survivors = request ? holders.filter((h) => request.survivors.includes(h)) : [];
+            const summed = !aborted && open.has(layer);
+            const reason = summed ? undefined
+                : aborted ? `round not unmasked: ${aborted}`
+                : !this.planned || holders.length < 2 ? `${holders.length} holder(s) among the clients that shared keys: never sent (its sum would be an update)`
+                : !request ? "no masked input yet"
+                : survivors.length === 1 ? `one surviving holder (${survivors[0]}): its self-mask seed stays secret, so its update stays hidden`
+                : `${survivors.length} surviving holders`;
+            return {layer, targets, holders, survivors, summed, ...(reason ? {reason} : {})};
+        });
+    }
+
+    /**
+     * The unmasked, decoded per-matrix means of the layers with at least two surviving holders (the
+     * others keep their previous value); throws when fewer than `threshold` survivors answered.
+     */
+    result(): {adapter: LoraAdapter; targets: TargetAggregation[]; contributors: string[]; layers: SecureLayerOutcome[]} {
         const plan = this.plan();
-        const {survivors, dropped} = this.unmaskRequest();
+        const {dropped} = this.unmaskRequest();
         const answered = [...this.unmasks.keys()];
         if (answered.length < this.threshold)
             throw new Error(`${answered.length} survivor(s) sent unmasking shares, fewer than the threshold ${this.threshold}`);
+        const open = this.unmaskable();
         const roster = this.roster();
-        const gather = (kind: "b" | "s", id: string): Share[] =>
-            [...this.unmasks.values()].flatMap((u) => u[kind].filter((x) => x.id === id).map((x) => x.share));
-        const bSeed = new Map(survivors.map((id) => [id, fieldToBytes(combineShares(gather("b", id), this.threshold), 32)]));
+        const seeds = new Map<string, Buffer>();
+        const bSeed = (id: string, layer: MaskGroup): Buffer => {
+            const key = `${id}|${layer}`;
+            let seed = seeds.get(key);
+            if (!seed) {
+                const shares = [...this.unmasks.values()].flatMap((u) => u.b.filter((x) => x.id === id && x.layer === layer).map((x) => x.share));
+                try {
+                    seed = fieldToBytes(combineShares(shares, this.threshold), 32);
+                } catch (err) {
+                    throw new Error(`the self-mask seed of ${id} for layer ${layer}: ${(err as Error).message}`);
+                }
+                seeds.set(key, seed);
+            }
+            return seed;
+        };
         const sKey = new Map(dropped.map((id) => {
             const adv = roster.find((a) => a.id === id)!;
-            return [id, privateFromRaw(fieldToBytes(combineShares(gather("s", id), this.threshold), 32), adv.sPub)];
+            const shares = [...this.unmasks.values()].flatMap((u) => u.s.filter((x) => x.id === id).map((x) => x.share));
+            return [id, privateFromRaw(fieldToBytes(combineShares(shares, this.threshold), 32), adv.sPub)];
         }));
         const pairSeeds = new Map<string, Buffer>();
         const droppedPairSeed = (k: string, j: string): Buffer => {
@@ -419,10 +541,11 @@ export class SecureAggregationServer {
         const out = new Map<string, LoraTensor>();
         const targets: TargetAggregation[] = [];
         for (const t of plan.targets) {
-            const alive = t.holders.filter((h) => survivors.includes(h));
+            const group = maskGroupOf(t.target);
+            const alive = open.get(group);
+            if (!alive)
+                continue; // one surviving holder (or none): its self mask stays on, the previous value is kept
             const gone = t.holders.filter((h) => dropped.includes(h));
-            if (alive.length < 2)
-                throw new Error(`${t.target}: ${alive.length} surviving holder(s); a sum of fewer than two would reveal an update`);
             const pSum = alive.reduce((s, h) => s + t.p.get(h)!, 0);
             for (const part of ["a", "b"]) {
                 const name = `${t.target}.lora_${part}`;
@@ -430,7 +553,7 @@ export class SecureAggregationServer {
                 const acc = new Uint32Array(prev.data.length);
                 for (const h of alive) {
                     addInto(acc, this.masked.get(h)!.get(name)!, 1);
-                    addInto(acc, maskStream(bSeed.get(h)!, round, name, acc.length), -1);
+                    addInto(acc, maskStream(bSeed(h, group), round, name, acc.length), -1);
                 }
                 for (const k of gone)
                     for (const j of alive)
@@ -445,17 +568,18 @@ export class SecureAggregationServer {
             const parsed = parseLoraTensorName(`${t.target}.lora_a`)!;
             targets.push({target: t.target, layer: parsed.layer ?? null, holders: alive, weight: alive.reduce((s, h) => s + this.member(h).weight, 0)});
         }
-        const contributors = survivors.filter((id) => plan.targets.some((t) => t.holders.includes(id)));
-        return {adapter: {...this.previous, tensors: this.previous.tensors.map((t) => out.get(t.name) ?? t)}, targets, contributors};
+        const contributors = [...new Set(targets.flatMap((t) => t.holders))].sort();
+        return {adapter: {...this.previous, tensors: this.previous.tensors.map((t) => out.get(t.name) ?? t)}, targets, contributors,
+            layers: this.layerOutcomes()};
     }
 }
 
 /**
  * One round of secure layerwise aggregation among `participants`, in one process: SecureClient and
  * SecureAggregationServer exchange exactly the messages a networked deployment would, and
- * `received` is every byte the server got. The new global keeps `previous` where a matrix had fewer
- * than two holders, and entirely when the round cannot be unmasked (too few survivors, or a matrix
- * left with one surviving holder).
+ * `received` is every byte the server got. The new global keeps `previous` where a layer had fewer
+ * than two holders or fewer than two surviving holders, and entirely when the round cannot be
+ * unmasked (fewer than the threshold survivors).
  */
 export function secureAggregateRound(previous: LoraAdapter, participants: SecureParticipant[], options: SecureRoundOptions): SecureRoundResult {
     const server = new SecureAggregationServer(previous, participants.map((p) => ({id: p.id, weight: p.weight, layerMap: p.layerMap})), options);
@@ -475,25 +599,31 @@ export function secureAggregateRound(previous: LoraAdapter, participants: Secure
         if (!dropped.includes(c.id))
             server.submitMasked(c.id, c.maskedInput(plan));
     const request = server.unmaskRequest();
+    const unmasks = new Map<string, UnmaskShares>();
+    const allTargets = new Set(previous.tensors.map((x) => parseLoraTensorName(x.name)!.target)).size;
     const report: SecureRoundReport = {clients: clients.map((c) => c.id), dropped: request.dropped, threshold: server.threshold,
-        scaleBits: server.scaleBits, maskedTargets: plan.targets.length,
-        keptTargets: new Set(previous.tensors.map((x) => parseLoraTensorName(x.name)!.target)).size - plan.targets.length, bytesReceived: 0};
+        scaleBits: server.scaleBits, maskedTargets: plan.targets.length, keptTargets: allTargets, layers: [], bytesReceived: 0};
     const keep = (reason: string): SecureRoundResult => {
         report.aborted = reason;
+        report.layers = server.layerOutcomes(reason);
         report.bytesReceived = server.received.reduce((s, b) => s + b.length, 0);
-        return {adapter: previous, targets: [], contributors: [], report, received: server.received};
+        return {adapter: previous, targets: [], contributors: [], report, received: server.received, unmasks};
     };
     if (request.survivors.length < server.threshold)
         return keep(`${request.survivors.length} client(s) sent masked input, fewer than the threshold ${server.threshold}`);
     // 4. unmasking shares from the survivors
     for (const c of clients.filter((x) => request.survivors.includes(x.id))) {
         try {
-            server.submitUnmask(c.id, c.unmaskShares(plan, request.survivors, request.dropped));
+            const shares = c.unmaskShares(plan, request.survivors, request.dropped);
+            unmasks.set(c.id, shares);
+            server.submitUnmask(c.id, shares);
         } catch (err) {
             return keep((err as Error).message);
         }
     }
-    const res = server.result();
+    const {layers, ...res} = server.result();
+    report.layers = layers;
+    report.keptTargets = allTargets - res.targets.length;
     report.bytesReceived = server.received.reduce((s, b) => s + b.length, 0);
-    return {...res, report, received: server.received};
+    return {...res, report, received: server.received, unmasks};
 }

@@ -258,7 +258,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
             summary = await server.closeRoundWith(res.adapter, res.targets, res.contributors, r.aborted, {secure: {threshold: r.threshold,
                 scaleBits: r.scaleBits, roster: r.clients, dropped: r.dropped, contributors: res.contributors,
                 unmasked: r.aborted ? [] : r.clients.filter((id) => !r.dropped.includes(id)), maskedTargets: r.maskedTargets, keptTargets: r.keptTargets,
-                ...(r.aborted ? {aborted: r.aborted} : {})}});
+                layers: r.layers, ...(r.aborted ? {aborted: r.aborted} : {})}});
         } else {
             summary = await server.closeRound();
         }
