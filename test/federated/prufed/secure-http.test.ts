@@ -1,9 +1,11 @@
 // Secure aggregation over HTTP with real processes on loopback: three `fl client` processes of
 // depths 4, 3, 2 run two secure rounds against `fl server --secure-aggregation`, each through its own
-// recording TCP proxy. Round 1: client c is killed after it sent its shares, before its masked input
+// recording TCP proxy. Round 1: client b is killed after it sent its shares, before its masked input
 // (its pair masks are removed with the others' Shamir shares of its key), and the server is killed
-// -9 and restarted mid-round (it replays its journal). Round 2: c is killed after its masked input,
-// before unmasking (its self mask is removed with shares of its seed; its update is in the sum).
+// -9 and restarted mid-round (it replays its journal); layer 3, held by a and b, is left with a alone:
+// it keeps its value and a's layer-3 self-mask seed is never released, while layers 0 and 2 are
+// aggregated over a and c. Round 2: c is killed after its masked input, before unmasking (its self
+// masks are removed with shares of its seeds; its update is in the sum).
 // Every byte each client sent or received and every file the server wrote (sampled while it runs)
 // is searched for every 16-byte window of each client's plain updates; the round files equal the
 // plain layerwise aggregate of the contributors' own W/round-N.gguf within fixed-point error.
@@ -15,6 +17,7 @@ import {readLoraAdapter} from "../../../ts/train/adapter.js";
 import {toBaseNumbering} from "../../../ts/federated/prufed/align.js";
 import {recomputeRound, roundFile, type RoundSummary} from "../../../ts/federated/prufed/rounds.js";
 import {toFixedPoint} from "../../../ts/federated/prufed/secure.js";
+import type {UnmaskBody} from "../../../ts/federated/prufed/http-protocol.js";
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {makeToken} from "../server-process.js";
 import {decodeHttpMessages, RecordingProxy} from "../client-helpers.js";
@@ -58,7 +61,7 @@ class WindowSearch {
     }
 }
 
-test.serial("secure rounds over HTTP: masks recovered after kills before and after masking, a server restart, no update on the wire or disk", async (t) => {
+test.serial("secure rounds over HTTP: masks recovered after kills before and after masking, a server restart, a layer with one survivor kept, no update on the wire or disk", async (t) => {
     const dir = tempDir(t);
     const {base, cut} = await models(dir);
     const dataDir = path.join(dir, "server");
@@ -93,25 +96,27 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
     const clients: Proc[] = [];
     for (const [i, id] of ids.entries()) {
         await writeJsonlAtomic(path.join(dir, `${id}.jsonl`), copyTask(16, 10 + i));
-        // c's request for the others' shares never reaches the server: it stalls after sending its own shares
-        clients.push(await startClient(i, id, id === "c-d2" ? /GET \/v1\/fl\/rounds\/1\/secagg\/shares/ : undefined));
+        // b's request for the others' shares never reaches the server: it stalls after sending its own shares;
+        // c stalls in round 2 before unmasking
+        clients.push(await startClient(i, id, id === "b-d3" ? /GET \/v1\/fl\/rounds\/1\/secagg\/shares/
+            : id === "c-d2" ? /GET \/v1\/fl\/rounds\/2\/secagg\/unmask/ : undefined));
     }
     const received = (round: number, client: string, step: string) => (e: Record<string, any>) =>
         e.event === "secagg_received" && e.round === round && e.client === client && e.step === step;
 
-    // round 1: c dies after sharing its keys, before its masked input; then the server dies and comes back
-    await server.proc.waitFor(received(1, "c-d2", "shares"), "c's shares in round 1");
-    await clients[2].kill9();
+    // round 1: b dies after sharing its keys, before its masked input; then the server dies and comes back
+    await server.proc.waitFor(received(1, "b-d3", "shares"), "b's shares in round 1");
+    await clients[1].kill9();
     sample();
     await server.proc.kill9();
     sample();
     server = await startServer(t, base, dataDir, [...common, "--port", port]);
     const resumed = server.proc.events.find((e) => e.event === "listening")!;
     t.is(resumed.resumed_round, 1, "the restarted server resumes round 1");
-    // c's shares were accepted, so the roster was fixed: the journal brings the round back past its keys phase
+    // b's shares were accepted, so the roster was fixed: the journal brings the round back past its keys phase
     t.true(["shares", "masked", "unmask"].includes(resumed.secure_phase), `resumed in phase ${resumed.secure_phase}`);
-    // c comes back (its keys are gone: it waits for round 2) and, in round 2, stalls before unmasking
-    clients[2] = await startClient(2, "c-d2", /GET \/v1\/fl\/rounds\/2\/secagg\/unmask/);
+    // b comes back (its keys are gone: it waits for round 2)
+    clients[1] = await startClient(1, "b-d3");
     const r1 = await server.proc.waitFor((e) => e.event === "round_closed" && e.round === 1, "round 1 closed", 90_000);
     t.true(r1.aggregated, r1.note);
     // round 2: c dies after its masked input, before its unmasking shares
@@ -125,11 +130,16 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
     sample();
 
     const summaries = [1, 2].map((n) => JSON.parse(fs.readFileSync(roundFile(dataDir, n).replace(/\.gguf$/, ".json"), "utf8")) as RoundSummary);
-    // (c) who took part: c dropped before masking in round 1, its input included in round 2 without its unmasking shares
+    // (c) who took part: b dropped before masking in round 1, c's input included in round 2 without its unmasking shares
     t.deepEqual(summaries[0].secure!.roster, ids);
-    t.deepEqual(summaries[0].secure!.dropped, ["c-d2"]);
-    t.deepEqual(summaries[0].secure!.contributors, ["a-d4", "b-d3"]);
-    t.deepEqual(summaries[0].clients.map((c) => c.id), ["a-d4", "b-d3"]);
+    t.deepEqual(summaries[0].secure!.dropped, ["b-d3"]);
+    t.deepEqual(summaries[0].secure!.contributors, ["a-d4", "c-d2"]);
+    t.deepEqual(summaries[0].clients.map((c) => c.id), ["a-d4", "c-d2"]);
+    // round 1 per layer: 0 and 2 summed over a and c; 1 held by a alone (never sent); 3 left with a alone after b dropped
+    t.deepEqual(summaries[0].secure!.layers!.map((l) => [l.layer, l.summed, l.survivors]),
+        [[0, true, ["a-d4", "c-d2"]], [1, false, ["a-d4"]], [2, true, ["a-d4", "c-d2"]], [3, false, ["a-d4"]]]);
+    t.regex(summaries[0].secure!.layers![3].reason!, /one surviving holder \(a-d4\)/);
+    t.deepEqual(summaries[1].secure!.layers!.map((l) => [l.layer, l.summed]), [[0, true], [1, false], [2, true], [3, true]]);
     t.deepEqual(summaries[1].secure!.dropped, []);
     t.deepEqual(summaries[1].secure!.contributors, ids);
     t.deepEqual(summaries[1].secure!.unmasked, ["a-d4", "b-d3"]);
@@ -160,8 +170,8 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
                 worst = Math.max(worst, Math.abs(v - p.data[k]));
                 moved = Math.max(moved, Math.abs(v - before.data[k]));
             });
-            // blk.1 is held by the depth-4 client alone: never sent, kept bit for bit
-            if (g.name.startsWith("blk.1."))
+            // blk.1 is held by the depth-4 client alone: never sent, kept bit for bit; so is blk.3 in round 1 (one survivor)
+            if (g.name.startsWith("blk.1.") || (n === 1 && g.name.startsWith("blk.3.")))
                 t.deepEqual(g.data, before.data, `round ${n} ${g.name}`);
         }
         t.true(worst <= tolerance, `round ${n}: max |secure - plain| = ${worst} > ${tolerance}`);
@@ -217,6 +227,23 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
     }
     // the search finds what is there: one client's own upload file contains its windows
     t.truthy(search.find(fs.readFileSync(path.join(dir, "a-d4", "round-2.gguf"))));
+
+    // (d) the unmasking messages as sent: in round 1 the survivors a and c release their seeds for layers 0 and 2
+    // and b's key, never a seed for layer 3 (a alone) or layer 1 (never sent); in round 2 layer 3 has a and b
+    const unmaskBodies = (n: number) => proxies.flatMap((p) => p.connections.flatMap((c) => {
+        const msgs = decodeHttpMessages(Buffer.concat(c.up));
+        return msgs.flatMap((m, i) => m.toString("latin1").startsWith(`POST /v1/fl/rounds/${n}/secagg/unmask `) ? [JSON.parse(msgs[i + 1].toString()) as UnmaskBody] : []);
+    }));
+    const round1 = unmaskBodies(1);
+    t.is(round1.length, 2, "a and c sent their unmasking shares in round 1");
+    for (const u of round1) {
+        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-d4:0", "a-d4:2", "c-d2:0", "c-d2:2"]);
+        t.deepEqual(u.s.map((x) => x.id), ["b-d3"]);
+    }
+    const round2 = unmaskBodies(2);
+    t.is(round2.length, 2, "a and b sent their unmasking shares in round 2");
+    for (const u of round2)
+        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-d4:0", "a-d4:2", "a-d4:3", "b-d3:0", "b-d3:2", "b-d3:3", "c-d2:0", "c-d2:2"]);
 });
 
 test.serial("secure rounds refuse plain uploads, late keys and malformed shares; a round below the threshold is closed unaggregated", async (t) => {
