@@ -219,9 +219,11 @@ Examples:
 Secure aggregation (--secure-aggregation): a round's keys phase lasts until every sampled client
 has trained and sent its public keys, or until --round-timeout; then shares, masked input and
 unmasking each last until all clients answered or --secagg-phase-timeout. A client that misses a
-phase is dropped from the round (its masks are removed with the others' Shamir shares); the round
-is aggregated over the clients whose masked input arrived, if at least t survivors unmask. Clients
-need no flag: they learn it from the round. See docs/prufed.md.`)
+phase is dropped from the round (its masks are removed with the others' Shamir shares); each layer
+is aggregated over the clients whose masked input arrived, if at least t survivors unmask. A layer
+left with one surviving holder keeps its previous value (that client's self-mask seed for it is
+never released) while the other layers are aggregated; round-N.json 'secure.layers' says which.
+Clients need no flag: they learn it from the round. See docs/prufed.md.`)
         .action(async (opts: ServerCliOptions) => {
             if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
                 throw new UsageError("give --tls-cert and --tls-key together");
