@@ -30,7 +30,7 @@ function participant(id: string, layerMap: number[], weight: number, seed: numbe
 
 test("a host rebuilt from its journal (torn last line cut) finishes the round; a silent client is dropped at the phase deadline", async (t) => {
     const dir = tempDir(t);
-    const ps = [participant("a", [0, 1, 2], 30, 1), participant("b", [0, 1], 20, 2), participant("c", [0, 1], 10, 3), participant("d", [0, 1], 15, 4)];
+    const ps = [participant("a", [0, 1, 2], 30, 1), participant("b", [0, 1], 20, 2), participant("c", [0, 1], 10, 3), participant("d", [0, 1, 2], 15, 4)];
     const previous = initialGlobal(layout, "layerwise", 4, 8, 7);
     const members = ps.map((p) => ({id: p.id, layerMap: p.layerMap, weight: p.weight, r: 4, loraAlpha: 8}));
     let now = 1_000_000;
@@ -79,17 +79,22 @@ test("a host rebuilt from its journal (torn last line cut) finishes the round; a
     const req = host.unmaskView("a")!;
     t.deepEqual(req, {survivors: ["a", "b", "c"], dropped: ["d"]});
     await t.throwsAsync(host.submitMasked("d", body(clients[3]), {}, now + 6_000), {message: /masked phase is over/});
-    for (const c of clients.slice(0, 3)) {
-        const u = c.unmaskShares(plan(c.id), req.survivors, req.dropped);
-        const w = unmaskToWire(u);
-        await host.submitUnmask(c.id, w.b, w.s, now + 6_000);
-    }
+    // layer 2 (a and d) is left with a alone: no client releases a's layer-2 seed, and the host refuses a share of it
+    const answers = clients.slice(0, 3).map((c) => unmaskToWire(c.unmaskShares(plan(c.id), req.survivors, req.dropped)));
+    t.false(answers.some((w) => w.b.some((x) => x.layer === 2)));
+    const forged = answers[1].b.find((x) => x.id === "a")!;
+    await t.throwsAsync(host.submitUnmask("b", [...answers[1].b, {...forged, layer: 2}], answers[1].s, now + 6_000),
+        {message: /a self-mask share of a for layer 2/});
+    for (const [i, c] of clients.slice(0, 3).entries())
+        await host.submitUnmask(c.id, answers[i].b, answers[i].s, now + 6_000);
     const {outcome} = await host.advance(now + 6_000);
     t.truthy(outcome?.result, outcome?.record.aborted);
     t.deepEqual(outcome!.record.dropped, ["d"]);
     t.deepEqual(outcome!.result!.contributors, ["a", "b", "c"]);
     t.deepEqual(outcome!.metrics, {a: {accuracy: 0.5}, b: {accuracy: 0.5}, c: {accuracy: 0.25}});
-    // against the plain layerwise mean over a, b, c; layer 2 (a alone) is never sent and keeps its value
+    t.like(outcome!.record.layers!.find((l) => l.layer === 2), {summed: false, holders: ["a", "d"], survivors: ["a"]});
+    t.is(outcome!.record.keptTargets, modules.length);
+    // against the plain layerwise mean over a, b, c; layer 2 (a alone after d dropped) keeps its value
     const plain = aggregate(previous, ps.slice(0, 3).map((p) => ({client: p.id, weight: p.weight, layerMap: p.layerMap, adapter: p.adapter})),
         {method: "layerwise"});
     for (const g of outcome!.result!.adapter.tensors.filter((x) => x.name.startsWith("blk.2.")))
