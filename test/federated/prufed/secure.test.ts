@@ -12,16 +12,20 @@ import {combineShares, shamirPrime, splitSecret} from "../../../ts/federated/pru
 const modules = [{rest: "attn_q.weight", nIn: 16, nOut: 16}, {rest: "ffn_up.weight", nIn: 16, nOut: 24}];
 const layout: AdapterLayout = {
     architecture: "llama", layers: 4,
-    targets: Array.from({length: 4}, (_, l) => modules.map((m) => ({name: `blk.${l}.${m.rest}`, layer: l, rest: m.rest, nIn: m.nIn, nOut: m.nOut}))).flat(),
+    targets: [...Array.from({length: 4}, (_, l) => modules.map((m) => ({name: `blk.${l}.${m.rest}`, layer: l as number | undefined, rest: m.rest,
+        nIn: m.nIn, nOut: m.nOut}))).flat(),
+    // one matrix outside any layer, held by every client: its own self-mask seed (group null)
+    {name: "output.weight", layer: undefined, rest: "output.weight", nIn: 16, nOut: 8}],
 };
 
 /** A participant's adapter in base numbering with values uniform in ±0.5. */
 function participant(id: string, layerMap: number[], weight: number, seed: number): SecureParticipant {
     const rng = new Random(seed);
-    const tensors = layerMap.flatMap((l) => modules.flatMap((m) => [
-        {name: `blk.${l}.${m.rest}.lora_a`, shape: [m.nIn, 4] as [number, number], data: Float32Array.from({length: m.nIn * 4}, () => rng.nextDouble() - 0.5)},
-        {name: `blk.${l}.${m.rest}.lora_b`, shape: [4, m.nOut] as [number, number], data: Float32Array.from({length: 4 * m.nOut}, () => rng.nextDouble() - 0.5)},
-    ]));
+    const tensors = [...layerMap.map((l) => modules.map((m) => ({name: `blk.${l}.${m.rest}`, ...m}))).flat(), {name: "output.weight", nIn: 16, nOut: 8}]
+        .flatMap((m) => [
+            {name: `${m.name}.lora_a`, shape: [m.nIn, 4] as [number, number], data: Float32Array.from({length: m.nIn * 4}, () => rng.nextDouble() - 0.5)},
+            {name: `${m.name}.lora_b`, shape: [4, m.nOut] as [number, number], data: Float32Array.from({length: 4 * m.nOut}, () => rng.nextDouble() - 0.5)},
+        ]);
     const adapter: LoraAdapter = {architecture: "llama", alpha: 8, r: 4, tensors};
     return {id, weight, layerMap, adapter};
 }
@@ -81,7 +85,7 @@ test("masked sums equal the plain layerwise aggregate and the server never sees 
         t.deepEqual(res.adapter.tensors.find((x) => x.name === name)!.data, previous.tensors.find((x) => x.name === name)!.data);
     compareToPlain(t, res.adapter, plain.adapter, ps.length, only);
     assertNoPlainUpdate(t, res.received, ps, (target) => ps.filter((p) => p.adapter.tensors.some((x) => x.name === `${target}.lora_a`)));
-    t.is(res.report.maskedTargets, 3 * modules.length);
+    t.is(res.report.maskedTargets, 3 * modules.length + 1);
     t.is(res.report.keptTargets, modules.length);
     t.deepEqual(res.contributors.sort(), ps.map((p) => p.id).sort());
 });
@@ -116,21 +120,23 @@ test("a layer left with one surviving holder keeps its value and its holder's se
     for (const name of kept)
         t.deepEqual(lone.adapter.tensors.find((x) => x.name === name)!.data, previous.tensors.find((x) => x.name === name)!.data, name);
     compareToPlain(t, lone.adapter, plain.adapter, survivors.length, kept);
-    t.deepEqual(lone.targets.map((x) => x.target).sort(), previous.tensors.filter((x) => /^blk\.[01]\..*lora_a$/.test(x.name))
+    t.deepEqual(lone.targets.map((x) => x.target).sort(), previous.tensors.filter((x) => /^(blk\.[01]\.|output).*lora_a$/.test(x.name))
         .map((x) => x.name.replace(/\.lora_a$/, "")).sort());
-    t.is(lone.report.maskedTargets, 3 * modules.length);
+    t.is(lone.report.maskedTargets, 3 * modules.length + 1);
     t.is(lone.report.keptTargets, 2 * modules.length);
     const byLayer = new Map(lone.report.layers.map((l) => [l.layer, l]));
+    t.like(byLayer.get(null), {summed: true, targets: ["output.weight"], survivors: ["a-full", "c-two"]});
     t.like(byLayer.get(0), {summed: true, survivors: ["a-full", "c-two"]});
     t.like(byLayer.get(1), {summed: true, survivors: ["a-full", "c-two"]});
     t.like(byLayer.get(2), {summed: false, holders: ["a-full", "b-three", "d-three", "e-alt"], survivors: ["a-full"]});
     t.regex(byLayer.get(2)!.reason!, /one surviving holder \(a-full\)/);
     t.like(byLayer.get(3), {summed: false, holders: ["a-full"]});
     t.regex(byLayer.get(3)!.reason!, /1 holder\(s\)/);
-    // the unmasking messages: seeds of the survivors for layers 0 and 1 only, never a-full's layer-2 seed; keys of the three dropped
+    // the unmasking messages: seeds of the survivors for layers 0, 1 and the non-layer matrix only, never a-full's layer-2 seed;
+    // keys of the three dropped
     t.deepEqual([...lone.unmasks.keys()].sort(), ["a-full", "c-two"]);
     for (const [from, u] of lone.unmasks) {
-        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-full:0", "a-full:1", "c-two:0", "c-two:1"], from);
+        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-full:0", "a-full:1", "a-full:null", "c-two:0", "c-two:1", "c-two:null"], from);
         t.deepEqual(u.s.map((x) => x.id).sort(), gone, from);
     }
     assertNoPlainUpdate(t, lone.received, ps, (target) => ps.filter((p) => p.adapter.tensors.some((x) => x.name === `${target}.lora_a`)));
@@ -167,7 +173,7 @@ test("the server refuses a self-mask share of a layer with one surviving holder"
     server.submitUnmask("c-two", honest);
     server.submitUnmask("a-full", clients[0].unmaskShares(plan, survivors, dropped));
     const res = server.result();
-    t.deepEqual(res.layers.map((l) => [l.layer, l.summed]), [[0, true], [1, true], [2, false], [3, false]]);
+    t.deepEqual(res.layers.map((l) => [l.layer, l.summed]), [[null, true], [0, true], [1, true], [2, false], [3, false]]);
 });
 
 test("Shamir: any t shares give the secret back, t-1 do not", (t) => {
