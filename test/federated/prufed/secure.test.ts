@@ -1,13 +1,14 @@
 // Secure aggregation: the server's view (every byte it receives) never contains a client's update,
 // and the unmasked per-layer sums equal the plain layerwise aggregate within fixed-point error, with
 // and without dropouts after masking. Shamir sharing is checked on its own.
+import {createPrivateKey, createPublicKey, diffieHellman} from "node:crypto";
 import test from "ava";
 import type {LoraAdapter} from "../../../ts/train/adapter.js";
 import {Random} from "../../../ts/train/random.js";
 import {aggregate, initialGlobal} from "../../../ts/federated/prufed/aggregate.js";
 import type {AdapterLayout} from "../../../ts/federated/prufed/align.js";
-import {secureAggregateRound, toFixedPoint, type SecureParticipant} from "../../../ts/federated/prufed/secure.js";
-import {combineShares, shamirPrime, splitSecret} from "../../../ts/federated/prufed/shamir.js";
+import {maskStream, secureAggregateRound, toFixedPoint, type SecureParticipant} from "../../../ts/federated/prufed/secure.js";
+import {combineShares, fieldToBytes, shamirPrime, splitSecret, type Share} from "../../../ts/federated/prufed/shamir.js";
 
 const modules = [{rest: "attn_q.weight", nIn: 16, nOut: 16}, {rest: "ffn_up.weight", nIn: 16, nOut: 24}];
 const layout: AdapterLayout = {
@@ -147,7 +148,7 @@ test("a layer left with one surviving holder keeps its value and its holder's se
     t.true(few.report.layers.every((l) => !l.summed && /round not unmasked/.test(l.reason!)));
 });
 
-test("the server refuses a self-mask share of a layer with one surviving holder", async (t) => {
+test("the server refuses a self-mask share of a layer with one surviving holder, and without it cannot read that holder's update", async (t) => {
     const {SecureAggregationServer, SecureClient} = await import("../../../ts/federated/prufed/secure.js");
     const ps = people().slice(0, 3); // a-full [0..3], b-three [0, 1, 2], c-two [0, 1]
     const previous = initialGlobal(layout, "layerwise", 4, 8, 13);
@@ -170,10 +171,36 @@ test("the server refuses a self-mask share of a layer with one surviving holder"
     // a client that would release a-full's layer-2 seed share (here: a copy of its layer-0 share relabelled) is refused
     const leak = {...honest, b: [...honest.b, {...honest.b.find((x) => x.id === "a-full")!, layer: 2}]};
     t.throws(() => server.submitUnmask("c-two", leak), {message: /a-full for layer 2/});
+    const fromA = clients[0].unmaskShares(plan, survivors, dropped);
     server.submitUnmask("c-two", honest);
-    server.submitUnmask("a-full", clients[0].unmaskShares(plan, survivors, dropped));
+    server.submitUnmask("a-full", fromA);
     const res = server.result();
     t.deepEqual(res.layers.map((l) => [l.layer, l.summed]), [[null, true], [0, true], [1, true], [2, false], [3, false]]);
+
+    // A curious server with everything it was given: b-three's key from the two answers gives the pair mask a-full put on
+    // its layer-2 input; removing it leaves fix(p·x) + PRG(b_{a,2}), nothing like a-full's update. Positive control: had
+    // the two survivors released their shares of a-full's layer-2 seed (read here from their private state, as a leaking
+    // client would), the same server would read a-full's update exactly; so a lone survivor's seed must stay secret.
+    const name = "blk.2.attn_q.weight.lora_a";
+    const masked = clients[0].maskedInput(plan).get(name)!;
+    const roster = server.roster();
+    const x25519 = (d: Buffer, x: Buffer) => createPrivateKey({key: {kty: "OKP", crv: "X25519", d: d.toString("base64url"), x: x.toString("base64url")}, format: "jwk"});
+    const pubOf = (id: string) => createPublicKey({key: {kty: "OKP", crv: "X25519", x: roster.find((a) => a.id === id)!.sPub.toString("base64url")}, format: "jwk"});
+    const sB = fieldToBytes(combineShares([...honest.s, ...fromA.s].filter((x) => x.id === "b-three").map((x) => x.share), 2), 32);
+    const pair = diffieHellman({privateKey: x25519(sB, roster.find((a) => a.id === "b-three")!.sPub), publicKey: pubOf("a-full")});
+    const peeled = Uint32Array.from(masked);
+    const stream = maskStream(pair, 6, name, peeled.length);
+    for (let i = 0; i < peeled.length; i++)
+        peeled[i] = (peeled[i] - stream[i]) >>> 0; // a-full < b-three: it added the pair mask
+    const p = plan.targets.find((x) => x.target === "blk.2.attn_q.weight")!.p.get("a-full")!;
+    const plainA = toFixedPoint(ps[0].adapter.tensors.find((x) => x.name === name)!.data, p, 20, name);
+    const equal = peeled.filter((v, i) => v === plainA[i]).length;
+    t.true(equal <= 2, `${equal} of ${peeled.length} lanes equal a-full's update after removing the pair mask`);
+    type Held = {held: Map<string, {b: Map<number | null, Share>}>};
+    const leaked = [clients[0], clients[2]].map((c) => (c as unknown as Held).held.get("a-full")!.b.get(2)!);
+    const seed = fieldToBytes(combineShares(leaked, 2), 32);
+    const self = maskStream(seed, 6, name, peeled.length);
+    t.deepEqual(peeled.map((v, i) => (v - self[i]) >>> 0), plainA, "with the seed leaked, the update is read exactly");
 });
 
 test("Shamir: any t shares give the secret back, t-1 do not", (t) => {

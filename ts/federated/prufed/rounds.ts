@@ -418,7 +418,8 @@ export function roundFile(dataDir: string, round: number): string {
  * Recomputes a round's global adapter from the previous round file and the clients' own copies of
  * their uploads (client numbering), as recorded in round-N.json: anyone holding the files can check
  * the server's aggregate. For a secure round the matrices that were not summed under masks (fewer
- * than two holders, round-N.json `targets`) keep the previous value, as the secure round did; the
+ * than two holders or fewer than two surviving holders: not in round-N.json `targets`; `secure.layers`
+ * says why) keep the previous value, as the secure round did; the
  * secure aggregate then agrees within fixed-point error (n·2^-21 over the survivors' weight share).
  */
 export async function recomputeRound(dataDir: string, round: number, uploads: Record<string, string>, method: AggregationMethod,
