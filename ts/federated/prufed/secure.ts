@@ -490,7 +490,8 @@ export class SecureAggregationServer {
                 : !this.planned || holders.length < 2 ? `${holders.length} holder(s) among the clients that shared keys: never sent (its sum would be an update)`
                 : !request ? "no masked input yet"
                 : survivors.length === 1 ? `one surviving holder (${survivors[0]}): its self-mask seed stays secret, so its update stays hidden`
-                : `${survivors.length} surviving holders`;
+                : survivors.length === 0 ? "no surviving holder"
+                : `${survivors.length} surviving holders, but not unmaskable`;
             return {layer, targets, holders, survivors, summed, ...(reason ? {reason} : {})};
         });
     }
