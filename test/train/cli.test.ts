@@ -116,3 +116,24 @@ test("train --help teaches with examples", async (t) => {
     t.regex(r.stdout, /L_label \+ λ·L_rationale/);
     t.regex(r.stdout, /Examples:\n\s+ppc-gpt train/);
 });
+
+test("merge refuses an output that is its base model or adapter, and leaves both as they were", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const adapter = path.join(dir, "adapter.gguf");
+    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
+    t.is(trained.code, 0, trained.stderr);
+    const link = path.join(dir, "link.gguf");
+    fs.symlinkSync(model, link);
+    const before = [fs.readFileSync(model), fs.readFileSync(adapter)];
+    for (const [output, what] of [[model, "base model"], [link, "base model"], [adapter, "adapter"]] as const) {
+        const r = await cli(["merge", model, adapter, "-o", output]);
+        t.is(r.code, 1, r.stderr);
+        t.regex(r.stderr, new RegExp(`the output .* is the ${what}`));
+        t.notRegex(r.stderr, /\n\s+at /);
+    }
+    t.true(fs.readFileSync(model).equals(before[0]!));
+    t.true(fs.readFileSync(adapter).equals(before[1]!));
+    t.true(fs.lstatSync(link).isSymbolicLink());
+});
