@@ -117,25 +117,39 @@ Examples:
                 throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
             const share = parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)");
             const json = Boolean(opts.json);
+            // checked here, before anything is written under --out
+            const r = int(opts.r, "--r"), clients = int(opts.clients, "--clients");
+            const ranks = opts.ranks !== undefined ? parseIndexList(opts.ranks, "--ranks", "ranks") : undefined;
+            if (ranks?.some((x) => x < 1 || x > r))
+                throw new UsageError(`--ranks must be integers in [1, --r = ${r}] (got ${opts.ranks})`);
+            const dropAfterMasking = opts.dropAfterMasking?.split(",").map((s) => s.trim()).filter(Boolean);
+            const ids = Array.from({length: clients}, (_, i) => `c${i}-d${depths[i % depths.length]}`);
+            const unknown = dropAfterMasking?.filter((id) => !ids.includes(id)) ?? [];
+            if (unknown.length > 0)
+                throw new UsageError(`--drop-after-masking: no client ${unknown.join(", ")}; the clients are ${ids.join(", ")}`);
+            const created = !fs.existsSync(opts.out);
             const result = await simulate({
-                base: opts.base, depths, clients: int(opts.clients, "--clients"), data: opts.data, rounds: int(opts.rounds, "--rounds"),
+                base: opts.base, depths, clients, data: opts.data, rounds: int(opts.rounds, "--rounds"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 aggregation: opts.aggregation, localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
                 clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
                 minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
-                heldOutShare: share, r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
-                ranks: opts.ranks !== undefined ? parseIndexList(opts.ranks, "--ranks", "ranks") : undefined,
+                heldOutShare: share, r, loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+                ranks,
                 targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
                 clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
                 secureAggregation: opts.secureAggregation,
                 secureThreshold: opts.secureThreshold !== undefined ? int(opts.secureThreshold, "--secure-threshold") : undefined,
-                dropAfterMasking: opts.dropAfterMasking?.split(",").map((s) => s.trim()).filter(Boolean),
+                dropAfterMasking,
                 train: {
                     learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(opts.batch, "--batch"),
                     loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
                 onEvent: reporter(json),
+            }).catch((err: unknown) => {
+                removeFailedSimulation(opts.out, created);
+                throw err;
             });
             if (opts.plot) {
                 const series = accuracyByDepth(result).map((s) => ({name: `depth ${s.depth}`, values: s.values}));
@@ -156,6 +170,19 @@ Examples:
                 process.stdout.write(`depth ${s.depth}: mean held-out accuracy by round ${s.values.map((v) => v.toFixed(2)).join(" ")}\n`);
             process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
         });
+}
+
+/**
+ * A simulation cannot be continued, and a folder holding one is refused: a run that failed before
+ * its first round leaves nothing behind, so the corrected command can use the same --out.
+ */
+function removeFailedSimulation(out: string, created: boolean): void {
+    if (!created)
+        return;
+    const rounds = path.join(out, "server", "rounds");
+    const finished = fs.existsSync(rounds) && fs.readdirSync(rounds).some((f) => /^round-([1-9]\d*)\.gguf$/.test(f));
+    if (!finished)
+        fs.rmSync(out, {recursive: true, force: true});
 }
 
 export function flCommand(): Command {

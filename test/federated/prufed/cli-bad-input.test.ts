@@ -1,0 +1,37 @@
+// `ppc-gpt fl simulate` with bad arguments: refused before anything is written, and a run that
+// fails before its first round leaves no --out folder, so the corrected command can reuse it.
+import fs from "node:fs";
+import path from "node:path";
+import test from "ava";
+import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
+import {writeJsonlAtomic} from "../../../ts/data/jsonl.js";
+import {copyTask} from "../../../scripts/prufed/copy-task.js";
+import {runCli, tempDir} from "../../helpers.js";
+
+test("fl simulate: bad ranks, unknown dropped clients and failing set-ups leave no half-written --out", async (t) => {
+    const dir = tempDir(t);
+    const base = path.join(dir, "base.gguf"), data = path.join(dir, "items.jsonl");
+    await writeSyntheticModel(base, {architecture: "llama", layers: 3, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 2});
+    await writeJsonlAtomic(data, copyTask(36, 5));
+    const out = path.join(dir, "sim");
+    const args = ["fl", "simulate", "--base", base, "--depths", "3,2", "--clients", "3", "--data", data, "--rounds", "1",
+        "--local-steps", "1", "--r", "4", "--lora-alpha", "8", "--batch", "4", "--threads", "1", "--out", out];
+    const cases: [string[], number, RegExp][] = [
+        [["--aggregation", "flexlora", "--ranks", "4,0"], 2, /--ranks must be integers in \[1, --r = 4\] \(got 4,0\)/],
+        [["--aggregation", "flexlora", "--ranks", "4,9"], 2, /--ranks must be integers in \[1, --r = 4\]/],
+        [["--secure-aggregation", "--drop-after-masking", "c9-d3"], 2, /--drop-after-masking: no client c9-d3; the clients are c0-d3, c1-d2, c2-d3/],
+        [["--target-modules", "attn_qkv"], 1, /no target module attn_qkv/],
+        [["--min-clients", "9"], 1, /fewer than minClients = 9/],
+    ];
+    for (const [extra, code, message] of cases) {
+        const r = await runCli([...args, ...extra]);
+        t.is(r.code, code, `${extra.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+        t.notRegex(r.stderr, /\n\s+at /);
+        t.false(fs.existsSync(out), `${extra.join(" ")} left ${out}`);
+    }
+    // the corrected command runs in the same folder
+    const ok = await runCli(args);
+    t.is(ok.code, 0, ok.stderr);
+    t.true(fs.existsSync(path.join(out, "server", "rounds", "round-1.gguf")));
+});
