@@ -148,3 +148,19 @@ sharedTest("perplexity: JSON and table output equal the library; bad input", asy
         t.regex(c.stderr, message);
     }
 });
+
+sharedTest("eval and perplexity take --batch-tokens, the name bi and prune use, as --batch-size", async (t) => {
+    const usage: [string[], RegExp][] = [
+        [["eval", stories260K, "--task", "arc-easy", "--batch-tokens", "0"], /--batch-tokens must be a positive integer \(got "0"\)/],
+        [["eval", stories260K, "--task", "arc-easy", "--batch-tokens", "64", "--batch-size", "32"], /--batch-size or --batch-tokens \(the same option\), not both/],
+    ];
+    for (const [args, message] of usage) {
+        const r = await cli(args);
+        t.is(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+    const a = await cli(["eval", stories260K, "--task", "arc-easy", "--limit", "3", "--batch-tokens", "16", "--threads", "2", "--json"]);
+    const b = await cli(["eval", stories260K, "--task", "arc-easy", "--limit", "3", "--batch-size", "16", "--threads", "2", "--json"]);
+    t.is(a.code, 0, a.stderr);
+    t.deepEqual(JSON.parse(a.stdout), JSON.parse(b.stdout));
+});

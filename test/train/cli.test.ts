@@ -137,3 +137,22 @@ test("merge refuses an output that is its base model or adapter, and leaves both
     t.true(fs.readFileSync(adapter).equals(before[1]!));
     t.true(fs.lstatSync(link).isSymbolicLink());
 });
+
+test("train --batch-size is --batch (the name run, client and the job spec use)", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(12));
+    const o = path.join(dir, "out.gguf");
+    const r = await cli(["train", model, "--data", data, "--task", "label", "-o", o, "--epochs", "1", "--batch-size", "4", "--threads", "2", "--json"]);
+    t.is(r.code, 0, r.stderr);
+    t.is(JSON.parse(r.stdout).steps, 3, "12 items, 4 per step, one epoch");
+    const usage: [string[], RegExp][] = [
+        [["--batch-size", "0"], /--batch-size must be a positive integer \(got "0"\)/],
+        [["--batch", "4", "--batch-size", "8"], /--batch or --batch-size \(the same option\), not both/],
+    ];
+    for (const [args, message] of usage) {
+        const u = await cli(["train", model, "--data", data, "-o", path.join(dir, "u.gguf"), ...args]);
+        t.is(u.code, 2, `${args.join(" ")}: ${u.stderr}`);
+        t.regex(u.stderr, message);
+    }
+});
