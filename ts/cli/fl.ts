@@ -4,7 +4,7 @@ import {Command, Option} from "commander";
 import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
-import {parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
+import {checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
 import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
 import type {FlServerEvent} from "../federated/prufed/http-server.js";
 import {readToken} from "../federated/client/http.js";
@@ -252,6 +252,8 @@ need no flag: they learn it from the round. See docs/prufed.md.`)
         .action(async (opts: ServerCliOptions) => {
             if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
                 throw new UsageError("give --tls-cert and --tls-key together");
+            if (opts.tlsCert !== undefined)
+                checkTlsFiles(opts.tlsCert, opts.tlsKey!);
             if (!fs.existsSync(opts.base))
                 throw new UsageError(`--base ${opts.base} does not exist`);
             const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");

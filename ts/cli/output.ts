@@ -1,4 +1,6 @@
 // Shared CLI plumbing: errors with exit codes, progress on a TTY or as JSON lines, tables.
+import crypto from "node:crypto";
+import fs from "node:fs";
 
 /** A mistake in how the command was called: exit code 2. */
 export class UsageError extends Error {
@@ -96,4 +98,34 @@ export function parseNumber(text: string, name: string, check: (x: number) => bo
     if (text.trim() === "" || !Number.isFinite(x) || !check(x))
         throw new UsageError(`${name} must be ${expect} (got "${text}")`);
     return x;
+}
+
+/**
+ * Checks --tls-cert and --tls-key before a server starts, so a wrong file is named with its flag
+ * (Node's own errors say "ENOENT" or "PEM routines::no start line" and name neither).
+ */
+export function checkTlsFiles(certFile: string, keyFile: string): void {
+    const read = (file: string, flag: string): Buffer => {
+        try {
+            return fs.readFileSync(file);
+        } catch (err) {
+            const e = err as NodeJS.ErrnoException;
+            throw new Error(`${flag} ${file}: cannot read (${e.code === "ENOENT" ? "no such file" : e.message})`);
+        }
+    };
+    const certPem = read(certFile, "--tls-cert"), keyPem = read(keyFile, "--tls-key");
+    let cert: crypto.X509Certificate;
+    try {
+        cert = new crypto.X509Certificate(certPem);
+    } catch {
+        throw new Error(`--tls-cert ${certFile}: not a PEM certificate`);
+    }
+    let key: crypto.KeyObject;
+    try {
+        key = crypto.createPrivateKey(keyPem);
+    } catch {
+        throw new Error(`--tls-key ${keyFile}: not a PEM private key (an encrypted key is not supported)`);
+    }
+    if (!cert.checkPrivateKey(key))
+        throw new Error(`--tls-key ${keyFile} is not the private key of --tls-cert ${certFile}`);
 }
