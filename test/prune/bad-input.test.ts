@@ -140,3 +140,17 @@ test("CLI: exit 2 for usage errors, 1 for failures, 0 with a plan; --json is mac
     t.is(help.code, 0);
     t.regex(help.stdout, /Examples:/);
 });
+
+test("bi: an output or plot folder that does not exist is named before the scoring runs", async (t) => {
+    const dir = tempDir(t);
+    const model = path.join(dir, "m.gguf");
+    await writeSyntheticModel(model, {architecture: "llama", layers: 2, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 1});
+    const text = path.join(dir, "corpus.txt");
+    fs.writeFileSync(text, "a b c d\ne f g h\n");
+    for (const [flag, file] of [["-o", "bi.json"], ["--plot", "bi.svg"]] as const) {
+        const r = await cli(["bi", model, "--text", text, flag, path.join(dir, "none", file)]);
+        t.is(r.code, 1, r.stderr);
+        t.regex(r.stderr, new RegExp(`${flag} .*none/${file.replace(".", "\\.")}: the folder .*none does not exist`));
+    }
+    t.deepEqual(fs.readdirSync(dir).sort(), ["corpus.txt", "m.gguf"]);
+});

@@ -4,7 +4,7 @@ import {Command, Option} from "commander";
 import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
-import {checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
+import {checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
 import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
 import type {FlServerEvent} from "../federated/prufed/http-server.js";
 import {readToken} from "../federated/client/http.js";
@@ -127,6 +127,7 @@ Examples:
             const unknown = dropAfterMasking?.filter((id) => !ids.includes(id)) ?? [];
             if (unknown.length > 0)
                 throw new UsageError(`--drop-after-masking: no client ${unknown.join(", ")}; the clients are ${ids.join(", ")}`);
+            checkOutputFolder(opts.plot, "--plot");
             const created = !fs.existsSync(opts.out);
             const result = await simulate({
                 base: opts.base, depths, clients, data: opts.data, rounds: int(opts.rounds, "--rounds"),
@@ -270,6 +271,7 @@ need no flag: they learn it from the round. See docs/prufed.md.`)
                 else if (process.stderr.isTTY)
                     process.stderr.write(`${JSON.stringify(e)}\n`);
             };
+            checkOutputFolder(opts.plot, "--plot");
             // loaded here: a client process never loads the server (Fastify)
             const {startFlServer} = await import("../federated/prufed/http-server.js");
             const server = await startFlServer({

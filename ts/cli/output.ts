@@ -1,6 +1,7 @@
 // Shared CLI plumbing: errors with exit codes, progress on a TTY or as JSON lines, tables.
 import crypto from "node:crypto";
 import fs from "node:fs";
+import path from "node:path";
 
 /** A mistake in how the command was called: exit code 2. */
 export class UsageError extends Error {
@@ -128,4 +129,16 @@ export function checkTlsFiles(certFile: string, keyFile: string): void {
     }
     if (!cert.checkPrivateKey(key))
         throw new Error(`--tls-key ${keyFile} is not the private key of --tls-cert ${certFile}`);
+}
+
+/**
+ * Checks, before any work, that the folder an output file goes to exists: a typo in a path must
+ * not cost a long run, nor leave some outputs written and others not.
+ */
+export function checkOutputFolder(file: string | undefined, flag: string): void {
+    if (file === undefined)
+        return;
+    const dir = path.dirname(path.resolve(file));
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+        throw new Error(`${flag} ${file}: the folder ${dir} does not exist`);
 }

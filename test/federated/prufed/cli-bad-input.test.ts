@@ -22,6 +22,7 @@ test("fl simulate: bad ranks, unknown dropped clients and failing set-ups leave 
         [["--secure-aggregation", "--drop-after-masking", "c9-d3"], 2, /--drop-after-masking: no client c9-d3; the clients are c0-d3, c1-d2, c2-d3/],
         [["--target-modules", "attn_qkv"], 1, /no target module attn_qkv/],
         [["--min-clients", "9"], 1, /fewer than minClients = 9/],
+        [["--plot", path.join(dir, "none", "rounds.svg")], 1, /--plot .*none\/rounds\.svg: the folder .*none does not exist/],
     ];
     for (const [extra, code, message] of cases) {
         const r = await runCli([...args, ...extra]);
