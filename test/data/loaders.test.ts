@@ -199,3 +199,16 @@ test("a dataset's original layout where task items are expected is named, with t
     t.is(taskItemProblem({id: "q", question: 3, choices: []}), "\"question\" must be a string");
     t.is(taskItemProblem({id: "q", question: "Q?", choices: [{label: "A", text: "x"}]}), undefined);
 });
+
+test("JSONL: a UTF-8 byte order mark is skipped; a folder is named as one", async (t) => {
+    const dir = tempDir(t);
+    const item = {id: "q", question: "Q?", choices: [{label: "A", text: "x"}, {label: "B", text: "y"}], answer: "B"};
+    const bom = path.join(dir, "bom.jsonl");
+    fs.writeFileSync(bom, "\ufeff" + JSON.stringify(item) + "\r\n" + JSON.stringify({...item, id: "r"}) + "\r\n");
+    t.deepEqual((await readTaskItems(bom)).map((x) => x.id), ["q", "r"]);
+    // only a mark at the very start is one: elsewhere it stays an error naming the line
+    const inner = path.join(dir, "inner.jsonl");
+    fs.writeFileSync(inner, JSON.stringify(item) + "\n\ufeff" + JSON.stringify({...item, id: "r"}) + "\n");
+    await t.throwsAsync(readTaskItems(inner), {message: /inner\.jsonl:2: not valid JSON/});
+    await t.throwsAsync(readTaskItems(dir), {message: new RegExp(`${dir.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: cannot read: it is a folder, not a file`)});
+});
