@@ -7,6 +7,7 @@ import path from "node:path";
 import test, {type ExecutionContext} from "ava";
 import type {SyntheticItem, TaskItem} from "../../ts/data/task-item.js";
 import {taskItemProblem} from "../../ts/data/task-item.js";
+import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
 import {cliPath, tempDir} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "./openai-server.js";
 
@@ -166,11 +167,20 @@ test("bad input files fail with exit 1 naming the file and line", async (t) => {
     t.regex(r.stderr, /bad\.jsonl: no items/);
     r = await cli(["--in", parentsFile(dir, 1), "--out", path.join(dir, "o.jsonl"), "--model", path.join(dir, "nope.gguf")]);
     t.is(r.code, 1);
-    t.regex(r.stderr, /nope\.gguf: cannot read the model/);
+    t.regex(r.stderr, /--model .*nope\.gguf: no such file/);
     fs.writeFileSync(path.join(dir, "fake.gguf"), "this is not a gguf file");
     r = await cli(["--in", parentsFile(dir, 1), "--out", path.join(dir, "o.jsonl"), "--model", path.join(dir, "fake.gguf")]);
     t.is(r.code, 1);
-    t.regex(r.stderr, /fake\.gguf: cannot load the model/);
+    t.regex(r.stderr, /fake\.gguf: not a GGUF file/);
+    // a truncated model is named with what is wrong, before the loader (whose message is "failed to load model") sees it
+    const whole = path.join(dir, "whole.gguf"), cut = path.join(dir, "cut.gguf");
+    await writeSyntheticModel(whole, {architecture: "llama", layers: 2, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 1});
+    fs.writeFileSync(cut, fs.readFileSync(whole).subarray(0, fs.statSync(whole).size - 1000));
+    r = await cli(["--in", parentsFile(dir, 1), "--out", path.join(dir, "o.jsonl"), "--model", cut]);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /cut\.gguf: truncated or corrupt file: tensor '.+' .* runs past the end of the file/);
+    t.notRegex(r.stderr, /node-llama-cpp|failed to load model/);
+    t.false(fs.existsSync(path.join(dir, "o.jsonl")));
     t.is(server.requests.length, 0);
 });
 

@@ -3,6 +3,7 @@ import {GeneratorError, type Generator} from "../synth/generator.js";
 import {synthesize, type SynthProgress, type SynthSummary} from "../synth/pipeline.js";
 import {createRemoteGenerator, defaultApiKeyEnv, type RetryInfo} from "../synth/remote.js";
 import {rejectionReasons} from "../synth/validate.js";
+import {checkGgufFile} from "./model-options.js";
 import {formatCount, parseNumber, printJson, table, UsageError, type OutputMode} from "./output.js";
 
 interface SynthOptions {
@@ -172,6 +173,7 @@ Examples:
             let generator: Generator;
             if (opts.model !== undefined) {
                 // the model and node-llama-cpp (chat templates, grammars) are loaded only for the embedded backend
+                await checkGgufFile(opts.model, "--model");
                 const {createEmbeddedGenerator} = await import("../synth/embedded.js");
                 generator = await createEmbeddedGenerator({modelPath: opts.model, sequences: concurrency ?? 4, contextSize, threads, gpuLayers});
             } else {

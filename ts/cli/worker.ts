@@ -3,6 +3,7 @@ import {queueDefaults} from "../federated/distributed.js";
 import {stageNames, type StageName} from "../federated/protocol.js";
 import {isPostgresUrl, redactUrl} from "../federated/store-postgres.js";
 import {startWorker} from "../federated/worker.js";
+import {checkGgufFile} from "./model-options.js";
 import {parseNumber, UsageError} from "./output.js";
 import {generatorConfig, queueOptions} from "./server.js";
 
@@ -86,6 +87,8 @@ Examples:
             if (stages.includes("synth") && !wantsGenerator)
                 throw new UsageError("the synth stage needs a generator: --generator-url <url> --generator-remote-model <name>, or --generator-model " +
                     "<big.gguf>; or leave synth out of --stages");
+            if (opts.generatorModel !== undefined)
+                await checkGgufFile(opts.generatorModel, "--generator-model");
             const seconds = (v: string, name: string) => parseNumber(v, name, (x) => x >= 0 && x <= 86400, "a number of seconds in [0, 86400]");
             const storeWaitSeconds = seconds(opts.storeWaitSeconds, "--store-wait-seconds");
             // a store that is down is waited for (a worker may start before its database), and a large model takes a while
