@@ -228,3 +228,24 @@ test("human summary lists rejection reasons (line format server, disagreeing vot
     const journal = fs.readFileSync(`${out}.journal`, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
     t.is(journal.filter((j) => j.reason === "votes-disagree").length, 4);
 });
+
+test("--k is --ratio (the paper's k, the name run, client and the job spec use)", async (t) => {
+    const dir = tempDir(t);
+    const input = parentsFile(dir, 2);
+    const out = path.join(dir, "o.jsonl");
+    for (const [args, message] of [
+        [["--k", "0"], /--k must be an integer >= 1 \(got "0"\)/],
+        [["--k", "2", "--ratio", "3"], /--ratio or --k \(the same option\), not both/],
+    ] as [string[], RegExp][]) {
+        const r = await cli(["--in", input, "--out", out, "--model", "x.gguf", ...args]);
+        t.is(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+    const server = await serve(t, 0);
+    const r = await cli(["--in", input, "--out", out, "--base-url", server.baseUrl, "--remote-model", "m", "--k", "1", "--json"]);
+    t.is(r.code, 0, r.stderr);
+    t.is(JSON.parse(r.stdout).ratio, 1);
+    const items = fs.readFileSync(out, "utf8").trim().split("\n").map((l) => JSON.parse(l) as SyntheticItem);
+    t.true(items.length <= 2, "at most k = 1 item per perturbed item");
+    t.true(items.every((x) => taskItemProblem(x) === undefined));
+});
