@@ -29,6 +29,7 @@ interface SimulateCliOptions {
     targetModules?: string;
     lr: string;
     batch: string;
+    batchSize?: string;
     loraDropout: string;
     clipNorm?: string;
     secureAggregation?: boolean;
@@ -87,6 +88,7 @@ function simulateCommand(): Command {
         .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
         .option("--lr <x>", "local learning rate (constant)", "3e-3")
         .option("--batch <n>", "items per local optimizer step", "8")
+        .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
         .option("--lora-dropout <p>", "LoRA dropout", "0")
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--secure-aggregation", "pairwise-masked aggregation (X25519 + Shamir): the server sees only per-layer sums")
@@ -111,7 +113,8 @@ Examples:
   ppc-gpt fl simulate --base base.gguf --depths 5 --clients 4 --data items.jsonl --aggregation fedavg --out sim-fedavg
   ppc-gpt fl simulate --base base.gguf --depths 5,3 --clients 4 --data items.jsonl --aggregation flexlora --r 8 --ranks 8,4 --out sim-flex
   ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec`)
-        .action(async (opts: SimulateCliOptions) => {
+        .action(async (opts: SimulateCliOptions, cmd: Command) => {
+            const batch = batchOption(opts, cmd);
             const depths = parseIndexList(opts.depths, "--depths", "depths");
             if (fs.existsSync(path.join(opts.out, "server", "state.json")))
                 throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
@@ -143,7 +146,7 @@ Examples:
                 secureThreshold: opts.secureThreshold !== undefined ? int(opts.secureThreshold, "--secure-threshold") : undefined,
                 dropAfterMasking,
                 train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(opts.batch, "--batch"),
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value, batch.flag),
                     loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
@@ -184,6 +187,15 @@ function removeFailedSimulation(out: string, created: boolean): void {
     const finished = fs.existsSync(rounds) && fs.readdirSync(rounds).some((f) => /^round-([1-9]\d*)\.gguf$/.test(f));
     if (!finished)
         fs.rmSync(out, {recursive: true, force: true});
+}
+
+/** --batch-size is --batch: the value given and the flag to name in an error. */
+function batchOption(opts: {batch: string; batchSize?: string}, cmd: Command): {value: string; flag: string} {
+    if (opts.batchSize === undefined)
+        return {value: opts.batch, flag: "--batch"};
+    if (cmd.getOptionValueSource("batch") === "cli" && opts.batch !== opts.batchSize)
+        throw new UsageError("give --batch or --batch-size (the same option), not both");
+    return {value: opts.batchSize, flag: "--batch-size"};
 }
 
 export function flCommand(): Command {
@@ -313,7 +325,7 @@ need no flag: they learn it from the round. See docs/prufed.md.`)
 
 interface ClientCliOptions {
     server: string; model: string; data: string; workDir: string; localSteps: string; tokenFile?: string; r: string; loraAlpha: string;
-    lr: string; batch: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
+    lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
 }
 
 function clientCommand(): Command {
@@ -330,6 +342,7 @@ function clientCommand(): Command {
         .option("--lora-alpha <a>", "LoRA alpha", "16")
         .option("--lr <x>", "learning rate (constant)", "3e-3")
         .option("--batch <n>", "items per optimizer step", "8")
+        .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
         .option("--lora-dropout <p>", "LoRA dropout", "0")
         .option("--max-input-length <n>", "prompt tokens kept per example", "64")
         .option("--held-out <share>", "share of the items held out for accuracy", "0.25")
@@ -346,7 +359,8 @@ that round and takes part again from the next.
 Examples:
   PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\
       --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`)
-        .action(async (opts: ClientCliOptions) => {
+        .action(async (opts: ClientCliOptions, cmd: Command) => {
+            const batch = batchOption(opts, cmd);
             for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"]] as const)
                 if (!fs.existsSync(f))
                     throw new UsageError(`${name} ${f} does not exist`);
@@ -359,7 +373,7 @@ Examples:
                 heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(opts.batch, "--batch"),
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value, batch.flag),
                     loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
                     maxInputLength: int(opts.maxInputLength, "--max-input-length"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),

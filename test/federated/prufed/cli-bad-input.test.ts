@@ -15,10 +15,12 @@ test("fl simulate: bad ranks, unknown dropped clients and failing set-ups leave 
     await writeJsonlAtomic(data, copyTask(36, 5));
     const out = path.join(dir, "sim");
     const args = ["fl", "simulate", "--base", base, "--depths", "3,2", "--clients", "3", "--data", data, "--rounds", "1",
-        "--local-steps", "1", "--r", "4", "--lora-alpha", "8", "--batch", "4", "--threads", "1", "--out", out];
+        "--local-steps", "1", "--r", "4", "--lora-alpha", "8", "--threads", "1", "--out", out];
     const cases: [string[], number, RegExp][] = [
         [["--aggregation", "flexlora", "--ranks", "4,0"], 2, /--ranks must be integers in \[1, --r = 4\] \(got 4,0\)/],
         [["--aggregation", "flexlora", "--ranks", "4,9"], 2, /--ranks must be integers in \[1, --r = 4\]/],
+        [["--batch-size", "0"], 2, /--batch-size must be a positive integer \(got "0"\)/],
+        [["--batch", "4", "--batch-size", "2"], 2, /--batch or --batch-size \(the same option\), not both/],
         [["--secure-aggregation", "--drop-after-masking", "c9-d3"], 2, /--drop-after-masking: no client c9-d3; the clients are c0-d3, c1-d2, c2-d3/],
         [["--target-modules", "attn_qkv"], 1, /no target module attn_qkv/],
         [["--min-clients", "9"], 1, /fewer than minClients = 9/],
@@ -32,7 +34,7 @@ test("fl simulate: bad ranks, unknown dropped clients and failing set-ups leave 
         t.false(fs.existsSync(out), `${extra.join(" ")} left ${out}`);
     }
     // the corrected command runs in the same folder
-    const ok = await runCli(args);
+    const ok = await runCli([...args, "--batch-size", "4"]);
     t.is(ok.code, 0, ok.stderr);
     t.true(fs.existsSync(path.join(out, "server", "rounds", "round-1.gguf")));
 });
