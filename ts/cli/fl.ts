@@ -367,6 +367,13 @@ Examples:
             const token = readToken(opts.tokenFile);
             const json = Boolean(opts.json);
             const {runFlClient} = await import("../federated/prufed/http-client.js");
+            // a server that cannot be reached is retried for a minute (it may be restarting): say so instead of a silent minute
+            let registered = false;
+            const waiting = setTimeout(() => {
+                if (!registered)
+                    process.stderr.write(json ? JSON.stringify({event: "waiting_for_server", server: opts.server}) + "\n"
+                        : `ppc-gpt fl client: no answer from ${opts.server} yet; a server that cannot be reached is retried for up to a minute\n`);
+            }, 5000);
             const result = await runFlClient({
                 server: opts.server, token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
                 r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
@@ -379,12 +386,13 @@ Examples:
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
                 onEvent: (e) => {
+                    registered = true;
                     if (json)
                         process.stdout.write(JSON.stringify(e) + "\n");
                     else if (process.stderr.isTTY)
                         process.stderr.write(JSON.stringify(e) + "\n");
                 },
-            });
+            }).finally(() => clearTimeout(waiting));
             if (json)
                 return printJson({event: "result", ...result});
             process.stdout.write(table(["round", "loss", "acc before", "acc after", "bytes down", "bytes up", "s", "accepted"],
