@@ -156,3 +156,21 @@ test("train --batch-size is --batch (the name run, client and the job spec use)"
         t.regex(u.stderr, message);
     }
 });
+
+test("train: a checkpoint folder that holds a checkpoint needs --resume; the checkpoint is left as it was", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const ckpt = path.join(dir, "ckpt");
+    const args = ["train", model, "--data", data, "--task", "label", "-o", path.join(dir, "a.gguf"), "--steps", "2", "--batch", "2",
+        "--checkpoint-dir", ckpt, "--threads", "2"];
+    const first = await cli(args);
+    t.is(first.code, 0, first.stderr);
+    const before = fs.readFileSync(path.join(ckpt, "checkpoint.json"), "utf8");
+    const again = await cli(args);
+    t.is(again.code, 2, again.stderr);
+    t.regex(again.stderr, /ckpt holds a checkpoint: add --resume to continue it, or give another --checkpoint-dir/);
+    t.is(fs.readFileSync(path.join(ckpt, "checkpoint.json"), "utf8"), before);
+    const resumed = await cli([...args, "--resume"]);
+    t.is(resumed.code, 0, resumed.stderr);
+});

@@ -1,3 +1,5 @@
+import fs from "node:fs";
+import path from "node:path";
 import {Command, Option} from "commander";
 import {defaultTaskFormat, taskFormatNames, type TaskFormatName} from "../data/prompt.js";
 import {defaultTargetModules} from "../train/adapter.js";
@@ -185,6 +187,10 @@ Examples:
                 throw new UsageError("give --val-data or --val-split, not both");
             if (opts.resume && !opts.checkpointDir)
                 throw new UsageError("--resume needs --checkpoint-dir");
+            // re-running the first command after an interruption would start over and overwrite the checkpoint
+            if (opts.checkpointDir && !opts.resume && fs.existsSync(path.join(opts.checkpointDir, "checkpoint.json")))
+                throw new UsageError(`${opts.checkpointDir} holds a checkpoint: add --resume to continue it, or give another ` +
+                    `--checkpoint-dir (or remove ${opts.checkpointDir}) to start over`);
             if (opts.dpEpsilon !== undefined && opts.dpNoiseMultiplier !== undefined)
                 throw new UsageError("give --dp-epsilon or --dp-noise-multiplier, not both");
             if (opts.dpEpsilon === undefined && opts.dpNoiseMultiplier === undefined &&
