@@ -154,3 +154,19 @@ test("bi: an output or plot folder that does not exist is named before the scori
     }
     t.deepEqual(fs.readdirSync(dir).sort(), ["corpus.txt", "m.gguf"]);
 });
+
+test("prune: Block Influence options with another strategy are usage errors, not ignored", async (t) => {
+    const {dir, input} = await model(t);
+    const out = path.join(dir, "out.gguf");
+    const cases: [string[], RegExp][] = [
+        [["--strategy", "top", "--ratio", "0.3", "--threads", "0"], /--threads goes with --strategy bi/],
+        [["--layers", "1", "--metric", "angular", "--batch-tokens", "64"], /--metric, --batch-tokens go with --strategy bi/],
+        [["--strategy", "magnitude", "--count", "1", "--limit", "5"], /--limit goes with --strategy bi/],
+    ];
+    for (const [args, message] of cases) {
+        const r = await cli(["prune", input, ...args, "-o", out]);
+        t.is(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+    t.false(fs.existsSync(out));
+});
