@@ -174,3 +174,17 @@ test("train: a checkpoint folder that holds a checkpoint needs --resume; the che
     const resumed = await cli([...args, "--resume"]);
     t.is(resumed.code, 0, resumed.stderr);
 });
+
+test("inspect names a LoRA adapter as one, with how to use it", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const adapter = path.join(dir, "adapter.gguf");
+    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
+    t.is(trained.code, 0, trained.stderr);
+    const r = await cli(["inspect", adapter]);
+    t.is(r.code, 1, r.stderr);
+    t.regex(r.stderr, /adapter\.gguf is a LoRA adapter \(general\.type "adapter", \d+ tensors\), not a model: apply it with `ppc-gpt eval <base> --lora/);
+    const ok = await cli(["inspect", model]);
+    t.is(ok.code, 0, ok.stderr);
+});
