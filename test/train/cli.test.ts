@@ -188,3 +188,20 @@ test("inspect names a LoRA adapter as one, with how to use it", async (t) => {
     const ok = await cli(["inspect", model]);
     t.is(ok.code, 0, ok.stderr);
 });
+
+test("merge names swapped arguments and a model given as the adapter (exit 2)", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const adapter = path.join(dir, "adapter.gguf");
+    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
+    t.is(trained.code, 0, trained.stderr);
+    const o = path.join(dir, "merged.gguf");
+    const swapped = await cli(["merge", adapter, model, "-o", o]);
+    t.is(swapped.code, 2, swapped.stderr);
+    t.regex(swapped.stderr, /the arguments are <base> <adapter>: .*adapter\.gguf is the adapter and .* the model; swap them/);
+    const twice = await cli(["merge", model, model, "-o", o]);
+    t.is(twice.code, 2, twice.stderr);
+    t.regex(twice.stderr, /is not a LoRA adapter \(general\.type (missing|"model")\)/);
+    t.false(fs.existsSync(o));
+});
