@@ -7,7 +7,7 @@ import {loadModel} from "../model.js";
 import {blockInfluence, blockInfluenceSvg, layerMetrics, metricValues, modelIdentity, scoreLayers, textSequences,
     type BlockInfluenceReport, type CountedPositions, type LayerMetric} from "../prune/block-influence.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
-import {checkOutputFolder, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {checkOutputFolder, parseNumber, readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
 
 export interface BiCliOptions extends ModelCliOptions {
     text?: string;
@@ -30,12 +30,7 @@ export interface TextReport {
 
 /** Reads one sequence per non-empty line. */
 export function readTextLines(file: string): string[] {
-    let text: string;
-    try {
-        text = fs.readFileSync(file, "utf8");
-    } catch (err) {
-        throw new Error(`cannot read ${file}: ${(err as Error).message}`);
-    }
+    const text = readTextFile(file);
     const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
     if (lines.length === 0)
         throw new Error(`${file}: no text (one sequence per line)`);

@@ -142,3 +142,43 @@ export function checkOutputFolder(file: string | undefined, flag: string): void 
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
         throw new Error(`${flag} ${file}: the folder ${dir} does not exist`);
 }
+
+/**
+ * Reads a UTF-8 text file (a byte order mark dropped). A binary file (a NUL byte) or another
+ * encoding (Latin-1 files are common) is an error naming the byte, instead of being scored as
+ * replacement characters.
+ */
+export function readTextFile(file: string): string {
+    let bytes: Buffer;
+    try {
+        if (fs.statSync(file).isDirectory())
+            throw new Error("it is a folder, not a file");
+        bytes = fs.readFileSync(file);
+    } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        throw new Error(`${file}: cannot read: ${e.code === "ENOENT" ? "no such file" : e.message}`);
+    }
+    const nul = bytes.indexOf(0);
+    if (nul >= 0)
+        throw new Error(`${file}: not a text file (a NUL byte at byte ${nul})`);
+    try {
+        return new TextDecoder("utf-8", {fatal: true, ignoreBOM: false}).decode(bytes);
+    } catch {
+        const at = firstInvalidUtf8(bytes);
+        throw new Error(`${file}: not UTF-8 text (byte ${at} is 0x${bytes[at]!.toString(16)}); convert it first, e.g. iconv -f latin1 -t utf-8`);
+    }
+}
+
+function firstInvalidUtf8(bytes: Buffer): number {
+    for (let i = 0; i < bytes.length;) {
+        const b = bytes[i]!;
+        const n = b < 0x80 ? 1 : (b & 0xe0) === 0xc0 ? 2 : (b & 0xf0) === 0xe0 ? 3 : (b & 0xf8) === 0xf0 ? 4 : 0;
+        if (n === 0 || i + n > bytes.length)
+            return i;
+        for (let k = 1; k < n; k++)
+            if ((bytes[i + k]! & 0xc0) !== 0x80)
+                return i;
+        i += n;
+    }
+    return 0;
+}
