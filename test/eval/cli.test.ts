@@ -153,8 +153,8 @@ sharedTest("perplexity: JSON and table output equal the library; bad input", asy
         [["perplexity", stories260K, "--text", path.join(dir, "missing.txt")], 1, /missing\.txt: cannot read/],
         [["perplexity", stories260K, "--text", empty], 1, /empty\.txt: the file is empty/],
         [["perplexity", stories260K, "--text", stories260K], 1, /stories260K\.gguf: not a text file \(a NUL byte at byte \d+\)/],
-        [["perplexity", stories260K, "--text", latin1], 1, /latin1\.txt: not UTF-8 text \(byte 7 is 0xf1\); convert it first/],
-        [["bi", stories260K, "--text", latin1], 1, /latin1\.txt: not UTF-8 text \(byte 7 is 0xf1\)/],
+        [["perplexity", stories260K, "--text", latin1], 1, /latin1\.txt: not UTF-8 text \(byte 4 is 0xf1\); convert it first/],
+        [["bi", stories260K, "--text", latin1], 1, /latin1\.txt: not UTF-8 text \(byte 4 is 0xf1\)/],
         [["perplexity", path.join(dir, "nope.gguf"), "--text", text], 1, /nope\.gguf/],
     ];
     for (const [args, code, message] of cases) {
