@@ -8,7 +8,7 @@ export interface LoadedModel {
     tokenize(text: string, options?: {addSpecial?: boolean; parseSpecial?: boolean}): Int32Array;
     tokenToPiece(token: number): string;
     detokenize(tokens: Int32Array | number[], options?: {removeSpecial?: boolean; unparseSpecial?: boolean}): string;
-    /** Logits of every position of one sequence starting at position 0: [tokens.length][nVocab]. */
+    /** Logits of every position of one sequence starting at position 0: tokens.length × nVocab, row-major (row t at t·nVocab). */
     logits(tokens: Int32Array | number[]): Promise<Float32Array>;
     close(): void;
     /** The underlying addon object, for native functions that take a model. */

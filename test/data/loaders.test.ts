@@ -5,6 +5,7 @@ import path from "node:path";
 import test from "ava";
 import {datasets, loadArc, loadCommonsenseQa, loadFinloraSentiment, loadFiqaPosts, loadOpenBookQa, loadPhraseBank, loadTask,
     taskFile} from "../../ts/data/loaders/index.js";
+import {readTaskItems} from "../../ts/data/jsonl.js";
 import {taskItemProblem, type TaskItem} from "../../ts/data/task-item.js";
 import {hasShared, sharedPath, tempDir} from "../helpers.js";
 
@@ -180,4 +181,34 @@ test("malformed lines name the file and the line", async (t) => {
     await t.throwsAsync(loadTask("openbookqa", {split: "nope"}), {message: /dataset "openbookqa" has no split "nope"; splits: train, dev, test/});
     const item = JSON.stringify({id: "q", question: "Q?", choices: [{label: "A", text: "x"}], answer: "A"});
     await t.throwsAsync(loadTask("mc", {file: write("items.jsonl", `${item}\n\n{"id": "r"}\n`)}), {message: /items\.jsonl:3: "question" must be a string/});
+});
+
+test("a dataset's original layout where task items are expected is named, with the way out", async (t) => {
+    const dir = tempDir(t);
+    const write = (name: string, text: string) => {
+        const f = path.join(dir, name);
+        fs.writeFileSync(f, text);
+        return f;
+    };
+    const ai2 = JSON.stringify({id: "Mercury_1", question: {stem: "Q?", choices: [{text: "x", label: "A"}, {text: "y", label: "B"}]}, answerKey: "A"});
+    await t.throwsAsync(readTaskItems(write("arc.jsonl", `${ai2}\n`)),
+        {message: /arc\.jsonl:1: "question" must be a string \(this line is in the AI2 layout of ARC\/OpenBookQA\/CommonsenseQA, .*--task <name>.*"Task items"\)/});
+    const finlora = JSON.stringify({context: "Instruction: ... Answer:", target: "positive"});
+    await t.throwsAsync(readTaskItems(write("fin.jsonl", `${finlora}\n`)), {message: /fin\.jsonl:1: "id" must be a non-empty string \(this line is in FinLoRA's \{context, target\} layout/});
+    // other mistakes keep the plain message
+    t.is(taskItemProblem({id: "q", question: 3, choices: []}), "\"question\" must be a string");
+    t.is(taskItemProblem({id: "q", question: "Q?", choices: [{label: "A", text: "x"}]}), undefined);
+});
+
+test("JSONL: a UTF-8 byte order mark is skipped; a folder is named as one", async (t) => {
+    const dir = tempDir(t);
+    const item = {id: "q", question: "Q?", choices: [{label: "A", text: "x"}, {label: "B", text: "y"}], answer: "B"};
+    const bom = path.join(dir, "bom.jsonl");
+    fs.writeFileSync(bom, "\ufeff" + JSON.stringify(item) + "\r\n" + JSON.stringify({...item, id: "r"}) + "\r\n");
+    t.deepEqual((await readTaskItems(bom)).map((x) => x.id), ["q", "r"]);
+    // only a mark at the very start is one: elsewhere it stays an error naming the line
+    const inner = path.join(dir, "inner.jsonl");
+    fs.writeFileSync(inner, JSON.stringify(item) + "\n\ufeff" + JSON.stringify({...item, id: "r"}) + "\n");
+    await t.throwsAsync(readTaskItems(inner), {message: /inner\.jsonl:2: not valid JSON/});
+    await t.throwsAsync(readTaskItems(dir), {message: new RegExp(`${dir.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: cannot read: it is a folder, not a file`)});
 });

@@ -134,12 +134,27 @@ sharedTest("perplexity: JSON and table output equal the library; bad input", asy
 
     const empty = path.join(dir, "empty.txt");
     fs.writeFileSync(empty, "  \n");
+    const latin1 = path.join(dir, "latin1.txt");
+    fs.writeFileSync(latin1, Buffer.from("Espa\u00f1a sold more.\n", "latin1"));
+    const bom = path.join(dir, "bom.txt");
+    fs.writeFileSync(bom, "\ufeffOnce upon a time.\n");
+    const plain = path.join(dir, "plain.txt");
+    fs.writeFileSync(plain, "Once upon a time.\n");
+    // a byte order mark is not text: the file scores as the same text without it
+    const withBom = await cli(["perplexity", stories260K, "--text", bom, "--json"]);
+    const withoutBom = await cli(["perplexity", stories260K, "--text", plain, "--json"]);
+    t.is(withBom.code, 0, withBom.stderr);
+    t.deepEqual(JSON.parse(withBom.stdout).tokens, JSON.parse(withoutBom.stdout).tokens);
+    t.is(JSON.parse(withBom.stdout).perplexity, JSON.parse(withoutBom.stdout).perplexity);
     const cases: [string[], number, RegExp][] = [
         [["perplexity", stories260K], 2, /--text <file> is required/],
         [["perplexity", stories260K, "--text", text, "--window", "8", "--stride", "9"], 2, /--stride must be a positive integer no larger than --window/],
         [["perplexity", stories260K, "--text", text, "--window", "0"], 2, /--window must be a positive integer/],
         [["perplexity", stories260K, "--text", path.join(dir, "missing.txt")], 1, /missing\.txt: cannot read/],
         [["perplexity", stories260K, "--text", empty], 1, /empty\.txt: the file is empty/],
+        [["perplexity", stories260K, "--text", stories260K], 1, /stories260K\.gguf: not a text file \(a NUL byte at byte \d+\)/],
+        [["perplexity", stories260K, "--text", latin1], 1, /latin1\.txt: not UTF-8 text \(byte 4 is 0xf1\); convert it first/],
+        [["bi", stories260K, "--text", latin1], 1, /latin1\.txt: not UTF-8 text \(byte 4 is 0xf1\)/],
         [["perplexity", path.join(dir, "nope.gguf"), "--text", text], 1, /nope\.gguf/],
     ];
     for (const [args, code, message] of cases) {
@@ -147,4 +162,20 @@ sharedTest("perplexity: JSON and table output equal the library; bad input", asy
         t.is(c.code, code, `${args.join(" ")}: ${c.stderr}`);
         t.regex(c.stderr, message);
     }
+});
+
+sharedTest("eval and perplexity take --batch-tokens, the name bi and prune use, as --batch-size", async (t) => {
+    const usage: [string[], RegExp][] = [
+        [["eval", stories260K, "--task", "arc-easy", "--batch-tokens", "0"], /--batch-tokens must be a positive integer \(got "0"\)/],
+        [["eval", stories260K, "--task", "arc-easy", "--batch-tokens", "64", "--batch-size", "32"], /--batch-size or --batch-tokens \(the same option\), not both/],
+    ];
+    for (const [args, message] of usage) {
+        const r = await cli(args);
+        t.is(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+    const a = await cli(["eval", stories260K, "--task", "arc-easy", "--limit", "3", "--batch-tokens", "16", "--threads", "2", "--json"]);
+    const b = await cli(["eval", stories260K, "--task", "arc-easy", "--limit", "3", "--batch-size", "16", "--threads", "2", "--json"]);
+    t.is(a.code, 0, a.stderr);
+    t.deepEqual(JSON.parse(a.stdout), JSON.parse(b.stdout));
 });

@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {canonicalJson, hashKey, StageCache} from "../../ts/experiment/cache.js";
-import {smallConfig, type ExperimentConfig} from "../../ts/experiment/config.js";
+import {loadExperimentConfig, smallConfig, type ExperimentConfig} from "../../ts/experiment/config.js";
 import {copyWordItems} from "../../ts/experiment/data.js";
 import {estimateGpuTime} from "../../ts/experiment/estimate.js";
 import {cellKey, expandCells} from "../../ts/experiment/runner.js";
@@ -136,4 +136,24 @@ test("a reduced config runs through the CLI, writes results and tables, and a re
     const bad = await runCli(["experiment", path.join(dir, "missing.json")], {env});
     t.is(bad.code, 2);
     t.regex(bad.stderr, /missing\.json: no such config file/);
+});
+
+test("a config file with a misspelt field is refused naming it; every real field is accepted", async (t) => {
+    const dir = tempDir(t);
+    const write = (name: string, value: object) => {
+        const f = path.join(dir, name);
+        fs.writeFileSync(f, JSON.stringify(value));
+        return f;
+    };
+    const typo = write("typo.json", {base: "small", seed: [1, 2, 3]});
+    t.throws(() => loadExperimentConfig(typo), {message: /typo\.json: unknown field "seed" \(the fields: base, name, .*seeds/});
+    const r = await runCli(["experiment", typo, "--dry-run"]);
+    t.is(r.code, 2);
+    t.regex(r.stderr, /unknown field "seed"/);
+    // optional fields of either built-in config are fields too
+    const full = write("full.json", {base: "small", seeds: [4], threads: 2, gpuLayers: 0, embeddings: "stories260K.gguf",
+        throughput: {generatorTokensPerSecond: 1, trainTokensPerSecond: 1, evalTokensPerSecond: 1}});
+    const c = loadExperimentConfig(full);
+    t.deepEqual(c.seeds, [4]);
+    t.is(c.gpuLayers, 0);
 });

@@ -39,3 +39,13 @@ test.serial("usage errors exit 2 and say what is wrong", async (t) => {
     t.is(wrong.code, 1);
     t.regex(wrong.stderr, /is not the server's stories260K .*every worker must hold the same M_S/);
 });
+
+test.serial("a worker waiting for a store that is down says so, then exits 1 with the reason", async (t) => {
+    const dir = tempDir(t);
+    const dead = await runCli(["worker", "--store", "postgres://x:secret@127.0.0.1:1/x", "--artifacts", dir, "--model", process.execPath,
+        "--stages", "train", "--store-wait-seconds", "10"]);
+    t.is(dead.code, 1, dead.stderr);
+    t.regex(dead.stderr, /starting: connecting to postgres:\/\/x:\*\*\*@127\.0\.0\.1:1\/x \(a store that cannot be reached is retried for up to 10 s/);
+    t.regex(dead.stderr, /error: cannot open the job store postgres:\/\/x:\*\*\*@127\.0\.0\.1:1\/x/);
+    t.notRegex(dead.stderr, /secret/);
+});

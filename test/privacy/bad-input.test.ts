@@ -213,3 +213,23 @@ maybe("a corrupt cache file is reported as a warning and rebuilt; the run still 
     t.false(third.mechanism.custext.index.cached);
     t.deepEqual(third.records, first.records);
 });
+
+maybe("perturb: an output folder that does not exist is named before anything is written", async (t) => {
+    const dir = tempDir(t);
+    const input = path.join(dir, "in.jsonl");
+    fs.writeFileSync(input, JSON.stringify(item) + "\n");
+    const out = path.join(dir, "out.jsonl");
+    const none = path.join(dir, "none");
+    const cases: [string[], RegExp][] = [
+        [["--out", path.join(none, "out.jsonl")], /--out .*none\/out\.jsonl: the folder .*none does not exist/],
+        [["--out", out, "--id-map", path.join(none, "map.jsonl")], /--id-map .*none\/map\.jsonl: the folder .*none does not exist/],
+        [["--out", out, "--report", path.join(none, "report.json")], /--report .*none\/report\.json: the folder .*none does not exist/],
+    ];
+    for (const [args, message] of cases) {
+        const r = await cli(["--embeddings", stories260K, "--epsilon", "3", "--in", input, ...args]);
+        t.is(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+        t.notRegex(r.stderr, /\n\s+at /);
+        t.deepEqual(fs.readdirSync(dir), ["in.jsonl"], `${args.join(" ")}: nothing written`);
+    }
+});

@@ -140,3 +140,33 @@ test("CLI: exit 2 for usage errors, 1 for failures, 0 with a plan; --json is mac
     t.is(help.code, 0);
     t.regex(help.stdout, /Examples:/);
 });
+
+test("bi: an output or plot folder that does not exist is named before the scoring runs", async (t) => {
+    const dir = tempDir(t);
+    const model = path.join(dir, "m.gguf");
+    await writeSyntheticModel(model, {architecture: "llama", layers: 2, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 1});
+    const text = path.join(dir, "corpus.txt");
+    fs.writeFileSync(text, "a b c d\ne f g h\n");
+    for (const [flag, file] of [["-o", "bi.json"], ["--plot", "bi.svg"]] as const) {
+        const r = await cli(["bi", model, "--text", text, flag, path.join(dir, "none", file)]);
+        t.is(r.code, 1, r.stderr);
+        t.regex(r.stderr, new RegExp(`${flag} .*none/${file.replace(".", "\\.")}: the folder .*none does not exist`));
+    }
+    t.deepEqual(fs.readdirSync(dir).sort(), ["corpus.txt", "m.gguf"]);
+});
+
+test("prune: Block Influence options with another strategy are usage errors, not ignored", async (t) => {
+    const {dir, input} = await model(t);
+    const out = path.join(dir, "out.gguf");
+    const cases: [string[], RegExp][] = [
+        [["--strategy", "top", "--ratio", "0.3", "--threads", "0"], /--threads goes with --strategy bi/],
+        [["--layers", "1", "--metric", "angular", "--batch-tokens", "64"], /--metric, --batch-tokens go with --strategy bi/],
+        [["--strategy", "magnitude", "--count", "1", "--limit", "5"], /--limit goes with --strategy bi/],
+    ];
+    for (const [args, message] of cases) {
+        const r = await cli(["prune", input, ...args, "-o", out]);
+        t.is(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+    t.false(fs.existsSync(out));
+});

@@ -7,6 +7,7 @@ import path from "node:path";
 import test, {type ExecutionContext} from "ava";
 import type {SyntheticItem, TaskItem} from "../../ts/data/task-item.js";
 import {taskItemProblem} from "../../ts/data/task-item.js";
+import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
 import {cliPath, tempDir} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "./openai-server.js";
 
@@ -166,11 +167,20 @@ test("bad input files fail with exit 1 naming the file and line", async (t) => {
     t.regex(r.stderr, /bad\.jsonl: no items/);
     r = await cli(["--in", parentsFile(dir, 1), "--out", path.join(dir, "o.jsonl"), "--model", path.join(dir, "nope.gguf")]);
     t.is(r.code, 1);
-    t.regex(r.stderr, /nope\.gguf: cannot read the model/);
+    t.regex(r.stderr, /--model .*nope\.gguf: no such file/);
     fs.writeFileSync(path.join(dir, "fake.gguf"), "this is not a gguf file");
     r = await cli(["--in", parentsFile(dir, 1), "--out", path.join(dir, "o.jsonl"), "--model", path.join(dir, "fake.gguf")]);
     t.is(r.code, 1);
-    t.regex(r.stderr, /fake\.gguf: cannot load the model/);
+    t.regex(r.stderr, /fake\.gguf: not a GGUF file/);
+    // a truncated model is named with what is wrong, before the loader (whose message is "failed to load model") sees it
+    const whole = path.join(dir, "whole.gguf"), cut = path.join(dir, "cut.gguf");
+    await writeSyntheticModel(whole, {architecture: "llama", layers: 2, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300, seed: 1});
+    fs.writeFileSync(cut, fs.readFileSync(whole).subarray(0, fs.statSync(whole).size - 1000));
+    r = await cli(["--in", parentsFile(dir, 1), "--out", path.join(dir, "o.jsonl"), "--model", cut]);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /cut\.gguf: truncated or corrupt file: tensor '.+' .* runs past the end of the file/);
+    t.notRegex(r.stderr, /node-llama-cpp|failed to load model/);
+    t.false(fs.existsSync(path.join(dir, "o.jsonl")));
     t.is(server.requests.length, 0);
 });
 
@@ -217,4 +227,25 @@ test("human summary lists rejection reasons (line format server, disagreeing vot
     t.true(server.requests.every((q) => q.body.response_format === undefined));
     const journal = fs.readFileSync(`${out}.journal`, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
     t.is(journal.filter((j) => j.reason === "votes-disagree").length, 4);
+});
+
+test("--k is --ratio (the paper's k, the name run, client and the job spec use)", async (t) => {
+    const dir = tempDir(t);
+    const input = parentsFile(dir, 2);
+    const out = path.join(dir, "o.jsonl");
+    for (const [args, message] of [
+        [["--k", "0"], /--k must be an integer >= 1 \(got "0"\)/],
+        [["--k", "2", "--ratio", "3"], /--ratio or --k \(the same option\), not both/],
+    ] as [string[], RegExp][]) {
+        const r = await cli(["--in", input, "--out", out, "--model", "x.gguf", ...args]);
+        t.is(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        t.regex(r.stderr, message);
+    }
+    const server = await serve(t, 0);
+    const r = await cli(["--in", input, "--out", out, "--base-url", server.baseUrl, "--remote-model", "m", "--k", "1", "--json"]);
+    t.is(r.code, 0, r.stderr);
+    t.is(JSON.parse(r.stdout).ratio, 1);
+    const items = fs.readFileSync(out, "utf8").trim().split("\n").map((l) => JSON.parse(l) as SyntheticItem);
+    t.true(items.length <= 2, "at most k = 1 item per perturbed item");
+    t.true(items.every((x) => taskItemProblem(x) === undefined));
 });

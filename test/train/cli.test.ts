@@ -116,3 +116,92 @@ test("train --help teaches with examples", async (t) => {
     t.regex(r.stdout, /L_label \+ λ·L_rationale/);
     t.regex(r.stdout, /Examples:\n\s+ppc-gpt train/);
 });
+
+test("merge refuses an output that is its base model or adapter, and leaves both as they were", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const adapter = path.join(dir, "adapter.gguf");
+    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
+    t.is(trained.code, 0, trained.stderr);
+    const link = path.join(dir, "link.gguf");
+    fs.symlinkSync(model, link);
+    const before = [fs.readFileSync(model), fs.readFileSync(adapter)];
+    for (const [output, what] of [[model, "base model"], [link, "base model"], [adapter, "adapter"]] as const) {
+        const r = await cli(["merge", model, adapter, "-o", output]);
+        t.is(r.code, 1, r.stderr);
+        t.regex(r.stderr, new RegExp(`the output .* is the ${what}`));
+        t.notRegex(r.stderr, /\n\s+at /);
+    }
+    t.true(fs.readFileSync(model).equals(before[0]!));
+    t.true(fs.readFileSync(adapter).equals(before[1]!));
+    t.true(fs.lstatSync(link).isSymbolicLink());
+});
+
+test("train --batch-size is --batch (the name run, client and the job spec use)", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(12));
+    const o = path.join(dir, "out.gguf");
+    const r = await cli(["train", model, "--data", data, "--task", "label", "-o", o, "--epochs", "1", "--batch-size", "4", "--threads", "2", "--json"]);
+    t.is(r.code, 0, r.stderr);
+    t.is(JSON.parse(r.stdout).steps, 3, "12 items, 4 per step, one epoch");
+    const usage: [string[], RegExp][] = [
+        [["--batch-size", "0"], /--batch-size must be a positive integer \(got "0"\)/],
+        [["--batch", "4", "--batch-size", "8"], /--batch or --batch-size \(the same option\), not both/],
+    ];
+    for (const [args, message] of usage) {
+        const u = await cli(["train", model, "--data", data, "-o", path.join(dir, "u.gguf"), ...args]);
+        t.is(u.code, 2, `${args.join(" ")}: ${u.stderr}`);
+        t.regex(u.stderr, message);
+    }
+});
+
+test("train: a checkpoint folder that holds a checkpoint needs --resume; the checkpoint is left as it was", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const ckpt = path.join(dir, "ckpt");
+    const args = ["train", model, "--data", data, "--task", "label", "-o", path.join(dir, "a.gguf"), "--steps", "2", "--batch", "2",
+        "--checkpoint-dir", ckpt, "--threads", "2"];
+    const first = await cli(args);
+    t.is(first.code, 0, first.stderr);
+    const before = fs.readFileSync(path.join(ckpt, "checkpoint.json"), "utf8");
+    const again = await cli(args);
+    t.is(again.code, 2, again.stderr);
+    t.regex(again.stderr, /ckpt holds a checkpoint: add --resume to continue it, or give another --checkpoint-dir/);
+    t.is(fs.readFileSync(path.join(ckpt, "checkpoint.json"), "utf8"), before);
+    const resumed = await cli([...args, "--resume"]);
+    t.is(resumed.code, 0, resumed.stderr);
+});
+
+test("inspect names a LoRA adapter as one, with how to use it", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const adapter = path.join(dir, "adapter.gguf");
+    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
+    t.is(trained.code, 0, trained.stderr);
+    const r = await cli(["inspect", adapter]);
+    t.is(r.code, 1, r.stderr);
+    t.regex(r.stderr, /adapter\.gguf is a LoRA adapter \(general\.type "adapter", \d+ tensors\), not a model: apply it with `ppc-gpt eval <base> --lora/);
+    const ok = await cli(["inspect", model]);
+    t.is(ok.code, 0, ok.stderr);
+});
+
+test("merge names swapped arguments and a model given as the adapter (exit 2)", async (t) => {
+    const dir = tempDir(t);
+    const model = await makeModel(t);
+    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
+    const adapter = path.join(dir, "adapter.gguf");
+    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
+    t.is(trained.code, 0, trained.stderr);
+    const o = path.join(dir, "merged.gguf");
+    const swapped = await cli(["merge", adapter, model, "-o", o]);
+    t.is(swapped.code, 2, swapped.stderr);
+    t.regex(swapped.stderr, /the arguments are <base> <adapter>: .*adapter\.gguf is the adapter and .* the model; swap them/);
+    const twice = await cli(["merge", model, model, "-o", o]);
+    t.is(twice.code, 2, twice.stderr);
+    t.regex(twice.stderr, /is not a LoRA adapter \(general\.type (missing|"model")\)/);
+    t.false(fs.existsSync(o));
+});

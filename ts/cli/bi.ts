@@ -7,7 +7,7 @@ import {loadModel} from "../model.js";
 import {blockInfluence, blockInfluenceSvg, layerMetrics, metricValues, modelIdentity, scoreLayers, textSequences,
     type BlockInfluenceReport, type CountedPositions, type LayerMetric} from "../prune/block-influence.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
-import {parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {checkOutputFolder, parseNumber, readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
 
 export interface BiCliOptions extends ModelCliOptions {
     text?: string;
@@ -30,12 +30,7 @@ export interface TextReport {
 
 /** Reads one sequence per non-empty line. */
 export function readTextLines(file: string): string[] {
-    let text: string;
-    try {
-        text = fs.readFileSync(file, "utf8");
-    } catch (err) {
-        throw new Error(`cannot read ${file}: ${(err as Error).message}`);
-    }
+    const text = readTextFile(file);
     const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
     if (lines.length === 0)
         throw new Error(`${file}: no text (one sequence per line)`);
@@ -99,6 +94,8 @@ Examples:
   ppc-gpt bi model.gguf --data synthetic.jsonl --json -o bi.json --plot bi.svg
   ppc-gpt prune model.gguf --strategy scores --scores bi.json --ratio 0.3 -o pruned.gguf`)
         .action(async (model: string, opts: BiCliOptions & {json?: boolean; plot?: string; output?: string}) => {
+            checkOutputFolder(opts.output, "-o");
+            checkOutputFolder(opts.plot, "--plot");
             const report = await runBlockInfluence(model, opts, Boolean(opts.json));
             const series = "bi_label" in report
                 ? [{name: "BI", values: report.bi}, {name: "BI_label", values: report.bi_label},

@@ -321,6 +321,7 @@ Examples:
 
     cmd.addCommand(addServerOptions(new Command("info"))
         .description("the server's public parameters (no token needed)")
+        .addHelpText("after", `\nExamples:\n  ppc-gpt client info --server http://127.0.0.1:8080\n  ppc-gpt client info --server https://models.example:8443 --json`)
         .action(async (o: Opts) => {
             if (typeof o.server !== "string")
                 throw new UsageError("--server <url> is required");
@@ -341,6 +342,7 @@ Examples:
 
     cmd.addCommand(stateDirOption(addSpecOptions(addPerturbOptions(addDataOptions(addServerOptions(new Command("submit"))))))
         .description("perturb private data locally and submit a job (prints the job id)")
+        .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client submit --server URL --data private.jsonl --epsilon 3 --mechanism custext --ratio 0.3 --k 8 --state-dir acme\n  ppc-gpt client submit --server URL --task arc-easy --limit 500 --epsilon 3 --state-dir acme-arc    # ARC's own files`)
         .option("--threads <n>", "CPU threads for perturbation (default: all cores)")
         .action(async (o: Opts) => {
             const settings = settingsFrom(o);
@@ -353,6 +355,7 @@ Examples:
 
     cmd.addCommand(addServerOptions(new Command("status")).argument("<job>", "job id")
         .description("a job's status, stages, pruning plan and model")
+        .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client status job_abc --server URL\n  ppc-gpt client status job_abc --server URL --json`)
         .action(async (job: string, o: Opts) => {
             const s = await connect(o).status(job);
             if (o.json)
@@ -362,6 +365,7 @@ Examples:
 
     cmd.addCommand(addServerOptions(new Command("jobs"))
         .description("this client's jobs")
+        .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client jobs --server URL`)
         .action(async (o: Opts) => {
             const jobs = await connect(o).jobs();
             if (o.json)
@@ -371,6 +375,7 @@ Examples:
 
     cmd.addCommand(addServerOptions(new Command("cancel")).argument("<job>", "job id")
         .description("cancel a job and erase everything the server stored of it")
+        .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client cancel job_abc --server URL`)
         .action(async (job: string, o: Opts) => {
             await connect(o).cancel(job);
             if (o.json)
@@ -380,6 +385,7 @@ Examples:
 
     cmd.addCommand(addServerOptions(new Command("wait")).argument("<job>", "job id")
         .description("follow a job to its end (server-sent events, reconnecting; polling as a fallback); exit 1 unless it succeeded")
+        .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client wait job_abc --server URL            # progress bar on a terminal\n  ppc-gpt client wait job_abc --server URL --json     # events as JSON lines on stderr`)
         .action(async (job: string, o: Opts) => {
             const s = await withSignal((signal) => waitForJob(connect(o), job, eventPrinter(Boolean(o.json)), signal));
             if (o.json)
@@ -392,6 +398,7 @@ Examples:
 
     cmd.addCommand(addServerOptions(new Command("fetch")).argument("<job>", "job id")
         .description("download a succeeded job's model (resumes an interrupted download; sha256 verified; atomic)")
+        .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client fetch job_abc --server URL -o model.gguf`)
         .option("-o, --output <file>", "where the model goes")
         .action(async (job: string, o: Opts) => {
             if (typeof o.output !== "string")
@@ -407,6 +414,7 @@ Examples:
 
     cmd.addCommand(addClientTrainOptions(addSpecOptions(addDataOptions(new Command("finish"))))
         .description("label-retrain the received model on the private data and evaluate it on the held-out items (S and C)")
+        .addHelpText("after", `\nExamples:\n  ppc-gpt client finish --model model.gguf --data private.jsonl -o client-lora.gguf\n  ppc-gpt client finish --model model.gguf --task arc-easy --limit 500 -o client-lora.gguf --client-steps 50`)
         .option("--model <gguf>", "the model received from the server")
         .option("-o, --output <adapter.gguf>", "the client LoRA adapter to write")
         .option("--json", "print JSON (progress as JSON lines on stderr)")
@@ -434,6 +442,7 @@ Examples:
 
     cmd.addCommand(stateDirOption(addClientTrainOptions(addSpecOptions(addPerturbOptions(addDataOptions(addServerOptions(new Command("run")))))))
         .description("submit, wait, fetch and finish in one go; killed at any point and re-run with the same arguments, it continues the same job")
+        .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client run --server URL --task arc-easy --limit 500 --epsilon 3 --state-dir acme-arc\n  ppc-gpt client run --server URL --data private.jsonl --holdout 0.2 --epsilon 3 --k 8 --server-steps 300 --state-dir acme --json`)
         .action(async (o: Opts) => {
             const settings = settingsFrom(o);
             const flow = new ClientFlow(connect(o), settings, eventPrinter(Boolean(o.json)));

@@ -24,6 +24,7 @@ export interface ScorerCliOptions extends ModelCliOptions {
     lora?: string[];
     loraScale?: string;
     batchSize?: string;
+    batchTokens?: string;
     contextSize?: string;
     sequences?: string;
     kvCacheType?: "f32" | "f16";
@@ -38,6 +39,7 @@ export function addScorerOptions(cmd: Command): Command {
         .option("--lora <adapter...>", "LoRA adapter GGUF(s), applied at run time without merging")
         .option("--lora-scale <s>", "scale of the LoRA adapters (multiplies alpha/r; default 1)")
         .option("--batch-size <n>", "tokens per decode (default 512)")
+        .option("--batch-tokens <n>", "the same as --batch-size (the name `bi` and `prune` use)")
         .option("--context-size <n>", "KV cells in flight, i.e. tokens scored together (default 256 on CPU, 2048 with --gpu-layers)")
         .option("--sequences <n>", "sequences in flight, at least the largest number of choices (default 32)")
         .addOption(new Option("--kv-cache-type <type>", "KV cache type: f32 is exact, f16 halves its memory").choices(["f32", "f16"]))
@@ -49,10 +51,14 @@ export function scorerOptions(opts: ScorerCliOptions) {
     const scale = opts.loraScale === undefined ? undefined : parseNumber(opts.loraScale, "--lora-scale", Number.isFinite, "a number");
     if (scale !== undefined && !opts.lora?.length)
         throw new UsageError("--lora-scale goes with --lora");
+    if (opts.batchTokens !== undefined && opts.batchSize !== undefined && opts.batchTokens !== opts.batchSize)
+        throw new UsageError("give --batch-size or --batch-tokens (the same option), not both");
+    const batchSize = opts.batchSize ?? opts.batchTokens;
+    const batchName = opts.batchSize !== undefined ? "--batch-size" : "--batch-tokens";
     return {
         ...modelLoadOptions(opts),
         lora: opts.lora?.map((path) => ({path, scale})),
-        batchSize: opts.batchSize === undefined ? undefined : parseNumber(opts.batchSize, "--batch-size", positiveInt, "a positive integer"),
+        batchSize: batchSize === undefined ? undefined : parseNumber(batchSize, batchName, positiveInt, "a positive integer"),
         contextSize: opts.contextSize === undefined ? undefined
             : parseNumber(opts.contextSize, "--context-size", positiveInt, "a positive integer"),
         sequences: opts.sequences === undefined ? undefined

@@ -4,7 +4,7 @@ import {Command, Option} from "commander";
 import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
-import {parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
+import {checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
 import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
 import type {FlServerEvent} from "../federated/prufed/http-server.js";
 import {readToken} from "../federated/client/http.js";
@@ -29,6 +29,7 @@ interface SimulateCliOptions {
     targetModules?: string;
     lr: string;
     batch: string;
+    batchSize?: string;
     loraDropout: string;
     clipNorm?: string;
     secureAggregation?: boolean;
@@ -87,6 +88,7 @@ function simulateCommand(): Command {
         .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
         .option("--lr <x>", "local learning rate (constant)", "3e-3")
         .option("--batch <n>", "items per local optimizer step", "8")
+        .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
         .option("--lora-dropout <p>", "LoRA dropout", "0")
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--secure-aggregation", "pairwise-masked aggregation (X25519 + Shamir): the server sees only per-layer sums")
@@ -111,31 +113,47 @@ Examples:
   ppc-gpt fl simulate --base base.gguf --depths 5 --clients 4 --data items.jsonl --aggregation fedavg --out sim-fedavg
   ppc-gpt fl simulate --base base.gguf --depths 5,3 --clients 4 --data items.jsonl --aggregation flexlora --r 8 --ranks 8,4 --out sim-flex
   ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec`)
-        .action(async (opts: SimulateCliOptions) => {
+        .action(async (opts: SimulateCliOptions, cmd: Command) => {
+            const batch = batchOption(opts, cmd);
             const depths = parseIndexList(opts.depths, "--depths", "depths");
             if (fs.existsSync(path.join(opts.out, "server", "state.json")))
                 throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
             const share = parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)");
             const json = Boolean(opts.json);
+            // checked here, before anything is written under --out
+            const r = int(opts.r, "--r"), clients = int(opts.clients, "--clients");
+            const ranks = opts.ranks !== undefined ? parseIndexList(opts.ranks, "--ranks", "ranks") : undefined;
+            if (ranks?.some((x) => x < 1 || x > r))
+                throw new UsageError(`--ranks must be integers in [1, --r = ${r}] (got ${opts.ranks})`);
+            const dropAfterMasking = opts.dropAfterMasking?.split(",").map((s) => s.trim()).filter(Boolean);
+            const ids = Array.from({length: clients}, (_, i) => `c${i}-d${depths[i % depths.length]}`);
+            const unknown = dropAfterMasking?.filter((id) => !ids.includes(id)) ?? [];
+            if (unknown.length > 0)
+                throw new UsageError(`--drop-after-masking: no client ${unknown.join(", ")}; the clients are ${ids.join(", ")}`);
+            checkOutputFolder(opts.plot, "--plot");
+            const created = !fs.existsSync(opts.out);
             const result = await simulate({
-                base: opts.base, depths, clients: int(opts.clients, "--clients"), data: opts.data, rounds: int(opts.rounds, "--rounds"),
+                base: opts.base, depths, clients, data: opts.data, rounds: int(opts.rounds, "--rounds"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 aggregation: opts.aggregation, localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
                 clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
                 minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
-                heldOutShare: share, r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
-                ranks: opts.ranks !== undefined ? parseIndexList(opts.ranks, "--ranks", "ranks") : undefined,
+                heldOutShare: share, r, loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+                ranks,
                 targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
                 clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
                 secureAggregation: opts.secureAggregation,
                 secureThreshold: opts.secureThreshold !== undefined ? int(opts.secureThreshold, "--secure-threshold") : undefined,
-                dropAfterMasking: opts.dropAfterMasking?.split(",").map((s) => s.trim()).filter(Boolean),
+                dropAfterMasking,
                 train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(opts.batch, "--batch"),
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value, batch.flag),
                     loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
                 onEvent: reporter(json),
+            }).catch((err: unknown) => {
+                removeFailedSimulation(opts.out, created);
+                throw err;
             });
             if (opts.plot) {
                 const series = accuracyByDepth(result).map((s) => ({name: `depth ${s.depth}`, values: s.values}));
@@ -156,6 +174,28 @@ Examples:
                 process.stdout.write(`depth ${s.depth}: mean held-out accuracy by round ${s.values.map((v) => v.toFixed(2)).join(" ")}\n`);
             process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
         });
+}
+
+/**
+ * A simulation cannot be continued, and a folder holding one is refused: a run that failed before
+ * its first round leaves nothing behind, so the corrected command can use the same --out.
+ */
+function removeFailedSimulation(out: string, created: boolean): void {
+    if (!created)
+        return;
+    const rounds = path.join(out, "server", "rounds");
+    const finished = fs.existsSync(rounds) && fs.readdirSync(rounds).some((f) => /^round-([1-9]\d*)\.gguf$/.test(f));
+    if (!finished)
+        fs.rmSync(out, {recursive: true, force: true});
+}
+
+/** --batch-size is --batch: the value given and the flag to name in an error. */
+function batchOption(opts: {batch: string; batchSize?: string}, cmd: Command): {value: string; flag: string} {
+    if (opts.batchSize === undefined)
+        return {value: opts.batch, flag: "--batch"};
+    if (cmd.getOptionValueSource("batch") === "cli" && opts.batch !== opts.batchSize)
+        throw new UsageError("give --batch or --batch-size (the same option), not both");
+    return {value: opts.batchSize, flag: "--batch-size"};
 }
 
 export function flCommand(): Command {
@@ -227,6 +267,8 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
         .action(async (opts: ServerCliOptions) => {
             if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
                 throw new UsageError("give --tls-cert and --tls-key together");
+            if (opts.tlsCert !== undefined)
+                checkTlsFiles(opts.tlsCert, opts.tlsKey!);
             if (!fs.existsSync(opts.base))
                 throw new UsageError(`--base ${opts.base} does not exist`);
             const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
@@ -243,6 +285,7 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
                 else if (process.stderr.isTTY)
                     process.stderr.write(`${JSON.stringify(e)}\n`);
             };
+            checkOutputFolder(opts.plot, "--plot");
             // loaded here: a client process never loads the server (Fastify)
             const {startFlServer} = await import("../federated/prufed/http-server.js");
             const server = await startFlServer({
@@ -284,7 +327,7 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
 
 interface ClientCliOptions {
     server: string; model: string; data: string; workDir: string; localSteps: string; tokenFile?: string; r: string; loraAlpha: string;
-    lr: string; batch: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
+    lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
 }
 
 function clientCommand(): Command {
@@ -301,6 +344,7 @@ function clientCommand(): Command {
         .option("--lora-alpha <a>", "LoRA alpha", "16")
         .option("--lr <x>", "learning rate (constant)", "3e-3")
         .option("--batch <n>", "items per optimizer step", "8")
+        .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
         .option("--lora-dropout <p>", "LoRA dropout", "0")
         .option("--max-input-length <n>", "prompt tokens kept per example", "64")
         .option("--held-out <share>", "share of the items held out for accuracy", "0.25")
@@ -317,31 +361,40 @@ that round and takes part again from the next.
 Examples:
   PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\
       --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`)
-        .action(async (opts: ClientCliOptions) => {
+        .action(async (opts: ClientCliOptions, cmd: Command) => {
+            const batch = batchOption(opts, cmd);
             for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"]] as const)
                 if (!fs.existsSync(f))
                     throw new UsageError(`${name} ${f} does not exist`);
             const token = readToken(opts.tokenFile);
             const json = Boolean(opts.json);
             const {runFlClient} = await import("../federated/prufed/http-client.js");
+            // a server that cannot be reached is retried for a minute (it may be restarting): say so instead of a silent minute
+            let registered = false;
+            const waiting = setTimeout(() => {
+                if (!registered)
+                    process.stderr.write(json ? JSON.stringify({event: "waiting_for_server", server: opts.server}) + "\n"
+                        : `ppc-gpt fl client: no answer from ${opts.server} yet; a server that cannot be reached is retried for up to a minute\n`);
+            }, 5000);
             const result = await runFlClient({
                 server: opts.server, token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
                 r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
                 heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(opts.batch, "--batch"),
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value, batch.flag),
                     loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
                     maxInputLength: int(opts.maxInputLength, "--max-input-length"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
                 onEvent: (e) => {
+                    registered = true;
                     if (json)
                         process.stdout.write(JSON.stringify(e) + "\n");
                     else if (process.stderr.isTTY)
                         process.stderr.write(JSON.stringify(e) + "\n");
                 },
-            });
+            }).finally(() => clearTimeout(waiting));
             if (json)
                 return printJson({event: "result", ...result});
             process.stdout.write(table(["round", "loss", "acc before", "acc after", "bytes down", "bytes up", "s", "accepted"],

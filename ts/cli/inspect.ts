@@ -1,5 +1,6 @@
 import {Command} from "commander";
 import {inspectModel} from "../gguf/inspect.js";
+import {readGguf} from "../gguf/read.js";
 import {formatBytes, formatCount, printJson, table} from "./output.js";
 
 export function inspectCommand(): Command {
@@ -13,7 +14,14 @@ Examples:
   ppc-gpt inspect model.gguf
   ppc-gpt inspect model.gguf --json | jq '.parameters.perLayer'`)
         .action(async (model: string, opts: {json?: boolean; tensors?: boolean}) => {
-            const r = await inspectModel(model, {tensors: opts.tensors});
+            const r = await inspectModel(model, {tensors: opts.tensors}).catch(async (err: unknown) => {
+                // an adapter has no layer count: say what the file is instead of which key it lacks
+                const header = await readGguf(model, {maxArrayValues: 0}).catch(() => undefined);
+                if (header?.value("general.type") === "adapter")
+                    throw new Error(`${model} is a LoRA adapter (general.type "adapter", ${header.tensors.length} tensors), not a model: ` +
+                        `apply it with \`ppc-gpt eval <base> --lora ${model}\` or fold it in with \`ppc-gpt merge <base> ${model} -o merged.gguf\``);
+                throw err;
+            });
             if (opts.json)
                 return printJson(r);
             const out = process.stdout;

@@ -1,4 +1,6 @@
 import {Command} from "commander";
+import fs from "node:fs";
+import {readGguf} from "../gguf/read.js";
 import {mergeLora} from "../train/merge.js";
 import {formatBytes, parseNumber, printJson, progressReporter, UsageError} from "./output.js";
 
@@ -6,6 +8,20 @@ interface MergeCliOptions {
     output?: string;
     scale?: string;
     json?: boolean;
+}
+
+/** Names the usual mistake, the two files swapped, before the merge says only "general.type is not adapter". */
+async function checkArgumentOrder(base: string, adapter: string): Promise<void> {
+    // undefined: not a readable GGUF (the merge itself names what is wrong); "" : a GGUF without general.type
+    const typeOf = async (file: string) => {
+        const header = fs.existsSync(file) ? await readGguf(file, {maxArrayValues: 0}).catch(() => undefined) : undefined;
+        return header === undefined ? undefined : String(header.value("general.type") ?? "");
+    };
+    const [baseType, adapterType] = [await typeOf(base), await typeOf(adapter)];
+    if (adapterType !== undefined && adapterType !== "adapter")
+        throw new UsageError(baseType === "adapter"
+            ? `the arguments are <base> <adapter>: ${base} is the adapter and ${adapter} the model; swap them`
+            : `${adapter} is not a LoRA adapter (general.type ${adapterType ? `"${adapterType}"` : "missing"}); give the adapter \`ppc-gpt train\` wrote`);
 }
 
 export function mergeCommand(): Command {
@@ -28,6 +44,7 @@ Examples:
             if (!opts.output)
                 throw new UsageError("-o/--output is required");
             const scale = parseNumber(opts.scale ?? "1", "--scale", Number.isFinite, "a number");
+            await checkArgumentOrder(base, adapter);
             const mode = {json: Boolean(opts.json)};
             const progress = progressReporter(mode, "merging", "bytes");
             const started = Date.now();

@@ -1,4 +1,7 @@
 // Shared CLI plumbing: errors with exit codes, progress on a TTY or as JSON lines, tables.
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
 
 /** A mistake in how the command was called: exit code 2. */
 export class UsageError extends Error {
@@ -96,4 +99,86 @@ export function parseNumber(text: string, name: string, check: (x: number) => bo
     if (text.trim() === "" || !Number.isFinite(x) || !check(x))
         throw new UsageError(`${name} must be ${expect} (got "${text}")`);
     return x;
+}
+
+/**
+ * Checks --tls-cert and --tls-key before a server starts, so a wrong file is named with its flag
+ * (Node's own errors say "ENOENT" or "PEM routines::no start line" and name neither).
+ */
+export function checkTlsFiles(certFile: string, keyFile: string): void {
+    const read = (file: string, flag: string): Buffer => {
+        try {
+            return fs.readFileSync(file);
+        } catch (err) {
+            const e = err as NodeJS.ErrnoException;
+            throw new Error(`${flag} ${file}: cannot read (${e.code === "ENOENT" ? "no such file" : e.message})`);
+        }
+    };
+    const certPem = read(certFile, "--tls-cert"), keyPem = read(keyFile, "--tls-key");
+    let cert: crypto.X509Certificate;
+    try {
+        cert = new crypto.X509Certificate(certPem);
+    } catch {
+        throw new Error(`--tls-cert ${certFile}: not a PEM certificate`);
+    }
+    let key: crypto.KeyObject;
+    try {
+        key = crypto.createPrivateKey(keyPem);
+    } catch {
+        throw new Error(`--tls-key ${keyFile}: not a PEM private key (an encrypted key is not supported)`);
+    }
+    if (!cert.checkPrivateKey(key))
+        throw new Error(`--tls-key ${keyFile} is not the private key of --tls-cert ${certFile}`);
+}
+
+/**
+ * Checks, before any work, that the folder an output file goes to exists: a typo in a path must
+ * not cost a long run, nor leave some outputs written and others not.
+ */
+export function checkOutputFolder(file: string | undefined, flag: string): void {
+    if (file === undefined)
+        return;
+    const dir = path.dirname(path.resolve(file));
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+        throw new Error(`${flag} ${file}: the folder ${dir} does not exist`);
+}
+
+/**
+ * Reads a UTF-8 text file (a byte order mark dropped). A binary file (a NUL byte) or another
+ * encoding (Latin-1 files are common) is an error naming the byte, instead of being scored as
+ * replacement characters.
+ */
+export function readTextFile(file: string): string {
+    let bytes: Buffer;
+    try {
+        if (fs.statSync(file).isDirectory())
+            throw new Error("it is a folder, not a file");
+        bytes = fs.readFileSync(file);
+    } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        throw new Error(`${file}: cannot read: ${e.code === "ENOENT" ? "no such file" : e.message}`);
+    }
+    const nul = bytes.indexOf(0);
+    if (nul >= 0)
+        throw new Error(`${file}: not a text file (a NUL byte at byte ${nul})`);
+    try {
+        return new TextDecoder("utf-8", {fatal: true, ignoreBOM: false}).decode(bytes);
+    } catch {
+        const at = firstInvalidUtf8(bytes);
+        throw new Error(`${file}: not UTF-8 text (byte ${at} is 0x${bytes[at]!.toString(16)}); convert it first, e.g. iconv -f latin1 -t utf-8`);
+    }
+}
+
+function firstInvalidUtf8(bytes: Buffer): number {
+    for (let i = 0; i < bytes.length;) {
+        const b = bytes[i]!;
+        const n = b < 0x80 ? 1 : (b & 0xe0) === 0xc0 ? 2 : (b & 0xf0) === 0xe0 ? 3 : (b & 0xf8) === 0xf0 ? 4 : 0;
+        if (n === 0 || i + n > bytes.length)
+            return i;
+        for (let k = 1; k < n; k++)
+            if ((bytes[i + k]! & 0xc0) !== 0x80)
+                return i;
+        i += n;
+    }
+    return 0;
 }

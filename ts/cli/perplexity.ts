@@ -1,8 +1,7 @@
-import fs from "node:fs";
 import {Command} from "commander";
 import {perplexity} from "../eval/perplexity.js";
 import {addScorerOptions, scorerOptions, type ScorerCliOptions} from "./eval.js";
-import {parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {parseNumber, readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
 
 interface PerplexityCliOptions extends ScorerCliOptions {
     text?: string;
@@ -36,12 +35,7 @@ Examples:
             const stride = opts.stride === undefined ? undefined
                 : parseNumber(opts.stride, "--stride", (x) => Number.isInteger(x) && x >= 1 && (window === undefined || x <= window),
                     "a positive integer no larger than --window");
-            let text: string;
-            try {
-                text = await fs.promises.readFile(opts.text, "utf8");
-            } catch (err) {
-                throw new Error(`${opts.text}: cannot read: ${(err as Error).message}`);
-            }
+            const text = readTextFile(opts.text);
             if (text.trim() === "")
                 throw new Error(`${opts.text}: the file is empty`);
             const progress = progressReporter(mode, "perplexity", "items");

@@ -5,7 +5,7 @@ import {embeddingsFormat} from "../privacy/embeddings.js";
 import {mechanismNames, perturbFile, readStopwords, createPerturber, type MechanismName, type PerturberOptions,
     type PerturbReport} from "../privacy/perturb.js";
 import {parseSeed} from "../privacy/rng.js";
-import {formatCount, parseIndexList, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {checkOutputFolder, formatCount, parseIndexList, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 
 interface PerturbCliOptions {
     embeddings?: string;
@@ -178,6 +178,9 @@ Examples:
                     throw new DataError(opts.in, undefined, "no such file");
                 if (opts.keepLabels && opts.idMap)
                     throw new UsageError("--id-map goes with the default release (random ids); --keep-labels writes no id map");
+                checkOutputFolder(opts.out, "--out");
+                checkOutputFolder(opts.idMap, "--id-map");
+                checkOutputFolder(opts.report, "--report");
             }
             const bars = new Map<string, ReturnType<typeof progressReporter>>();
             const finished = new Set<string>();

@@ -57,8 +57,14 @@ Examples:
   ppc-gpt prune model.gguf --strategy magnitude --count 4 --plan-only --json
   ppc-gpt prune model.gguf --strategy scores --scores bi.json --ratio 0.3 -o pruned.gguf
   ppc-gpt prune model.gguf --strategy bi --data synthetic.jsonl --ratio 0.3 -o pruned.gguf`)
-        .action(async (model: string, opts: PruneOptions) => {
+        .action(async (model: string, opts: PruneOptions, cmd: Command) => {
             const mode = {json: Boolean(opts.json)};
+            // the scoring options only act with --strategy bi: given with anything else, they would be ignored unnoticed
+            const scoring = ["threads", "gpuLayers", "limit", "metric", "positions", "format", "batchTokens"]
+                .filter((k) => cmd.getOptionValueSource(k) === "cli");
+            if (opts.strategy !== "bi" && scoring.length > 0)
+                throw new UsageError(`${scoring.map((k) => "--" + k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())).join(", ")} ` +
+                    `${scoring.length > 1 ? "go" : "goes"} with --strategy bi (they set how Block Influence is computed)`);
             if (opts.layers !== undefined && opts.strategy !== undefined)
                 throw new UsageError("give either --layers or --strategy, not both");
             if (opts.layers === undefined && opts.strategy === undefined)

@@ -10,7 +10,7 @@ import {Command, Option} from "commander";
 import {datasetNames} from "../data/loaders/index.js";
 import type {RunSummary} from "../federated/client/flow.js";
 import {jobStrategies, privacyMechanisms, tokenEnvVar} from "../federated/protocol.js";
-import {formatBytes, printJson, table, UsageError} from "./output.js";
+import {formatBytes, parseNumber, printJson, table, UsageError} from "./output.js";
 
 const mainJs = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
@@ -46,6 +46,34 @@ interface RunOptions {
     threads?: string;
     keep?: boolean;
     json?: boolean;
+}
+
+/**
+ * The numbers are passed on to the server and client processes, which check them too; checked
+ * here first, a mistake is a usage error of `run` (exit 2) before any process starts.
+ */
+function checkRunNumbers(o: RunOptions): void {
+    const positiveInt = (x: number) => Number.isInteger(x) && x >= 1;
+    const positive = (x: number) => x > 0;
+    const checks: [string | undefined, string, (x: number) => boolean, string][] = [
+        [o.generatorConcurrency, "--generator-concurrency", positiveInt, "a positive integer"],
+        [o.limit, "--limit", positiveInt, "a positive integer"],
+        [o.evalLimit, "--eval-limit", positiveInt, "a positive integer"],
+        [o.epsilon, "--epsilon", positive, "a number > 0"],
+        [o.ratio, "--ratio", (x) => x >= 0 && x < 1, "a number in [0, 1)"],
+        [o.k, "--k", positiveInt, "a positive integer"],
+        [o.serverSteps, "--server-steps", positiveInt, "a positive integer"],
+        [o.batchSize, "--batch-size", positiveInt, "a positive integer"],
+        [o.lr, "--lr", positive, "a positive number"],
+        [o.r, "--r", positiveInt, "a positive integer"],
+        [o.loraAlpha, "--lora-alpha", positive, "a positive number"],
+        [o.clientSteps, "--client-steps", positiveInt, "a positive integer"],
+        [o.clientLr, "--client-lr", positive, "a positive number"],
+        [o.threads, "--threads", (x) => positiveInt(x) && x <= 1024, "an integer in [1, 1024]"],
+    ];
+    for (const [value, name, ok, expect] of checks)
+        if (value !== undefined)
+            parseNumber(value, name, ok, expect);
 }
 
 /** Runs a CLI child to completion, returning stdout (stderr passed through line by line). */
@@ -181,6 +209,7 @@ Examples:
                 throw new UsageError("give --generator-model or --generator-url, not both");
             if (o.generatorUrl && !o.generatorRemoteModel)
                 throw new UsageError("--generator-url needs --generator-remote-model");
+            checkRunNumbers(o);
             const work = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-run-"));
             const srvDir = path.join(work, "server"), state = path.join(work, "client");
             const children = new Set<ChildProcess>();

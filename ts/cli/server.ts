@@ -6,7 +6,8 @@ import {SqliteJobStore, type JobStore} from "../federated/store.js";
 import {isPostgresUrl, PostgresJobStore} from "../federated/store-postgres.js";
 import {queueDefaults, type QueueSettings} from "../federated/distributed.js";
 import {createToken} from "../federated/tokens.js";
-import {parseNumber, printJson, table, UsageError} from "./output.js";
+import {checkGgufFile} from "./model-options.js";
+import {checkTlsFiles, parseNumber, printJson, table, UsageError} from "./output.js";
 
 interface ServerCliOptions {
     host: string;
@@ -210,11 +211,16 @@ Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
                 throw new UsageError("--model <source.gguf> is required");
             if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
                 throw new UsageError("give --tls-cert and --tls-key together");
+            if (opts.tlsCert !== undefined)
+                checkTlsFiles(opts.tlsCert, opts.tlsKey!);
             const threads = opts.threads === undefined ? undefined : int(opts.threads, "--threads", 1);
             const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
             const maxBodyMb = parseNumber(opts.maxBodyMb, "--max-body-mb", (x) => x > 0 && x <= 4096, "a number in (0, 4096]");
+            const generator = generatorConfig(opts, threads);
+            if (opts.generatorModel !== undefined)
+                await checkGgufFile(opts.generatorModel, "--generator-model");
             const server = await startFederatedServer({
-                dataDir, model: opts.model, generator: generatorConfig(opts, threads), host: opts.host, port,
+                dataDir, model: opts.model, generator, host: opts.host, port,
                 ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
                 maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
                 maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1),

@@ -3,6 +3,7 @@ import {GeneratorError, type Generator} from "../synth/generator.js";
 import {synthesize, type SynthProgress, type SynthSummary} from "../synth/pipeline.js";
 import {createRemoteGenerator, defaultApiKeyEnv, type RetryInfo} from "../synth/remote.js";
 import {rejectionReasons} from "../synth/validate.js";
+import {checkGgufFile} from "./model-options.js";
 import {formatCount, parseNumber, printJson, table, UsageError, type OutputMode} from "./output.js";
 
 interface SynthOptions {
@@ -12,6 +13,7 @@ interface SynthOptions {
     baseUrl?: string;
     remoteModel?: string;
     ratio: string;
+    k?: string;
     maxAttempts?: string;
     concurrency?: string;
     format: "auto" | "json" | "lines";
@@ -103,6 +105,7 @@ export function synthCommand(): Command {
         .option("--base-url <url>", "generate with an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
         .option("--remote-model <name>", "model name to request from --base-url")
         .option("--ratio <k>", "synthetic items per perturbed item", "8")
+        .option("--k <n>", "the same as --ratio (the paper's k; the name `run`, `client` and the job spec use)")
         .option("--max-attempts <n>", "attempts per perturbed item, rejected ones included (default 2 x ratio)")
         .option("--concurrency <n>", "parallel sequences (--model, default 4) or requests in flight (--base-url, default 8)")
         .addOption(new Option("--format <f>", "reply format: JSON with a schema, the paper's line format, or auto").choices(["auto", "json", "lines"]).default("auto"))
@@ -135,7 +138,12 @@ Examples:
       --base-url https://api.example.com/v1 --remote-model llama-3-70b-instruct --concurrency 16
   ppc-gpt synth --in perturbed.jsonl --out syn.jsonl --base-url http://127.0.0.1:8080 \\
       --remote-model local --ratio 4 --format lines --json`)
-        .action(async (opts: SynthOptions) => {
+        .action(async (opts: SynthOptions, cmd: Command) => {
+            if (opts.k !== undefined) {
+                if (cmd.getOptionValueSource("ratio") === "cli" && opts.k !== opts.ratio)
+                    throw new UsageError("give --ratio or --k (the same option), not both");
+                opts.ratio = opts.k;
+            }
             const mode = {json: Boolean(opts.json)};
             if (!opts.in || !opts.out)
                 throw new UsageError("--in <perturbed.jsonl> and --out <synthetic.jsonl> are required");
@@ -147,7 +155,7 @@ Examples:
                 throw new UsageError("--remote-model goes with --base-url, not --model");
             const int = (v: string | undefined, name: string, min: number) => v === undefined ? undefined
                 : parseNumber(v, name, (x) => Number.isInteger(x) && x >= min, min === 0 ? "a non-negative integer" : `an integer >= ${min}`);
-            const ratio = int(opts.ratio, "--ratio", 1)!;
+            const ratio = int(opts.ratio, opts.k !== undefined ? "--k" : "--ratio", 1)!;
             const maxAttempts = int(opts.maxAttempts, "--max-attempts", 1);
             if (maxAttempts !== undefined && maxAttempts < ratio)
                 throw new UsageError(`--max-attempts (${maxAttempts}) must be at least --ratio (${ratio})`);
@@ -172,6 +180,7 @@ Examples:
             let generator: Generator;
             if (opts.model !== undefined) {
                 // the model and node-llama-cpp (chat templates, grammars) are loaded only for the embedded backend
+                await checkGgufFile(opts.model, "--model");
                 const {createEmbeddedGenerator} = await import("../synth/embedded.js");
                 generator = await createEmbeddedGenerator({modelPath: opts.model, sequences: concurrency ?? 4, contextSize, threads, gpuLayers});
             } else {

@@ -1,3 +1,5 @@
+import fs from "node:fs";
+import path from "node:path";
 import {Command, Option} from "commander";
 import {defaultTaskFormat, taskFormatNames, type TaskFormatName} from "../data/prompt.js";
 import {defaultTargetModules} from "../train/adapter.js";
@@ -27,6 +29,7 @@ interface TrainCliOptions extends ModelCliOptions {
     warmupSteps?: string;
     warmupRatio?: string;
     batch?: string;
+    batchSize?: string;
     steps?: string;
     epochs?: string;
     maxInputLength?: string;
@@ -122,6 +125,7 @@ export function trainCommand(): Command {
         .option("--warmup-steps <n>", "linear warmup from 0 over N steps")
         .option("--warmup-ratio <r>", "warmup over this share of the steps")
         .option("--batch <n>", "items per optimizer step (gradients accumulate over its micro-batches)", "32")
+        .option("--batch-size <n>", "the same as --batch (the name `run`, `client` and the job spec use)")
         .option("--steps <n>", "optimizer steps (default: --epochs passes over the items)")
         .option("--epochs <n>", "passes over the items (default 3 when --steps is not given)")
         .option("--max-input-length <n>", "prompt tokens kept per example (the middle of longer prompts is dropped)", "64")
@@ -166,9 +170,15 @@ Examples:
   ppc-gpt train model.gguf --data items.jsonl -o a.gguf --checkpoint-dir ckpt --resume
   ppc-gpt train small.gguf --data private.jsonl --task label -o dp.gguf --epochs 3 --batch 16 --dp-epsilon 3 --dp-delta 1e-5 --max-per-example-grad-norm 1
   ppc-gpt train model.gguf --data items.jsonl -o a.gguf --r 16 --lora-alpha 32 --target-modules attn_q,attn_v --json`)
-        .action(async (model: string, opts: TrainCliOptions) => {
+        .action(async (model: string, opts: TrainCliOptions, cmd: Command) => {
             if (!opts.output)
                 throw new UsageError("-o/--output <adapter.gguf> is required");
+            if (opts.batchSize !== undefined) {
+                if (cmd.getOptionValueSource("batch") === "cli" && opts.batch !== opts.batchSize)
+                    throw new UsageError("give --batch or --batch-size (the same option), not both");
+                opts.batch = opts.batchSize;
+            }
+            const batchFlag = opts.batchSize !== undefined ? "--batch-size" : "--batch";
             if (opts.steps !== undefined && opts.epochs !== undefined)
                 throw new UsageError("give --steps or --epochs, not both");
             if (opts.warmupSteps !== undefined && opts.warmupRatio !== undefined)
@@ -177,6 +187,10 @@ Examples:
                 throw new UsageError("give --val-data or --val-split, not both");
             if (opts.resume && !opts.checkpointDir)
                 throw new UsageError("--resume needs --checkpoint-dir");
+            // re-running the first command after an interruption would start over and overwrite the checkpoint
+            if (opts.checkpointDir && !opts.resume && fs.existsSync(path.join(opts.checkpointDir, "checkpoint.json")))
+                throw new UsageError(`${opts.checkpointDir} holds a checkpoint: add --resume to continue it, or give another ` +
+                    `--checkpoint-dir (or remove ${opts.checkpointDir}) to start over`);
             if (opts.dpEpsilon !== undefined && opts.dpNoiseMultiplier !== undefined)
                 throw new UsageError("give --dp-epsilon or --dp-noise-multiplier, not both");
             if (opts.dpEpsilon === undefined && opts.dpNoiseMultiplier === undefined &&
@@ -206,7 +220,7 @@ Examples:
                 lrScheduler: opts.lrScheduler,
                 warmupSteps: num(opts.warmupSteps, "--warmup-steps", (x) => Number.isInteger(x) && x >= 0, "a non-negative integer"),
                 warmupRatio: num(opts.warmupRatio, "--warmup-ratio", (x) => x >= 0 && x <= 1, "a number in [0, 1]"),
-                batchSize: num(opts.batch, "--batch", positiveInt, "a positive integer"),
+                batchSize: num(opts.batch, batchFlag, positiveInt, "a positive integer"),
                 steps: num(opts.steps, "--steps", positiveInt, "a positive integer"),
                 epochs: num(opts.epochs, "--epochs", positiveInt, "a positive integer"),
                 maxInputLength: num(opts.maxInputLength, "--max-input-length", positiveInt, "a positive integer"),

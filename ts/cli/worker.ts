@@ -3,6 +3,7 @@ import {queueDefaults} from "../federated/distributed.js";
 import {stageNames, type StageName} from "../federated/protocol.js";
 import {isPostgresUrl, redactUrl} from "../federated/store-postgres.js";
 import {startWorker} from "../federated/worker.js";
+import {checkGgufFile} from "./model-options.js";
 import {parseNumber, UsageError} from "./output.js";
 import {generatorConfig, queueOptions} from "./server.js";
 
@@ -86,14 +87,23 @@ Examples:
             if (stages.includes("synth") && !wantsGenerator)
                 throw new UsageError("the synth stage needs a generator: --generator-url <url> --generator-remote-model <name>, or --generator-model " +
                     "<big.gguf>; or leave synth out of --stages");
+            if (opts.generatorModel !== undefined)
+                await checkGgufFile(opts.generatorModel, "--generator-model");
             const seconds = (v: string, name: string) => parseNumber(v, name, (x) => x >= 0 && x <= 86400, "a number of seconds in [0, 86400]");
+            const storeWaitSeconds = seconds(opts.storeWaitSeconds, "--store-wait-seconds");
+            // a store that is down is waited for (a worker may start before its database), and a large model takes a while
+            // to hash: a start that takes long says what it waits for instead of hanging silently
+            const waiting = setTimeout(() => process.stderr.write(opts.json
+                ? JSON.stringify({event: "starting", store: redactUrl(opts.store!), store_wait_seconds: storeWaitSeconds}) + "\n"
+                : `ppc-gpt worker: starting: connecting to ${redactUrl(opts.store!)} (a store that cannot be reached is retried for up to ` +
+                  `${storeWaitSeconds} s, --store-wait-seconds), then hashing the model and loading the generator\n`), 3000);
             const running = await startWorker({
                 store: opts.store, artifacts: opts.artifacts, model: opts.model, stages,
                 generator: wantsGenerator ? generatorConfig(opts, threads) : undefined,
                 concurrency: int(opts.concurrency, "--concurrency", 1), threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
                 synthMaxTokens: opts.synthMaxTokens === undefined ? undefined : int(opts.synthMaxTokens, "--synth-max-tokens", 16),
-                queue: queueOptions(opts), storeWaitMs: seconds(opts.storeWaitSeconds, "--store-wait-seconds") * 1000,
-            });
+                queue: queueOptions(opts), storeWaitMs: storeWaitSeconds * 1000,
+            }).finally(() => clearTimeout(waiting));
             const w = running.worker;
             // one line per stage event: JSON lines with --json, else a human line on stderr
             w.on("stage", (e) => {

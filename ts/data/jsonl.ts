@@ -17,14 +17,18 @@ export async function* readJsonl(file: string): AsyncGenerator<{value: unknown; 
     let stream: fs.ReadStream;
     try {
         await fs.promises.access(file, fs.constants.R_OK);
+        if ((await fs.promises.stat(file)).isDirectory())
+            throw new Error("it is a folder, not a file");
         stream = fs.createReadStream(file, {encoding: "utf8"});
     } catch (err) {
         throw new DataError(file, undefined, `cannot read: ${(err as Error).message}`);
     }
     const lines = readline.createInterface({input: stream, crlfDelay: Infinity});
     let n = 0;
-    for await (const text of lines) {
+    for await (const line of lines) {
         n++;
+        // a UTF-8 byte order mark (files saved by Windows tools) is not part of the first value
+        const text = n === 1 && line.charCodeAt(0) === 0xfeff ? line.slice(1) : line;
         if (text.trim() === "")
             continue;
         let value: unknown;

@@ -30,6 +30,27 @@ export interface SyntheticItem extends TaskItem {
 
 /** Checks one parsed JSON value against the TaskItem schema; returns a message or undefined. */
 export function taskItemProblem(v: unknown): string | undefined {
+    const problem = schemaProblem(v);
+    return problem === undefined ? undefined : problem + originalLayoutHint(v);
+}
+
+/**
+ * A dataset file in its original layout, given where task items are expected, is the first thing
+ * a new user tries: say which layout it is and where the conversion is, not only the field.
+ */
+function originalLayoutHint(v: unknown): string {
+    if (!v || typeof v !== "object" || Array.isArray(v))
+        return "";
+    const o = v as Record<string, unknown>;
+    const q = o.question;
+    const layout = q && typeof q === "object" && "stem" in q ? "the AI2 layout of ARC/OpenBookQA/CommonsenseQA"
+        : typeof o.context === "string" && typeof o.target === "string" ? "FinLoRA's {context, target} layout"
+        : undefined;
+    return layout === undefined ? "" : ` (this line is in ${layout}, not a task item {id, question, choices: [{label, text}], answer?}; ` +
+        "`ppc-gpt eval` and `ppc-gpt client` read it with --task <name>; to convert it see README.md, \"Task items\")";
+}
+
+function schemaProblem(v: unknown): string | undefined {
     if (!v || typeof v !== "object" || Array.isArray(v))
         return "not a JSON object";
     const o = v as Record<string, unknown>;

@@ -146,6 +146,11 @@ export const paperConfig: ExperimentConfig = {
 
 export const builtinConfigs: Record<string, ExperimentConfig> = {small: smallConfig, paper: paperConfig};
 
+/** Every field of ExperimentConfig (the check below names a misspelt one). */
+const configFields: readonly (keyof ExperimentConfig)[] = ["name", "description", "source", "generator", "dpGenerator", "embeddings", "tasks",
+    "methods", "seeds", "defaults", "ablations", "ablationTasks", "ablationSeeds", "train", "synth", "dpSampleTokens", "threads", "gpuLayers",
+    "throughput"];
+
 /** A built-in config by name, or a JSON file: its fields replace the `small` config's (`"base": "paper"` starts from paper). */
 export function loadExperimentConfig(nameOrFile: string): ExperimentConfig {
     if (builtinConfigs[nameOrFile])
@@ -164,6 +169,12 @@ export function loadExperimentConfig(nameOrFile: string): ExperimentConfig {
     if (!builtinConfigs[base])
         throw new Error(`${nameOrFile}: "base" must be one of ${Object.keys(builtinConfigs).join(", ")}`);
     const {base: _, ...rest} = json;
+    // a misspelt field would otherwise be ignored and the run would use the base's value unnoticed
+    const known: readonly string[] = configFields;
+    const unknown = Object.keys(rest).filter((k) => !known.includes(k));
+    if (unknown.length > 0)
+        throw new Error(`${nameOrFile}: unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => `"${k}"`).join(", ")} ` +
+            `(the fields: base, ${known.join(", ")})`);
     const config = {...structuredClone(builtinConfigs[base]), name: path.basename(nameOrFile, ".json"), ...rest} as ExperimentConfig;
     checkConfig(config, nameOrFile);
     return config;

@@ -34,6 +34,11 @@ export async function mergeLora(base: string, adapter: string, output: string, o
         if (!fs.existsSync(file))
             throw new Error(`${what} ${file} does not exist`);
     }
+    // the output replaces its path by rename: never let it be an input (the base model would be lost)
+    for (const [what, file] of [["base model", base], ["adapter", adapter]] as const) {
+        if (sameFile(file, output))
+            throw new Error(`the output ${output} is the ${what}: inputs are never modified; write to another path`);
+    }
     const scale = options.scale ?? 1;
     if (!Number.isFinite(scale))
         throw new RangeError(`scale must be a finite number (got ${scale})`);
@@ -54,6 +59,18 @@ export async function mergeLora(base: string, adapter: string, output: string, o
         return {output, ...r, bytesWritten, prompt: Object.fromEntries(prompt.map((kv) => [kv.key, kv.value]))};
     } finally {
         await fs.promises.rm(tmp, {force: true});
+    }
+}
+
+/** True when `output` names the same file as `input` (same path, or a link to it). */
+function sameFile(input: string, output: string): boolean {
+    if (path.resolve(input) === path.resolve(output))
+        return true;
+    try {
+        const a = fs.statSync(input), b = fs.statSync(output);
+        return a.dev === b.dev && a.ino === b.ino;
+    } catch {
+        return false;
     }
 }
 

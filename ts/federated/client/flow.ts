@@ -120,7 +120,9 @@ export function openState(server: string, s: ClientSettings): ClientState {
     if (existing) {
         if (existing.fingerprint !== fingerprint)
             throw new Error(`${s.stateDir} holds another run (job ${existing.job ?? "not yet submitted"}, server ${existing.server}): ` +
-                "its data, privacy or job settings differ from these; give another --state-dir, or the same arguments to continue it");
+                "its server, data, privacy or job settings differ from these; give another --state-dir, the same arguments to " +
+                `continue it, or ${existing.job ? `cancel ${existing.job} (ppc-gpt client cancel ${existing.job} --server ${existing.server}) and ` : ""}` +
+                `remove ${s.stateDir} to start over`);
         return existing;
     }
     const state: ClientState = {version: 1, fingerprint, server, created_at: new Date().toISOString()};
