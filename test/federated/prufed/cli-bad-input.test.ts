@@ -1,5 +1,6 @@
 // `ppc-gpt fl simulate` with bad arguments: refused before anything is written, and a run that
 // fails before its first round leaves no --out folder, so the corrected command can reuse it.
+// `fl client` against a dead server or with a model of another base: said at once, clearly.
 import {spawn} from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -9,6 +10,8 @@ import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
 import {writeJsonlAtomic} from "../../../ts/data/jsonl.js";
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {cliPath, runCli, tempDir} from "../../helpers.js";
+import {makeToken} from "../server-process.js";
+import {models, spawnCli, startServer} from "./http-process.js";
 
 test("fl simulate: bad ranks, unknown dropped clients and failing set-ups leave no half-written --out", async (t) => {
     const dir = tempDir(t);
@@ -66,4 +69,22 @@ test("fl client: a server that does not answer is said to be retried, instead of
         child.on("close", (code) => reject(new Error(`exited ${code} before saying anything: ${err}`)));
     });
     t.is(line, `ppc-gpt fl client: no answer from http://127.0.0.1:${port} yet; a server that cannot be reached is retried for up to a minute`);
+});
+
+test("fl client: a model not cut from the federation's base is refused at registration, naming the tensor", async (t) => {
+    const dir = tempDir(t);
+    const {base} = await models(dir);
+    // same depth and names, other widths: a model of another family
+    const other = path.join(dir, "other.gguf"), data = path.join(dir, "items.jsonl");
+    await writeSyntheticModel(other, {architecture: "llama", layers: 4, embedding: 64, heads: 4, kvHeads: 2, feedForward: 96, vocab: 300, seed: 3});
+    await writeJsonlAtomic(data, copyTask(12, 5));
+    const dataDir = path.join(dir, "server");
+    fs.mkdirSync(dataDir);
+    const token = await makeToken(dataDir, "stranger");
+    const server = await startServer(t, base, dataDir, ["--rounds", "1", "--round-timeout", "30"]);
+    const client = spawnCli(t, ["fl", "client", "--server", server.url, "--model", other, "--data", data, "--work-dir", path.join(dir, "w"),
+        "--r", "4", "--lora-alpha", "8", "--json"], {PPC_GPT_TOKEN: token});
+    t.is(await client.exited, 1);
+    t.regex(client.stderr(), /registration: HTTP 422: client stranger: its model's blk\.0\.\w+\.weight is \[64, \d+\], the base model's is \[32, \d+\]: the model was not cut from this federation's base \(invalid_declaration\)/);
+    t.false(server.proc.events.some((e) => e.event === "registered"), "nothing registered");
 });

@@ -96,6 +96,41 @@ export function checkLayerMap(map: number[], baseLayers: number, source = "clien
     }
 }
 
+/**
+ * The shapes of a client model's layer matrices, named in base numbering ("blk.<base layer>.attn_q.weight"
+ * -> [nIn, nOut]): what a client declares at registration so that a model not cut from the federation's
+ * base is refused there, not at its first adapter load.
+ */
+export function modelLayerShapes(model: GgufModelFile): Record<string, [number, number]> {
+    const map = model.originalLayers;
+    const shapes: Record<string, [number, number]> = {};
+    for (const t of model.tensors) {
+        const m = /^blk\.(\d+)\.(.+)$/.exec(t.name);
+        if (!m || t.shape.length < 2 || t.shape.slice(2).some((d) => d !== 1))
+            continue;
+        const base = map[Number(m[1])];
+        if (base !== undefined)
+            shapes[`blk.${base}.${m[2]}`] = [t.shape[0], t.shape[1]];
+    }
+    return shapes;
+}
+
+/** Every adapted matrix of the declared layers must exist in the client's model with the base's shape. */
+export function checkModelShapes(layout: AdapterLayout, layers: readonly number[], shapes: Record<string, readonly number[]>,
+    source = "client"): void {
+    const kept = new Set(layers);
+    for (const t of layout.targets) {
+        if (t.layer === undefined || !kept.has(t.layer))
+            continue;
+        const got = shapes[t.name];
+        if (!got)
+            throw new RangeError(`${source}: its model has no ${t.name}, which the federation adapts: was it cut from this base model?`);
+        if (got[0] !== t.nIn || got[1] !== t.nOut)
+            throw new RangeError(`${source}: its model's ${t.name} is [${got.join(", ")}], the base model's is [${t.nIn}, ${t.nOut}]: ` +
+                "the model was not cut from this federation's base");
+    }
+}
+
 function renameLayer(name: string, from: number, to: number): string {
     return `blk.${to}.` + name.slice(`blk.${from}.`.length);
 }

@@ -16,7 +16,7 @@ import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
 import {flRoutes, metricsHeader, roundRoute, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus, type SharesAnswer,
     type UnmaskAnswer} from "./http-protocol.js";
-import {toBaseNumbering} from "./align.js";
+import {modelLayerShapes, toBaseNumbering} from "./align.js";
 import {SecureClient, type MaskPlan} from "./secure.js";
 
 export interface FlClientOptions {
@@ -96,7 +96,8 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
     await fs.promises.mkdir(o.workDir, {recursive: true});
 
     const reg = await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
-        body: JSON.stringify({original_layers: layers, weight: train.length, r: o.r, lora_alpha: o.loraAlpha})});
+        body: JSON.stringify({original_layers: layers, weight: train.length, r: o.r, lora_alpha: o.loraAlpha,
+            tensors: modelLayerShapes(gguf)})});
     if (!reg.ok)
         await failed(reg, "registration");
     const regBody = await reg.json() as {id: string; rejoined: boolean};

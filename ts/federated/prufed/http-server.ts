@@ -19,7 +19,7 @@ import {errorCodes, routes as fedRoutes} from "../protocol.js";
 import {claimDataDir} from "../server.js";
 import {SqliteJobStore} from "../store.js";
 import {acceptGzipBodies, HttpError, requireBearerToken, sendProtocolErrors} from "../http-common.js";
-import {UploadRejected} from "./align.js";
+import {checkModelShapes, UploadRejected} from "./align.js";
 import {flRoutes, metricsHeader, type SecureRoundStatus, type UnmaskBody} from "./http-protocol.js";
 import {SecureRoundError, SecureRoundHost, secureRoundDir, type SecureHostEvent} from "./secure-host.js";
 import {roundsSvg} from "./plot.js";
@@ -70,6 +70,9 @@ const registerSchema = {
         weight: {type: "number", exclusiveMinimum: 0},
         r: {type: "integer", minimum: 1, maximum: 4096},
         lora_alpha: {type: "number", exclusiveMinimum: 0},
+        // Optional (curl users may leave it out): the model's layer matrices in base numbering -> [nIn, nOut].
+        tensors: {type: "object", maxProperties: 65536,
+            additionalProperties: {type: "array", minItems: 2, maxItems: 2, items: {type: "integer", minimum: 1}}},
     },
 } as const;
 
@@ -222,11 +225,14 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
 
     app.post(flRoutes.clients, {schema: {body: registerSchema, security, response: {201: registeredSchema, 200: registeredSchema, ...errors}}},
         async (request, reply) => {
-            const b = request.body as {original_layers: number[]; weight: number; r: number; lora_alpha: number};
+            const b = request.body as {original_layers: number[]; weight: number; r: number; lora_alpha: number;
+                tensors?: Record<string, number[]>};
             const id = clientId(request);
             const known = federation.clients.some((c) => c.id === id);
             await queue.run(async () => {
                 try {
+                    if (b.tensors)
+                        checkModelShapes(federation.layout, b.original_layers, b.tensors, `client ${id}`);
                     await federation.register({id, layerMap: b.original_layers, weight: b.weight, r: b.r, loraAlpha: b.lora_alpha});
                 } catch (err) {
                     throw new HttpError(err instanceof RangeError ? 422 : 409, err instanceof RangeError ? "invalid_declaration" : "conflict",
