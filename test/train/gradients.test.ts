@@ -11,14 +11,20 @@ import {LoraTrainer, type TrainerState} from "../../ts/train/trainer.js";
 import {tempDir} from "../helpers.js";
 import {makeAdapter, makeModel, microBatch, randomSequence, weightedCrossEntropy, type SequenceSpec} from "./helpers.js";
 
-function batchesFor(seed: number, vocab: number, equalLengths = false): {batches: NativeMicroBatch[]; sequences: SequenceSpec[][]} {
+/**
+ * How attention takes the first micro-batch's sequences: "padded" (unequal lengths: streams padded to the
+ * longest inside attention), "streams" (one length: a batch of streams, one mask), "block-diagonal" (one
+ * sequence much longer than the others: padding would cost more than one mask over the whole micro-batch).
+ */
+type Layout = "padded" | "streams" | "block-diagonal";
+
+function batchesFor(seed: number, vocab: number, layout: Layout = "padded"): {batches: NativeMicroBatch[]; sequences: SequenceSpec[][]} {
     const rng = new Random(seed);
-    // two micro-batches (gradient accumulation), the first with two sequences (or three of one length, which
-    // attention takes as a batch of streams); masked prompts, weights
+    // two micro-batches (gradient accumulation), the first with several sequences; masked prompts, weights
+    const lengths = {padded: [9, 6], streams: [7, 7, 7], "block-diagonal": [16, 5, 5]}[layout];
+    const masked = [3, 2, 4], weight = [0.7, 1.3, 0.9];
     const sequences = [
-        equalLengths
-            ? [randomSequence(rng, 7, vocab, 3, 0.7), randomSequence(rng, 7, vocab, 2, 1.3), randomSequence(rng, 7, vocab, 4, 0.9)]
-            : [randomSequence(rng, 9, vocab, 3, 0.7), randomSequence(rng, 6, vocab, 2, 1.3)],
+        lengths.map((n, i) => randomSequence(rng, n, vocab, masked[i], weight[i])),
         [randomSequence(rng, 8, vocab, 4, 0.5)],
     ];
     sequences[0][0].weights = sequences[0][0].tokens.map((_, k) => 0.4 + 0.1 * k);
@@ -36,14 +42,14 @@ function withValue(state: TrainerState, tensor: number, index: number, value: nu
 }
 
 async function checkGradients(t: import("ava").ExecutionContext, options: Partial<SyntheticModelOptions>, modules: string[],
-    equalLengths = false) {
+    layout: Layout = "padded") {
     const model = await makeModel(t, options);
     const adapterFile = path.join(tempDir(t), "adapter.gguf");
     await makeAdapter(model, adapterFile, {modules, r: 3, alpha: 6});
     const trainer = await LoraTrainer.open(model, adapterFile, {contextSize: 64, sequences: 4, threads: 2});
     t.teardown(() => trainer.close());
     const vocab = options.vocab ?? 300;
-    const {batches} = batchesFor(11, vocab, equalLengths);
+    const {batches} = batchesFor(11, vocab, layout);
 
     // the loss is sum_t w_t CE_t of the logits the engine computes
     const ev = await trainer.evaluate(batches, {logits: true});
@@ -99,17 +105,21 @@ test("LoRA gradients match central finite differences (openelm: fused QKV, per-l
 });
 
 test("LoRA gradients match central finite differences (equal-length sequences: attention as a batch of streams)", async (t) => {
-    await checkGradients(t, {}, ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_down"], true);
+    await checkGradients(t, {}, ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_down"], "streams");
 });
 
-for (const equalLengths of [false, true])
-test(`sequences packed into one micro-batch see only themselves (${equalLengths ? "equal lengths: streams" : "block-diagonal mask"})`, async (t) => {
+test("LoRA gradients match central finite differences (one long sequence and short ones: block-diagonal mask)", async (t) => {
+    await checkGradients(t, {}, ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_down"], "block-diagonal");
+});
+
+for (const layout of ["padded", "streams", "block-diagonal"] as const)
+test(`sequences packed into one micro-batch see only themselves (${layout})`, async (t) => {
     const model = await makeModel(t);
     const adapterFile = path.join(tempDir(t), "adapter.gguf");
     await makeAdapter(model, adapterFile);
     const trainer = await LoraTrainer.open(model, adapterFile, {contextSize: 64, sequences: 4, threads: 2});
     t.teardown(() => trainer.close());
-    const {sequences} = batchesFor(3, 300, equalLengths);
+    const {sequences} = batchesFor(3, 300, layout);
     const packed = await trainer.evaluate([microBatch(sequences[0])], {logits: true});
     let row = 0;
     for (const seq of sequences[0]) {
