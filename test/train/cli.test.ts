@@ -2,7 +2,7 @@
 // exit codes 0/1/2, errors that name the file, line, item or option.
 import fs from "node:fs";
 import path from "node:path";
-import test from "ava";
+import test, {type ExecutionContext} from "ava";
 import {loadModel} from "../../ts/model.js";
 import {native} from "../../ts/native.js";
 import {readLoraAdapter} from "../../ts/train/adapter.js";
@@ -118,12 +118,7 @@ test("train --help teaches with examples", async (t) => {
 });
 
 test("merge refuses an output that is its base model or adapter, and leaves both as they were", async (t) => {
-    const dir = tempDir(t);
-    const model = await makeModel(t);
-    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
-    const adapter = path.join(dir, "adapter.gguf");
-    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
-    t.is(trained.code, 0, trained.stderr);
+    const {dir, model, adapter} = await modelAndAdapter(t);
     const link = path.join(dir, "link.gguf");
     fs.symlinkSync(model, link);
     const before = [fs.readFileSync(model), fs.readFileSync(adapter)];
@@ -175,13 +170,19 @@ test("train: a checkpoint folder that holds a checkpoint needs --resume; the che
     t.is(resumed.code, 0, resumed.stderr);
 });
 
-test("inspect names a LoRA adapter as one, with how to use it", async (t) => {
+/** A model and a one-step adapter of it, in a fresh folder. */
+async function modelAndAdapter(t: ExecutionContext): Promise<{dir: string; model: string; adapter: string}> {
     const dir = tempDir(t);
     const model = await makeModel(t);
     const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
     const adapter = path.join(dir, "adapter.gguf");
     const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
     t.is(trained.code, 0, trained.stderr);
+    return {dir, model, adapter};
+}
+
+test("inspect names a LoRA adapter as one, with how to use it", async (t) => {
+    const {dir, model, adapter} = await modelAndAdapter(t);
     const r = await cli(["inspect", adapter]);
     t.is(r.code, 1, r.stderr);
     t.regex(r.stderr, /adapter\.gguf is a LoRA adapter \(general\.type "adapter", \d+ tensors\), not a model: apply it with `ppc-gpt eval <base> --lora/);
@@ -190,12 +191,7 @@ test("inspect names a LoRA adapter as one, with how to use it", async (t) => {
 });
 
 test("merge names swapped arguments and a model given as the adapter (exit 2)", async (t) => {
-    const dir = tempDir(t);
-    const model = await makeModel(t);
-    const data = writeJsonl(path.join(dir, "items.jsonl"), items(4));
-    const adapter = path.join(dir, "adapter.gguf");
-    const trained = await cli(["train", model, "--data", data, "--task", "label", "-o", adapter, "--steps", "1", "--batch", "4", "--threads", "2"]);
-    t.is(trained.code, 0, trained.stderr);
+    const {dir, model, adapter} = await modelAndAdapter(t);
     const o = path.join(dir, "merged.gguf");
     const swapped = await cli(["merge", adapter, model, "-o", o]);
     t.is(swapped.code, 2, swapped.stderr);
