@@ -58,6 +58,15 @@ function addPerturbOptions(cmd: Command): Command {
         .option("--perturb-seed <n>", "reproducible perturbation noise, ids and order (tests and audits only)");
 }
 
+/** The spec fields that shape the client's own label retraining (`client finish` takes only these). */
+const clientTrainingFields: readonly (keyof JobSpec)[] = ["r", "lora_alpha", "lora_dropout", "max_input_length", "max_target_length"];
+
+function addClientSpecOptions(cmd: Command): Command {
+    for (const f of specFlags.filter((x) => clientTrainingFields.includes(x.field)))
+        cmd.option(f.flag, f.help);
+    return cmd.option("--target-modules <list>", "projections to adapt, e.g. attn_q,attn_v");
+}
+
 function addSpecOptions(cmd: Command): Command {
     for (const f of specFlags)
         cmd.option(f.flag, f.help);
@@ -412,7 +421,7 @@ Examples:
                 ["resumed at", r.resumedFrom ? formatBytes(r.resumedFrom) : "-"]]));
         }));
 
-    cmd.addCommand(addClientTrainOptions(addSpecOptions(addDataOptions(new Command("finish"))))
+    cmd.addCommand(addClientTrainOptions(addClientSpecOptions(addDataOptions(new Command("finish"))))
         .description("label-retrain the received model on the private data and evaluate it on the held-out items (S and C)")
         .addHelpText("after", `\nExamples:\n  ppc-gpt client finish --model model.gguf --data private.jsonl -o client-lora.gguf\n  ppc-gpt client finish --model model.gguf --task arc-easy --limit 500 -o client-lora.gguf --client-steps 50`)
         .option("--model <gguf>", "the model received from the server")

@@ -51,9 +51,17 @@ const program = new Command("ppc-gpt")
 Exit codes: 0 done, 1 failed, 2 usage error.
 Run 'ppc-gpt <command> --help' for a command's options and examples.`);
 
+/** Commander errors throw instead of exiting, at every depth (`client status`, `server token create`), so usage errors exit 2. */
+function throwOnCommanderErrors(cmd: Command): Command {
+    cmd.exitOverride();
+    for (const sub of cmd.commands)
+        throwOnCommanderErrors(sub);
+    return cmd;
+}
+
 const requested = process.argv[2];
 for (const name of requested !== undefined && requested in verbs ? [requested] : Object.keys(verbs))
-    program.addCommand((await verbs[name]()).exitOverride());
+    program.addCommand(throwOnCommanderErrors(await verbs[name]()));
 
 try {
     await program.parseAsync(process.argv);
