@@ -43,6 +43,42 @@ interface SimulateCliOptions {
 const positiveInt = (x: number) => Number.isInteger(x) && x >= 1;
 const int = (text: string, name: string) => parseNumber(text, name, positiveInt, "a positive integer");
 
+const accuracy = (x: unknown) => typeof x === "number" ? x.toFixed(3) : "-";
+
+/**
+ * One readable line per `fl server` / `fl client` event (the log without --json: on a terminal or
+ * in a service's journal alike); events without a line of their own print as their JSON.
+ */
+export function flEventLine(e: Record<string, any>): string {
+    switch (e.event) {
+        case "registered":
+            return e.client !== undefined
+                ? `client ${e.client} registered: base layers ${e.layers.join(",")}, weight ${e.weight}`
+                : `registered as ${e.id}${e.rejoined ? " (rejoined)" : ""}: base layers ${e.layers.join(",")}, ${e.train} training and ${e.held_out} held-out items`;
+        case "round_started":
+            return e.sampled !== undefined
+                ? `round ${e.round} started: ${e.sampled.join(", ")}${e.deadline ? `, deadline ${new Date(e.deadline).toISOString()}` : ""}`
+                : `round ${e.round}: training locally`;
+        case "upload_accepted":
+            return `round ${e.round}: upload of ${e.client} accepted (${e.bytes} bytes)`;
+        case "upload_rejected":
+            return `round ${e.round}: upload of ${e.client} rejected (${e.code}): ${e.error}`;
+        case "round_closed":
+            return `round ${e.round} closed${e.aggregated ? "" : " without aggregation"}: ` +
+                (e.clients as {id: string; metrics?: {accuracy?: number}}[]).map((c) => `${c.id} acc ${accuracy(c.metrics?.accuracy)}`).join(", ") +
+                (e.missing.length ? `; missing ${e.missing.join(", ")}` : "") + (e.note ? ` (${e.note})` : "") + ` -> ${e.file}`;
+        case "uploaded":
+        case "upload_refused":
+            return `round ${e.round}: loss ${Number(e.trainLoss).toFixed(4)}, held-out acc ${accuracy(e.accuracyBefore)} -> ${accuracy(e.accuracy)}, ` +
+                `${e.bytesDown} bytes down, ${e.bytesUp} up${e.secure ? " (masked)" : ""}, ${Number(e.seconds).toFixed(1)} s: ` +
+                (e.accepted ? "accepted" : `refused: ${e.error}`);
+        case "finished":
+            return `federation finished (${e.rounds ?? e.completed} rounds)`;
+        default:
+            return JSON.stringify(e);
+    }
+}
+
 function reporter(json: boolean): (e: SimulateEvent) => void {
     const tty = process.stderr.isTTY && !json;
     return (e) => {
@@ -282,8 +318,8 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
             const emit = (e: FlServerEvent | Record<string, unknown>) => {
                 if (json)
                     process.stdout.write(JSON.stringify(e) + "\n");
-                else if (process.stderr.isTTY)
-                    process.stderr.write(`${JSON.stringify(e)}\n`);
+                else
+                    process.stderr.write(flEventLine(e) + "\n");
             };
             checkOutputFolder(opts.plot, "--plot");
             // loaded here: a client process never loads the server (Fastify)
@@ -391,8 +427,8 @@ Examples:
                     registered = true;
                     if (json)
                         process.stdout.write(JSON.stringify(e) + "\n");
-                    else if (process.stderr.isTTY)
-                        process.stderr.write(JSON.stringify(e) + "\n");
+                    else
+                        process.stderr.write(flEventLine(e) + "\n");
                 },
             }).finally(() => clearTimeout(waiting));
             if (json)
