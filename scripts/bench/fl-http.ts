@@ -11,6 +11,7 @@
 //
 //   node dist/scripts/bench/fl-http.js [--model stories260K.gguf] [--steps 8] [--items 48] [--rounds 3] [--reps 2] [--secure]
 import {spawn, spawnSync} from "node:child_process";
+import readline from "node:readline";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -63,18 +64,12 @@ type Event = {at: number; who: string; e: Record<string, any>};
 /** Runs a process; every JSON line it prints is kept with its arrival time (s since `t0`). */
 function run(args: string[], who: string, events: Event[], t0: number, env: NodeJS.ProcessEnv = {}): {exited: Promise<number>; child: ReturnType<typeof spawn>} {
     const child = spawn(process.execPath, args, {stdio: ["ignore", "pipe", "pipe"], env: {...process.env, ...env}});
-    let out = "", err = "";
-    child.stdout!.on("data", (d) => {
-        out += d;
-        let nl: number;
-        while ((nl = out.indexOf("\n")) >= 0) {
-            const line = out.slice(0, nl);
-            out = out.slice(nl + 1);
-            try {
-                events.push({at: (performance.now() - t0) / 1000, who, e: JSON.parse(line)});
-            } catch {
-                // a table line
-            }
+    let err = "";
+    readline.createInterface({input: child.stdout!}).on("line", (line) => {
+        try {
+            events.push({at: (performance.now() - t0) / 1000, who, e: JSON.parse(line)});
+        } catch {
+            // a table line
         }
     });
     child.stderr!.on("data", (d) => (err += d));

@@ -24,9 +24,7 @@ test("perturbed texts longer than the protocol's limits are cut to them, and cou
         t.true(it.choices.every((c) => c.text.length <= textLimit));
         t.false(/[\uD800-\uDBFF]$/.test(it.question), "no cut inside a surrogate pair");
     }
-    const long = up.items.find((it) => it.question.length > 1000)!;
     // The fixture must actually overflow, or this test would prove nothing.
     t.true(up.clipped >= 1, `clipped ${up.clipped}`);
-    t.is(long.question.length <= questionLimit, true);
     t.false(up.items.some((it) => it.question === items[0].question));
 });

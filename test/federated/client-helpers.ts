@@ -2,6 +2,7 @@
 // scripted OpenAI-compatible generator, tokens made by `ppc-gpt server token create`, client
 // children, and a recording TCP proxy (node:net) that keeps every byte each way.
 import {spawn, type ChildProcess} from "node:child_process";
+import readline from "node:readline";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -116,17 +117,10 @@ export function spawnClient(args: string[], token: string, o: {onStderr?: (line:
     const child = spawn(process.execPath, [cliPath, "client", ...args], {
         stdio: ["ignore", "pipe", "pipe"], env: clientEnv({PPC_GPT_TOKEN: token, ...o.env}),
     });
-    let stdout = "", stderr = "", partial = "";
+    let stdout = "", stderr = "";
     child.stdout!.on("data", (d) => { stdout += d; });
-    child.stderr!.on("data", (d) => {
-        stderr += d;
-        partial += d;
-        let nl: number;
-        while ((nl = partial.indexOf("\n")) >= 0) {
-            o.onStderr?.(partial.slice(0, nl), child);
-            partial = partial.slice(nl + 1);
-        }
-    });
+    child.stderr!.on("data", (d) => { stderr += d; });
+    readline.createInterface({input: child.stderr!}).on("line", (line) => o.onStderr?.(line, child));
     const done = new Promise<ClientResult>((resolve) => child.once("close", (code, signal) => resolve({code, signal, stdout, stderr})));
     return {child, done};
 }

@@ -2,6 +2,7 @@
 // `ppc-gpt server` (free port, fresh token, temporary data dir) and a `ppc-gpt client run` talking
 // to it over HTTP, with a small private ARC-Easy set. Prints what went where.
 import {spawn, type ChildProcess} from "node:child_process";
+import readline from "node:readline";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -82,17 +83,10 @@ function runChild(args: string[], env: NodeJS.ProcessEnv, onStderr: (line: strin
     return new Promise((resolve, reject) => {
         const child = spawn(process.execPath, [mainJs, ...args], {stdio: ["ignore", "pipe", "pipe"], env});
         children.add(child);
-        let out = "", err = "", partial = "";
+        let out = "", err = "";
         child.stdout!.on("data", (d) => { out += d; });
-        child.stderr!.on("data", (d) => {
-            err += d;
-            partial += d;
-            let nl: number;
-            while ((nl = partial.indexOf("\n")) >= 0) {
-                onStderr(partial.slice(0, nl));
-                partial = partial.slice(nl + 1);
-            }
-        });
+        child.stderr!.on("data", (d) => { err += d; });
+        readline.createInterface({input: child.stderr!}).on("line", onStderr);
         child.once("close", (code) => {
             children.delete(child);
             if (code === 0)
@@ -114,23 +108,17 @@ function startServer(args: string[], children: Set<ChildProcess>, log: (s: strin
         const child = spawn(process.execPath, [mainJs, "server", ...args, "--port", "0", "--host", "127.0.0.1", "--json"],
             {stdio: ["ignore", "pipe", "pipe"]});
         children.add(child);
-        let out = "", err = "";
+        let err = "";
         child.stderr!.on("data", (d) => { err += d; });
-        child.stdout!.on("data", (d) => {
-            out += d;
-            let nl: number;
-            while ((nl = out.indexOf("\n")) >= 0) {
-                const line = out.slice(0, nl);
-                out = out.slice(nl + 1);
-                try {
-                    const v = JSON.parse(line);
-                    if (v.event === "listening")
-                        resolve({url: v.url, child});
-                    else if (v.event)
-                        log(`server: ${line}`);
-                } catch {
-                    // a plain line
-                }
+        readline.createInterface({input: child.stdout!}).on("line", (line) => {
+            try {
+                const v = JSON.parse(line);
+                if (v.event === "listening")
+                    resolve({url: v.url, child});
+                else if (v.event)
+                    log(`server: ${line}`);
+            } catch {
+                // a plain line
             }
         });
         child.once("exit", (code) => {

@@ -1,8 +1,11 @@
 // The HTTP pieces both federated services share (the PPC-GPT job server and the PruFed round
-// server): bearer-token auth against the store, gzip request bodies whose size limit counts the
-// decompressed bytes, and errors as the protocol's `{error, code}` naming the field at fault.
+// server): the Fastify app with its OpenAPI document, bearer-token auth against the store, gzip
+// request bodies whose size limit counts the decompressed bytes, and errors as the protocol's
+// `{error, code}` naming the field at fault.
+import fs from "node:fs";
 import zlib from "node:zlib";
-import type {FastifyError, FastifyInstance} from "fastify";
+import Fastify, {type FastifyError, type FastifyInstance} from "fastify";
+import swagger from "@fastify/swagger";
 import {errorCodes} from "./protocol.js";
 import type {JobStore, TokenRecord} from "./store.js";
 import {StoreUnavailableError} from "./store-postgres.js";
@@ -96,4 +99,33 @@ export function sendProtocolErrors(app: FastifyInstance, log: (line: string) => 
     });
     app.setNotFoundHandler((request, reply) =>
         reply.code(404).send({error: `no route ${request.method} ${request.url.split("?")[0]}`, code: errorCodes.notFound}));
+}
+
+export interface ProtocolAppOptions {
+    bodyLimit: number;
+    tls?: {cert: string; key: string};
+    /** OpenAPI info of the service. */
+    api: {title: string; version: string; description: string};
+    store: JobStore;
+    /** Routes answered without a token. */
+    publicRoutes: ReadonlySet<string>;
+    log: (line: string) => void;
+}
+
+/** A Fastify app speaking the protocol's conventions: validation only, OpenAPI, auth, gzip bodies, `{error, code}`. */
+export async function createProtocolApp(o: ProtocolAppOptions): Promise<FastifyInstance> {
+    const app = Fastify({
+        logger: false,
+        bodyLimit: o.bodyLimit,
+        ...(o.tls ? {https: {cert: fs.readFileSync(o.tls.cert), key: fs.readFileSync(o.tls.key)}} : {}),
+        // validation only: no coercion, no silently dropped properties (a leaked "answer" is a 400), no defaults
+        ajv: {customOptions: {removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false}},
+    }) as unknown as FastifyInstance;
+    await app.register(swagger, {
+        openapi: {openapi: "3.0.3", info: o.api, components: {securitySchemes: {bearer: {type: "http", scheme: "bearer"}}}},
+    });
+    requireBearerToken(app, o.store, o.publicRoutes);
+    acceptGzipBodies(app);
+    sendProtocolErrors(app, o.log);
+    return app;
 }

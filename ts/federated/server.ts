@@ -4,15 +4,14 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import Fastify, {type FastifyInstance, type FastifyReply, type FastifyRequest} from "fastify";
-import swagger from "@fastify/swagger";
+import type {FastifyInstance, FastifyReply, FastifyRequest} from "fastify";
 import {readGguf} from "../gguf/read.js";
 import {writePerturbationKit} from "../privacy/kit.js";
 import type {Generator} from "../synth/generator.js";
 import {createRemoteGenerator} from "../synth/remote.js";
 import {ArtifactStore, hashFile, type ArtifactRef} from "./artifacts.js";
 import {sendStoredFile} from "./download.js";
-import {acceptGzipBodies, HttpError, requireBearerToken, sendProtocolErrors} from "./http-common.js";
+import {createProtocolApp, HttpError} from "./http-common.js";
 import {finalModel, type PipelineEnv} from "./pipeline.js";
 import {
     epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobStatusSchema,
@@ -221,26 +220,11 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         perturbation_kit: {sha256: kit.sha256, size: kit.size},
     };
 
-    const app = Fastify({
-        logger: false,
-        bodyLimit: maxBodyBytes,
-        ...(options.tls ? {https: {cert: fs.readFileSync(options.tls.cert), key: fs.readFileSync(options.tls.key)}} : {}),
-        // validation only: no coercion, no silently dropped properties (a leaked "answer" is a 400), no defaults
-        ajv: {customOptions: {removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false}},
-    }) as unknown as FastifyInstance;
-
-    await app.register(swagger, {
-        openapi: {
-            openapi: "3.0.3",
-            info: {title: "ppc-gpt federated server", version: protocolVersion,
-                description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
-            components: {securitySchemes: {bearer: {type: "http", scheme: "bearer"}}},
-        },
+    const app = await createProtocolApp({
+        bodyLimit: maxBodyBytes, tls: options.tls, store, publicRoutes: new Set<string>([routes.info, routes.openapi]), log,
+        api: {title: "ppc-gpt federated server", version: protocolVersion,
+            description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
     });
-
-    requireBearerToken(app, store, new Set<string>([routes.info, routes.openapi]));
-    acceptGzipBodies(app);
-    sendProtocolErrors(app, log);
 
     const ownJob = async (request: FastifyRequest, id: string): Promise<JobRecord> => {
         const job = await store.job(id);

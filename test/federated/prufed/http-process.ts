@@ -7,6 +7,7 @@ import type {ExecutionContext} from "ava";
 import {cliPath} from "../../helpers.js";
 import {writeSyntheticModel} from "../../../ts/gguf/synthetic.js";
 import {removeLayers} from "../../../ts/prune/remove.js";
+import {makeToken} from "../server-process.js";
 
 export interface Proc {
     child: ChildProcess;
@@ -93,3 +94,10 @@ export async function startServer(t: ExecutionContext, base: string, dataDir: st
     return {proc, url: listening.url};
 }
 
+/** One token per client id (the token's name is the client's id), made by the real `server token create`. */
+export async function clientTokens(dataDir: string, ids: readonly string[]): Promise<Record<string, string>> {
+    const tokens: Record<string, string> = {};
+    for (const id of ids)
+        tokens[id] = await makeToken(dataDir, id);
+    return tokens;
+}

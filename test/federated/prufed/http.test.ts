@@ -11,7 +11,7 @@ import {recomputeRound, roundFile} from "../../../ts/federated/prufed/rounds.js"
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {makeToken} from "../server-process.js";
 import {runCli, stories260K, tempDir} from "../../helpers.js";
-import {models, spawnCli, startServer, type Proc} from "./http-process.js";
+import {clientTokens, models, spawnCli, startServer, type Proc} from "./http-process.js";
 
 const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
 
@@ -21,9 +21,7 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
     const dataDir = path.join(dir, "server");
     fs.mkdirSync(dataDir);
     const ids = ["a-d4", "b-d3", "c-d2"];
-    const tokens: Record<string, string> = {};
-    for (const id of ids)
-        tokens[id] = await makeToken(dataDir, id);
+    const tokens = await clientTokens(dataDir, ids);
     const common = ["--rounds", "2", "--clients-per-round", "3", "--min-clients", "2", "--round-timeout", "120", "--aggregation", "layerwise",
         "--plot", path.join(dir, "rounds.svg")];
     let server = await startServer(t, base, dataDir, common);

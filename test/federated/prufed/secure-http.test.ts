@@ -22,7 +22,7 @@ import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {makeToken} from "../server-process.js";
 import {decodeHttpMessages, RecordingProxy} from "../client-helpers.js";
 import {tempDir} from "../../helpers.js";
-import {models, spawnCli, startServer, type Proc} from "./http-process.js";
+import {clientTokens, models, spawnCli, startServer, type Proc} from "./http-process.js";
 
 /** Every file under dir, read now (a file removed meanwhile is skipped). */
 function filesOf(dir: string): Buffer[] {
@@ -67,9 +67,7 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
     const dataDir = path.join(dir, "server");
     fs.mkdirSync(dataDir);
     const ids = ["a-d4", "b-d3", "c-d2"];
-    const tokens: Record<string, string> = {};
-    for (const id of ids)
-        tokens[id] = await makeToken(dataDir, id);
+    const tokens = await clientTokens(dataDir, ids);
     const common = ["--rounds", "2", "--clients-per-round", "3", "--min-clients", "2", "--round-timeout", "120", "--secure-aggregation",
         "--secagg-phase-timeout", "5"];
     let server = await startServer(t, base, dataDir, common);

@@ -12,13 +12,12 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
-import Fastify, {type FastifyInstance, type FastifyRequest} from "fastify";
-import swagger from "@fastify/swagger";
+import type {FastifyInstance, FastifyRequest} from "fastify";
 import {writeLoraAdapter} from "../../train/adapter.js";
 import {errorCodes, routes as fedRoutes} from "../protocol.js";
 import {claimDataDir} from "../server.js";
 import {SqliteJobStore} from "../store.js";
-import {acceptGzipBodies, HttpError, requireBearerToken, sendProtocolErrors} from "../http-common.js";
+import {createProtocolApp, HttpError} from "../http-common.js";
 import {checkModelShapes, UploadRejected} from "./align.js";
 import {flRoutes, metricsHeader, type SecureRoundStatus, type UnmaskBody} from "./http-protocol.js";
 import {SecureRoundError, SecureRoundHost, secureRoundDir, type SecureHostEvent} from "./secure-host.js";
@@ -199,24 +198,12 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         return host;
     };
 
-    const app = Fastify({
-        logger: false,
-        bodyLimit: maxUpload,
-        ...(options.tls ? {https: {cert: fs.readFileSync(options.tls.cert), key: fs.readFileSync(options.tls.key)}} : {}),
-        ajv: {customOptions: {removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false}},
-    }) as unknown as FastifyInstance;
-    await app.register(swagger, {
-        openapi: {
-            openapi: "3.0.3",
-            info: {title: "ppc-gpt PruFed server", version: "v1", description: "PruFed rounds over HTTP (docs/prufed.md)."},
-            components: {securitySchemes: {bearer: {type: "http", scheme: "bearer"}}},
-        },
+    const app = await createProtocolApp({
+        bodyLimit: maxUpload, tls: options.tls, store, publicRoutes: new Set<string>([fedRoutes.openapi]), log,
+        api: {title: "ppc-gpt PruFed server", version: "v1", description: "PruFed rounds over HTTP (docs/prufed.md)."},
     });
     app.addContentTypeParser("application/octet-stream", {parseAs: "buffer"}, (_req, body, done) => done(null, body));
 
-    requireBearerToken(app, store, new Set<string>([fedRoutes.openapi]));
-    acceptGzipBodies(app);
-    sendProtocolErrors(app, log);
     app.get(fedRoutes.openapi, {schema: {hide: true}}, async () => app.swagger());
 
     const clientId = (request: FastifyRequest) => request.client!.name;
