@@ -277,7 +277,7 @@ export interface NativeAddon {
     /** Per-layer sums of cos / angular / contribution over counted positions (capture/layer_scores). */
     layerScores(model: NativeModel, sequences: {tokens: Int32Array; mask?: Uint8Array}[],
         options: {maxBatchTokens: number; maxSequences: number; capture?: boolean}, onProgress?: ProgressCallback):
-        Promise<{nLayer: number; tokens: number; cosSum: number[]; angularSum: number[]; contributionSum: number[]}>;
+        Promise<{nLayer: number; tokens: number; cosSum: number[]; angularSum: number[]; contributionSum: number[]; deviceSteps: number}>;
     /** Hidden states at every block boundary: (nLayer + 1) x tokens x nEmbd. */
     dumpHiddenStates(model: NativeModel, tokens: Int32Array): Promise<Float32Array>;
     loglikOpen(model: NativeModel, options?: NativeLoglikOptions): Promise<NativeLoglikScorer>;

@@ -121,6 +121,10 @@ bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
         return false;
     }
 #ifdef PPC_CUDA
+    // X_i is on the host (llama.cpp keeps the token embeddings there, or the block before ran on the
+    // CPU) and this block ran on the GPU: move X_i to the device once and score from there on.
+    if (st.gpu && !st.dump && !st.gpu_active)
+        st.gpu_active = cuda_layer_stats_upload_input(st.gpu, t, st.prev, st.n_embd, st.n_tokens);
     if (st.gpu_active) {
         double c = 0, a = 0, r = 0;
         uint64_t n = 0;
@@ -129,6 +133,7 @@ bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
             st.sums->angular_sum[(size_t) layer] += a;
             st.sums->contribution_sum[(size_t) layer] += r;
             if (layer == 0) st.sums->n_tokens += n;
+            ++st.sums->device_steps;
             ++st.next_layer;
             return true;
         }

@@ -29,6 +29,7 @@ struct layer_score_sums {
     std::vector<double> cos_sum;            // per layer
     std::vector<double> angular_sum;
     std::vector<double> contribution_sum;
+    uint64_t device_steps = 0;              // block scorings done by the CUDA kernel (CUDA builds)
 };
 
 struct layer_score_params {

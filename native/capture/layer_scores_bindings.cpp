@@ -54,6 +54,7 @@ Napi::Value layer_scores_js(const Napi::CallbackInfo & info) {
             o.Set("cosSum", doubles(env, s.cos_sum));
             o.Set("angularSum", doubles(env, s.angular_sum));
             o.Set("contributionSum", doubles(env, s.contribution_sum));
+            o.Set("deviceSteps", (double) s.device_steps);
             return o;
         },
         on_progress);

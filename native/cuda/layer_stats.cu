@@ -110,6 +110,18 @@ bool cuda_layer_stats_set_input(cuda_layer_stats * s, const ggml_tensor * t, int
     return true;
 }
 
+bool cuda_layer_stats_upload_input(cuda_layer_stats * s, const ggml_tensor * t, const std::vector<float> & host,
+                                   int64_t n_embd, int64_t n_tokens) {
+    if (!on_cuda(t) || host.size() != (size_t) (n_embd * n_tokens)) return false;
+    s->device = device_of(t->data);
+    check(cudaSetDevice(s->device), "cudaSetDevice");
+    s->n_embd = n_embd;
+    s->n_tokens = n_tokens;
+    ensure(&s->prev, &s->prev_cap, host.size(), "cudaMalloc");
+    check(cudaMemcpy(s->prev, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    return true;
+}
+
 bool cuda_layer_stats_step(cuda_layer_stats * s, const ggml_tensor * t, const uint8_t * mask,
                            double * cos_sum, double * angular_sum, double * contribution_sum, uint64_t * counted) {
     if (!on_cuda(t) || s->device < 0 || t->ne[0] != s->n_embd || t->ne[1] != s->n_tokens) return false;

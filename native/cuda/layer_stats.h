@@ -29,6 +29,11 @@ struct cuda_layer_stats {
 // CUDA memory or not contiguous: the caller then uses the host path.
 bool cuda_layer_stats_set_input(cuda_layer_stats * s, const ggml_tensor * t, int64_t n_embd, int64_t n_tokens);
 
+// Takes X_i from the host (`host`, n_embd x n_tokens) onto the device that holds `t`, the next
+// block's output. Returns false (nothing done) when t is not in CUDA memory.
+bool cuda_layer_stats_upload_input(cuda_layer_stats * s, const ggml_tensor * t, const std::vector<float> & host,
+                                   int64_t n_embd, int64_t n_tokens);
+
 // Scores X_{i+1} = t against the held X_i, adds the masked sums to the outputs, and keeps t as the
 // next X_i. Returns false when t is not in CUDA memory (caller falls back to the host path).
 bool cuda_layer_stats_step(cuda_layer_stats * s, const ggml_tensor * t, const uint8_t * mask,

@@ -32,6 +32,8 @@ export interface LayerScores {
     angular: number[];
     /** mean |X_{i+1} - X_i| / |X_i| per layer. */
     contribution: number[];
+    /** Block scorings computed by the CUDA kernel (blocks whose output was in GPU memory); 0 on the CPU. */
+    deviceSteps: number;
 }
 
 export interface LayerScoreOptions {
@@ -59,6 +61,7 @@ export async function scoreLayers(model: LoadedModel, sequences: TokenSequence[]
         bi: mean(sums.cosSum).map((c) => 1 - c),
         angular: mean(sums.angularSum),
         contribution: mean(sums.contributionSum),
+        deviceSteps: sums.deviceSteps,
     };
 }
 
