@@ -10,12 +10,13 @@ import path from "node:path";
 import test from "ava";
 import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
 import {BatchGenerator} from "../../ts/generate/batch-generator.js";
-import {loadModel, type LoadedModel} from "../../ts/model.js";
+import {loadModel} from "../../ts/model.js";
 import {native} from "../../ts/native.js";
 import {nativeCandidates} from "../../ts/native-loader.js";
-import {scoreLayers, type TokenSequence} from "../../ts/prune/block-influence.js";
+import {scoreLayers} from "../../ts/prune/block-influence.js";
 import {Random} from "../../ts/train/random.js";
 import {hasShared, runCli, stories260K, tempDir} from "../helpers.js";
+import {reference} from "../prune/reference.js";
 import {makeAdapter, microBatch, randomSequence} from "../train/helpers.js";
 import {plainBatch, runOnCpu, runPass, type Pass} from "./passes.js";
 
@@ -67,31 +68,6 @@ const texts = [
     "The sun was warm and the birds sang in the tall green trees.",
 ];
 
-/** Block Influence sums from hidden states dumped on the same device, in plain double precision. */
-async function referenceScores(model: LoadedModel, seqs: TokenSequence[]) {
-    const nLayer = model.info.nLayer, nEmbd = model.info.nEmbd;
-    const cos = new Float64Array(nLayer), ang = new Float64Array(nLayer), contrib = new Float64Array(nLayer);
-    let counted = 0;
-    for (const s of seqs) {
-        const n = s.tokens.length;
-        const h = await native().dumpHiddenStates(model.handle, s.tokens);
-        for (let t = 0; t < n; t++, counted++)
-            for (let i = 0; i < nLayer; i++) {
-                let xy = 0, xx = 0, yy = 0, dd = 0;
-                for (let k = 0; k < nEmbd; k++) {
-                    const x = h[(i * n + t) * nEmbd + k], y = h[((i + 1) * n + t) * nEmbd + k];
-                    xy += x * y; xx += x * x; yy += y * y; dd += (y - x) ** 2;
-                }
-                const c = Math.max(-1, Math.min(1, xy / Math.sqrt(xx * yy)));
-                cos[i] += c;
-                ang[i] += Math.acos(c) / Math.PI;
-                contrib[i] += Math.sqrt(dd / xx);
-            }
-    }
-    return {bi: [...cos].map((c) => 1 - c / counted), angular: [...ang].map((a) => a / counted),
-        contribution: [...contrib].map((r) => r / counted)};
-}
-
 async function generatedModel(t: import("ava").ExecutionContext, type: string, layers = 6): Promise<string> {
     const file = path.join(tempDir(t), `model-${type}.gguf`);
     await writeSyntheticModel(file, {architecture: "llama", layers, embedding: 512, heads: 8, kvHeads: 4, feedForward: 1024, vocab: 2000, type});
@@ -107,7 +83,7 @@ for (const gpuLayers of [ALL, 3]) {
                 const rng = new Random(5);
                 // one sequence per decode: the dump and the scoring pass run the same graph
                 const seqs = [70, 33, 128].map((n) => ({tokens: Int32Array.from({length: n}, () => 3 + rng.nextInt(1990))}));
-                const ref = await referenceScores(model, seqs);
+                const ref = await reference(model, seqs);  // hidden states dumped on the same device
                 const s = await scoreLayers(model, seqs, {maxBatchTokens: 128, maxSequences: 1});
                 t.is(s.tokens, 231);
                 // llama.cpp offloads the last layers; the token embeddings stay on the host and are moved

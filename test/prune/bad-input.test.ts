@@ -5,7 +5,7 @@ import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
 import {removeLayers} from "../../ts/prune/remove.js";
 import {readGguf} from "../../ts/gguf/read.js";
 import {fileHash} from "../gguf-fixtures.js";
-import {cliPath, tempDir, runCli} from "../helpers.js";
+import {tempDir, runCli} from "../helpers.js";
 
 
 const cli = (args: string[]) => runCli(args);
