@@ -287,8 +287,10 @@ export function probeInChild(binary: string, needCuda: boolean, timeoutMs = 120_
 
 /** Whether a CUDA candidate can run here; the expensive part (child process) is cached. */
 function checkCuda(c: NativeCandidate): {ok: boolean; reason: string; cached?: boolean} {
-    if (nvidiaDriverGpus().length === 0)
-        return {ok: false, reason: "no NVIDIA GPU here (/proc/driver/nvidia/gpus is missing or empty)"};
+    // The kernel driver lists its GPUs in /proc; where it does not (WSL2's /dev/dxg, some containers and
+    // VMs), nvidia-smi may still see one, and the child process decides.
+    if (nvidiaDriverGpus().length === 0 && !fs.existsSync("/dev/dxg") && nvidiaGpus().length === 0)
+        return {ok: false, reason: "no NVIDIA GPU here (no /proc/driver/nvidia/gpus entry, and nvidia-smi lists none)"};
     let stat: fs.Stats;
     try {
         stat = fs.statSync(c.path);
