@@ -49,6 +49,11 @@ log "doctor"
 timeout 120 node dist/ts/cli/main.js doctor --json > "$OUT/doctor.json" 2> "$OUT/doctor.err"
 echo "doctor exit $?"
 node -e 'const n = require(process.argv[1]).native; for (const c of n.candidates) console.log(`${c.status}: ${c.label}: ${c.reason}`)' "$OUT/doctor.json"
+chosen=$(node -e 'console.log(require(process.argv[1]).native.chosen?.label ?? "none")' "$OUT/doctor.json" 2>/dev/null)
+if [ "$chosen" != "@ppc-gpt/linux-x64-cuda" ]; then
+    echo "the loader chose ${chosen:-nothing}, not the CUDA package: the checks below load it by PPC_GPT_NATIVE" | tee -a "$OUT/steps.log"
+    export PPC_GPT_NATIVE=$root/node_modules/@ppc-gpt/linux-x64-cuda/ppc_gpt.node
+fi
 
 if [ "$what" = all ] || [ "$what" = tests ]; then
     log "GPU suite"

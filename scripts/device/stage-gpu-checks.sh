@@ -5,21 +5,20 @@
 #   bundle.tar.xz     node_modules without compilers and node-llama-cpp's binaries, dist/ without
 #                     maps and declarations, stories260K and ARC from ../shared, and the platform
 #                     packages unpacked from their npm tarballs: pkg/linux-x64 (CPU, the references)
-#                     and pkg/linux-x64-cuda; --prune-to 90 keeps only the sm_90 code of the CUDA
-#                     binary's fatbinaries (nvprune) to fit the 64 MiB
+#                     and pkg/linux-x64-cuda (prune-cuda-build.sh makes a one-architecture build
+#                     that fits the 64 MiB)
 #   cublas-forward/   libcublas.so.11 forwarding to the machine's newer cuBLAS, and an empty
 #                     libcublasLt.so.11 (cublas11-forward.c says why)
 #
-#   scripts/device/stage-gpu-checks.sh --cuda-build build-cuda [--cpu-build build] [--prune-to 90]
+#   scripts/device/stage-gpu-checks.sh --cuda-build build-cuda [--cpu-build build]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-cuda_build="" cpu_build="build" prune_to=""
+cuda_build="" cpu_build="build"
 while [ $# -gt 0 ]; do
     case "$1" in
         --cuda-build) cuda_build=$2; shift 2 ;;
         --cpu-build) cpu_build=$2; shift 2 ;;
-        --prune-to) prune_to=$2; shift 2 ;;
         *) echo "stage-gpu-checks: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -43,14 +42,6 @@ for name in linux-x64 linux-x64-cuda; do
     tar -xzf "$out/packages/ppc-gpt-$name-"[0-9]*.tgz -C "$out/bundle/pkg/$name" --strip-components=1
 done
 rm -rf "$out/packages"
-cuda_pkg=$out/bundle/pkg/linux-x64-cuda
-if [ -n "$prune_to" ]; then
-    nvprune --arch "sm_$prune_to" "$cuda_pkg/ppc_gpt.node" -o "$cuda_pkg/ppc_gpt.pruned"
-    mv "$cuda_pkg/ppc_gpt.pruned" "$cuda_pkg/ppc_gpt.node"
-    # the build record says what the binary holds now
-    node -e 'const f=process.argv[1], r=JSON.parse(require("fs").readFileSync(f,"utf8")); r.cuda.archs=[process.argv[2]+"-real"];
-        r.cuda.prunedForDeviceCheck=true; require("fs").writeFileSync(f, JSON.stringify(r, null, 2)+"\n")' "$cuda_pkg/ppc_gpt.json" "$prune_to"
-fi
 tar -cf - --exclude='node_modules/@node-llama-cpp' --exclude='node_modules/node-llama-cpp/llama' \
     --exclude='node_modules/typescript' --exclude='node_modules/@typescript' --exclude='node_modules/@types' \
     --exclude='node_modules/@ppc-gpt' --exclude='node_modules/.cache' --exclude='*.map' --exclude='*.d.ts' \
