@@ -90,9 +90,19 @@ function configured() {
     }
 }
 
+/** The source hash in the existing build record (undefined without one). */
+function recordedSourceHash() {
+    try {
+        return JSON.parse(fs.readFileSync(record, "utf8")).sourceHash;
+    } catch {
+        return undefined;
+    }
+}
+
 const previous = configured();
+// kept only when built from these native/ sources (an incremental build otherwise: the record must match)
 if (!force && fs.existsSync(built) && fs.existsSync(record) && previous?.llamaDir === llamaDir && previous.cuda === cuda &&
-    loads(built)) {
+    recordedSourceHash() === nativeSourceHash(path.join(root, "native")) && loads(built)) {
     console.error(`ppc-gpt: native addon already built (${path.relative(root, built)}); --force rebuilds it`);
     process.exit(0);
 }

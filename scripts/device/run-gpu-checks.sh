@@ -57,13 +57,13 @@ fi
 
 if [ "$what" = all ] || [ "$what" = tests ]; then
     log "GPU suite"
-    timeout 360 node node_modules/ava/entrypoints/cli.mjs --config ava.gpu.config.mjs > "$OUT/test-gpu.log" 2>&1
+    timeout 300 node node_modules/ava/entrypoints/cli.mjs --config ava.gpu.config.mjs > "$OUT/test-gpu.log" 2>&1
     echo "GPU suite exit $?" | tee -a "$OUT/steps.log"
     grep -E "✔|✘|ℹ|passed|failed|Error" "$OUT/test-gpu.log" | head -80
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
     log "benchmark"
-    timeout 300 node dist/scripts/bench/gpu.js --runs 2 --dir /tmp/gpu-bench > "$OUT/bench-gpu.md" 2> "$OUT/bench-gpu.err"
+    timeout 240 node dist/scripts/bench/gpu.js --runs 2 --dir /tmp/gpu-bench > "$OUT/bench-gpu.md" 2> "$OUT/bench-gpu.err"
     echo "benchmark exit $?" | tee -a "$OUT/steps.log"
     cat "$OUT/bench-gpu.md"; tail -5 "$OUT/bench-gpu.err"
 fi
