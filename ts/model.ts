@@ -1,5 +1,5 @@
 // A model loaded into the addon's llama.cpp: tokenization and full-sequence logits.
-import {native, type NativeModel, type NativeModelInfo, type NativeModelOptions} from "./native.js";
+import {native, warnIfNoGpu, type NativeModel, type NativeModelInfo, type NativeModelOptions} from "./native.js";
 
 export interface LoadedModel {
     readonly path: string;
@@ -16,6 +16,7 @@ export interface LoadedModel {
 }
 
 export async function loadModel(path: string, options: NativeModelOptions = {}): Promise<LoadedModel> {
+    warnIfNoGpu(options.gpuLayers);
     const m: NativeModel = await native().loadModel(path, options);
     const info = m.info();
     return {

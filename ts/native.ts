@@ -353,6 +353,28 @@ export function native(): NativeAddon {
     return cached;
 }
 
+let noGpuWarned = false;
+
+/**
+ * Warns once per process (a Node warning, code PPC_GPT_NO_GPU) when layers are to be offloaded but
+ * the binary in use sees no CUDA device: everything then runs on the CPU, which whoever asked for
+ * the GPU should hear, with the reason the loader recorded.
+ */
+export function warnIfNoGpu(gpuLayers: number | undefined): void {
+    if (!gpuLayers || noGpuWarned)
+        return;
+    const info = native().systemInfo();
+    if (info.devices.some((d) => /^CUDA/i.test(d.name)))
+        return;
+    noGpuWarned = true;
+    const label = selection?.chosen?.label ?? "the native binary";
+    const skipped = (selection?.candidates ?? []).filter((c) => c.cuda && c.status === "rejected");
+    const why = info.cuda ? `${label} is a CUDA build but sees no CUDA device`
+        : `${label} is a CPU build` + (skipped.length ? ` (${skipped.map((c) => `${c.label}: ${c.reason}`).join("; ")})` : "");
+    process.emitWarning(`--gpu-layers ${gpuLayers} asks for the GPU, but ${why}: running on the CPU (\`ppc-gpt doctor\` says more)`,
+        {code: "PPC_GPT_NO_GPU"});
+}
+
 /** Which binary native() loaded and every candidate's verdict (undefined before the first load). */
 export function nativeSelection(): NativeSelection | undefined {
     return selection;

@@ -42,6 +42,15 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
     throw err;
 });
 
+// Warnings (ppc-gpt's own, e.g. PPC_GPT_NO_GPU, and any dependency's) read as the CLI's other
+// messages do, and as JSON lines with --json, whose stderr carries JSON events; not as Node's
+// "(node:PID) Warning: …" followed by a hint about --trace-warnings.
+process.removeAllListeners("warning");
+process.on("warning", (w: Error & {code?: string}) => {
+    process.stderr.write(process.argv.includes("--json") ? JSON.stringify({event: "warning", code: w.code, message: w.message}) + "\n"
+        : `ppc-gpt: warning: ${w.message}\n`);
+});
+
 const program = new Command("ppc-gpt")
     .description("Compress large language models into private, task-specific small ones (PPC-GPT, PruFed) on llama.cpp")
     .exitOverride()

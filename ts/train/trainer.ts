@@ -1,6 +1,6 @@
 // The native LoRA trainer (native/lora): llama.cpp's own forward graph of the base model with the
 // adapter's A/B matrices trainable, masked and weighted cross-entropy, backward, AdamW on the host.
-import {native, type NativeLoraStepOptions, type NativeLoraTensorState, type NativeLoraTrainer, type NativeMicroBatch} from "../native.js";
+import {native, warnIfNoGpu, type NativeLoraStepOptions, type NativeLoraTensorState, type NativeLoraTrainer, type NativeMicroBatch} from "../native.js";
 import type {LoraAdapter} from "./adapter.js";
 
 export interface LoraTrainerOptions {
@@ -25,6 +25,7 @@ export class LoraTrainer {
 
     /** Loads the base model and an adapter file (F32 matrices) whose A/B become trainable. */
     static async open(modelPath: string, adapterPath: string, options: LoraTrainerOptions = {}): Promise<LoraTrainer> {
+        warnIfNoGpu(options.gpuLayers);
         const handle = await native().loraTrainerOpen({modelPath, adapterPath, ...options});
         return new LoraTrainer(handle, modelPath);
     }
