@@ -34,7 +34,8 @@ type PassName = typeof passes[number];
 const dir = path.resolve(arg("--dir", path.join(root, "bench-out")));
 const quick = process.argv.includes("--quick");
 const inferenceModel = path.join(dir, quick ? "gpu-bench-quick-f16.gguf" : "gpu-bench-310M-f16.gguf");
-const trainModel = path.join(dir, quick ? "gpu-bench-quick-f32.gguf" : "gpu-bench-train-6L-f32.gguf");
+// the file name and options of bench:train's 6-layer F32 model, so that both benchmarks share it in --dir
+const trainModel = path.join(dir, quick ? "gpu-bench-quick-f32.gguf" : "train-bench-6L-1024-f32.gguf");
 const trainAdapter = trainModel.replace(/\.gguf$/, ".adapter.gguf");
 
 /** A deterministic token stream in [3, vocab). */
@@ -153,10 +154,11 @@ if (!fs.existsSync(trainModel)) {
     process.stderr.write("generating the 6-layer f32 training model...\n");
     await writeSyntheticModel(trainModel, quick
         ? {architecture: "llama", layers: 2, embedding: 256, heads: 4, kvHeads: 4, feedForward: 512, vocab: 4096, type: "f32"}
-        : {architecture: "llama", layers: 6, embedding: 1024, heads: 16, kvHeads: 16, feedForward: 2816, vocab: 32000, type: "f32"});
+        : {architecture: "llama", layers: 6, embedding: 1024, heads: 16, kvHeads: 16, feedForward: 2816, vocab: 32000, type: "f32", contextLength: 4096});
+}
+if (!fs.existsSync(trainAdapter))
     await writeLoraAdapter(trainAdapter, initLoraAdapter(await readGguf(trainModel),
         {r: 8, loraAlpha: 16, targetModules: ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]}, 1));
-}
 
 let gpuName = "unknown GPU";
 try {

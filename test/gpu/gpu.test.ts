@@ -15,7 +15,7 @@ import {native} from "../../ts/native.js";
 import {nativeCandidates} from "../../ts/native-loader.js";
 import {scoreLayers} from "../../ts/prune/block-influence.js";
 import {Random} from "../../ts/train/random.js";
-import {hasShared, runCli, stories260K, tempDir} from "../helpers.js";
+import {hasShared, maxRelativeDiff, runCli, stories260K, tempDir} from "../helpers.js";
 import {reference} from "../prune/reference.js";
 import {makeAdapter, microBatch, randomSequence} from "../train/helpers.js";
 import {plainBatch, runOnCpu, runPass, type Pass} from "./passes.js";
@@ -41,16 +41,6 @@ test.before(() => {
         throw new Error(`the GPU suite needs a CUDA build of the addon and a CUDA device (loaded: cuda=${info.cuda}, devices: ` +
             `${info.devices.map((d) => d.name).join(", ") || "none"})`);
 });
-
-/** max |a - b| over max |b|, over every element. */
-function relativeToScale(a: readonly number[], b: readonly number[]): number {
-    let diff = 0, scale = 0;
-    for (let i = 0; i < b.length; i++) {
-        diff = Math.max(diff, Math.abs(a[i] - b[i]));
-        scale = Math.max(scale, Math.abs(b[i]));
-    }
-    return diff / scale;
-}
 
 /** ||a - b|| / ||b|| in double precision. */
 function relativeL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -90,7 +80,7 @@ for (const gpuLayers of [ALL, 3]) {
                 // to the GPU once, so every offloaded block is scored by the CUDA kernel: 3 decodes
                 t.is(s.deviceSteps, 3 * (gpuLayers === ALL ? 6 : gpuLayers), "blocks scored on the device");
                 for (const k of ["bi", "angular", "contribution"] as const) {
-                    const d = relativeToScale(s[k], ref[k]);
+                    const d = maxRelativeDiff(s[k], ref[k]);
                     t.log(`${k}: max diff / scale ${d.toExponential(2)}`);
                     t.true(d < 1e-4, `${k}: ${s[k].join(", ")} vs ${ref[k].join(", ")}`);
                 }
@@ -113,7 +103,7 @@ test("Block Influence: the GPU's scores and layer order match the CPU build's (b
         };
         const gpu = await run(process.env, ["--gpu-layers", String(ALL)]);
         const cpu = await run({...process.env, PPC_GPT_NATIVE: cpuBinary()}, []);
-        const d = relativeToScale(gpu.bi, cpu.bi);
+        const d = maxRelativeDiff(gpu.bi, cpu.bi);
         t.log(`${path.basename(model)}: BI max diff / scale ${d.toExponential(2)}`);
         t.true(d < 1e-2, `${gpu.bi.join(", ")} vs ${cpu.bi.join(", ")}`);
         // the order prune acts on, wherever two layers are further apart than the tolerance

@@ -2,7 +2,6 @@
 // layers offloaded that the caller asks for. The suite runs them in its own process (the CUDA build,
 // every layer offloaded) and, through reference.ts, in a child process on the CPU build: the same
 // code on both sides, serialised as JSON in between.
-import {spawn} from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import {fileURLToPath} from "node:url";
@@ -10,6 +9,7 @@ import {loadModel} from "../../ts/model.js";
 import type {NativeMicroBatch} from "../../ts/native.js";
 import {scoreLayers} from "../../ts/prune/block-influence.js";
 import {LoraTrainer} from "../../ts/train/trainer.js";
+import {run} from "../install/project.js";
 
 /** A micro-batch as JSON carries it. */
 export interface PlainMicroBatch {
@@ -96,12 +96,8 @@ export async function runOnCpu(pass: Pass, cpuBinary: string, dir: string): Prom
     const input = path.join(dir, `pass-${process.hrtime.bigint()}.json`);
     const output = `${input}.result`;
     fs.writeFileSync(input, JSON.stringify(pass));
-    const child = spawn(process.execPath, [referenceScript, input, output],
-        {env: {...process.env, PPC_GPT_NATIVE: cpuBinary}, stdio: ["ignore", "inherit", "pipe"]});
-    let stderr = "";
-    child.stderr.on("data", (d: Buffer) => { stderr += d.toString(); });
-    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
-    if (code !== 0)
-        throw new Error(`the CPU reference of ${pass.kind} failed (exit ${code}): ${stderr.trim().split("\n").slice(-3).join(" | ")}`);
+    const r = await run(process.execPath, [referenceScript, input, output], dir, {...process.env, PPC_GPT_NATIVE: cpuBinary});
+    if (r.code !== 0)
+        throw new Error(`the CPU reference of ${pass.kind} failed (exit ${r.code}): ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`);
     return JSON.parse(fs.readFileSync(output, "utf8")) as PassResult;
 }

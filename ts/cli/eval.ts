@@ -1,11 +1,9 @@
-import fs from "node:fs";
-import path from "node:path";
 import {Command, Option} from "commander";
 import {writeJsonlAtomic} from "../data/jsonl.js";
 import {evaluate} from "../eval/evaluate.js";
 import {evalTasks, evalTaskNames, type EvalTaskName} from "../eval/tasks.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
-import {parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {aliasedOption, checkOutputFolder, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 
 interface EvalCliOptions extends ScorerCliOptions {
     task?: EvalTaskName;
@@ -47,18 +45,15 @@ export function addScorerOptions(cmd: Command): Command {
 }
 
 /** Parses the options addScorerOptions adds. */
-export function scorerOptions(opts: ScorerCliOptions) {
+export function scorerOptions(opts: ScorerCliOptions, cmd: Command) {
     const scale = opts.loraScale === undefined ? undefined : parseNumber(opts.loraScale, "--lora-scale", Number.isFinite, "a number");
     if (scale !== undefined && !opts.lora?.length)
         throw new UsageError("--lora-scale goes with --lora");
-    if (opts.batchTokens !== undefined && opts.batchSize !== undefined && opts.batchTokens !== opts.batchSize)
-        throw new UsageError("give --batch-size or --batch-tokens (the same option), not both");
-    const batchSize = opts.batchSize ?? opts.batchTokens;
-    const batchName = opts.batchSize !== undefined ? "--batch-size" : "--batch-tokens";
+    const batch = aliasedOption(cmd, "batchSize", "batchTokens");
     return {
         ...modelLoadOptions(opts),
         lora: opts.lora?.map((path) => ({path, scale})),
-        batchSize: batchSize === undefined ? undefined : parseNumber(batchSize, batchName, positiveInt, "a positive integer"),
+        batchSize: batch.value === undefined ? undefined : parseNumber(batch.value, batch.flag, positiveInt, "a positive integer"),
         contextSize: opts.contextSize === undefined ? undefined
             : parseNumber(opts.contextSize, "--context-size", positiveInt, "a positive integer"),
         sequences: opts.sequences === undefined ? undefined
@@ -103,7 +98,7 @@ Examples:
   ppc-gpt eval pruned.gguf --task openbookqa --lora adapter.gguf --out obqa-items.jsonl
   ppc-gpt eval model.gguf --task mc --data synthetic-items.jsonl
   ppc-gpt eval model.gguf --task fiqa-sa --data FiQA_post.json`)
-        .action(async (model: string, opts: EvalCliOptions) => {
+        .action(async (model: string, opts: EvalCliOptions, cmd: Command) => {
             const mode = {json: Boolean(opts.json)};
             if (!opts.task)
                 throw new UsageError(`--task is required (${evalTaskNames.join(", ")})`);
@@ -116,15 +111,11 @@ Examples:
                 : parseNumber(opts.seed, "--seed", (x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32, "an integer in [0, 2^32)");
             const maxLength = opts.maxLength === undefined ? undefined
                 : parseNumber(opts.maxLength, "--max-length", (x) => Number.isInteger(x) && x >= 2, "an integer >= 2");
-            if (opts.out) {
-                const folder = path.dirname(path.resolve(opts.out));
-                if (!fs.existsSync(folder) || !fs.statSync(folder).isDirectory())
-                    throw new Error(`${opts.out}: the folder ${folder} does not exist`);
-            }
+            checkOutputFolder(opts.out, "--out");
             const progress = progressReporter(mode, `eval ${opts.task}`, "items");
             const r = await evaluate(model, {
                 task: opts.task, data: opts.data, split: opts.split, limit, seed, maxLength, bos: opts.bos, promptPrefix: opts.promptPrefix,
-                ...scorerOptions(opts), onProgress: progress.update,
+                ...scorerOptions(opts, cmd), onProgress: progress.update,
             });
             progress.finish();
             if (opts.out)

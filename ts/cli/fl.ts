@@ -4,7 +4,7 @@ import {Command, Option} from "commander";
 import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
-import {checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
+import {aliasedOption, checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
 import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
 import type {FlServerEvent} from "../federated/prufed/http-server.js";
 import {readToken} from "../federated/client/http.js";
@@ -150,7 +150,7 @@ Examples:
   ppc-gpt fl simulate --base base.gguf --depths 5,3 --clients 4 --data items.jsonl --aggregation flexlora --r 8 --ranks 8,4 --out sim-flex
   ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec`)
         .action(async (opts: SimulateCliOptions, cmd: Command) => {
-            const batch = batchOption(opts, cmd);
+            const batch = aliasedOption(cmd, "batch", "batchSize");
             const depths = parseIndexList(opts.depths, "--depths", "depths");
             if (fs.existsSync(path.join(opts.out, "server", "state.json")))
                 throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
@@ -182,7 +182,7 @@ Examples:
                 secureThreshold: opts.secureThreshold !== undefined ? int(opts.secureThreshold, "--secure-threshold") : undefined,
                 dropAfterMasking,
                 train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value, batch.flag),
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
                     loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
@@ -223,15 +223,6 @@ function removeFailedSimulation(out: string, created: boolean): void {
     const finished = fs.existsSync(rounds) && fs.readdirSync(rounds).some((f) => /^round-([1-9]\d*)\.gguf$/.test(f));
     if (!finished)
         fs.rmSync(out, {recursive: true, force: true});
-}
-
-/** --batch-size is --batch: the value given and the flag to name in an error. */
-function batchOption(opts: {batch: string; batchSize?: string}, cmd: Command): {value: string; flag: string} {
-    if (opts.batchSize === undefined)
-        return {value: opts.batch, flag: "--batch"};
-    if (cmd.getOptionValueSource("batch") === "cli" && opts.batch !== opts.batchSize)
-        throw new UsageError("give --batch or --batch-size (the same option), not both");
-    return {value: opts.batchSize, flag: "--batch-size"};
 }
 
 export function flCommand(): Command {
@@ -301,10 +292,7 @@ left with one surviving holder keeps its previous value (that client's self-mask
 never released) while the other layers are aggregated; round-N.json 'secure.layers' says which.
 Clients need no flag: they learn it from the round. See docs/prufed.md.`)
         .action(async (opts: ServerCliOptions) => {
-            if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
-                throw new UsageError("give --tls-cert and --tls-key together");
-            if (opts.tlsCert !== undefined)
-                checkTlsFiles(opts.tlsCert, opts.tlsKey!);
+            checkTlsFiles(opts.tlsCert, opts.tlsKey);
             if (!fs.existsSync(opts.base))
                 throw new UsageError(`--base ${opts.base} does not exist`);
             const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
@@ -398,7 +386,7 @@ Examples:
   PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\
       --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`)
         .action(async (opts: ClientCliOptions, cmd: Command) => {
-            const batch = batchOption(opts, cmd);
+            const batch = aliasedOption(cmd, "batch", "batchSize");
             for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"]] as const)
                 if (!fs.existsSync(f))
                     throw new UsageError(`${name} ${f} does not exist`);
@@ -418,7 +406,7 @@ Examples:
                 heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value, batch.flag),
+                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
                     loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
                     maxInputLength: int(opts.maxInputLength, "--max-input-length"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),

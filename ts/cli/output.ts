@@ -2,6 +2,7 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import type {Command} from "commander";
 
 /** A mistake in how the command was called: exit code 2. */
 export class UsageError extends Error {
@@ -102,10 +103,30 @@ export function parseNumber(text: string, name: string, check: (x: number) => bo
 }
 
 /**
- * Checks --tls-cert and --tls-key before a server starts, so a wrong file is named with its flag
- * (Node's own errors say "ENOENT" or "PEM routines::no start line" and name neither).
+ * An option with a second name (`--batch-size` for `--batch`): the value given under either name,
+ * and the flag an error about it should name. Both given with different values is a usage error;
+ * the first name's default never counts against the second.
  */
-export function checkTlsFiles(certFile: string, keyFile: string): void {
+export function aliasedOption(cmd: Command, name: string, alias: string): {value: string | undefined; flag: string} {
+    const flag = (key: string) => cmd.options.find((o) => o.attributeName() === key)?.long ?? `--${key}`;
+    const value = cmd.getOptionValue(name) as string | undefined;
+    const aliasValue = cmd.getOptionValue(alias) as string | undefined;
+    if (aliasValue === undefined)
+        return {value, flag: flag(name)};
+    if (cmd.getOptionValueSource(name) === "cli" && value !== aliasValue)
+        throw new UsageError(`give ${flag(name)} or ${flag(alias)} (the same option), not both`);
+    return {value: aliasValue, flag: flag(alias)};
+}
+
+/**
+ * Checks --tls-cert and --tls-key (both or neither) before a server starts, so a wrong file is named
+ * with its flag (Node's own errors say "ENOENT" or "PEM routines::no start line" and name neither).
+ */
+export function checkTlsFiles(certFile: string | undefined, keyFile: string | undefined): void {
+    if (certFile === undefined && keyFile === undefined)
+        return;
+    if (certFile === undefined || keyFile === undefined)
+        throw new UsageError("give --tls-cert and --tls-key together");
     const read = (file: string, flag: string): Buffer => {
         try {
             return fs.readFileSync(file);

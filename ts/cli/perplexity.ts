@@ -26,7 +26,7 @@ byte_perplexity and bits_per_byte.
 Examples:
   ppc-gpt perplexity stories260K.gguf --text story.txt
   ppc-gpt perplexity model.gguf --text wiki.txt --window 512 --stride 256 --json`)
-        .action(async (model: string, opts: PerplexityCliOptions) => {
+        .action(async (model: string, opts: PerplexityCliOptions, cmd: Command) => {
             const mode = {json: Boolean(opts.json)};
             if (!opts.text)
                 throw new UsageError("--text <file> is required");
@@ -40,7 +40,7 @@ Examples:
                 throw new Error(`${opts.text}: the file is empty`);
             const progress = progressReporter(mode, "perplexity", "items");
             const started = performance.now();
-            const r = await perplexity(model, text, {window, stride, ...scorerOptions(opts), onProgress: progress.update});
+            const r = await perplexity(model, text, {window, stride, ...scorerOptions(opts, cmd), onProgress: progress.update});
             progress.finish();
             const seconds = (performance.now() - started) / 1000;
             if (mode.json)

@@ -60,10 +60,10 @@ Examples:
         .action(async (model: string, opts: PruneOptions, cmd: Command) => {
             const mode = {json: Boolean(opts.json)};
             // the scoring options only act with --strategy bi: given with anything else, they would be ignored unnoticed
-            const scoring = ["threads", "gpuLayers", "limit", "metric", "positions", "format", "batchTokens"]
-                .filter((k) => cmd.getOptionValueSource(k) === "cli");
+            const scoring = cmd.options.filter((o) => ["threads", "gpuLayers", "limit", "metric", "positions", "format", "batchTokens"]
+                .includes(o.attributeName()) && cmd.getOptionValueSource(o.attributeName()) === "cli").map((o) => o.long);
             if (opts.strategy !== "bi" && scoring.length > 0)
-                throw new UsageError(`${scoring.map((k) => "--" + k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())).join(", ")} ` +
+                throw new UsageError(`${scoring.join(", ")} ` +
                     `${scoring.length > 1 ? "go" : "goes"} with --strategy bi (they set how Block Influence is computed)`);
             if (opts.layers !== undefined && opts.strategy !== undefined)
                 throw new UsageError("give either --layers or --strategy, not both");

@@ -209,10 +209,7 @@ Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
             const dataDir = dataDirOf(opts);
             if (!opts.model)
                 throw new UsageError("--model <source.gguf> is required");
-            if ((opts.tlsCert === undefined) !== (opts.tlsKey === undefined))
-                throw new UsageError("give --tls-cert and --tls-key together");
-            if (opts.tlsCert !== undefined)
-                checkTlsFiles(opts.tlsCert, opts.tlsKey!);
+            checkTlsFiles(opts.tlsCert, opts.tlsKey);
             const threads = opts.threads === undefined ? undefined : int(opts.threads, "--threads", 1);
             const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
             const maxBodyMb = parseNumber(opts.maxBodyMb, "--max-body-mb", (x) => x > 0 && x <= 4096, "a number in (0, 4096]");

@@ -4,7 +4,7 @@ import {synthesize, type SynthProgress, type SynthSummary} from "../synth/pipeli
 import {createRemoteGenerator, defaultApiKeyEnv, type RetryInfo} from "../synth/remote.js";
 import {rejectionReasons} from "../synth/validate.js";
 import {checkGgufFile} from "./model-options.js";
-import {formatCount, parseNumber, printJson, table, UsageError, type OutputMode} from "./output.js";
+import {aliasedOption, formatCount, parseNumber, printJson, table, UsageError, type OutputMode} from "./output.js";
 
 interface SynthOptions {
     in?: string;
@@ -139,11 +139,7 @@ Examples:
   ppc-gpt synth --in perturbed.jsonl --out syn.jsonl --base-url http://127.0.0.1:8080 \\
       --remote-model local --ratio 4 --format lines --json`)
         .action(async (opts: SynthOptions, cmd: Command) => {
-            if (opts.k !== undefined) {
-                if (cmd.getOptionValueSource("ratio") === "cli" && opts.k !== opts.ratio)
-                    throw new UsageError("give --ratio or --k (the same option), not both");
-                opts.ratio = opts.k;
-            }
+            opts.ratio = aliasedOption(cmd, "ratio", "k").value!;
             const mode = {json: Boolean(opts.json)};
             if (!opts.in || !opts.out)
                 throw new UsageError("--in <perturbed.jsonl> and --out <synthetic.jsonl> are required");

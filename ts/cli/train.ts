@@ -6,7 +6,7 @@ import {defaultTargetModules} from "../train/adapter.js";
 import {lrSchedulers, type LrScheduler} from "../train/schedule.js";
 import {trainLora, type TrainEvent, type TrainOptions} from "../train/train.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
-import {parseNumber, printJson, table, UsageError} from "./output.js";
+import {aliasedOption, parseNumber, printJson, table, UsageError} from "./output.js";
 
 interface TrainCliOptions extends ModelCliOptions {
     data?: string;
@@ -173,12 +173,7 @@ Examples:
         .action(async (model: string, opts: TrainCliOptions, cmd: Command) => {
             if (!opts.output)
                 throw new UsageError("-o/--output <adapter.gguf> is required");
-            if (opts.batchSize !== undefined) {
-                if (cmd.getOptionValueSource("batch") === "cli" && opts.batch !== opts.batchSize)
-                    throw new UsageError("give --batch or --batch-size (the same option), not both");
-                opts.batch = opts.batchSize;
-            }
-            const batchFlag = opts.batchSize !== undefined ? "--batch-size" : "--batch";
+            const batch = aliasedOption(cmd, "batch", "batchSize");
             if (opts.steps !== undefined && opts.epochs !== undefined)
                 throw new UsageError("give --steps or --epochs, not both");
             if (opts.warmupSteps !== undefined && opts.warmupRatio !== undefined)
@@ -220,7 +215,7 @@ Examples:
                 lrScheduler: opts.lrScheduler,
                 warmupSteps: num(opts.warmupSteps, "--warmup-steps", (x) => Number.isInteger(x) && x >= 0, "a non-negative integer"),
                 warmupRatio: num(opts.warmupRatio, "--warmup-ratio", (x) => x >= 0 && x <= 1, "a number in [0, 1]"),
-                batchSize: num(opts.batch, batchFlag, positiveInt, "a positive integer"),
+                batchSize: num(batch.value, batch.flag, positiveInt, "a positive integer"),
                 steps: num(opts.steps, "--steps", positiveInt, "a positive integer"),
                 epochs: num(opts.epochs, "--epochs", positiveInt, "a positive integer"),
                 maxInputLength: num(opts.maxInputLength, "--max-input-length", positiveInt, "a positive integer"),

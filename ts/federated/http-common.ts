@@ -107,12 +107,14 @@ export interface ProtocolAppOptions {
     /** OpenAPI info of the service. */
     api: {title: string; version: string; description: string};
     store: JobStore;
-    /** Routes answered without a token. */
-    publicRoutes: ReadonlySet<string>;
+    /** Where the OpenAPI document is served (without a token). */
+    openapiRoute: string;
+    /** Other routes answered without a token. */
+    publicRoutes?: readonly string[];
     log: (line: string) => void;
 }
 
-/** A Fastify app speaking the protocol's conventions: validation only, OpenAPI, auth, gzip bodies, `{error, code}`. */
+/** A Fastify app speaking the protocol's conventions: validation only, its OpenAPI document, auth, gzip bodies, `{error, code}`. */
 export async function createProtocolApp(o: ProtocolAppOptions): Promise<FastifyInstance> {
     const app = Fastify({
         logger: false,
@@ -124,8 +126,9 @@ export async function createProtocolApp(o: ProtocolAppOptions): Promise<FastifyI
     await app.register(swagger, {
         openapi: {openapi: "3.0.3", info: o.api, components: {securitySchemes: {bearer: {type: "http", scheme: "bearer"}}}},
     });
-    requireBearerToken(app, o.store, o.publicRoutes);
+    requireBearerToken(app, o.store, new Set([o.openapiRoute, ...o.publicRoutes ?? []]));
     acceptGzipBodies(app);
     sendProtocolErrors(app, o.log);
+    app.get(o.openapiRoute, {schema: {hide: true}}, async () => app.swagger());
     return app;
 }

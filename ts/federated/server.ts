@@ -221,7 +221,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     };
 
     const app = await createProtocolApp({
-        bodyLimit: maxBodyBytes, tls: options.tls, store, publicRoutes: new Set<string>([routes.info, routes.openapi]), log,
+        bodyLimit: maxBodyBytes, tls: options.tls, store, openapiRoute: routes.openapi, publicRoutes: [routes.info], log,
         api: {title: "ppc-gpt federated server", version: protocolVersion,
             description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
     });
@@ -258,7 +258,6 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
 
     const errorResponses = {400: errorSchema, 401: errorSchema, 404: errorSchema};
     app.get(routes.info, {schema: {summary: "Public parameters of this server (no auth)", response: {200: serverInfoSchema}}}, async () => info);
-    app.get(routes.openapi, {schema: {hide: true}}, async () => app.swagger());
     app.get(routes.perturbationKit, {schema: {summary: "The perturbation kit: vocabulary-only GGUF with token embeddings (Range supported)",
         security: [{bearer: []}], response: {401: errorSchema, 416: errorSchema}}},
     async (request, reply) => sendStoredFile(request, reply, artifacts.pathOf(kit.sha256), kit.sha256, kit.size));

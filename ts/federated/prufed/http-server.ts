@@ -75,12 +75,6 @@ const registerSchema = {
     },
 } as const;
 
-const metricsSchema = {
-    type: "object", additionalProperties: false,
-    properties: Object.fromEntries(["train_loss", "accuracy_before", "accuracy", "bytes_down", "bytes_up", "seconds"]
-        .map((k) => [k, {type: "number"}])),
-} as const;
-
 const registeredSchema = {type: "object", required: ["id", "rejoined"], properties: {id: {type: "string"}, rejoined: {type: "boolean"}}} as const;
 const roundParams = {type: "object", required: ["n"], properties: {n: {type: "string", pattern: "^[0-9]{1,6}$"}}} as const;
 const errorSchema = {type: "object", required: ["error", "code"], properties: {error: {type: "string"}, code: {type: "string"}}} as const;
@@ -199,12 +193,10 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     };
 
     const app = await createProtocolApp({
-        bodyLimit: maxUpload, tls: options.tls, store, publicRoutes: new Set<string>([fedRoutes.openapi]), log,
+        bodyLimit: maxUpload, tls: options.tls, store, openapiRoute: fedRoutes.openapi, log,
         api: {title: "ppc-gpt PruFed server", version: "v1", description: "PruFed rounds over HTTP (docs/prufed.md)."},
     });
     app.addContentTypeParser("application/octet-stream", {parseAs: "buffer"}, (_req, body, done) => done(null, body));
-
-    app.get(fedRoutes.openapi, {schema: {hide: true}}, async () => app.swagger());
 
     const clientId = (request: FastifyRequest) => request.client!.name;
     const security = [{bearer: []}];
