@@ -5,6 +5,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import {fileSha256} from "../privacy/kit.js";
+import {fsyncDir, fsyncPath, writeFileDurable} from "../durable-file.js";
 
 export interface ArtifactRef {
     sha256: string;
@@ -13,24 +14,6 @@ export interface ArtifactRef {
 
 /** sha256 and size of a file, streamed (one implementation: the perturbation kit's). */
 export const hashFile: (file: string) => Promise<ArtifactRef> = fileSha256;
-
-async function fsyncPath(p: string): Promise<void> {
-    const fh = await fs.promises.open(p, "r");
-    try {
-        await fh.sync();
-    } finally {
-        await fh.close();
-    }
-}
-
-/** Makes a rename in `dir` durable. */
-async function fsyncDir(dir: string): Promise<void> {
-    try {
-        await fsyncPath(dir);
-    } catch {
-        // some filesystems do not fsync directories; the rename itself is still atomic
-    }
-}
 
 export class ArtifactStore {
     readonly dir: string;
@@ -84,22 +67,13 @@ export class ArtifactStore {
         return ref;
     }
 
-    /** Adds bytes (written to a temporary file, fsynced, renamed into place). */
+    /** Adds bytes (durable-file.ts: a temporary file, fsynced, renamed into place, the folder fsynced). */
     async addBytes(bytes: Uint8Array): Promise<ArtifactRef> {
         const sha256 = crypto.createHash("sha256").update(bytes).digest("hex");
         const dest = this.pathOf(sha256);
         if (!fs.existsSync(dest)) {
             await fs.promises.mkdir(path.dirname(dest), {recursive: true});
-            const tmp = path.join(this.tmpDir, `${sha256}.${process.pid}.${crypto.randomBytes(4).toString("hex")}`);
-            const fh = await fs.promises.open(tmp, "w");
-            try {
-                await fh.writeFile(bytes);
-                await fh.sync();
-            } finally {
-                await fh.close();
-            }
-            await fs.promises.rename(tmp, dest);
-            await fsyncDir(path.dirname(dest));
+            await writeFileDurable(dest, bytes);
         }
         return {sha256, size: bytes.length};
     }

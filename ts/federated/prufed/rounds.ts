@@ -7,10 +7,11 @@
 //   closeRound(now)    -> when every sampled client answered or the deadline passed: aggregate the
 //                         accepted uploads if they reach the quorum (minClients), else keep the global;
 //                         write <dataDir>/rounds/round-N.gguf (base numbering, full depth) and round-N.json
-// All state lives in <dataDir>: state.json (atomic temp + rename after every transition), the
+// All state lives in <dataDir>: state.json (durable-file.ts: temp, fsync, rename, fsync folder, after every transition), the
 // accepted uploads of the open round in uploads/round-N/, so that a restarted server resumes.
 import fs from "node:fs";
 import path from "node:path";
+import {copyFileDurable, fsyncDir, writeJsonDurable} from "../../durable-file.js";
 import {readGguf} from "../../gguf/read.js";
 import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
@@ -128,11 +129,6 @@ export class LateUpload extends Error {
 const stateFile = (dir: string) => path.join(dir, "state.json");
 const clientIdPattern = /^[A-Za-z0-9_.-]{1,64}$/;
 
-async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-    const tmp = `${file}.tmp-${process.pid}`;
-    await fs.promises.writeFile(tmp, JSON.stringify(value, null, 1));
-    await fs.promises.rename(tmp, file);
-}
 
 export function checkFederationConfig(c: FederationConfig): void {
     if (!aggregationMethods.includes(c.aggregation))
@@ -211,7 +207,7 @@ export class FederationServer {
     get globalAdapter(): LoraAdapter { return this.global; }
 
     private async save(): Promise<void> {
-        await writeJsonAtomic(stateFile(this.dataDir), this.state);
+        await writeJsonDurable(stateFile(this.dataDir), this.state, 1);
     }
 
     private async writeGlobal(round: number, adapter: LoraAdapter, clients: string[]): Promise<void> {
@@ -222,6 +218,8 @@ export class FederationServer {
             {key: "ppc_gpt.prufed.base_layers", type: "uint32", value: this.layout.layers},
             ...(clients.length ? [{key: "ppc_gpt.prufed.clients", type: "array" as const, elementType: "string" as const, value: clients}] : []),
         ]);
+        // writeGguf fsyncs the file before its rename; the rename counts once the folder is fsynced too
+        await fsyncDir(path.dirname(roundFile(this.dataDir, round)));
     }
 
     /** Adds (or, for a restarted client, re-registers with the same declaration) a client. */
@@ -320,9 +318,9 @@ export class FederationServer {
         }
         const dir = path.join(this.dataDir, "uploads", `round-${round.round}`);
         await fs.promises.mkdir(dir, {recursive: true});
+        await fsyncDir(path.dirname(dir));
         const kept = path.join(dir, `${id}.gguf`);
-        await fs.promises.copyFile(file, `${kept}.tmp`);
-        await fs.promises.rename(`${kept}.tmp`, kept);
+        await copyFileDurable(file, kept);
         round.accepted.push({client: id, file: kept, receivedAt: now, metrics});
         await this.save();
     }
@@ -401,7 +399,7 @@ export class FederationServer {
             seconds: (performance.now() - started) / 1000,
             ...(extra.secure ? {secure: extra.secure} : {}),
         };
-        await writeJsonAtomic(file.replace(/\.gguf$/, ".json"), summary);
+        await writeJsonDurable(file.replace(/\.gguf$/, ".json"), summary, 1);
         this.state.history.push(summary);
         this.state.completed = round.round;
         this.state.current = null;

@@ -17,6 +17,7 @@
 // phase its full timeout again, so clients retrying their connection are not dropped by the outage.
 import fs from "node:fs";
 import path from "node:path";
+import {appendDurable, fsyncDir, writeFileDurable} from "../../durable-file.js";
 import type {LoraAdapter} from "../../train/adapter.js";
 import type {TargetAggregation} from "./aggregate.js";
 import {parseLoraTensorName} from "./align.js";
@@ -82,12 +83,13 @@ export class SecureRoundHost {
         threshold?: number; keysDeadline: number; phaseTimeoutMs: number; method: "layerwise" | "fedavg"; now?: number}): Promise<SecureRoundHost> {
         const dir = secureRoundDir(o.dataDir, o.round);
         await fs.promises.mkdir(dir, {recursive: true});
+        await fsyncDir(path.dirname(dir));
         const host = new SecureRoundHost(dir, o.round, o.sampled, o.previous, o.members, o.threshold, o.keysDeadline, o.phaseTimeoutMs, o.method);
         let text = fs.existsSync(host.journal) ? await fs.promises.readFile(host.journal, "utf8") : "";
         // a line torn by a kill is cut off (its message was not acknowledged; the client sends it again)
         if (text && !text.endsWith("\n")) {
             text = text.slice(0, text.lastIndexOf("\n") + 1);
-            await fs.promises.writeFile(host.journal, text);
+            await writeFileDurable(host.journal, text);
         }
         host.replaying = true;
         for (const [i, line] of text.split("\n").filter(Boolean).entries()) {
@@ -105,7 +107,8 @@ export class SecureRoundHost {
 
     private async record(entry: JournalEntry): Promise<void> {
         if (!this.replaying)
-            await fs.promises.appendFile(this.journal, JSON.stringify(entry) + "\n");
+            // fsynced before the message is acknowledged: an accepted message survives a kill or a power cut
+            await appendDurable(this.journal, JSON.stringify(entry) + "\n");
     }
 
     /** Applies a journal entry (new or replayed): the same calls on the state machine in the same order. */
@@ -212,8 +215,7 @@ export class SecureRoundHost {
         }
         this.parseMasked(id, body);
         const file = `masked-${id}.bin`;
-        await fs.promises.writeFile(path.join(this.dir, `${file}.tmp`), body);
-        await fs.promises.rename(path.join(this.dir, `${file}.tmp`), path.join(this.dir, file));
+        await writeFileDurable(path.join(this.dir, file), body);
         await this.apply({op: "masked", id, file, metrics, at: now});
     }
 
