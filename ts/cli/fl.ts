@@ -311,7 +311,7 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
             };
             checkOutputFolder(opts.plot, "--plot");
             // loaded here: a client process never loads the server (Fastify)
-            const {startFlServer} = await import("../federated/prufed/http-server.js");
+            const {ConfigMismatch, startFlServer} = await import("../federated/prufed/http-server.js");
             const server = await startFlServer({
                 dataDir: opts.dataDir, host: opts.host, port, plot: opts.plot,
                 ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
@@ -330,6 +330,9 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
                         ...(opts.secaggThreshold !== undefined ? {secaggThreshold: int(opts.secaggThreshold, "--secagg-threshold")} : {})} : {}),
                 },
                 onEvent: emit,
+            }).catch((err) => {
+                // flags that contradict the data dir's saved configuration are a usage error (exit 2)
+                throw err instanceof ConfigMismatch ? new UsageError(err.message) : err;
             });
             if (json)
                 process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, completed: server.federation.completed,

@@ -1,5 +1,11 @@
 // Names shared by `fl server` and `fl client` (kept apart so that the client never loads Fastify).
 import type {UnmaskShares} from "./secure.js";
+import {secaggProtocol, secaggVersionHeader} from "./secure-checks.js";
+
+export {secaggProtocol, secaggVersionHeader};
+
+/** The PruFed round protocol's version: `fl server` states it when a client registers, `fl client` speaks only its own. */
+export const flProtocol = "prufed/1";
 
 export const flRoutes = {
     clients: "/v1/fl/clients",
@@ -21,7 +27,11 @@ export const flRoutes = {
 /** A route with its round number filled in. */
 export const roundRoute = (route: string, n: number) => route.replace(":n", String(n));
 
-/** Request header of an upload: the client's metrics as JSON (train_loss, accuracy, accuracy_before, bytes_down, bytes_up, seconds). */
+/**
+ * Request header of an upload: the client's metrics as JSON (train_loss, accuracy, accuracy_before, bytes_down, bytes_up, seconds).
+ * In a secure round it carries only bytes_down, bytes_up and seconds unless the client opts in (`fl client --share-metrics`):
+ * the loss and accuracies travel as masked coordinates (secure.ts metricsTarget).
+ */
 export const metricsHeader = "x-ppc-metrics";
 
 /** The secure part of `GET /v1/fl/rounds/current` in a secure round. */

@@ -19,10 +19,10 @@ import {claimDataDir} from "../server.js";
 import {SqliteJobStore} from "../store.js";
 import {createProtocolApp, HttpError} from "../http-common.js";
 import {checkModelShapes, UploadRejected} from "./align.js";
-import {flRoutes, metricsHeader, type SecureRoundStatus, type UnmaskBody} from "./http-protocol.js";
+import {flProtocol, flRoutes, metricsHeader, secaggProtocol, secaggVersionHeader, type SecureRoundStatus, type UnmaskBody} from "./http-protocol.js";
 import {SecureRoundError, SecureRoundHost, secureRoundDir, type SecureHostEvent} from "./secure-host.js";
 import {roundsSvg} from "./plot.js";
-import {FederationServer, LateUpload, roundFile, type FederationConfig, type RoundSummary, type UploadMetrics} from "./rounds.js";
+import {configDifferences, FederationServer, LateUpload, roundFile, type FederationConfig, type RoundSummary, type UploadMetrics} from "./rounds.js";
 
 export {flRoutes, metricsHeader};
 
@@ -75,7 +75,13 @@ const registerSchema = {
     },
 } as const;
 
-const registeredSchema = {type: "object", required: ["id", "rejoined"], properties: {id: {type: "string"}, rejoined: {type: "boolean"}}} as const;
+const registeredSchema = {type: "object", required: ["id", "rejoined", "protocol", "secure_aggregation"], properties: {id: {type: "string"},
+    rejoined: {type: "boolean"}, protocol: {type: "string"}, secure_aggregation: {type: "boolean"}, secagg_protocol: {type: "string"}}} as const;
+
+/** `fl server` started on a data dir whose saved configuration differs from its flags: it names each difference. */
+export class ConfigMismatch extends Error {
+    override name = "ConfigMismatch";
+}
 const roundParams = {type: "object", required: ["n"], properties: {n: {type: "string", pattern: "^[0-9]{1,6}$"}}} as const;
 const errorSchema = {type: "object", required: ["error", "code"], properties: {error: {type: "string"}, code: {type: "string"}}} as const;
 const currentSchema = {
@@ -167,6 +173,14 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     const federation = fs.existsSync(path.join(dataDir, "state.json"))
         ? await FederationServer.open(dataDir)
         : await FederationServer.create(dataDir, options.config);
+    // a resumed federation keeps its saved configuration: flags that say otherwise are refused, not silently overridden
+    const differences = configDifferences(federation.config, options.config);
+    if (differences.length) {
+        store.close?.();
+        release();
+        throw new ConfigMismatch(`${dataDir} holds a federation started with another configuration; start it with the saved one ` +
+            `(or use a new --data-dir): ${differences.join("; ")}`);
+    }
     const config = federation.config;
     const incoming = path.join(dataDir, "incoming");
     await fs.promises.rm(incoming, {recursive: true, force: true});
@@ -188,13 +202,19 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             host = await SecureRoundHost.open({dataDir, round: cur.round, sampled: cur.sampled, previous: federation.globalAdapter,
                 members: federation.clients.filter((c) => cur.sampled.includes(c.id)), threshold: config.secaggThreshold,
                 keysDeadline: cur.deadline ?? Number.MAX_SAFE_INTEGER, phaseTimeoutMs: (config.secaggPhaseTimeout ?? 60) * 1000,
-                method: config.aggregation === "fedavg" ? "fedavg" : "layerwise"});
+                method: config.aggregation === "fedavg" ? "fedavg" : "layerwise", maskedMetrics: true});
         return host;
     };
 
     const app = await createProtocolApp({
         bodyLimit: maxUpload, tls: options.tls, store, openapiRoute: fedRoutes.openapi, log,
         api: {title: "ppc-gpt PruFed server", version: "v1", description: "PruFed rounds over HTTP (docs/prufed.md)."},
+    });
+    // every secure-aggregation answer states the protocol version it speaks
+    app.addHook("onSend", async (request, reply, payload) => {
+        if (request.url.includes("/secagg/"))
+            reply.header(secaggVersionHeader, secaggProtocol);
+        return payload;
     });
     app.addContentTypeParser("application/octet-stream", {parseAs: "buffer"}, (_req, body, done) => done(null, body));
 
@@ -221,7 +241,8 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             if (!known)
                 emit({event: "registered", client: id, layers: b.original_layers, weight: b.weight});
             kick();
-            return reply.code(known ? 200 : 201).send({id, rejoined: known});
+            return reply.code(known ? 200 : 201).send({id, rejoined: known, protocol: flProtocol, secure_aggregation: secure,
+                ...(secure ? {secagg_protocol: secaggProtocol} : {})});
         });
 
     const currentFor = (id: string) => {
@@ -336,6 +357,9 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         const id = clientId(request);
         if (!secure)
             throw new HttpError(409, "not_secure", "this federation does not use secure aggregation (fl server --secure-aggregation)");
+        const version = request.headers[secaggVersionHeader];
+        if (version !== secaggProtocol)
+            throw new HttpError(400, "protocol_version", `${secaggVersionHeader} must be ${secaggProtocol} (got ${JSON.stringify(version ?? null)})`);
         const cur = openRound(request, id);
         // the host is made by the round machine (in its queue) when the round opens
         const h = host?.round === cur.round ? host : undefined;

@@ -17,7 +17,7 @@ import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/a
 import {deriveSeed, Random} from "../../train/random.js";
 import {checkLayerMap, layoutOfBase, readUpload, toBaseNumbering, UploadRejected, validateUpload, type AdapterLayout,
     type UploadLimits} from "./align.js";
-import type {SecureLayerOutcome} from "./secure.js";
+import type {MaskedMetrics, SecureLayerOutcome} from "./secure.js";
 import {aggregate, aggregationMethods, clientPart, initialGlobal, type AggregationMethod, type TargetAggregation} from "./aggregate.js";
 
 export interface FederationConfig {
@@ -109,6 +109,8 @@ export interface SecureRoundRecord {
     keptTargets: number;
     /** Per layer (null: the tensors outside any layer): its holders and survivors, summed or kept and why. */
     layers?: SecureLayerOutcome[];
+    /** The contributors' metrics as the server learns them in a secure round: weighted means of masked coordinates. */
+    maskedMetrics?: MaskedMetrics;
     aborted?: string;
 }
 
@@ -159,6 +161,22 @@ export function checkFederationConfig(c: FederationConfig): void {
         throw new RangeError(`secaggThreshold must be an integer >= 2, with secureAggregation (got ${c.secaggThreshold})`);
     if (c.secaggPhaseTimeout !== undefined && !(c.secaggPhaseTimeout > 0))
         throw new RangeError(`secaggPhaseTimeout must be a positive number of seconds (got ${c.secaggPhaseTimeout})`);
+}
+
+/** Each setting of a federation with the `fl server` flag that sets it (for config mismatch messages). */
+const configFlags: [keyof FederationConfig, string][] = [["base", "--base"], ["aggregation", "--aggregation"], ["rounds", "--rounds"],
+    ["clientsPerRound", "--clients-per-round"], ["minClients", "--min-clients"], ["roundTimeout", "--round-timeout"], ["seed", "--seed"],
+    ["r", "--r"], ["loraAlpha", "--lora-alpha"], ["targetModules", "--target-modules"], ["clipNorm", "--clip-norm"],
+    ["maxUploadBytes", "--max-upload-mb"], ["maxAbsValue", "maxAbsValue"], ["secureAggregation", "--secure-aggregation"],
+    ["secaggThreshold", "--secagg-threshold"], ["secaggPhaseTimeout", "--secagg-phase-timeout"]];
+
+/** How `given` differs from a federation's saved configuration, one line per setting (empty: the same). */
+export function configDifferences(saved: FederationConfig, given: FederationConfig): string[] {
+    // an unset boolean is false; every other unset setting is its default, stated as "unset"
+    const norm = (k: keyof FederationConfig, v: unknown) => JSON.stringify(k === "secureAggregation" ? v === true : v ?? null);
+    const shown = (k: keyof FederationConfig, v: unknown) => (norm(k, v) === "null" ? "unset" : norm(k, v));
+    return configFlags.filter(([k]) => norm(k, saved[k]) !== norm(k, given[k]))
+        .map(([k, flag]) => `${flag}: saved ${shown(k, saved[k])}, given ${shown(k, given[k])}`);
 }
 
 export class FederationServer {

@@ -22,7 +22,7 @@ import type {LoraAdapter} from "../../train/adapter.js";
 import type {TargetAggregation} from "./aggregate.js";
 import {parseLoraTensorName} from "./align.js";
 import type {RegisteredClient, SecureRoundRecord, UploadMetrics} from "./rounds.js";
-import {SecureAggregationServer, type Advert, type MaskPlan} from "./secure.js";
+import {metricsTarget, SecureAggregationServer, type Advert, type MaskedMetrics, type MaskPlan} from "./secure.js";
 import {unmaskFromWire, type WireSeedShare, type WireShare} from "./http-protocol.js";
 
 export type SecurePhase = "keys" | "shares" | "masked" | "unmask";
@@ -68,9 +68,9 @@ export class SecureRoundHost {
 
     private constructor(readonly dir: string, readonly round: number, readonly sampled: string[], previous: LoraAdapter,
         members: RegisteredClient[], threshold: number | undefined, readonly keysDeadline: number, readonly phaseMs: number,
-        readonly method: "layerwise" | "fedavg") {
+        readonly method: "layerwise" | "fedavg", maskedMetrics: boolean) {
         this.server = new SecureAggregationServer(previous, members.map((m) => ({id: m.id, weight: m.weight, layerMap: m.layerMap})),
-            {round, threshold: threshold !== undefined ? Math.min(threshold, members.length) : undefined, method});
+            {round, threshold: threshold !== undefined ? Math.min(threshold, members.length) : undefined, method, maskedMetrics});
         this.phaseDeadline = keysDeadline;
         this.journal = path.join(dir, "journal.jsonl");
     }
@@ -80,11 +80,13 @@ export class SecureRoundHost {
 
     /** The host of an open secure round: new, or rebuilt from its journal after a restart. */
     static async open(o: {dataDir: string; round: number; sampled: string[]; previous: LoraAdapter; members: RegisteredClient[];
-        threshold?: number; keysDeadline: number; phaseTimeoutMs: number; method: "layerwise" | "fedavg"; now?: number}): Promise<SecureRoundHost> {
+        threshold?: number; keysDeadline: number; phaseTimeoutMs: number; method: "layerwise" | "fedavg"; now?: number;
+        /** The plan carries the clients' metrics as masked coordinates (secure.ts metricsTarget). */
+        maskedMetrics?: boolean}): Promise<SecureRoundHost> {
         const dir = secureRoundDir(o.dataDir, o.round);
         await fs.promises.mkdir(dir, {recursive: true});
         await fsyncDir(path.dirname(dir));
-        const host = new SecureRoundHost(dir, o.round, o.sampled, o.previous, o.members, o.threshold, o.keysDeadline, o.phaseTimeoutMs, o.method);
+        const host = new SecureRoundHost(dir, o.round, o.sampled, o.previous, o.members, o.threshold, o.keysDeadline, o.phaseTimeoutMs, o.method, o.maskedMetrics ?? false);
         let text = fs.existsSync(host.journal) ? await fs.promises.readFile(host.journal, "utf8") : "";
         // a line torn by a kill is cut off (its message was not acknowledged; the client sends it again)
         if (text && !text.endsWith("\n")) {
@@ -221,9 +223,8 @@ export class SecureRoundHost {
 
     /** The lengths a client's masked body must have, in order (tensor name, values). */
     maskedLayout(id: string): {name: string; length: number}[] {
-        const prev = new Map(this.server.previous.tensors.map((t) => [t.name, t.data.length]));
         return this.server.plan().targets.filter((t) => t.holders.includes(id))
-            .flatMap((t) => ["a", "b"].map((part) => ({name: `${t.target}.lora_${part}`, length: prev.get(`${t.target}.lora_${part}`)!})));
+            .flatMap((t) => ["a", "b"].map((part) => ({name: `${t.target}.lora_${part}`, length: this.server.lengthOf(`${t.target}.lora_${part}`)})));
     }
 
     private parseMasked(id: string, body: Buffer): Map<string, Uint32Array> {
@@ -261,6 +262,14 @@ export class SecureRoundHost {
         for (const x of s)
             if (!dropped.includes(x.id))
                 throw new SecureRoundError("invalid", `a key share names ${x.id}, which did not drop`);
+        const shares = unmaskFromWire({b, s});
+        if (this.server.sameUnmask(id, shares))
+            return; // a retry of an acknowledged message
+        try {
+            this.server.checkUnmask(id, shares);
+        } catch (err) {
+            throw new SecureRoundError("invalid", (err as Error).message);
+        }
         await this.apply({op: "unmask", id, b, s, at: now});
     }
 
@@ -305,7 +314,7 @@ export class SecureRoundHost {
             dropped: req?.dropped ?? [],
             contributors: [],
             unmasked: this.server.unmaskers(),
-            maskedTargets: plan?.targets.length ?? 0,
+            maskedTargets: plan?.targets.filter((t) => t.target !== metricsTarget).length ?? 0,
             keptTargets: targets - summedTargets,
             layers: this.server.layerOutcomes(aborted),
             ...(aborted ? {aborted} : {}),
@@ -354,8 +363,9 @@ export class SecureRoundHost {
         if (now <= this.phaseDeadline && !survivors.every((id) => this.server.unmaskers().includes(id)))
             return {events};
         try {
-            const {layers, ...result} = this.server.result();
-            const record = {...this.recordOf(undefined, result.targets.length), contributors: result.contributors, layers};
+            const {layers, metrics, ...result} = this.server.result();
+            const record = {...this.recordOf(undefined, result.targets.length), contributors: result.contributors, layers,
+                ...(metrics ? {maskedMetrics: metrics} : {})};
             return {events, outcome: {result, record, metrics: Object.fromEntries(this.metrics)}};
         } catch (err) {
             return abort((err as Error).message);

@@ -23,6 +23,7 @@ import type {LoraAdapter, LoraTensor} from "../../train/adapter.js";
 import {parseLoraTensorName} from "./align.js";
 import type {TargetAggregation} from "./aggregate.js";
 import {bytesToField, combineShares, fieldToBytes, splitSecret, type Share} from "./shamir.js";
+import {secaggProtocol} from "./secure-checks.js";
 
 export interface SecureParticipant {
     id: string;
@@ -42,6 +43,31 @@ export interface SecureRoundOptions {
     dropAfterMasking?: string[];
     /** "fedavg" additionally refuses clients of different depths. */
     method?: "layerwise" | "fedavg";
+    /** The plan carries the clients' metrics as masked coordinates (metricsTarget): the server learns only their weighted means. */
+    maskedMetrics?: boolean;
+}
+
+/**
+ * The masked metrics of a secure round, as one more matrix pair of the plan, held by every client
+ * that shared keys, in the self-mask group of the tensors outside any layer (null):
+ * lora_a = [train loss, 1 (has accuracy) or 0], lora_b = [accuracy, accuracy before] (0 without).
+ * Summed with weights p_k like the matrices, they decode to weighted means over the survivors.
+ */
+export const metricsTarget = "ppc_gpt.metrics";
+const metricsLength = 2;
+
+/** A client's metrics as the two masked vectors of metricsTarget. */
+export function metricsTensors(m: {trainLoss: number; accuracy?: number; accuracyBefore?: number}): LoraTensor[] {
+    const has = m.accuracy !== undefined ? 1 : 0;
+    return [{name: `${metricsTarget}.lora_a`, shape: [metricsLength, 1], data: new Float32Array([m.trainLoss, has])},
+        {name: `${metricsTarget}.lora_b`, shape: [metricsLength, 1], data: new Float32Array([has ? m.accuracy! : 0, has ? m.accuracyBefore ?? 0 : 0])}];
+}
+
+/** The weighted means a secure round's masked metrics decode to (accuracy: over the survivors that measured it). */
+export interface MaskedMetrics {
+    trainLoss: number;
+    accuracy?: number;
+    accuracyBefore?: number;
 }
 
 /** The self-mask group of a matrix: its base layer, or null for the tensors outside any layer. */
@@ -117,6 +143,20 @@ const rawPrivate = (k: KeyObject) => Buffer.from(k.export({format: "jwk"}).d!, "
 const privateFromRaw = (raw: Buffer, pub: Buffer) => createPrivateKey({key: {kty: "OKP", crv: "X25519", d: raw.toString("base64url"),
     x: pub.toString("base64url")}, format: "jwk"});
 
+/** The X25519 public key of a raw private key: X25519(k, 9). */
+function x25519Public(raw: Buffer): Buffer {
+    const basePoint = Buffer.alloc(32);
+    basePoint[0] = 9;
+    const priv = createPrivateKey({key: {kty: "OKP", crv: "X25519", d: raw.toString("base64url"), x: basePoint.toString("base64url")}, format: "jwk"});
+    return diffieHellman({privateKey: priv, publicKey: publicFromRaw(basePoint)});
+}
+
+/** The weighted means of the masked metrics (metricsTensors' layout), over the survivors that measured each. */
+function decodeMetrics(a: Float32Array, b: Float32Array): MaskedMetrics {
+    const has = a[1];
+    return {trainLoss: a[0], ...(has > 1e-6 ? {accuracy: b[0] / has, accuracyBefore: b[1] / has} : {})};
+}
+
 function agree(priv: KeyObject, pubRaw: Buffer): Buffer {
     return diffieHellman({privateKey: priv, publicKey: publicFromRaw(pubRaw)});
 }
@@ -129,14 +169,19 @@ export function maskStream(seed: Buffer, round: number, tensor: string, length: 
     return new Uint32Array(bytes.buffer, bytes.byteOffset, length).slice();
 }
 
-/** fix(v) = round(v·2^bits) as a uint32 lane (two's complement); refuses values beyond the range. */
-export function toFixedPoint(values: Float32Array | Float64Array, factor: number, bits: number, tensor: string): Uint32Array {
-    const scale = 2 ** bits, limit = 2 ** 31 - 1;
+/**
+ * fix(v) = round(v·2^bits) as a uint32 lane (two's complement). `summands`: how many such lanes are
+ * added mod 2^32 (the holders of the matrix); each |fix| is bounded by (2^31 - 1) / summands so their
+ * sum cannot wrap, and a value beyond that bound is an error, never a silent wrap.
+ */
+export function toFixedPoint(values: Float32Array | Float64Array, factor: number, bits: number, tensor: string, summands = 1): Uint32Array {
+    const scale = 2 ** bits, limit = Math.floor((2 ** 31 - 1) / summands);
     const out = new Uint32Array(values.length);
     for (let i = 0; i < values.length; i++) {
         const q = Math.round(factor * values[i] * scale);
         if (!(Math.abs(q) <= limit))
-            throw new RangeError(`${tensor}[${i}]: ${factor * values[i]} is beyond the fixed-point range ±${limit / scale} (fewer scaleBits would fit it)`);
+            throw new RangeError(`${tensor}[${i}]: ${factor * values[i]} is beyond the fixed-point range ±${limit / scale} of a sum over ` +
+                `${summands} holder(s) (fewer scaleBits would fit it)`);
         out[i] = q >>> 0;
     }
     return out;
@@ -177,8 +222,15 @@ export class SecureClient {
     /** Mask seeds agreed with each other client (X25519 of the s keys), computed once per round. */
     private readonly pairSeeds = new Map<string, Buffer>();
 
-    constructor(readonly participant: SecureParticipant, readonly round: number, readonly scaleBits: number) {
-        for (const t of participant.adapter.tensors) {
+    /**
+     * `metrics`: this client's metrics, sent as masked coordinates when the plan has metricsTarget
+     * (its self-mask seed is the one of the tensors outside any layer).
+     */
+    constructor(readonly participant: SecureParticipant, readonly round: number, readonly scaleBits: number,
+        metrics?: {trainLoss: number; accuracy?: number; accuracyBefore?: number}) {
+        if (metrics)
+            this.participant = {...participant, adapter: {...participant.adapter, tensors: [...participant.adapter.tensors, ...metricsTensors(metrics)]}};
+        for (const t of this.participant.adapter.tensors) {
             const group = maskGroupOf(parseLoraTensorName(t.name)?.target ?? t.name);
             if (!this.b.has(group))
                 this.b.set(group, randomBytes(32));
@@ -201,7 +253,7 @@ export class SecureClient {
         this.held.set(this.id, {s: sShares[me.x - 1], b: new Map(bShares.map(([g, sh]) => [g, sh[me.x - 1]]))});
         return roster.filter((a) => a.id !== this.id).map((a) => {
             const b: WireSeedShares = bShares.map(([g, sh]) => [g, sh[a.x - 1].y.toString(16)]);
-            const plain = Buffer.from(JSON.stringify({from: this.id, to: a.id, round: this.round, x: a.x, s: sShares[a.x - 1].y.toString(16), b}));
+            const plain = Buffer.from(JSON.stringify({v: secaggProtocol, from: this.id, to: a.id, round: this.round, x: a.x, s: sShares[a.x - 1].y.toString(16), b}));
             return {from: this.id, to: a.id, box: seal(shareKey(agree(this.c.privateKey, a.cPub), this.id, a.id), plain)};
         });
     }
@@ -212,7 +264,9 @@ export class SecureClient {
             if (!sender || m.to !== this.id)
                 throw new Error(`client ${this.id}: a share box from ${m.from} to ${m.to} is not for it`);
             const msg = JSON.parse(open(shareKey(agree(this.c.privateKey, sender.cPub), m.from, this.id), m.box).toString()) as
-                {from: string; to: string; round: number; x: number; s: string; b: WireSeedShares};
+                {v?: string; from: string; to: string; round: number; x: number; s: string; b: WireSeedShares};
+            if (msg.v !== secaggProtocol)
+                throw new Error(`client ${this.id}: a share box from ${m.from} speaks ${JSON.stringify(msg.v ?? null)}, not ${secaggProtocol}`);
             const me = this.roster.find((a) => a.id === this.id)!;
             if (msg.from !== m.from || msg.to !== this.id || msg.round !== this.round || msg.x !== me.x)
                 throw new Error(`client ${this.id}: a share box's contents do not match its envelope`);
@@ -233,7 +287,7 @@ export class SecureClient {
                 const t = mine.get(name);
                 if (!t)
                     throw new Error(`client ${this.id}: the plan lists it as a holder of ${name}, which it lacks`);
-                const y = toFixedPoint(t.data, p, this.scaleBits, name);
+                const y = toFixedPoint(t.data, p, this.scaleBits, name, target.holders.length);
                 addInto(y, maskStream(this.b.get(maskGroupOf(target.target))!, this.round, name, y.length), 1);
                 for (const j of target.holders) {
                     if (j === this.id)
@@ -411,7 +465,19 @@ export class SecureAggregationServer {
             const total = holders.reduce((s, h) => s + this.member(h).weight, 0);
             this.planned.targets.push({target, holders, p: new Map(holders.map((h) => [h, this.member(h).weight / total]))});
         }
+        const sharers = this.members.filter((m) => shared.has(m.id)).map((m) => m.id).sort();
+        if (this.options.maskedMetrics && sharers.length >= 2) {
+            const total = sharers.reduce((s, h) => s + this.member(h).weight, 0);
+            this.planned.targets.push({target: metricsTarget, holders: sharers, p: new Map(sharers.map((h) => [h, this.member(h).weight / total]))});
+        }
         return this.planned;
+    }
+
+    /** Values of a matrix of the plan (a base matrix of the previous global, or the masked metrics). */
+    lengthOf(name: string): number {
+        if (name.startsWith(`${metricsTarget}.`))
+            return metricsLength;
+        return this.previous.tensors.find((x) => x.name === name)!.data.length;
     }
 
     /** Step 3: a client's masked matrices. */
@@ -424,7 +490,7 @@ export class SecureAggregationServer {
                 continue;
             for (const part of ["a", "b"]) {
                 const name = `${t.target}.lora_${part}`;
-                const want = this.previous.tensors.find((x) => x.name === name)!.data.length;
+                const want = this.lengthOf(name);
                 if (inputs.get(name)?.length !== want)
                     throw new Error(`client ${id}: masked ${name} missing or not ${want} values`);
             }
@@ -448,11 +514,38 @@ export class SecureAggregationServer {
         return unmaskableGroups(this.plan(), this.unmaskRequest().survivors);
     }
 
-    /** Step 4: a survivor's shares; a self-mask share is accepted only for a holder of an unmaskable layer. */
+    /**
+     * Step 4: a survivor's shares; a self-mask share is accepted only for a holder of an unmaskable
+     * layer. Each share is the sender's own (x = its roster position) and each secret is shared once
+     * per sender: otherwise one client could stand in for several and rebuild a secret alone.
+     */
     submitUnmask(id: string, shares: UnmaskShares): void {
+        this.checkUnmask(id, shares);
+        this.received.push(shareBytes(shares));
+        this.unmasks.set(id, shares);
+    }
+
+    /** Whether `shares` are exactly what `id` already sent (a retried message). */
+    sameUnmask(id: string, shares: UnmaskShares): boolean {
+        const had = this.unmasks.get(id);
+        return had !== undefined && shareBytes(had).equals(shareBytes(shares));
+    }
+
+    /** submitUnmask's checks, without storing anything. */
+    checkUnmask(id: string, shares: UnmaskShares): void {
         const {survivors, dropped} = this.unmaskRequest();
         if (!survivors.includes(id))
             throw new Error(`client ${id} is not a survivor of this round`);
+        if (this.unmasks.has(id))
+            throw new Error(`client ${id} already sent its unmasking shares`);
+        const x = this.roster().find((a) => a.id === id)!.x;
+        const secrets = [...shares.b.map((b) => `b:${b.id}:${b.layer}`), ...shares.s.map((k) => `s:${k.id}`)];
+        const dup = secrets.find((k, i) => secrets.indexOf(k) !== i);
+        if (dup)
+            throw new Error(`client ${id}: two shares of one secret (${dup})`);
+        const misplaced = [...shares.b, ...shares.s].find((v) => v.share.x !== x);
+        if (misplaced)
+            throw new Error(`client ${id}: a share with x = ${misplaced.share.x} of ${misplaced.id}; its shares have x = ${x}, its roster position`);
         const open = this.unmaskable();
         for (const x of shares.b)
             if (!open.get(x.layer)?.includes(x.id))
@@ -461,8 +554,6 @@ export class SecureAggregationServer {
         for (const x of shares.s)
             if (!dropped.includes(x.id))
                 throw new Error(`client ${id}: a key share of ${x.id}, which did not drop`);
-        this.received.push(shareBytes(shares));
-        this.unmasks.set(id, shares);
     }
 
     /**
@@ -500,7 +591,7 @@ export class SecureAggregationServer {
      * The unmasked, decoded per-matrix means of the layers with at least two surviving holders (the
      * others keep their previous value); throws when fewer than `threshold` survivors answered.
      */
-    result(): {adapter: LoraAdapter; targets: TargetAggregation[]; contributors: string[]; layers: SecureLayerOutcome[]} {
+    result(): {adapter: LoraAdapter; targets: TargetAggregation[]; contributors: string[]; layers: SecureLayerOutcome[]; metrics?: MaskedMetrics} {
         const plan = this.plan();
         const {dropped} = this.unmaskRequest();
         const answered = [...this.unmasks.keys()];
@@ -526,7 +617,11 @@ export class SecureAggregationServer {
         const sKey = new Map(dropped.map((id) => {
             const adv = roster.find((a) => a.id === id)!;
             const shares = [...this.unmasks.values()].flatMap((u) => u.s.filter((x) => x.id === id).map((x) => x.share));
-            return [id, privateFromRaw(fieldToBytes(combineShares(shares, this.threshold), 32), adv.sPub)];
+            const raw = fieldToBytes(combineShares(shares, this.threshold), 32);
+            // a forged or wrong share rebuilds another key: its public key tells (X25519(k, 9) is the published s_pub)
+            if (!x25519Public(raw).equals(adv.sPub))
+                throw new Error(`the rebuilt mask key of ${id} does not match its published public key (a wrong or forged share)`);
+            return [id, privateFromRaw(raw, adv.sPub)];
         }));
         const pairSeeds = new Map<string, Buffer>();
         const droppedPairSeed = (k: string, j: string): Buffer => {
@@ -541,6 +636,7 @@ export class SecureAggregationServer {
         const prevByName = new Map(this.previous.tensors.map((t) => [t.name, t]));
         const out = new Map<string, LoraTensor>();
         const targets: TargetAggregation[] = [];
+        let metrics: MaskedMetrics | undefined;
         for (const t of plan.targets) {
             const group = maskGroupOf(t.target);
             const alive = open.get(group);
@@ -550,8 +646,7 @@ export class SecureAggregationServer {
             const pSum = alive.reduce((s, h) => s + t.p.get(h)!, 0);
             for (const part of ["a", "b"]) {
                 const name = `${t.target}.lora_${part}`;
-                const prev = prevByName.get(name)!;
-                const acc = new Uint32Array(prev.data.length);
+                const acc = new Uint32Array(this.lengthOf(name));
                 for (const h of alive) {
                     addInto(acc, this.masked.get(h)!.get(name)!, 1);
                     addInto(acc, maskStream(bSeed(h, group), round, name, acc.length), -1);
@@ -564,14 +659,18 @@ export class SecureAggregationServer {
                 const scale = 2 ** this.scaleBits;
                 for (let i = 0; i < acc.length; i++)
                     data[i] = (acc[i] | 0) / scale / pSum;
-                out.set(name, {name, shape: prev.shape, data});
+                out.set(name, {name, shape: prevByName.get(name)?.shape ?? [metricsLength, 1], data});
+            }
+            if (t.target === metricsTarget) {
+                metrics = decodeMetrics(out.get(`${metricsTarget}.lora_a`)!.data, out.get(`${metricsTarget}.lora_b`)!.data);
+                continue;
             }
             const parsed = parseLoraTensorName(`${t.target}.lora_a`)!;
             targets.push({target: t.target, layer: parsed.layer ?? null, holders: alive, weight: alive.reduce((s, h) => s + this.member(h).weight, 0)});
         }
         const contributors = [...new Set(targets.flatMap((t) => t.holders))].sort();
         return {adapter: {...this.previous, tensors: this.previous.tensors.map((t) => out.get(t.name) ?? t)}, targets, contributors,
-            layers: this.layerOutcomes()};
+            layers: this.layerOutcomes(), ...(metrics ? {metrics} : {})};
     }
 }
 
