@@ -290,7 +290,9 @@ phase is dropped from the round (its masks are removed with the others' Shamir s
 is aggregated over the clients whose masked input arrived, if at least t survivors unmask. A layer
 left with one surviving holder keeps its previous value (that client's self-mask seed for it is
 never released) while the other layers are aggregated; round-N.json 'secure.layers' says which.
-Clients need no flag: they learn it from the round. See docs/prufed.md.`)
+Clients need no flag: they learn it from the round (fl client --require-secure-aggregation refuses
+a server without it). A data dir that exists is resumed with its saved configuration: flags that
+differ from it are refused (exit 2), each difference named. See docs/prufed.md.`)
         .action(async (opts: ServerCliOptions) => {
             checkTlsFiles(opts.tlsCert, opts.tlsKey);
             if (!fs.existsSync(opts.base))
@@ -355,6 +357,7 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
 interface ClientCliOptions {
     server: string; model: string; data: string; workDir: string; localSteps: string; tokenFile?: string; r: string; loraAlpha: string;
     lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
+    requireSecureAggregation?: boolean; secaggMinClients: string; secaggMinThreshold?: string; shareMetrics?: boolean;
 }
 
 function clientCommand(): Command {
@@ -377,13 +380,20 @@ function clientCommand(): Command {
         .option("--held-out <share>", "share of the items held out for accuracy", "0.25")
         .option("--seed <n>", "seed of the local split and training", "42")
         .option("--threads <n>", "CPU threads of training and evaluation")
+        .option("--require-secure-aggregation", "refuse a server or round without secure aggregation (exit 1, nothing uploaded)")
+        .option("--secagg-min-clients <n>", "secure rounds: smallest roster this client takes part in", "3")
+        .option("--secagg-min-threshold <t>", "secure rounds: a threshold to require on top of max(2, floor(n/2) + 1) (raises it, never lowers it)")
+        .option("--share-metrics", "secure rounds: send train loss and accuracy in the clear too (default: only masked; the server learns weighted means)")
         .option("--json", "events as JSON lines on stdout, the result last")
         .addHelpText("after", `
 The token is never an argument: PPC_GPT_TOKEN=... or --token-file. The client's id is the token's
 name. Restart the same command after a crash: it re-registers and resumes the open round.
 Against 'fl server --secure-aggregation' it sends its update only masked (keys, sealed shares,
 masked matrices, unmasking shares; docs/prufed.md); killed mid secure round, it is dropped from
-that round and takes part again from the next.
+that round and takes part again from the next. Before releasing anything in a secure round it
+checks what the server sent (its own keys in the roster, threshold >= max(2, floor(n/2) + 1), a
+roster of at least --secagg-min-clients, a survivor set of at least t that includes it, share boxes
+from at least t - 1 others, one unmask answer per round) and stops with an error otherwise.
 
 Examples:
   PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\
@@ -414,6 +424,11 @@ Examples:
                     maxInputLength: int(opts.maxInputLength, "--max-input-length"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
+                requireSecure: Boolean(opts.requireSecureAggregation),
+                securePolicy: {minClients: parseNumber(opts.secaggMinClients, "--secagg-min-clients", (x) => Number.isInteger(x) && x >= 2, "an integer >= 2"),
+                    ...(opts.secaggMinThreshold !== undefined ? {minThreshold: parseNumber(opts.secaggMinThreshold, "--secagg-min-threshold",
+                        (x) => Number.isInteger(x) && x >= 2, "an integer >= 2")} : {})},
+                shareMetrics: Boolean(opts.shareMetrics),
                 onEvent: (e) => {
                     registered = true;
                     if (json)

@@ -144,7 +144,14 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
     for (const s of summaries) {
         t.true(s.aggregated, s.note);
         t.is(s.secure!.threshold, 2);
-        t.true(s.clients.every((c) => c.metrics.accuracy !== undefined && c.metrics.bytesUp! > 0));
+        // per-client loss and accuracy never travel in the clear: the server learns their weighted means over the contributors
+        t.true(s.clients.every((c) => c.metrics.accuracy === undefined && c.metrics.trainLoss === undefined && c.metrics.bytesUp! > 0));
+        const local = s.secure!.contributors.map((id) => JSON.parse(fs.readFileSync(path.join(dir, id, `round-${s.round}.done.json`), "utf8")) as
+            {trainLoss: number; accuracy: number; accuracyBefore: number});
+        const mean = (f: (m: typeof local[number]) => number) => local.reduce((x, m) => x + f(m), 0) / local.length;
+        t.true(Math.abs(s.secure!.maskedMetrics!.trainLoss - mean((m) => m.trainLoss)) < 1e-5, JSON.stringify(s.secure!.maskedMetrics));
+        t.true(Math.abs(s.secure!.maskedMetrics!.accuracy! - mean((m) => m.accuracy)) < 1e-5);
+        t.true(Math.abs(s.secure!.maskedMetrics!.accuracyBefore! - mean((m) => m.accuracyBefore)) < 1e-5);
     }
     t.false(fs.existsSync(path.join(dataDir, "uploads")), "a secure round stores no upload");
     t.deepEqual(fs.existsSync(path.join(dataDir, "secagg")) ? fs.readdirSync(path.join(dataDir, "secagg")) : [], [], "journals are removed when a round closes");

@@ -14,10 +14,13 @@ import {readLoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
-import {flRoutes, metricsHeader, roundRoute, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus, type SharesAnswer,
-    type UnmaskAnswer} from "./http-protocol.js";
+import {writeJsonDurable} from "../../durable-file.js";
+import {flProtocol, flRoutes, metricsHeader, roundRoute, secaggVersionHeader, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus,
+    type SharesAnswer, type UnmaskAnswer} from "./http-protocol.js";
 import {modelLayerShapes, toBaseNumbering} from "./align.js";
 import {SecureClient, type MaskPlan} from "./secure.js";
+import {checkRoster, checkSecaggVersion, checkShareBoxes, checkUnmaskOnce, checkUnmaskRequest, defaultSecurePolicy, secaggProtocol,
+    SecureRoundRefused, type SecureClientPolicy, type UnmaskRecord} from "./secure-checks.js";
 
 export interface FlClientOptions {
     server: string;
@@ -36,6 +39,12 @@ export interface FlClientOptions {
     waitSeconds?: number;
     onEvent?: (e: Record<string, unknown>) => void;
     signal?: AbortSignal;
+    /** Refuse a server or round without secure aggregation (nothing is uploaded). */
+    requireSecure?: boolean;
+    /** What this client requires of a secure round's roster and threshold (secure-checks.ts; default: at least 3 members). */
+    securePolicy?: SecureClientPolicy;
+    /** Secure rounds: send the train loss and accuracies in the clear too (default: only as masked coordinates). */
+    shareMetrics?: boolean;
 }
 
 export interface FlClientRound {
@@ -100,7 +109,13 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
             tensors: modelLayerShapes(gguf)})});
     if (!reg.ok)
         await failed(reg, "registration");
-    const regBody = await reg.json() as {id: string; rejoined: boolean};
+    const regBody = await reg.json() as {id: string; rejoined: boolean; protocol?: string; secure_aggregation?: boolean; secagg_protocol?: string};
+    if (regBody.protocol !== flProtocol)
+        throw new FederatedError(`${base} speaks PruFed protocol ${JSON.stringify(regBody.protocol ?? null)}; this client speaks ${flProtocol}`);
+    if (regBody.secure_aggregation)
+        checkSecaggVersion(regBody.secagg_protocol, base);
+    else if (o.requireSecure)
+        throw new SecureRoundRefused(`${base} does not use secure aggregation; --require-secure-aggregation refuses to send it an update`);
     emit({event: "registered", id: regBody.id, rejoined: regBody.rejoined, layers, train: train.length, held_out: heldOut.length});
 
     const rounds: FlClientRound[] = [];
@@ -119,6 +134,8 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
             continue;
         }
         const n = cur.round;
+        if (o.requireSecure && !cur.secure_aggregation)
+            throw new SecureRoundRefused(`round ${n} is not a secure round; --require-secure-aggregation refuses to send it an update`);
         const started = performance.now();
         const upload = path.join(o.workDir, `round-${n}.gguf`);
         const doneFile = path.join(o.workDir, `round-${n}.done.json`);
@@ -156,7 +173,8 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
         if (cur.secure_aggregation) {
             // the server follows secure aggregation: the update leaves this process only masked
             const secure = await secureRound({call, failed, emit, id: regBody.id, round: n, layers, weight: train.length, upload, metrics,
-                scaleBits: cur.secure?.scale_bits ?? 20, waitSeconds: o.waitSeconds ?? 20});
+                scaleBits: cur.secure?.scale_bits ?? 20, waitSeconds: o.waitSeconds ?? 20, workDir: o.workDir, policy: o.securePolicy ?? defaultSecurePolicy,
+                shareMetrics: o.shareMetrics ?? false, local: result});
             const round: FlClientRound = {...result, bytesUp: secure.bytesUp, accepted: secure.accepted, ...(secure.error ? {error: secure.error} : {})};
             rounds.push(round);
             emit({event: secure.accepted ? "uploaded" : "upload_refused", secure: true, ...round});
@@ -175,17 +193,31 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
 
 type Call = (route: string, init?: RequestInit, retry?: boolean) => Promise<Response>;
 
+/** W/round-N.secagg-unmask.json: the unmask answer this client gave in round N (written before it leaves). */
+const unmaskRecordFile = (workDir: string, round: number) => path.join(workDir, `round-${round}.secagg-unmask.json`);
+
+function readUnmaskRecord(workDir: string, round: number): UnmaskRecord | undefined {
+    const file = unmaskRecordFile(workDir, round);
+    return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, "utf8")) as UnmaskRecord : undefined;
+}
+
 /**
  * This client's side of a secure round (docs/prufed.md "Secure aggregation over HTTP"): keys,
  * sealed shares, masked matrices, unmasking shares, each phase's answer long-polled. Its keys and the
  * shares it holds live in this process only: killed, it is dropped from the round (the others'
- * shares remove its masks) and takes part again from the next round.
+ * shares remove its masks) and takes part again from the next round. What the server sends is
+ * checked before anything is released (secure-checks.ts); a check that fails throws
+ * SecureRoundRefused and nothing more is sent.
  */
 async function secureRound(o: {call: Call; failed: (res: Response, what: string) => Promise<never>; emit: (e: Record<string, unknown>) => void;
     id: string; round: number; layers: number[]; weight: number; upload: string; metrics: Record<string, number | undefined>; scaleBits: number;
-    waitSeconds: number}): Promise<{accepted: boolean; bytesUp: number; error?: string}> {
+    waitSeconds: number; workDir: string; policy: SecureClientPolicy; shareMetrics: boolean;
+    local: {trainLoss: number; accuracy?: number; accuracyBefore?: number}}): Promise<{accepted: boolean; bytesUp: number; error?: string}> {
     const n = o.round;
-    const json = {"content-type": "application/json"};
+    checkUnmaskOnce(readUnmaskRecord(o.workDir, n), o.id, n);
+    const version = {[secaggVersionHeader]: secaggProtocol};
+    const json = {"content-type": "application/json", ...version};
+    const checkVersion = (res: Response) => checkSecaggVersion(res.headers.get(secaggVersionHeader), `the server's answer on round ${n}`);
     /** A refusal that takes this client out of the round (dropped, phase over, round closed): not an error of the client. */
     const outOfRound = async (res: Response): Promise<string | undefined> => {
         if (res.status !== 409 && res.status !== 410 && res.status !== 403)
@@ -196,6 +228,7 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     const send = async (route: string, init: RequestInit, what: string): Promise<string | undefined> => {
         const res = await o.call(roundRoute(route, n), init);
         if (res.ok) {
+            checkVersion(res);
             await res.arrayBuffer();
             return undefined;
         }
@@ -203,9 +236,10 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     };
     const poll = async <T>(route: string, what: string): Promise<T | string> => {
         for (;;) {
-            const res = await o.call(`${roundRoute(route, n)}?wait=${o.waitSeconds}`);
+            const res = await o.call(`${roundRoute(route, n)}?wait=${o.waitSeconds}`, {headers: version});
             if (!res.ok)
                 return (await outOfRound(res)) ?? await o.failed(res, `round ${n} ${what}`);
+            checkVersion(res);
             const body = await res.json() as T | NotReady;
             if ((body as {ready: boolean}).ready)
                 return body as T;
@@ -216,7 +250,8 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
         return {accepted: false, bytesUp, error};
     };
     const adapter = toBaseNumbering(await readLoraAdapter(o.upload), o.layers);
-    const client = new SecureClient({id: o.id, weight: o.weight, layerMap: o.layers, adapter}, n, o.scaleBits);
+    // the loss and accuracies travel as masked coordinates: the server learns only their weighted means
+    const client = new SecureClient({id: o.id, weight: o.weight, layerMap: o.layers, adapter}, n, o.scaleBits, o.local);
     const keys = client.advertise();
     let refused = await send(flRoutes.secaggKeys, {method: "POST", headers: json,
         body: JSON.stringify({c_pub: keys.cPub.toString("base64"), s_pub: keys.sPub.toString("base64")})}, "keys");
@@ -226,8 +261,9 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     const roster = await poll<RosterAnswer>(flRoutes.secaggRoster, "roster");
     if (typeof roster === "string")
         return out(roster);
-    const boxes = client.shareKeys(roster.roster.map((a) => ({id: a.id, x: a.x, cPub: Buffer.from(a.c_pub, "base64"), sPub: Buffer.from(a.s_pub, "base64")})),
-        roster.threshold);
+    const members = roster.roster.map((a) => ({id: a.id, x: a.x, cPub: Buffer.from(a.c_pub, "base64"), sPub: Buffer.from(a.s_pub, "base64")}));
+    checkRoster(members, keys, roster.threshold, o.policy);
+    const boxes = client.shareKeys(members, roster.threshold);
     refused = await send(flRoutes.secaggShares, {method: "POST", headers: json,
         body: JSON.stringify({boxes: boxes.map((b) => ({to: b.to, box: b.box.toString("base64")}))})}, "shares");
     if (refused)
@@ -236,26 +272,29 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     const shares = await poll<SharesAnswer>(flRoutes.secaggShares, "shares");
     if (typeof shares === "string")
         return out(shares);
+    checkShareBoxes(shares.boxes.map((b) => b.from), members, o.id, roster.threshold);
     client.acceptShares(shares.boxes.map((b) => ({from: b.from, to: o.id, box: Buffer.from(b.box, "base64")})));
     const plan: MaskPlan = {targets: shares.targets.map((t) => ({target: t.target, holders: t.holders, p: new Map(t.holders.map((h, i) => [h, t.p[i]]))}))};
     const masked = client.maskedInput(plan);
     // plan order, lora_a then lora_b: the layout the server expects (secure-host.ts maskedLayout)
     const lanes = plan.targets.filter((t) => t.holders.includes(o.id)).flatMap((t) => ["a", "b"].map((part) => masked.get(`${t.target}.lora_${part}`)!));
     const body = Buffer.concat(lanes.map((y) => Buffer.from(y.buffer, y.byteOffset, y.byteLength)));
-    refused = await send(flRoutes.secaggMasked, {method: "PUT", body, headers: {"content-type": "application/octet-stream",
-        [metricsHeader]: JSON.stringify({...o.metrics, bytes_up: body.length})}}, "masked input");
+    // in the clear only what the server sees anyway (sizes, time), unless --share-metrics
+    const clear = o.shareMetrics ? o.metrics : {bytes_down: o.metrics.bytes_down, seconds: o.metrics.seconds};
+    refused = await send(flRoutes.secaggMasked, {method: "PUT", body, headers: {"content-type": "application/octet-stream", ...version,
+        [metricsHeader]: JSON.stringify({...clear, bytes_up: body.length})}}, "masked input");
     if (refused)
         return out(refused);
     o.emit({event: "secagg_masked", round: n, bytes: body.length, matrices: lanes.length});
     const request = await poll<UnmaskAnswer>(flRoutes.secaggUnmask, "unmasking request");
     if (typeof request === "string")
         return out(request, body.length);
-    let answer;
-    try {
-        answer = client.unmaskShares(plan, request.survivors, request.dropped);
-    } catch (err) {
-        return out((err as Error).message, body.length);
-    }
+    checkUnmaskRequest(request, members, o.id, roster.threshold);
+    checkUnmaskOnce(readUnmaskRecord(o.workDir, n), o.id, n);
+    const answer = client.unmaskShares(plan, request.survivors, request.dropped);
+    // recorded before the answer leaves: a restarted client (or a server asking again) gets no second answer
+    await writeJsonDurable(unmaskRecordFile(o.workDir, n), {protocol: secaggProtocol, round: n, survivors: request.survivors,
+        dropped: request.dropped} satisfies UnmaskRecord);
     refused = await send(flRoutes.secaggUnmask, {method: "POST", headers: json, body: JSON.stringify(unmaskToWire(answer))}, "unmasking shares");
     if (refused)
         return out(refused, body.length);
