@@ -17,7 +17,7 @@ import {readLoraAdapter} from "../../../ts/train/adapter.js";
 import {toBaseNumbering} from "../../../ts/federated/prufed/align.js";
 import {recomputeRound, roundFile, type RoundSummary} from "../../../ts/federated/prufed/rounds.js";
 import {toFixedPoint} from "../../../ts/federated/prufed/secure.js";
-import type {UnmaskBody} from "../../../ts/federated/prufed/http-protocol.js";
+import {secaggProtocol, secaggVersionHeader, type UnmaskBody} from "../../../ts/federated/prufed/http-protocol.js";
 import {copyTask} from "../../../scripts/prufed/copy-task.js";
 import {makeToken} from "../server-process.js";
 import {decodeHttpMessages, RecordingProxy} from "../client-helpers.js";
@@ -242,13 +242,15 @@ test.serial("secure rounds over HTTP: masks recovered after kills before and aft
     const round1 = unmaskBodies(1);
     t.is(round1.length, 2, "a and c sent their unmasking shares in round 1");
     for (const u of round1) {
-        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-d4:0", "a-d4:2", "c-d2:0", "c-d2:2"]);
+        // null: the group of the masked metrics, held by every sharer
+        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-d4:0", "a-d4:2", "a-d4:null", "c-d2:0", "c-d2:2", "c-d2:null"]);
         t.deepEqual(u.s.map((x) => x.id), ["b-d3"]);
     }
     const round2 = unmaskBodies(2);
     t.is(round2.length, 2, "a and b sent their unmasking shares in round 2");
     for (const u of round2)
-        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-d4:0", "a-d4:2", "a-d4:3", "b-d3:0", "b-d3:2", "b-d3:3", "c-d2:0", "c-d2:2"]);
+        t.deepEqual(u.b.map((x) => `${x.id}:${x.layer}`).sort(), ["a-d4:0", "a-d4:2", "a-d4:3", "a-d4:null", "b-d3:0", "b-d3:2", "b-d3:3",
+            "b-d3:null", "c-d2:0", "c-d2:2", "c-d2:null"]);
 });
 
 test.serial("secure rounds refuse plain uploads, late keys and malformed shares; a round below the threshold is closed unaggregated", async (t) => {
@@ -261,7 +263,7 @@ test.serial("secure rounds refuse plain uploads, late keys and malformed shares;
         "--secagg-phase-timeout", "2"]);
     const call = (who: keyof typeof tokens, route: string, init: RequestInit = {}) =>
         fetch(`${server.url}${route}`, {...init, headers: {authorization: `Bearer ${tokens[who]}`, "content-type": "application/json",
-            ...(init.headers as Record<string, string> ?? {})}});
+            [secaggVersionHeader]: secaggProtocol, ...(init.headers as Record<string, string> ?? {})}});
     for (const who of ["x", "y", "z"] as const)
         t.is((await call(who, "/v1/fl/clients", {method: "POST", body: JSON.stringify({original_layers: [0, 2], weight: 10, r: 4, lora_alpha: 8})})).status, 201);
     const cur = await (await call("x", "/v1/fl/rounds/current?wait=10")).json() as Record<string, any>;
