@@ -18,6 +18,8 @@ import {flRoutes, metricsHeader, roundRoute, unmaskToWire, type NotReady, type R
     type UnmaskAnswer} from "./http-protocol.js";
 import {modelLayerShapes, toBaseNumbering} from "./align.js";
 import {SecureClient, type MaskPlan} from "./secure.js";
+import {makePrivateDir} from "../private-dir.js";
+import {checkServerName, roundNumberPattern} from "../http-wire.js";
 
 export interface FlClientOptions {
     server: string;
@@ -36,6 +38,8 @@ export interface FlClientOptions {
     waitSeconds?: number;
     onEvent?: (e: Record<string, unknown>) => void;
     signal?: AbortSignal;
+    /** Allow plain http:// to a host off loopback. */
+    insecure?: boolean;
 }
 
 export interface FlClientRound {
@@ -61,7 +65,7 @@ export function splitLocal(items: TaskItem[], share: number, seed: number): {tra
 
 export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClientRound[]; completed: number}> {
     const emit = o.onEvent ?? (() => {});
-    const base = serverBase(o.server);
+    const base = serverBase(o.server, {insecure: o.insecure});
     const auth = {authorization: `Bearer ${o.token}`};
     const call = async (route: string, init: RequestInit = {}, retry = true): Promise<Response> => {
         for (let attempt = 0; ; attempt++) {
@@ -93,7 +97,7 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
     const {train, heldOut} = splitLocal(items, o.heldOutShare ?? 0.25, seed);
     if (train.length === 0)
         throw new FederatedError(`${o.data}: no training items left after holding out ${heldOut.length}`);
-    await fs.promises.mkdir(o.workDir, {recursive: true});
+    makePrivateDir(o.workDir);
 
     const reg = await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
         body: JSON.stringify({original_layers: layers, weight: train.length, r: o.r, lora_alpha: o.loraAlpha,
@@ -118,7 +122,8 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
             await sleep(50);
             continue;
         }
-        const n = cur.round;
+        // the round number goes into file names: a number, nothing else
+        const n = Number(checkServerName(String(cur.round), roundNumberPattern, "the round number"));
         const started = performance.now();
         const upload = path.join(o.workDir, `round-${n}.gguf`);
         const doneFile = path.join(o.workDir, `round-${n}.done.json`);
