@@ -5,7 +5,7 @@ import {datasetNames, type DatasetName} from "../data/loaders/index.js";
 import {loadPrivateData, type PrivateDataOptions} from "../federated/client/data.js";
 import {finishModel, type FinishReport} from "../federated/client/finish.js";
 import {ClientFlow, fetchModel, waitForJob, type ClientEvent, type ClientSettings, type RunSummary} from "../federated/client/flow.js";
-import {FederatedClient, readToken, type TrafficCounters} from "../federated/client/http.js";
+import {FederatedClient, FederatedError, readToken, type TrafficCounters} from "../federated/client/http.js";
 import {jobSpecSchema, jobStrategies, privacyMechanisms, tokenEnvVar, type JobSpec, type JobStatus, type PrivacyMechanism} from "../federated/protocol.js";
 import {formatBytes, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 
@@ -34,6 +34,7 @@ function addServerOptions(cmd: Command): Command {
         .option("--server <url>", "server URL, e.g. http://127.0.0.1:8080 (https:// for TLS; NODE_EXTRA_CA_CERTS=ca.pem trusts a private CA)")
         .option("--token-file <file>", `file whose first line is the bearer token (default: $${tokenEnvVar})`)
         .addOption(new Option("--token <token>").hideHelp())
+        .option("--insecure", "allow plain http:// to a server on another machine (the token and items cross unencrypted)")
         .option("--json", "print JSON (progress and events as JSON lines on stderr)");
 }
 
@@ -178,7 +179,16 @@ function connect(o: Opts, traffic?: TrafficCounters): FederatedClient {
     } catch (err) {
         throw new UsageError((err as Error).message);
     }
-    return new FederatedClient({server: o.server, token, traffic});
+    return clientFor(o, token, traffic);
+}
+
+/** The client of --server; http:// to another machine without --insecure is a usage error. */
+function clientFor(o: Opts, token: string, traffic?: TrafficCounters): FederatedClient {
+    try {
+        return new FederatedClient({server: String(o.server), token, traffic, insecure: Boolean(o.insecure)});
+    } catch (err) {
+        throw err instanceof FederatedError ? new UsageError(err.message) : err;
+    }
 }
 
 /** Prints client events: progress bars and status lines on a TTY, JSON lines on stderr with --json. */
@@ -334,7 +344,7 @@ Examples:
         .action(async (o: Opts) => {
             if (typeof o.server !== "string")
                 throw new UsageError("--server <url> is required");
-            const info = await new FederatedClient({server: o.server, token: ""}).info();
+            const info = await clientFor(o, "").info();
             if (o.json)
                 return printJson(info);
             process.stdout.write(kv([

@@ -7,7 +7,8 @@ import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type Sim
 import {aliasedOption, checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
 import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
 import type {FlServerEvent} from "../federated/prufed/http-server.js";
-import {readToken} from "../federated/client/http.js";
+import {FederatedError, readToken, serverBase} from "../federated/client/http.js";
+import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
 
 interface SimulateCliOptions {
     base: string;
@@ -237,7 +238,7 @@ export function flCommand(): Command {
 the aggregation rules (layerwise, fedavg, flexlora) and secure aggregation.`);
 }
 
-interface ServerCliOptions {
+interface ServerCliOptions extends HttpLimitCliOptions {
     base: string; rounds: string; clientsPerRound?: string; minClients?: string; roundTimeout?: string; aggregation: AggregationMethod;
     dataDir: string; seed: string; r: string; loraAlpha: string; targetModules?: string; clipNorm?: string; maxUploadMb: string;
     host: string; port: string; tlsCert?: string; tlsKey?: string; plot?: string; json?: boolean; linger: string;
@@ -245,7 +246,7 @@ interface ServerCliOptions {
 }
 
 function serverCommand(): Command {
-    return new Command("server")
+    return addHttpLimitOptions(new Command("server"))
         .exitOverride()
         .description("serve PruFed rounds over HTTP: clients of different depths register, train locally, upload; the server aggregates by base layer")
         .requiredOption("--base <model.gguf>", "full-depth base model the clients' models were cut from")
@@ -314,8 +315,9 @@ differ from it are refused (exit 2), each difference named. See docs/prufed.md.`
             checkOutputFolder(opts.plot, "--plot");
             // loaded here: a client process never loads the server (Fastify)
             const {ConfigMismatch, startFlServer} = await import("../federated/prufed/http-server.js");
-            const server = await startFlServer({
-                dataDir: opts.dataDir, host: opts.host, port, plot: opts.plot,
+            const limits = httpLimitsOf(opts);
+            const server = await startRefusingCleartext(() => startFlServer({
+                dataDir: opts.dataDir, host: opts.host, port, plot: opts.plot, insecure: Boolean(opts.insecure), limits,
                 ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
                 config: {
                     base: path.resolve(opts.base), aggregation: opts.aggregation, rounds: int(opts.rounds, "--rounds"),
@@ -332,7 +334,7 @@ differ from it are refused (exit 2), each difference named. See docs/prufed.md.`
                         ...(opts.secaggThreshold !== undefined ? {secaggThreshold: int(opts.secaggThreshold, "--secagg-threshold")} : {})} : {}),
                 },
                 onEvent: emit,
-            }).catch((err) => {
+            })).catch((err) => {
                 // flags that contradict the data dir's saved configuration are a usage error (exit 2)
                 throw err instanceof ConfigMismatch ? new UsageError(err.message) : err;
             });
@@ -358,6 +360,7 @@ interface ClientCliOptions {
     server: string; model: string; data: string; workDir: string; localSteps: string; tokenFile?: string; r: string; loraAlpha: string;
     lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
     requireSecureAggregation?: boolean; secaggMinClients: string; secaggMinThreshold?: string; shareMetrics?: boolean;
+    insecure?: boolean;
 }
 
 function clientCommand(): Command {
@@ -369,6 +372,7 @@ function clientCommand(): Command {
         .requiredOption("--data <items.jsonl>", "private task items; --held-out of them measure accuracy, the rest train")
         .requiredOption("--work-dir <dir>", "round-N-start.gguf (received), round-N.gguf (uploaded), round-N.done.json (metrics)")
         .option("--token-file <file>", "bearer token (first line); default: the PPC_GPT_TOKEN environment variable")
+        .option("--insecure", "allow plain http:// to a server on another machine (the token and updates cross unencrypted)")
         .option("--local-steps <n>", "optimizer steps of local training per round (E)", "4")
         .option("--r <n>", "LoRA rank (must match the server's unless flexlora)", "8")
         .option("--lora-alpha <a>", "LoRA alpha", "16")
@@ -403,6 +407,11 @@ Examples:
             for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"]] as const)
                 if (!fs.existsSync(f))
                     throw new UsageError(`${name} ${f} does not exist`);
+            try {
+                serverBase(opts.server, {insecure: opts.insecure});
+            } catch (err) {
+                throw err instanceof FederatedError ? new UsageError(err.message) : err;
+            }
             const token = readToken(opts.tokenFile);
             const json = Boolean(opts.json);
             const {runFlClient} = await import("../federated/prufed/http-client.js");
@@ -414,7 +423,7 @@ Examples:
                         : `ppc-gpt fl client: no answer from ${opts.server} yet; a server that cannot be reached is retried for up to a minute\n`);
             }, 5000);
             const result = await runFlClient({
-                server: opts.server, token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
+                server: opts.server, insecure: Boolean(opts.insecure), token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
                 r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
                 heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),

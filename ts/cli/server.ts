@@ -8,8 +8,9 @@ import {queueDefaults, type QueueSettings} from "../federated/distributed.js";
 import {createToken} from "../federated/tokens.js";
 import {checkGgufFile} from "./model-options.js";
 import {checkTlsFiles, parseNumber, printJson, table, UsageError} from "./output.js";
+import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
 
-interface ServerCliOptions {
+interface ServerCliOptions extends HttpLimitCliOptions {
     host: string;
     port: string;
     dataDir?: string;
@@ -184,7 +185,8 @@ export function serverCommand(): Command {
         .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
         .option("--checkpoint-every <n>", "training checkpoint interval in steps (a kill loses at most this many)", String(serverDefaults.checkpointEvery))
         .option("--synth-max-tokens <n>", "token limit of every generator reply (default 1024 for questions and answers, 512 for rationales)")
-        .option("--json", "print the listening URL as a JSON line")
+        .option("--json", "print the listening URL as a JSON line");
+    addHttpLimitOptions(cmd)
         .addHelpText("after", `
 The server holds the source model and the generator, takes jobs from clients (perturbed questions
 and choices, never answers), and runs each job through synth -> bi -> prune -> train -> merge.
@@ -216,8 +218,10 @@ Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
             const generator = generatorConfig(opts, threads);
             if (opts.generatorModel !== undefined)
                 await checkGgufFile(opts.generatorModel, "--generator-model");
-            const server = await startFederatedServer({
-                dataDir, model: opts.model, generator, host: opts.host, port,
+            const limits = httpLimitsOf(opts);
+            const model = opts.model;
+            const server = await startRefusingCleartext(() => startFederatedServer({
+                dataDir, model, generator, host: opts.host, port, insecure: Boolean(opts.insecure), limits,
                 ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
                 maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
                 maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1),
@@ -225,7 +229,7 @@ Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
                 ...(opts.store !== undefined ? {store: postgresUrl(opts.store), queue: queueOptions(opts)} : {}),
                 threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
                 synthMaxTokens: opts.synthMaxTokens === undefined ? undefined : int(opts.synthMaxTokens, "--synth-max-tokens", 16),
-            });
+            }));
             if (opts.json)
                 process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, model: server.info.model,
                     perturbation_kit: server.info.perturbation_kit}) + "\n");

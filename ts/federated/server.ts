@@ -11,7 +11,9 @@ import type {Generator} from "../synth/generator.js";
 import {createRemoteGenerator} from "../synth/remote.js";
 import {ArtifactStore, hashFile, type ArtifactRef} from "./artifacts.js";
 import {sendStoredFile} from "./download.js";
-import {createProtocolApp, HttpError} from "./http-common.js";
+import {checkCleartextListen, createProtocolApp, HttpError, httpLimitDefaults, openEventStream, TokenSessions, type HttpLimits} from "./http-common.js";
+import {sanitizeMessage} from "./http-wire.js";
+import {makePrivateDir} from "./private-dir.js";
 import {finalModel, type PipelineEnv} from "./pipeline.js";
 import {
     epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobStatusSchema,
@@ -44,6 +46,10 @@ export interface FederatedServerOptions {
     /** 0 picks a free port. */
     port?: number;
     tls?: {cert: string; key: string};
+    /** Serve plain HTTP on an address off loopback (a warning is logged); without it, such a host needs tls. */
+    insecure?: boolean;
+    /** JSON body, timeout, stream and rate limits (http-common.ts httpLimitDefaults). */
+    limits?: Partial<HttpLimits>;
     /** Largest request body, after gzip decompression (default 32 MiB). */
     maxBodyBytes?: number;
     maxItemsPerJob?: number;
@@ -177,7 +183,10 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const maxActive = options.maxConcurrentJobsPerClient ?? serverDefaults.maxConcurrentJobsPerClient;
     if (!fs.existsSync(options.model))
         throw new Error(`source model ${options.model} does not exist`);
+    checkCleartextListen(options.host ?? serverDefaults.host, Boolean(options.tls), Boolean(options.insecure), log);
+    const limits = {...httpLimitDefaults, ...options.limits};
     const dataDir = path.resolve(options.dataDir);
+    makePrivateDir(dataDir);
     const distributed = isPostgresUrl(options.store);
     // with PostgreSQL, fronts and workers share the directory by design: no claim on it
     const release = distributed ? () => {} : claimDataDir(dataDir);
@@ -221,7 +230,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     };
 
     const app = await createProtocolApp({
-        bodyLimit: maxBodyBytes, tls: options.tls, store, openapiRoute: routes.openapi, publicRoutes: [routes.info], log,
+        bodyLimit: maxBodyBytes, uploadRoutes: [routes.jobs], limits, tls: options.tls, store, openapiRoute: routes.openapi, publicRoutes: [routes.info], log,
         api: {title: "ppc-gpt federated server", version: protocolVersion,
             description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
     });
@@ -248,7 +257,9 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 const s = byName(name)!;
                 return {name, status: s.status, started_at: s.started_at, finished_at: s.finished_at, seconds: s.seconds};
             }),
-            items: job.items, spec: job.spec, created_at: job.created_at, updated_at: job.updated_at, error: job.error,
+            items: job.items, spec: job.spec, created_at: job.created_at, updated_at: job.updated_at,
+            // a stage's error may name server paths or the generator's address: not the client's business
+            error: job.error === null ? null : sanitizeMessage(job.error),
             synth: synthCounts ? {accepted: synthCounts.accepted, rejected: synthCounts.rejected} : null,
             bi_report: byName("bi")?.status === "done" ? byName("bi")!.result as Record<string, unknown> : null,
             plan: prune?.status === "done" ? (prune.result as {plan: Record<string, unknown>}).plan : null,
@@ -398,35 +409,30 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     }
     const startedAt = new Date().toISOString();
 
-    // open event streams, ended when the server stops (they would otherwise hold it open)
+    // open event streams, ended when the server stops (they would otherwise hold it open) and when their token is revoked
     const openStreams = new Set<() => void>();
+    const sessions = new TokenSessions(store, limits.maxStreamsPerToken);
     function streamEvents(request: FastifyRequest, reply: FastifyReply, id: string): void {
+        const holder = {finish: () => {}};
+        const release = sessions.enter(request.client!, () => holder.finish());
         reply.hijack();
-        const res = reply.raw;
-        res.writeHead(200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive",
-            "x-accel-buffering": "no"});
-        let closed = false;
-        const send = (event: string, data: unknown) => {
-            if (!closed)
-                res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-        };
-        const finish = () => {
-            if (closed)
-                return;
-            closed = true;
+        const stream = openEventStream(reply.raw, () => {
             openStreams.delete(finish);
             scheduler.off("change", onChange);
             scheduler.off("progress", onProgress);
-            clearInterval(ping);
-            res.end();
-        };
+            release();
+        });
+        const send = (event: string, data: unknown) => stream.send(event, data);
+        const finish = () => stream.end();
+        holder.finish = finish;
+        const closedNow = () => stream.ended;
         // one status read at a time, in order
         let reading: Promise<void> = Promise.resolve();
         const onChange = (jobId: string) => {
             if (jobId !== id)
                 return;
             reading = reading.then(async () => {
-                if (closed)
+                if (closedNow())
                     return;
                 const job = await store.job(id);
                 if (!job)
@@ -443,11 +449,6 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             if (jobId === id)
                 send(eventNames.progress, p);
         };
-        const ping = setInterval(() => {
-            if (!closed)
-                res.write(": ping\n\n");
-        }, 15_000);
-        request.raw.on("close", finish);
         openStreams.add(finish);
         scheduler.on("change", onChange);
         scheduler.on("progress", onProgress);
@@ -467,6 +468,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         close() {
             closing ??= (async () => {
                 await scheduler.close();
+                sessions.close();
                 for (const finish of [...openStreams])
                     finish();
                 await app.close();

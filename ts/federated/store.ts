@@ -7,6 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "libsql";
 import {stageNames, type FilledJobSpec, type JobState, type StageName, type StageState} from "./protocol.js";
+import {makePrivateDir} from "./private-dir.js";
 
 export interface TokenRecord {
     id: string;
@@ -174,7 +175,7 @@ export class SqliteJobStore implements JobStore {
 
     /** Opens (creating if needed) `<dataDir>/store.db`. */
     static open(dataDir: string): SqliteJobStore {
-        fs.mkdirSync(dataDir, {recursive: true});
+        makePrivateDir(dataDir);
         const file = path.join(dataDir, "store.db");
         let db: Database.Database;
         try {

@@ -221,38 +221,70 @@ async function readEventStream(res: Response): Promise<[string, any][]> {
     return out;
 }
 
-test.serial("GET /v1/fl/events streams the events fl server --json prints and ends after finished", async (t) => {
+test.serial("GET /v1/fl/events streams to registered clients the events fl server --json prints, as far as they are theirs, and ends after finished", async (t) => {
     const dir = tempDir(t);
     const {base} = await models(dir);
     const dataDir = path.join(dir, "server");
     fs.mkdirSync(dataDir);
     const token = await makeToken(dataDir, "solo");
-    const server = await startServer(t, base, dataDir, ["--rounds", "1", "--clients-per-round", "1", "--round-timeout", "60"]);
-    const call = (route: string, init: RequestInit = {}) =>
-        fetch(`${server.url}${route}`, {...init, headers: {authorization: `Bearer ${token}`, ...(init.headers as Record<string, string> ?? {})}});
+    const otherToken = await makeToken(dataDir, "other");
+    const server = await startServer(t, base, dataDir, ["--rounds", "1", "--clients-per-round", "2", "--round-timeout", "60"]);
+    const callAs = (tok: string, route: string, init: RequestInit = {}) =>
+        fetch(`${server.url}${route}`, {...init, headers: {authorization: `Bearer ${tok}`, ...(init.headers as Record<string, string> ?? {})}});
+    const call = (route: string, init: RequestInit = {}) => callAs(token, route, init);
+    const register = async (tok: string) => t.is((await callAs(tok, "/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify({original_layers: [0, 2], weight: 10, r: 4, lora_alpha: 8})})).status, 201);
     t.is((await fetch(`${server.url}/v1/fl/events`)).status, 401);
+    // the stream is for the federation's clients: a token not registered in it is refused
+    const early = await call("/v1/fl/events");
+    t.is(early.status, 403);
+    t.is((await early.json() as {code: string}).code, "forbidden");
+    await register(token);
     const stream = await call("/v1/fl/events");
     t.is(stream.status, 200);
     t.regex(stream.headers.get("content-type") ?? "", /^text\/event-stream/);
     const events = readEventStream(stream);
-    t.is((await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
-        body: JSON.stringify({original_layers: [0, 2], weight: 10, r: 4, lora_alpha: 8})})).status, 201);
+    await register(otherToken);
     let cur: any;
     for (let i = 0; i < 100 && cur?.round !== 1; i++)
         cur = await (await call("/v1/fl/rounds/current?wait=5")).json();
     const start = Buffer.from(await (await call("/v1/fl/rounds/1/adapter")).arrayBuffer());
     t.is((await call("/v1/fl/rounds/1/upload", {method: "PUT", headers: {"content-type": "application/octet-stream"}, body: start})).status, 201);
+    const otherStart = Buffer.from(await (await callAs(otherToken, "/v1/fl/rounds/1/adapter")).arrayBuffer());
+    t.is((await callAs(otherToken, "/v1/fl/rounds/1/upload", {method: "PUT", headers: {"content-type": "application/octet-stream"},
+        body: otherStart})).status, 201);
     const got = await events;
-    t.deepEqual(got.map(([name]) => name), ["status", "registered", "round_started", "upload_accepted", "round_closed", "finished"]);
-    t.like(got[0][1], {event: "status", completed: 0, finished: false, registered: false});
-    // each event is the JSON line fl server --json printed
+    // the other client's registration and upload are not solo's business
+    t.deepEqual(got.map(([name]) => name), ["status", "round_started", "upload_accepted", "round_closed", "finished"]);
+    t.like(got[0][1], {event: "status", completed: 0, finished: false, registered: true});
     await server.proc.waitFor((e) => e.event === "finished", "finished");
-    for (const [name, data] of got.slice(1)) {
-        t.is(data.event, name);
-        t.deepEqual(data, server.proc.events.find((e) => e.event === name));
-    }
+    const printed = (name: string) => server.proc.events.find((e) => e.event === name)!;
+    t.deepEqual(printed("round_started").sampled.sort(), ["other", "solo"]);
+    t.deepEqual(got[1][1], {...printed("round_started"), sampled: ["solo"], sampled_count: 2});
+    t.deepEqual(got[2][1], server.proc.events.find((e) => e.event === "upload_accepted" && e.client === "solo"));
+    const closed = got[3][1];
+    t.deepEqual(closed.clients.map((c: {id: string}) => c.id), ["solo"]);
+    t.is(closed.contributor_count, 2);
+    t.is(closed.file, "rounds/round-1.gguf", "no absolute server path");
+    t.false(JSON.stringify(got).includes("other"), "no event names the other client");
+    t.deepEqual(got[4][1], printed("finished"));
     // a stream opened after the last round gets the status and ends
     const late = await readEventStream(await call("/v1/fl/events"));
     t.deepEqual(late.map(([name]) => name), ["status"]);
     t.true(late[0][1].finished);
+    // the closed round as each client reads it: its own metrics and the aggregate
+    const summary = await (await call("/v1/fl/rounds/1")).json() as any;
+    t.deepEqual(summary.clients.map((c: {id: string}) => c.id), ["solo"]);
+    t.deepEqual(summary.sampled, ["solo"]);
+    t.false(JSON.stringify(summary).includes("other"));
+    // per matrix how many updates entered (both clients hold layers 0 and 2), never their weights
+    t.true(summary.targets.some((x: {holder_count: number}) => x.holder_count === 2));
+    t.true(summary.targets.every((x: {holder_count: number; weight?: number}) => [0, 2].includes(x.holder_count) && x.weight === undefined));
+    // a token of this data dir that never registered reads no round, global or events
+    const stranger = await makeToken(dataDir, "stranger");
+    for (const route of ["/v1/fl/rounds/1", "/v1/fl/rounds/1/global", "/v1/fl/events"]) {
+        const res = await callAs(stranger, route);
+        t.is(res.status, 403, route);
+        t.is((await res.json() as {code: string}).code, "forbidden");
+    }
 });

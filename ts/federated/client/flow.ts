@@ -14,6 +14,7 @@ import {epsilonRange, fillJobSpec, jobItemSchema, protocolVersion, type JobItem,
 import {fileDigest, loadPrivateData, type PrivateData, type PrivateDataOptions} from "./data.js";
 import {finishModel, type FinishReport} from "./finish.js";
 import {FederatedClient, FederatedError, type DownloadResult} from "./http.js";
+import {makePrivateDir} from "../private-dir.js";
 
 export interface PerturbSettings {
     mechanism: PrivacyMechanism;
@@ -114,7 +115,7 @@ export function runFingerprint(server: string, s: ClientSettings): string {
 
 /** Opens (or creates) the state folder of this run; a folder holding another run is refused. */
 export function openState(server: string, s: ClientSettings): ClientState {
-    fs.mkdirSync(s.stateDir, {recursive: true});
+    makePrivateDir(s.stateDir);
     const fingerprint = runFingerprint(server, s);
     const existing = readState(s.stateDir);
     if (existing) {

@@ -10,6 +10,7 @@ import {
     type ApiError, type JobList, type JobProgress, type JobSpec, type JobStatus, type ServerInfo, type SubmitJobRequest,
     type SubmitJobResponse,
 } from "../protocol.js";
+import {checkServerName, cleartextUrlProblem, EventStreamError, jobIdPattern, readEventStream, sha256Pattern} from "../http-wire.js";
 
 /** A non-2xx answer from the server (or a failure to reach it). */
 export class FederatedError extends Error {
@@ -34,6 +35,8 @@ export interface FederatedClientOptions {
     traffic?: TrafficCounters;
     /** Per-request timeout for ordinary requests (ms, default 60 s). */
     timeoutMs?: number;
+    /** Allow plain http:// to a host off loopback. */
+    insecure?: boolean;
 }
 
 /** Reads the token: PPC_GPT_TOKEN, else the first line of `tokenFile`. Never a command-line value. */
@@ -56,8 +59,11 @@ export function readToken(tokenFile?: string): string {
     return env;
 }
 
-/** Normalises a server URL to its origin + optional prefix, without a trailing /v1. */
-export function serverBase(url: string): string {
+/**
+ * Normalises a server URL to its origin + optional prefix, without a trailing /v1. Plain http:// to
+ * a host off loopback is refused unless `insecure` (the token and the data would cross in cleartext).
+ */
+export function serverBase(url: string, o: {insecure?: boolean} = {}): string {
     let u: URL;
     try {
         u = new URL(url);
@@ -66,7 +72,19 @@ export function serverBase(url: string): string {
     }
     if (u.protocol !== "http:" && u.protocol !== "https:")
         throw new FederatedError(`--server ${url}: only http:// and https:// are supported`);
+    const cleartext = cleartextUrlProblem(u, Boolean(o.insecure));
+    if (cleartext)
+        throw new FederatedError(cleartext);
     return (u.origin + u.pathname).replace(/\/+$/, "").replace(/\/v1$/, "");
+}
+
+/** A name the server chose, checked before it goes into a path (http-wire.ts checkServerName), as a FederatedError. */
+function serverName(value: unknown, pattern: RegExp, what: string): string {
+    try {
+        return checkServerName(value, pattern, what);
+    } catch (err) {
+        throw new FederatedError((err as Error).message);
+    }
 }
 
 const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve, reject) => {
@@ -118,7 +136,7 @@ export class FederatedClient {
     private readonly timeoutMs: number;
 
     constructor(o: FederatedClientOptions) {
-        this.base = serverBase(o.server);
+        this.base = serverBase(o.server, {insecure: o.insecure});
         this.token = o.token;
         this.traffic = o.traffic ?? {sentBytes: 0, receivedBytes: 0, requests: 0};
         this.timeoutMs = o.timeoutMs ?? 60_000;
@@ -199,7 +217,7 @@ export class FederatedClient {
             headers: {"content-type": "application/json", "content-encoding": "gzip", [protocolHeaders.idempotencyKey]: idempotencyKey},
         });
         const r = await this.json<SubmitJobResponse>(res, "POST /v1/jobs");
-        return {...r, bytes: gz.length};
+        return {...r, id: serverName(r.id, jobIdPattern, "the job id"), bytes: gz.length};
     }
 
     /**
@@ -263,62 +281,27 @@ export class FederatedClient {
             await this.json(res, `job ${id} events`);
         }
         let last: JobStatus | undefined;
-        let buffer = "";
-        let event = "message", data: string[] = [];
-        const decoder = new TextDecoder();
-        // A silent stream (no ping for 45 s) is dropped and reconnected.
-        let idle: NodeJS.Timeout | undefined;
-        const reader = res.body!.getReader();
-        const arm = () => {
-            clearTimeout(idle);
-            idle = setTimeout(() => reader.cancel().catch(() => {}), 45_000);
-        };
-        arm();
         try {
-            for (;;) {
-                const {value, done} = await reader.read();
-                if (done)
-                    break;
-                arm();
-                this.traffic.receivedBytes += value.length;
-                buffer += decoder.decode(value, {stream: true});
-                let nl: number;
-                while ((nl = buffer.indexOf("\n")) >= 0) {
-                    const line = buffer.slice(0, nl).replace(/\r$/, "");
-                    buffer = buffer.slice(nl + 1);
-                    if (line === "") {
-                        if (data.length) {
-                            const payload = data.join("\n");
-                            if (event === "status") {
-                                last = JSON.parse(payload) as JobStatus;
-                                o.onStatus?.(last);
-                                if (last.progress)
-                                    o.onProgress?.(last.progress);
-                                if (terminalJobStates.includes(last.status)) {
-                                    await reader.cancel().catch(() => {});
-                                    return last;
-                                }
-                            } else if (event === "progress") {
-                                o.onProgress?.(JSON.parse(payload) as JobProgress);
-                            }
-                        }
-                        event = "message";
-                        data = [];
-                    } else if (line.startsWith(":")) {
-                        continue;
-                    } else {
-                        const colon = line.indexOf(":");
-                        const field = colon < 0 ? line : line.slice(0, colon);
-                        const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-                        if (field === "event")
-                            event = val;
-                        else if (field === "data")
-                            data.push(val);
+            // a stream silent for 3 pings is dropped (and reconnected by wait); an over-long line is refused
+            await readEventStream(res.body!, {
+                onBytes: (n) => (this.traffic.receivedBytes += n),
+                onEvent: (event, payload) => {
+                    if (event === "status") {
+                        last = JSON.parse(payload) as JobStatus;
+                        o.onStatus?.(last);
+                        if (last.progress)
+                            o.onProgress?.(last.progress);
+                        return terminalJobStates.includes(last.status);
                     }
-                }
-            }
-        } finally {
-            clearTimeout(idle);
+                    if (event === "progress")
+                        o.onProgress?.(JSON.parse(payload) as JobProgress);
+                    return false;
+                },
+            });
+        } catch (err) {
+            if (err instanceof EventStreamError)
+                throw new FederatedError(`job ${id} events: ${err.message}`);
+            throw err;
         }
         return last;
     }
@@ -411,7 +394,7 @@ export class FederatedClient {
     /** The server's perturbation kit, cached by sha256 under `cacheDir` (downloaded once). */
     async perturbationKit(cacheDir: string, expected: {sha256: string; size: number}, o: DownloadOptions = {}):
         Promise<{path: string; sha256: string; cached: boolean}> {
-        const file = path.join(cacheDir, `kit-${expected.sha256}.gguf`);
+        const file = path.join(cacheDir, `kit-${serverName(expected.sha256, sha256Pattern, "the perturbation kit's sha256")}.gguf`);
         if (fs.existsSync(file) && fs.statSync(file).size === expected.size)
             return {path: file, sha256: expected.sha256, cached: true};
         const r = await this.download(routes.perturbationKit, file, {...o, sha256: expected.sha256});
@@ -420,6 +403,8 @@ export class FederatedClient {
 
     /** The job's model (succeeded jobs only), resumable, sha256 checked against the job's. */
     async downloadModel(id: string, out: string, o: DownloadOptions = {}): Promise<DownloadResult> {
+        if (o.sha256 !== undefined)
+            serverName(o.sha256, sha256Pattern, "the model's sha256");
         return this.download(routes.jobModel(id), out, o);
     }
 }

@@ -21,6 +21,8 @@ import {modelLayerShapes, toBaseNumbering} from "./align.js";
 import {SecureClient, type MaskPlan} from "./secure.js";
 import {checkRoster, checkSecaggVersion, checkShareBoxes, checkUnmaskOnce, checkUnmaskRequest, defaultSecurePolicy, secaggProtocol,
     SecureRoundRefused, type SecureClientPolicy, type UnmaskRecord} from "./secure-checks.js";
+import {makePrivateDir} from "../private-dir.js";
+import {checkServerName, roundNumberPattern} from "../http-wire.js";
 
 export interface FlClientOptions {
     server: string;
@@ -45,6 +47,8 @@ export interface FlClientOptions {
     securePolicy?: SecureClientPolicy;
     /** Secure rounds: send the train loss and accuracies in the clear too (default: only as masked coordinates). */
     shareMetrics?: boolean;
+    /** Allow plain http:// to a host off loopback. */
+    insecure?: boolean;
 }
 
 export interface FlClientRound {
@@ -70,7 +74,7 @@ export function splitLocal(items: TaskItem[], share: number, seed: number): {tra
 
 export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClientRound[]; completed: number}> {
     const emit = o.onEvent ?? (() => {});
-    const base = serverBase(o.server);
+    const base = serverBase(o.server, {insecure: o.insecure});
     const auth = {authorization: `Bearer ${o.token}`};
     const call = async (route: string, init: RequestInit = {}, retry = true): Promise<Response> => {
         for (let attempt = 0; ; attempt++) {
@@ -102,7 +106,7 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
     const {train, heldOut} = splitLocal(items, o.heldOutShare ?? 0.25, seed);
     if (train.length === 0)
         throw new FederatedError(`${o.data}: no training items left after holding out ${heldOut.length}`);
-    await fs.promises.mkdir(o.workDir, {recursive: true});
+    makePrivateDir(o.workDir);
 
     const reg = await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
         body: JSON.stringify({original_layers: layers, weight: train.length, r: o.r, lora_alpha: o.loraAlpha,
@@ -133,7 +137,8 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
             await sleep(50);
             continue;
         }
-        const n = cur.round;
+        // the round number goes into file names: a number, nothing else
+        const n = Number(checkServerName(String(cur.round), roundNumberPattern, "the round number"));
         if (o.requireSecure && !cur.secure_aggregation)
             throw new SecureRoundRefused(`round ${n} is not a secure round; --require-secure-aggregation refuses to send it an update`);
         const started = performance.now();

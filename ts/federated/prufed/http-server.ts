@@ -12,17 +12,22 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
-import type {FastifyInstance, FastifyRequest} from "fastify";
+import {Readable, Transform} from "node:stream";
+import {pipeline} from "node:stream/promises";
+import type {FastifyInstance, FastifyReply, FastifyRequest} from "fastify";
 import {writeLoraAdapter} from "../../train/adapter.js";
 import {errorCodes, routes as fedRoutes} from "../protocol.js";
 import {claimDataDir} from "../server.js";
 import {SqliteJobStore} from "../store.js";
-import {createProtocolApp, HttpError} from "../http-common.js";
+import {checkCleartextListen, createProtocolApp, HttpError, httpLimitDefaults, limitErrorCodes, longPoll, openEventStream, TokenSessions,
+    type HttpLimits} from "../http-common.js";
+import {makePrivateDir} from "../private-dir.js";
 import {checkModelShapes, UploadRejected} from "./align.js";
 import {flProtocol, flRoutes, metricsHeader, secaggProtocol, secaggVersionHeader, type SecureRoundStatus, type UnmaskBody} from "./http-protocol.js";
 import {SecureRoundError, SecureRoundHost, secureRoundDir, type SecureHostEvent} from "./secure-host.js";
 import {roundsSvg} from "./plot.js";
 import {configDifferences, FederationServer, LateUpload, roundFile, type FederationConfig, type RoundSummary, type UploadMetrics} from "./rounds.js";
+import {eventViewFor, roundViewFor, type Viewer} from "./views.js";
 
 export {flRoutes, metricsHeader};
 
@@ -43,6 +48,10 @@ export interface FlServerOptions {
     host?: string;
     port?: number;
     tls?: {cert: string; key: string};
+    /** Serve plain HTTP on an address off loopback (a warning is logged); without it, such a host needs tls. */
+    insecure?: boolean;
+    /** Body, timeout, stream and rate limits (http-common.ts httpLimitDefaults). */
+    limits?: Partial<HttpLimits>;
     /** accuracy by round, one line per client depth, rewritten after every round */
     plot?: string;
     onEvent?: (e: FlServerEvent) => void;
@@ -129,6 +138,24 @@ function metricsFromHeader(value: string | string[] | undefined): UploadMetrics 
     return out;
 }
 
+/**
+ * Streams an upload body (decompressed by the gzip hook) to `file`, counting its bytes: past `limit`
+ * it stops with 413, so that no upload is ever held whole in memory. Returns the bytes written.
+ */
+async function receiveToFile(body: unknown, file: string, limit: number): Promise<number> {
+    if (!(body instanceof Readable))
+        throw new HttpError(415, errorCodes.unsupportedMediaType, "the upload must be application/octet-stream (a LoRA GGUF, gzip on the wire)");
+    let bytes = 0;
+    const count = new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+            bytes += chunk.length;
+            callback(bytes > limit ? new HttpError(413, errorCodes.payloadTooLarge, `the upload is over ${limit} bytes (fl server --max-upload-mb)`) : null, chunk);
+        },
+    });
+    await pipeline(body, count, fs.createWriteStream(file, {mode: 0o600}));
+    return bytes;
+}
+
 /** Accuracy by round, one line per client depth (clients without an accuracy are left out). */
 export function accuracyByDepthOf(history: readonly RoundSummary[]): {name: string; values: number[]}[] {
     const depths = [...new Set(history.flatMap((h) => h.clients.map((c) => c.layerMap.length)))].sort((a, b) => b - a);
@@ -143,6 +170,8 @@ export function accuracyByDepthOf(history: readonly RoundSummary[]): {name: stri
 
 export async function startFlServer(options: FlServerOptions): Promise<FlServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+    checkCleartextListen(options.host ?? "127.0.0.1", Boolean(options.tls), Boolean(options.insecure), log);
+    const limits = {...httpLimitDefaults, ...options.limits};
     // every event goes to the caller (fl server --json prints them) and to the open event streams
     const streams = new Set<(e: FlServerEvent) => void>();
     // long polls wake on every state change (each comes with an event) instead of polling a timer
@@ -166,7 +195,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             w();
     };
     const dataDir = path.resolve(options.dataDir);
-    await fs.promises.mkdir(dataDir, {recursive: true});
+    makePrivateDir(dataDir);
     // one server per data dir (server.pid; a pid file left by a server killed -9 is taken over)
     const release = claimDataDir(dataDir);
     const store = SqliteJobStore.open(dataDir);
@@ -207,7 +236,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     };
 
     const app = await createProtocolApp({
-        bodyLimit: maxUpload, tls: options.tls, store, openapiRoute: fedRoutes.openapi, log,
+        bodyLimit: maxUpload, uploadRoutes: [flRoutes.secaggMasked], limits, tls: options.tls, store, openapiRoute: fedRoutes.openapi, log,
         api: {title: "ppc-gpt PruFed server", version: "v1", description: "PruFed rounds over HTTP (docs/prufed.md)."},
     });
     // every secure-aggregation answer states the protocol version it speaks
@@ -217,8 +246,17 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         return payload;
     });
     app.addContentTypeParser("application/octet-stream", {parseAs: "buffer"}, (_req, body, done) => done(null, body));
+    // open event streams and long polls: capped per token, ended when the token is revoked
+    const sessions = new TokenSessions(store, limits.maxStreamsPerToken);
 
     const clientId = (request: FastifyRequest) => request.client!.name;
+    const viewerOf = (request: FastifyRequest): Viewer => ({id: clientId(request), admin: request.client!.admin});
+    /** Round summaries, global adapters and events are for the federation's clients (and admin tokens) only. */
+    const onlyMembers = async (request: FastifyRequest) => {
+        const {id, admin} = viewerOf(request);
+        if (!admin && !federation.clients.some((c) => c.id === id))
+            throw new HttpError(403, limitErrorCodes.forbidden, `client ${id} is not registered in this federation (POST ${flRoutes.clients} first)`);
+    };
     const security = [{bearer: []}];
     const errors = {400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema, 410: errorSchema, 413: errorSchema, 422: errorSchema};
 
@@ -265,12 +303,17 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         properties: {wait: {type: "string", pattern: "^[0-9]{1,3}$"}}}, response: {200: currentSchema, ...errors}}}, async (request) => {
         const id = clientId(request);
         const until = Date.now() + Math.min(60, Number((request.query as {wait?: string}).wait ?? 0)) * 1000;
-        for (;;) {
-            const c = currentFor(id);
-            if (c.finished || (c.sampled && !c.uploaded && (!c.secure || c.secure.phase === "keys")) || Date.now() >= until || request.raw.destroyed)
-                return c;
-            await changed(until - Date.now());
-        }
+        const ready = (c: ReturnType<typeof currentFor>) => c.finished || (c.sampled && !c.uploaded && (!c.secure || c.secure.phase === "keys"));
+        if (until <= Date.now())
+            return currentFor(id);
+        return longPoll(sessions, request, async (revoked) => {
+            for (;;) {
+                const c = currentFor(id);
+                if (ready(c) || Date.now() >= until || request.raw.destroyed || revoked.aborted)
+                    return c;
+                await changed(until - Date.now());
+            }
+        });
     });
 
     const openRound = (request: FastifyRequest, id: string) => {
@@ -297,16 +340,25 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         }
     });
 
-    app.put(flRoutes.upload, {schema: {params: roundParams, security, response: {201: {type: "object", required: ["round", "accepted"], properties: {round: {type: "integer"}, accepted: {type: "boolean"}}},
-        ...errors}}}, async (request, reply) => {
+    // uploads go to disk as they arrive (never a whole adapter in memory), the limit counted on the decompressed bytes
+    await app.register(async (scope) => {
+        scope.removeContentTypeParser("application/octet-stream");
+        scope.addContentTypeParser("application/octet-stream", (_req, payload, done) => done(null, payload));
+        scope.put(flRoutes.upload, {schema: {params: roundParams, security, response: {201: {type: "object", required: ["round", "accepted"],
+            properties: {round: {type: "integer"}, accepted: {type: "boolean"}}}, ...errors}}}, uploadHandler);
+    });
+    async function uploadHandler(request: FastifyRequest, reply: FastifyReply) {
         const id = clientId(request);
         const n = Number((request.params as {n: string}).n);
         const metrics = metricsFromHeader(request.headers[metricsHeader]);
-        const body = request.body as Buffer;
-        if (!Buffer.isBuffer(body))
-            throw new HttpError(415, errorCodes.unsupportedMediaType, "the upload must be application/octet-stream (a LoRA GGUF, gzip on the wire)");
         const file = path.join(incoming, `${id}-${n}-${crypto.randomBytes(6).toString("hex")}.gguf`);
-        await fs.promises.writeFile(file, body);
+        let bytes: number;
+        try {
+            bytes = await receiveToFile(request.body, file, maxUpload);
+        } catch (err) {
+            await fs.promises.rm(file, {force: true});
+            throw err;
+        }
         try {
             await queue.run(async () => {
                 const cur = federation.current;
@@ -332,25 +384,37 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         } finally {
             await fs.promises.rm(file, {force: true});
         }
-        emit({event: "upload_accepted", round: n, client: id, bytes: body.length});
+        emit({event: "upload_accepted", round: n, client: id, bytes});
         kick();
         return reply.code(201).send({round: n, accepted: true});
-    });
+    }
 
-    app.get(flRoutes.round, {schema: {params: roundParams, security, response: errors}}, async (request, reply) => {
+    app.get(flRoutes.round, {preHandler: onlyMembers, schema: {params: roundParams, security, response: errors}}, async (request, reply) => {
         const n = Number((request.params as {n: string}).n);
         const file = roundFile(dataDir, n).replace(/\.gguf$/, ".json");
         if (n < 1 || n > federation.completed || !fs.existsSync(file))
             throw new HttpError(404, errorCodes.notFound, `round ${n} is not closed (last closed: ${federation.completed})`);
-        return reply.type("application/json").send(await fs.promises.readFile(file, "utf8"));
+        const summary = JSON.parse(await fs.promises.readFile(file, "utf8")) as RoundSummary;
+        return reply.type("application/json").send(roundViewFor(summary, viewerOf(request), dataDir));
     });
-    app.get(flRoutes.global, {schema: {params: roundParams, security, response: errors}}, async (request, reply) => {
+    app.get(flRoutes.global, {preHandler: onlyMembers, schema: {params: roundParams, security, response: errors}}, async (request, reply) => {
         const n = Number((request.params as {n: string}).n);
         if (n > federation.completed)
             throw new HttpError(404, errorCodes.notFound, `round ${n} is not closed (last closed: ${federation.completed})`);
-        const gz = zlib.gzipSync(await fs.promises.readFile(roundFile(dataDir, n)), {level: 1});
-        return reply.header("content-type", "application/octet-stream").header("content-encoding", "gzip").send(gz);
+        const gz = await compressedGlobal(n);
+        return reply.header("content-type", "application/octet-stream").header("content-encoding", "gzip")
+            .header("content-length", String((await fs.promises.stat(gz)).size)).send(fs.createReadStream(gz));
     });
+    /** round-N.gguf.gz beside the round file: compressed once (a closed round's global never changes), then served as it is. */
+    async function compressedGlobal(n: number): Promise<string> {
+        const gz = `${roundFile(dataDir, n)}.gz`;
+        if (!fs.existsSync(gz)) {
+            const tmp = `${gz}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`;
+            await pipeline(fs.createReadStream(roundFile(dataDir, n)), zlib.createGzip({level: 6}), fs.createWriteStream(tmp));
+            await fs.promises.rename(tmp, gz);
+        }
+        return gz;
+    }
 
     // secure rounds: one route pair per phase of secure-host.ts; every message goes through the queue
     const secureRound = async (request: FastifyRequest): Promise<{id: string; h: SecureRoundHost}> => {
@@ -377,18 +441,19 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         }
     };
     /** A phase's GET: answers as soon as the phase has come (long poll with ?wait=s), else {ready: false}. */
-    const securePoll = (view: (h: SecureRoundHost, id: string) => object | undefined) => async (request: FastifyRequest) => {
+    const securePoll = (view: (h: SecureRoundHost, id: string) => object | undefined) => async (request: FastifyRequest) =>
+        longPoll(sessions, request, async (revoked) => {
         const until = Date.now() + Math.min(60, Number((request.query as {wait?: string}).wait ?? 0)) * 1000;
         for (;;) {
             const {id, h} = await secureRound(request);
             const v = await secureErrors(async () => view(h, id));
             if (v)
                 return {ready: true, ...v};
-            if (Date.now() >= until || request.raw.destroyed)
+            if (Date.now() >= until || request.raw.destroyed || revoked.aborted)
                 return {ready: false, phase: h.phase, phase_deadline: h.phaseDeadline};
             await changed(until - Date.now());
         }
-    };
+    });
     const waitQuery = {type: "object", additionalProperties: false, properties: {wait: {type: "string", pattern: "^[0-9]{1,3}$"}}} as const;
     const b64Key = {type: "string", pattern: "^[A-Za-z0-9+/]{43}=$"} as const;
     const accepted = {201: {type: "object", required: ["round", "accepted"], properties: {round: {type: "integer"}, accepted: {type: "boolean"}}}, ...errors};
@@ -445,45 +510,33 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         return reply.code(201).send({round: h.round, accepted: true});
     });
 
-    // GET /v1/fl/events: the same JSON events as `fl server --json`, as server-sent events, with the job
-    // server's conventions (ts/federated/server.ts): `event: <name>` + `data: <json>`, a `: ping` comment
-    // every 15 s, the stream ends after `finished` (or at once when the federation is finished) and when
-    // the server stops. The first event is `status`: the client's view of the round (GET rounds/current).
+    // GET /v1/fl/events: the JSON events of `fl server --json` as this client may see them (views.ts), as
+    // server-sent events (http-wire.ts openEventStream, the job server's conventions); the stream ends
+    // after `finished` (or at once when the federation is finished), when the server stops and when the
+    // token is revoked. The first event is `status`: the client's view of the round (GET rounds/current).
     const closeStreams = new Set<() => void>();
-    app.get(flRoutes.events, {schema: {security, response: errors}}, async (request, reply) => {
-        const id = clientId(request);
+    app.get(flRoutes.events, {preHandler: onlyMembers, schema: {security, response: errors}}, async (request, reply) => {
+        const viewer = viewerOf(request);
+        const holder: {end: () => void} = {end: () => {}};
+        const release = sessions.enter(request.client!, () => holder.end());
         reply.hijack();
-        const res = reply.raw;
-        res.writeHead(200, {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive",
-            "x-accel-buffering": "no"});
-        let closed = false;
-        const finish = () => {
-            if (closed)
-                return;
-            closed = true;
+        const stream = openEventStream(reply.raw, () => {
             streams.delete(send);
-            closeStreams.delete(finish);
-            clearInterval(ping);
-            res.end();
-        };
-        const write = (name: string, data: unknown) => {
-            if (!closed)
-                res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
-        };
+            closeStreams.delete(holder.end);
+            release();
+        });
+        holder.end = () => stream.end();
         const send = (e: FlServerEvent) => {
-            write(e.event, e);
+            const view = eventViewFor(e, viewer, dataDir);
+            if (view)
+                stream.send(e.event, view);
             if (e.event === "finished")
-                finish();
+                stream.end();
         };
-        const ping = setInterval(() => {
-            if (!closed)
-                res.write(": ping\n\n");
-        }, 15_000);
-        request.raw.on("close", finish);
-        closeStreams.add(finish);
-        write("status", {event: "status", ...currentFor(id)});
+        closeStreams.add(holder.end);
+        stream.send("status", {event: "status", ...currentFor(viewer.id)});
         if (federation.finished)
-            return finish();
+            return stream.end();
         streams.add(send);
     });
 
@@ -560,6 +613,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
         securePhase: () => (host && host.round === federation.current?.round ? host.phase : null),
         async close() {
             clearInterval(timer);
+            sessions.close();
             for (const finish of [...closeStreams])
                 finish();
             await queue.run(async () => undefined);
