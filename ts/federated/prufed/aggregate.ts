@@ -12,6 +12,7 @@ import {deriveSeed, Random} from "../../train/random.js";
 import {parseLoraTensorName, toClientNumbering, type AdapterLayout} from "./align.js";
 import {matrix, productSvd, type Matrix} from "./linalg.js";
 
+/** The names of PruFed's aggregation methods. */
 export const aggregationMethods = ["layerwise", "fedavg", "flexlora"] as const;
 export type AggregationMethod = (typeof aggregationMethods)[number];
 

@@ -1,6 +1,7 @@
 // Names shared by `fl server` and `fl client` (kept apart so that the client never loads Fastify).
 import type {UnmaskShares} from "./secure.js";
 
+/** The PruFed HTTP routes shared by `fl server` and `fl client`. */
 export const flRoutes = {
     clients: "/v1/fl/clients",
     current: "/v1/fl/rounds/current",

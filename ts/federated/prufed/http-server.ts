@@ -135,6 +135,7 @@ export function accuracyByDepthOf(history: readonly RoundSummary[]): {name: stri
     }));
 }
 
+/** Start the PruFed HTTP server (rounds, uploads, secure aggregation, events). */
 export async function startFlServer(options: FlServerOptions): Promise<FlServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     // every event goes to the caller (fl server --json prints them) and to the open event streams

@@ -121,6 +121,7 @@ interface FederationState {
     history: RoundSummary[];
 }
 
+/** An upload that arrived after its round's deadline. */
 export class LateUpload extends Error {
     override name = "LateUpload";
 }
@@ -165,6 +166,7 @@ export function checkFederationConfig(c: FederationConfig): void {
         throw new RangeError(`secaggPhaseTimeout must be a positive number of seconds (got ${c.secaggPhaseTimeout})`);
 }
 
+/** PruFed's server state machine without transport: registration, rounds, uploads, aggregation, resume. */
 export class FederationServer {
     private constructor(readonly dataDir: string, private state: FederationState, readonly layout: AdapterLayout, private global: LoraAdapter) {}
 

@@ -57,6 +57,7 @@ export const secureRoundDir = (dataDir: string, round: number) => path.join(data
 
 const b64 = (b: Buffer) => b.toString("base64");
 
+/** One secure-aggregation round over HTTP: maps the secagg routes onto the server's state machine, journaled. */
 export class SecureRoundHost {
     phase: SecurePhase = "keys";
     phaseDeadline: number;

@@ -177,6 +177,7 @@ async function accuracyWith(client: SimClient, adapter: LoraAdapter, threads?: n
     }
 }
 
+/** PruFed in one process: every client and the server, round by round. */
 export async function simulate(options: SimulateOptions): Promise<SimulateResult> {
     const started = performance.now();
     const base = await readGguf(options.base);
