@@ -32,7 +32,7 @@ export type {JobSpec, FilledJobSpec, JobItem, JobStatus, ServerInfo, SubmitJobRe
 export {UploadRejected} from "./prufed/align.js";
 export type {AdapterLayout, LayoutTarget, ClientDeclaration, UploadLimits} from "./prufed/align.js";
 export {aggregate, aggregationMethods} from "./prufed/aggregate.js";
-export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, TargetAggregation} from "./prufed/aggregate.js";
+export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, Strategy, TargetAggregation} from "./prufed/aggregate.js";
 export {FederationServer, LateUpload} from "./prufed/rounds.js";
 export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, SecureRoundRecord, UploadMetrics} from "./prufed/rounds.js";
 export {runLocalRound} from "./prufed/client.js";

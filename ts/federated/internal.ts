@@ -10,7 +10,7 @@ export {StageWorker, DistributedRunner, queueDefaults, stageQueue} from "./distr
 export {jobItemsProblem, jobStrategies, stageNames, privacyMechanisms, epsilonRange} from "./protocol.js";
 export {parseLoraTensorName, layoutOfBase, layoutOfAdapter, clientLayerMap, toBaseNumbering, toClientNumbering, validateUpload,
     readUpload} from "./prufed/align.js";
-export {clientPart, initialGlobal} from "./prufed/aggregate.js";
+export {clientPart, initialGlobal, strategies, strategyFor} from "./prufed/aggregate.js";
 export {recomputeRound, roundFile} from "./prufed/rounds.js";
 export {labelAccuracy, clientRoundFiles} from "./prufed/client.js";
 export {accuracyByDepth, simulationModes} from "./prufed/simulate.js";

@@ -189,7 +189,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             host = await SecureRoundHost.open({dataDir, round: cur.round, sampled: cur.sampled, previous: federation.globalAdapter,
                 members: federation.clients.filter((c) => cur.sampled.includes(c.id)), threshold: config.secaggThreshold,
                 keysDeadline: cur.deadline ?? Number.MAX_SAFE_INTEGER, phaseTimeoutMs: (config.secaggPhaseTimeout ?? 60) * 1000,
-                method: config.aggregation === "fedavg" ? "fedavg" : "layerwise"});
+                method: config.aggregation});
         return host;
     };
 

@@ -18,7 +18,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import type {LoraAdapter} from "../../train/adapter.js";
-import type {TargetAggregation} from "./aggregate.js";
+import type {AggregationMethod, TargetAggregation} from "./aggregate.js";
 import {parseLoraTensorName} from "./align.js";
 import type {RegisteredClient, SecureRoundRecord, UploadMetrics} from "./rounds.js";
 import {SecureAggregationServer, type Advert, type MaskPlan} from "./secure.js";
@@ -68,7 +68,7 @@ export class SecureRoundHost {
 
     private constructor(readonly dir: string, readonly round: number, readonly sampled: string[], previous: LoraAdapter,
         members: RegisteredClient[], threshold: number | undefined, readonly keysDeadline: number, readonly phaseMs: number,
-        readonly method: "layerwise" | "fedavg") {
+        readonly method: AggregationMethod) {
         this.server = new SecureAggregationServer(previous, members.map((m) => ({id: m.id, weight: m.weight, layerMap: m.layerMap})),
             {round, threshold: threshold !== undefined ? Math.min(threshold, members.length) : undefined, method});
         this.phaseDeadline = keysDeadline;
@@ -80,7 +80,7 @@ export class SecureRoundHost {
 
     /** The host of an open secure round: new, or rebuilt from its journal after a restart. */
     static async open(o: {dataDir: string; round: number; sampled: string[]; previous: LoraAdapter; members: RegisteredClient[];
-        threshold?: number; keysDeadline: number; phaseTimeoutMs: number; method: "layerwise" | "fedavg"; now?: number}): Promise<SecureRoundHost> {
+        threshold?: number; keysDeadline: number; phaseTimeoutMs: number; method: AggregationMethod; now?: number}): Promise<SecureRoundHost> {
         const dir = secureRoundDir(o.dataDir, o.round);
         await fs.promises.mkdir(dir, {recursive: true});
         const host = new SecureRoundHost(dir, o.round, o.sampled, o.previous, o.members, o.threshold, o.keysDeadline, o.phaseTimeoutMs, o.method);
