@@ -1,92 +1,80 @@
-// ppc-gpt public API.
-export {native, nativeSelection} from "./native.js";
-export {userCacheDir, type NativeSelection, type NativeVerdict} from "./native-loader.js";
-export type {GgufFileInfo, GgufMetadataEntry, GgufTensorInfo, GgmlTypeInfo, NativeModel, NativeModelInfo, NativeModelOptions,
-    ProgressCallback} from "./native.js";
-export {readGguf, GgufModelFile} from "./gguf/read.js";
+// ppc-gpt public API: the stage functions and their option/result types. Curated: every value here
+// has a TSDoc line and is listed in api/ppc-gpt.api.json (test/api/surface.test.ts fails when the two
+// disagree; `node scripts/api-report.mjs --write` regenerates the report). Helpers the CLI, tests and
+// benchmarks share are the unstable subpath "ppc-gpt/internal" (ts/internal.ts).
+
+// Models and GGUF files
+export {loadModel} from "./model.js";
+export type {LoadedModel} from "./model.js";
+export {nativeSelection} from "./native.js";
+export type {NativeSelection, NativeVerdict} from "./native-loader.js";
+export type {GgufFileInfo, GgufMetadataEntry, GgufTensorInfo, NativeModelInfo, NativeModelOptions, ProgressCallback} from "./native.js";
 export {inspectModel} from "./gguf/inspect.js";
 export type {ModelInspection, LayerSummary} from "./gguf/inspect.js";
-export {writeGguf, ggmlType, tensorBytes} from "./gguf/write.js";
+export {readGguf} from "./gguf/read.js";
+export {writeGguf} from "./gguf/write.js";
 export type {GgufKv, GgufValue, GgufScalarType, GgufTensorSpec} from "./gguf/write.js";
-export {syntheticModel, writeSyntheticModel} from "./gguf/synthetic.js";
+export {writeSyntheticModel} from "./gguf/synthetic.js";
 export type {SyntheticArchitecture, SyntheticModelOptions} from "./gguf/synthetic.js";
-export {planPruning, strategyOrder, layerMagnitudes, parseScores, readScoresFile, pruningStrategies} from "./prune/plan.js";
+
+// Pruning: Block Influence, the plan, layer removal
+export {scoreLayers, blockInfluence} from "./prune/block-influence.js";
+export type {LayerScores, LayerScoreOptions, LayerMetric, TokenSequence, BlockInfluenceReport, BlockInfluenceOptions,
+    ModelIdentity} from "./prune/block-influence.js";
+export {planPruning} from "./prune/plan.js";
 export type {PruningPlan, PruningPlanOptions, PruningStrategy} from "./prune/plan.js";
 export {removeLayers} from "./prune/remove.js";
 export type {LayerRemovalResult, RemoveLayersOptions} from "./prune/remove.js";
-export {loadModel} from "./model.js";
+
+// Evaluation and task data
+export {evaluate, perplexity, LoglikScorer} from "./eval/index.js";
+export type {EvalItemResult, EvalResult, EvalSummary, EvaluateOptions, ContinuationScore, LoglikScorerOptions, LoraAdapterSpec,
+    ScoreOptions, TokenRequest, PerplexityOptions, PerplexityResult, EvalTaskName} from "./eval/index.js";
+export {loadTask} from "./data/loaders/index.js";
+export type {DatasetName, LoadTaskOptions} from "./data/loaders/index.js";
+export {readTaskItems, DataError} from "./data/jsonl.js";
+export type {TaskItem, TaskChoice, SyntheticItem} from "./data/task-item.js";
+
+// Generation and synthesis
 export {BatchGenerator} from "./generate/batch-generator.js";
 export type {BatchGeneratorOptions, GenerationRequest, GenerationResult} from "./generate/batch-generator.js";
-export type {LoadedModel} from "./model.js";
-export {evaluate, evaluateItems, loadEvalItems, selectItems, PairEncoder, vocabInfo, LoglikScorer, scoreLoglikelihoods, argmax, charLength,
-    choiceMetrics, mean, meanStderr, sampleStddev, summarizeAccuracy, perplexity, rollingWindows, evalTaskNames, evalTasks} from "./eval/index.js";
-export type {EvalItemResult, EvalResult, EvalSummary, EvaluateOptions, SelectOptions, EncodedPair, EncodeOptions, ContinuationScore,
-    LoglikScorerOptions, LoraAdapterSpec, ScoreOptions, TokenRequest, AccuracySummary, ChoiceMetrics, PerplexityOptions, PerplexityResult,
-    EvalTaskName, EvalTaskSpec, FormattedItem} from "./eval/index.js";
-export {loadTask, taskFile, datasets, datasetNames, defaultDataDir, loadAi2Jsonl, loadArc, loadOpenBookQa, loadCommonsenseQa, loadFiqaPosts,
-    loadFinloraSentiment, loadPhraseBank, fiqaScoreClass, sentimentChoices, sentimentClasses, sentimentInstructions} from "./data/loaders/index.js";
-export type {DatasetName, LoadTaskOptions, Ai2LoadOptions, SentimentClass} from "./data/loaders/index.js";
-export {scoreLayers, blockInfluence, blockInfluenceSvg, exampleSequence, textSequences, metricValues, modelIdentity,
-    layerMetrics} from "./prune/block-influence.js";
-export type {LayerScores, LayerScoreOptions, LayerMetric, TokenSequence, CountedPositions, BlockInfluenceReport,
-    BlockInfluenceOptions, ModelIdentity} from "./prune/block-influence.js";
-export {formatInput, labelExample, rationaleExample, labelTaskPrefix, rationaleTaskPrefix, promptFormatVersion, taskFormats, taskFormatNames,
-    defaultTaskFormat, formatItem, promptMetadataKeys, readPromptRecord, recordedLabelPrefix} from "./data/prompt.js";
-export type {PromptExample, PromptOptions, PromptRecord, TaskFormatName} from "./data/prompt.js";
-export {computeRdp, subsampledGaussianRdp, rdpToEpsilon, dpSgdEpsilon, noiseMultiplierFor, defaultRdpOrders} from "./train/dp-accountant.js";
-export type {DpSgdAccounting, RdpConversion} from "./train/dp-accountant.js";
-export {privateGradient, applyAdamW, poissonSample, GaussianNoise} from "./train/dp-sgd.js";
-export type {DpReport} from "./train/train.js";
-export {runExperiment, expandCells, cellKey} from "./experiment/runner.js";
-export type {ExperimentOptions, ExperimentEvent, ExperimentSummary} from "./experiment/runner.js";
-export {smallConfig, paperConfig, builtinConfigs, loadExperimentConfig, methodNames} from "./experiment/config.js";
-export type {ExperimentConfig, MethodName, Settings, TaskSpec} from "./experiment/config.js";
-export {flows} from "./experiment/flows.js";
-export type {Cell, FlowResult} from "./experiment/flows.js";
-export {buildTables, writeTables} from "./experiment/tables.js";
-export {estimateGpuTime} from "./experiment/estimate.js";
-export {readJsonl, readTaskItems, writeJsonlAtomic, DataError} from "./data/jsonl.js";
-export {taskItemProblem} from "./data/task-item.js";
-export type {TaskItem, TaskChoice, SyntheticItem} from "./data/task-item.js";
-export {synthesize, synthesizeOne, readParents, deriveSeed, syntheticId, defaultTemperatures, defaultMaxTokens} from "./synth/pipeline.js";
-export type {SynthesizeOptions, SynthSummary, SynthProgress, SynthTemperatures, SynthMaxTokens, AttemptOutcome, AttemptContext} from "./synth/pipeline.js";
-export {GeneratorError, Semaphore} from "./synth/generator.js";
-export type {Generator, GenerateRequest, GenerateResult, ChatMessage, JsonSchema, FinishReason, StructuredOutputSupport} from "./synth/generator.js";
-export {createEmbeddedGenerator, EmbeddedGenerator} from "./synth/embedded.js";
+export {synthesize} from "./synth/pipeline.js";
+export type {SynthesizeOptions, SynthSummary, SynthProgress, SynthTemperatures, SynthMaxTokens} from "./synth/pipeline.js";
+export {GeneratorError} from "./synth/generator.js";
+export type {Generator, GenerateRequest, GenerateResult, ChatMessage, JsonSchema, FinishReason} from "./synth/generator.js";
+export {createEmbeddedGenerator} from "./synth/embedded.js";
 export type {EmbeddedGeneratorOptions} from "./synth/embedded.js";
-export {createRemoteGenerator, RemoteGenerator, chatCompletionsUrl, parseRetryAfter, defaultApiKeyEnv} from "./synth/remote.js";
-export type {RemoteGeneratorOptions, RemoteGeneratorStats, ResponseFormatLevel, RetryInfo} from "./synth/remote.js";
-export {PROMPT_VERSION, promptVersion, questionMessages, answerMessages, rationaleMessages, questionSchema, answerSchema, rationaleSchema,
-    RATIONALE_END} from "./synth/prompts.js";
-export type {PromptFormat, DraftQuestion} from "./synth/prompts.js";
-export {parseQuestionReply, parseAnswerReply, parseRationaleReply, extractJsonObject, answerLetter} from "./synth/parse.js";
-export {rejectionReasons, validateDraft, agreeVotes, questionKey} from "./synth/validate.js";
-export type {RejectionReason} from "./synth/validate.js";
-export {SyntheticStore, journalPath} from "./synth/store.js";
+export {createRemoteGenerator} from "./synth/remote.js";
+export type {RemoteGeneratorOptions, RemoteGeneratorStats} from "./synth/remote.js";
+export {SyntheticStore} from "./synth/store.js";
 export type {StoreRecovery, RejectionRecord, RunRecord} from "./synth/store.js";
-export {trainLora, readWeightedItems, validationLoss, LoraTrainer, initLoraAdapter, loraTargets, readLoraAdapter, writeLoraAdapter,
-    defaultTargetModules, loadCheckpoint, saveCheckpoint, ExampleEncoder, itemExamples, packMicroBatches, stepTokenWeights, mergeLora,
-    learningRateAt, lrSchedulers} from "./train/index.js";
-export type {TrainOptions, TrainResult, TrainEvent, LoraTrainerOptions, TrainerState, LoraAdapter, LoraConfig, LoraTarget, LoraTensor,
-    CheckpointMeta, EvalRecord, StepRecord, EncodedExample, ExampleEncodeOptions, ExampleKind, MicroBatch, TrainTask, WeightedItem,
-    MergeOptions, MergeResult, LrSchedule, LrScheduler} from "./train/index.js";
-export {exponentialMechanism, exponentialDistribution} from "./privacy/mechanism.js";
+
+// LoRA training (DP-SGD), adapters, merging
+export {trainLora, LoraTrainer, readLoraAdapter, writeLoraAdapter, mergeLora} from "./train/index.js";
+export type {TrainOptions, TrainResult, TrainEvent, LoraTrainerOptions, LoraAdapter, LoraConfig, LoraTensor, EvalRecord, StepRecord,
+    MergeOptions, MergeResult, LrScheduler} from "./train/index.js";
+export type {DpReport} from "./train/train.js";
+export {dpSgdEpsilon, noiseMultiplierFor} from "./train/dp-accountant.js";
+export type {DpSgdAccounting} from "./train/dp-accountant.js";
+
+// Privacy: text perturbation, release, the perturbation kit
+export {createPerturber, perturbFile} from "./privacy/perturb.js";
+export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, PerturberOptions, PerturbFileOptions, PerturbReport,
+    RecordReport, TextPerturbation, TextPerturber} from "./privacy/perturb.js";
+export {exponentialMechanism} from "./privacy/mechanism.js";
 export type {ExponentialMechanismOptions, PrivacyGuarantee, TokenDistribution, TokenMechanism, TokenUtilities} from "./privacy/mechanism.js";
-export {buildCusTextIndex, clusterSizes, cusTextMechanism, cusTextUtilities} from "./privacy/custext.js";
-export type {CusTextIndex, CusTextIndexOptions, EmbeddingMatrix, SimilarityMetric} from "./privacy/custext.js";
-export {sanTextMechanism, sanTextUtilities} from "./privacy/santext.js";
-export {loadEmbeddings} from "./privacy/embeddings.js";
-export type {LoadEmbeddingsOptions, TokenEmbeddings} from "./privacy/embeddings.js";
-export {perturbationDomain, readVocabulary} from "./privacy/vocab.js";
-export type {TokenVocabulary} from "./privacy/vocab.js";
-export {createPerturber, datasetReport, mechanismNames, perturbFile, TextPerturber} from "./privacy/perturb.js";
-export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, PerturberOptions, PerturbFileOptions, PerturbReport, RecordReport,
-    TextPerturbation} from "./privacy/perturb.js";
-export {secureUniform, seededUniform} from "./privacy/rng.js";
+export {seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
-export {defaultCacheDir} from "./privacy/cache.js";
-export {releaseItems, idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
+export {releaseItems} from "./privacy/release.js";
 export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
-export {writePerturbationKit, isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
+export {writePerturbationKit} from "./privacy/kit.js";
+
+// Experiments: the paper's grid of cells and its tables
+export {runExperiment} from "./experiment/runner.js";
+export type {ExperimentOptions, ExperimentEvent, ExperimentSummary} from "./experiment/runner.js";
+export {builtinConfigs, loadExperimentConfig} from "./experiment/config.js";
+export type {ExperimentConfig, MethodName, Settings, TaskSpec} from "./experiment/config.js";
+export {writeTables} from "./experiment/tables.js";
+
 // The federated layer (job server and client, scale-out workers, PruFed) is the subpath export
 // "ppc-gpt/federated" (ts/federated/index.ts), so importing the stages does not load Fastify, libsql or pg.

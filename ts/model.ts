@@ -15,6 +15,7 @@ export interface LoadedModel {
     readonly handle: NativeModel;
 }
 
+/** Load a GGUF model through the native addon: tokenize, logits, layer hidden states. */
 export async function loadModel(path: string, options: NativeModelOptions = {}): Promise<LoadedModel> {
     warnIfNoGpu(options.gpuLayers);
     const m: NativeModel = await native().loadModel(path, options);

@@ -5,7 +5,7 @@ import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
 import {aliasedOption, checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
-import {aggregationMethods, type AggregationMethod} from "../federated/prufed/aggregate.js";
+import {aggregationMethods, strategyFor, type AggregationMethod} from "../federated/prufed/aggregate.js";
 import type {FlServerEvent} from "../federated/prufed/http-server.js";
 import {FederatedError, readToken, serverBase} from "../federated/client/http.js";
 import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
@@ -303,7 +303,7 @@ differ from it are refused (exit 2), each difference named. See docs/prufed.md.`
                 throw new UsageError("--secagg-threshold needs --secure-aggregation");
             if (opts.secaggThreshold !== undefined && !(Number.isInteger(Number(opts.secaggThreshold)) && Number(opts.secaggThreshold) >= 2))
                 throw new UsageError(`--secagg-threshold must be an integer >= 2 (one share would give the server a client's mask seed; got ${opts.secaggThreshold})`);
-            if (opts.secureAggregation && (opts.aggregation === "flexlora" || opts.clipNorm !== undefined))
+            if (opts.secureAggregation && (!strategyFor(opts.aggregation).secureAggregation || opts.clipNorm !== undefined))
                 throw new UsageError("--secure-aggregation sums per-layer factors: use it with --aggregation layerwise or fedavg and without --clip-norm");
             const json = Boolean(opts.json);
             const emit = (e: FlServerEvent | Record<string, unknown>) => {

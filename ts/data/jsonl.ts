@@ -5,6 +5,7 @@ import path from "node:path";
 import readline from "node:readline";
 import {taskItemProblem, type TaskItem} from "./task-item.js";
 
+/** A bad input data file, with the file and (1-based) line it concerns. */
 export class DataError extends Error {
     override name = "DataError";
     constructor(readonly file: string, readonly line: number | undefined, message: string) {

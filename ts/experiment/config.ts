@@ -144,6 +144,7 @@ export const paperConfig: ExperimentConfig = {
     throughput: {generatorTokensPerSecond: 2500, trainTokensPerSecond: 6000, evalTokensPerSecond: 20000},
 };
 
+/** The built-in experiment configurations by name (`small`, `paper`). */
 export const builtinConfigs: Record<string, ExperimentConfig> = {small: smallConfig, paper: paperConfig};
 
 /** Every field of ExperimentConfig (the check below names a misspelt one). */

@@ -79,6 +79,7 @@ export interface ExperimentSummary {
     seconds: number;
 }
 
+/** Run an experiment configuration's grid of cells (resumable) and write its tables. */
 export async function runExperiment(config: ExperimentConfig, options: ExperimentOptions): Promise<ExperimentSummary> {
     checkConfig(config);
     const started = Date.now();

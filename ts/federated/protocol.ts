@@ -3,6 +3,7 @@
 // requests with them and @fastify/swagger serves them in the OpenAPI document, so what is checked
 // and what is documented are one thing. Neither side redefines any of this.
 
+/** The version of the PPC-GPT job protocol, sent and checked by server and client. */
 export const protocolVersion = "ppc-gpt/1";
 export const apiBase = "/v1";
 

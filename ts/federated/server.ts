@@ -74,6 +74,7 @@ export interface FederatedServer {
     close(): Promise<void>;
 }
 
+/** The job server's default settings (address, limits, workers). */
 export const serverDefaults = {
     host: "127.0.0.1",
     port: 8080,

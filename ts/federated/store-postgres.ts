@@ -11,6 +11,7 @@ import pg, {type Pool, type QueryResult} from "pg";
 import {stageNames, type JobState, type StageName} from "./protocol.js";
 import {TooManyJobsError, type IdempotencyHit, type JobRecord, type JobStore, type NewJob, type StageRecord, type TokenRecord} from "./store.js";
 
+/** The PostgreSQL job store cannot be reached. */
 export class StoreUnavailableError extends Error {
     override name = "StoreUnavailableError";
 }
@@ -105,6 +106,7 @@ function workerOf(r: Row): WorkerRecord {
         draining: Boolean(r.draining), claims: (r.claims ?? []) as WorkerClaim[]};
 }
 
+/** The job store on PostgreSQL, shared by several servers and scale-out workers. */
 export class PostgresJobStore implements JobStore {
     readonly pool: Pool;
     readonly schema: string;

@@ -96,6 +96,7 @@ export interface JobStore {
     close(): Awaitable<void>;
 }
 
+/** A client already has the maximum number of queued or running jobs. */
 export class TooManyJobsError extends Error {
     override name = "TooManyJobsError";
 }
@@ -166,6 +167,7 @@ function stageOf(r: Row): StageRecord {
         result: r.result == null ? null : JSON.parse(String(r.result))};
 }
 
+/** The embedded job store (libsql) in the server's data directory. */
 export class SqliteJobStore implements JobStore {
     private readonly db: Database.Database;
 

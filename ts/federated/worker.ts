@@ -38,6 +38,7 @@ export interface RunningWorker {
     drain(timeoutMs: number): Promise<void>;
 }
 
+/** Start a scale-out stage worker on a PostgreSQL job store. */
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const stages = options.stages ?? [...stageNames];

@@ -31,6 +31,7 @@ interface Waiter {
     onAbort?: () => void;
 }
 
+/** Continuous batched sampling on one loaded model: many prompts decoded together in one llama.cpp context. */
 export class BatchGenerator {
     private readonly waiters = new Map<number, Waiter>();
     private loop: Promise<void> | undefined;

@@ -430,6 +430,7 @@ export class TextPerturber {
     }
 }
 
+/** Open a text perturber (CusText / SanText / exponential mechanism over a model's embeddings). */
 export function createPerturber(o: PerturberOptions): Promise<TextPerturber> {
     return TextPerturber.create(o);
 }

@@ -171,6 +171,7 @@ export class EmbeddedGenerator implements Generator {
     }
 }
 
+/** A generator running a local GGUF model in process (node-llama-cpp), for `synthesize`. */
 export function createEmbeddedGenerator(options: EmbeddedGeneratorOptions): Promise<EmbeddedGenerator> {
     return EmbeddedGenerator.create(options);
 }

@@ -273,6 +273,7 @@ export class RemoteGenerator implements Generator {
     }
 }
 
+/** A generator speaking the OpenAI chat-completions protocol to a remote server, for `synthesize`. */
 export function createRemoteGenerator(options: RemoteGeneratorOptions): RemoteGenerator {
     return new RemoteGenerator(options);
 }

@@ -134,6 +134,7 @@ function addTo(map: Map<string, Set<number>>, key: string, n: number): boolean {
     return true;
 }
 
+/** The synthesis output folder: crash-safe journal of accepted items and rejections, resumable. */
 export class SyntheticStore {
     private chain: Promise<void> = Promise.resolve();
     private closed = false;

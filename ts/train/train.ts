@@ -371,6 +371,7 @@ async function checkInitAdapter(options: TrainOptions, o: ResolvedOptions, model
     return createHash("sha256").update(await fs.promises.readFile(file)).digest("hex");
 }
 
+/** Train a LoRA adapter on task items (optionally with DP-SGD) and write it as GGUF. */
 export async function trainLora(options: TrainOptions): Promise<TrainResult> {
     const o = resolveOptions(options);
     const started = Date.now();

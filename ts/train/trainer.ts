@@ -18,6 +18,7 @@ export interface TrainerState {
     tensors: NativeLoraTensorState[];
 }
 
+/** The native LoRA trainer on one model: forward/backward steps, AdamW, adapter export. */
 export class LoraTrainer {
     private closed = false;
 

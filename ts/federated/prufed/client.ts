@@ -57,6 +57,7 @@ export function clientRoundFiles(workDir: string, round: number): {start: string
     return {start: path.join(workDir, `round-${round}-start.gguf`), upload: path.join(workDir, `round-${round}.gguf`)};
 }
 
+/** One client's PruFed round: local LoRA steps from the received global, the upload and its metrics. */
 export async function runLocalRound(options: LocalRoundOptions): Promise<LocalRoundResult> {
     const started = performance.now();
     await fs.promises.mkdir(options.workDir, {recursive: true});

@@ -72,6 +72,7 @@ export function splitLocal(items: TaskItem[], share: number, seed: number): {tra
     return {train: shuffled.slice(0, shuffled.length - held), heldOut: shuffled.slice(shuffled.length - held)};
 }
 
+/** A PruFed client over HTTP: register, then train and upload each round it is sampled for. */
 export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClientRound[]; completed: number}> {
     const emit = o.onEvent ?? (() => {});
     const base = serverBase(o.server, {insecure: o.insecure});

@@ -7,6 +7,7 @@ export {secaggProtocol, secaggVersionHeader};
 /** The PruFed round protocol's version: `fl server` states it when a client registers, `fl client` speaks only its own. */
 export const flProtocol = "prufed/1";
 
+/** The PruFed HTTP routes shared by `fl server` and `fl client`. */
 export const flRoutes = {
     clients: "/v1/fl/clients",
     current: "/v1/fl/rounds/current",

@@ -168,6 +168,7 @@ export function accuracyByDepthOf(history: readonly RoundSummary[]): {name: stri
     }));
 }
 
+/** Start the PruFed HTTP server (rounds, uploads, secure aggregation, events). */
 export async function startFlServer(options: FlServerOptions): Promise<FlServer> {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     checkCleartextListen(options.host ?? "127.0.0.1", Boolean(options.tls), Boolean(options.insecure), log);
@@ -231,7 +232,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
             host = await SecureRoundHost.open({dataDir, round: cur.round, sampled: cur.sampled, previous: federation.globalAdapter,
                 members: federation.clients.filter((c) => cur.sampled.includes(c.id)), threshold: config.secaggThreshold,
                 keysDeadline: cur.deadline ?? Number.MAX_SAFE_INTEGER, phaseTimeoutMs: (config.secaggPhaseTimeout ?? 60) * 1000,
-                method: config.aggregation === "fedavg" ? "fedavg" : "layerwise", maskedMetrics: true});
+                method: config.aggregation, maskedMetrics: true});
         return host;
     };
 

@@ -18,7 +18,7 @@ import {deriveSeed, Random} from "../../train/random.js";
 import {checkLayerMap, layoutOfBase, readUpload, toBaseNumbering, UploadRejected, validateUpload, type AdapterLayout,
     type UploadLimits} from "./align.js";
 import type {MaskedMetrics, SecureLayerOutcome} from "./secure.js";
-import {aggregate, aggregationMethods, clientPart, initialGlobal, type AggregationMethod, type TargetAggregation} from "./aggregate.js";
+import {aggregate, aggregationMethods, clientPart, initialGlobal, strategyFor, type AggregationMethod, type TargetAggregation} from "./aggregate.js";
 
 export interface FederationConfig {
     /** Base model (full depth) every client's model was cut from. */
@@ -124,6 +124,7 @@ interface FederationState {
     history: RoundSummary[];
 }
 
+/** An upload that arrived after its round's deadline. */
 export class LateUpload extends Error {
     override name = "LateUpload";
 }
@@ -151,7 +152,7 @@ export function checkFederationConfig(c: FederationConfig): void {
     if (c.clipNorm !== undefined && !(c.clipNorm > 0))
         throw new RangeError(`clipNorm must be positive (got ${c.clipNorm})`);
     if (c.secureAggregation) {
-        if (c.aggregation !== "layerwise" && c.aggregation !== "fedavg")
+        if (!strategyFor(c.aggregation).secureAggregation)
             throw new RangeError(`secure aggregation sums per-layer factors: use it with layerwise or fedavg, not ${c.aggregation}`);
         if (c.clipNorm !== undefined)
             throw new RangeError("clipNorm needs each update, which secure aggregation hides from the server (clients may clip locally)");
@@ -179,6 +180,7 @@ export function configDifferences(saved: FederationConfig, given: FederationConf
         .map(([k, flag]) => `${flag}: saved ${shown(k, saved[k])}, given ${shown(k, given[k])}`);
 }
 
+/** PruFed's server state machine without transport: registration, rounds, uploads, aggregation, resume. */
 export class FederationServer {
     private constructor(readonly dataDir: string, private state: FederationState, readonly layout: AdapterLayout, private global: LoraAdapter) {}
 
@@ -248,9 +250,9 @@ export class FederationServer {
         if (!(client.weight > 0) || !Number.isFinite(client.weight))
             throw new RangeError(`client ${client.id}: weight must be a positive number (got ${client.weight})`);
         const c = this.state.config;
-        if (c.aggregation === "flexlora") {
+        if (strategyFor(c.aggregation).mixedRanks) {
             if (!Number.isInteger(client.r) || client.r < 1 || client.r > c.r)
-                throw new RangeError(`client ${client.id}: r = ${client.r}; flexlora clients need 1 <= r <= the global rank ${c.r}`);
+                throw new RangeError(`client ${client.id}: r = ${client.r}; ${c.aggregation} clients need 1 <= r <= the global rank ${c.r}`);
         } else if (client.r !== c.r || client.loraAlpha !== c.loraAlpha) {
             throw new RangeError(`client ${client.id}: r = ${client.r}, lora_alpha = ${client.loraAlpha}; ${c.aggregation} needs the ` +
                 `federation's r = ${c.r}, lora_alpha = ${c.loraAlpha} (flexlora allows other ranks)`);

@@ -19,7 +19,7 @@ import fs from "node:fs";
 import path from "node:path";
 import {appendDurable, fsyncDir, writeFileDurable} from "../../durable-file.js";
 import type {LoraAdapter} from "../../train/adapter.js";
-import type {TargetAggregation} from "./aggregate.js";
+import type {AggregationMethod, TargetAggregation} from "./aggregate.js";
 import {parseLoraTensorName} from "./align.js";
 import type {RegisteredClient, SecureRoundRecord, UploadMetrics} from "./rounds.js";
 import {metricsTarget, SecureAggregationServer, type Advert, type MaskedMetrics, type MaskPlan} from "./secure.js";
@@ -58,6 +58,7 @@ export const secureRoundDir = (dataDir: string, round: number) => path.join(data
 
 const b64 = (b: Buffer) => b.toString("base64");
 
+/** One secure-aggregation round over HTTP: maps the secagg routes onto the server's state machine, journaled. */
 export class SecureRoundHost {
     phase: SecurePhase = "keys";
     phaseDeadline: number;
@@ -68,7 +69,7 @@ export class SecureRoundHost {
 
     private constructor(readonly dir: string, readonly round: number, readonly sampled: string[], previous: LoraAdapter,
         members: RegisteredClient[], threshold: number | undefined, readonly keysDeadline: number, readonly phaseMs: number,
-        readonly method: "layerwise" | "fedavg", maskedMetrics: boolean) {
+        readonly method: AggregationMethod, maskedMetrics: boolean) {
         this.server = new SecureAggregationServer(previous, members.map((m) => ({id: m.id, weight: m.weight, layerMap: m.layerMap})),
             {round, threshold: threshold !== undefined ? Math.min(threshold, members.length) : undefined, method, maskedMetrics});
         this.phaseDeadline = keysDeadline;
@@ -80,7 +81,7 @@ export class SecureRoundHost {
 
     /** The host of an open secure round: new, or rebuilt from its journal after a restart. */
     static async open(o: {dataDir: string; round: number; sampled: string[]; previous: LoraAdapter; members: RegisteredClient[];
-        threshold?: number; keysDeadline: number; phaseTimeoutMs: number; method: "layerwise" | "fedavg"; now?: number;
+        threshold?: number; keysDeadline: number; phaseTimeoutMs: number; method: AggregationMethod; now?: number;
         /** The plan carries the clients' metrics as masked coordinates (secure.ts metricsTarget). */
         maskedMetrics?: boolean}): Promise<SecureRoundHost> {
         const dir = secureRoundDir(o.dataDir, o.round);

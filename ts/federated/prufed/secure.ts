@@ -21,7 +21,7 @@ import {createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, dif
     type KeyObject} from "node:crypto";
 import type {LoraAdapter, LoraTensor} from "../../train/adapter.js";
 import {parseLoraTensorName} from "./align.js";
-import type {TargetAggregation} from "./aggregate.js";
+import {strategyFor, type AggregationMethod, type TargetAggregation} from "./aggregate.js";
 import {bytesToField, combineShares, fieldToBytes, splitSecret, type Share} from "./shamir.js";
 import {secaggProtocol} from "./secure-checks.js";
 
@@ -41,8 +41,8 @@ export interface SecureRoundOptions {
     scaleBits?: number;
     /** Clients that go silent after sharing their keys (before sending their masked input). */
     dropAfterMasking?: string[];
-    /** "fedavg" additionally refuses clients of different depths. */
-    method?: "layerwise" | "fedavg";
+    /** The aggregation method (default layerwise): one whose strategy sums factors; fedavg's also refuses clients of different depths. */
+    method?: AggregationMethod;
     /** The plan carries the clients' metrics as masked coordinates (metricsTarget): the server learns only their weighted means. */
     maskedMetrics?: boolean;
 }
@@ -390,8 +390,11 @@ export class SecureAggregationServer {
             throw new RangeError(`threshold must be in [1, ${n}] (got ${this.threshold})`);
         if (new Set(members.map((m) => m.id)).size !== n)
             throw new Error("a client appears twice in the secure round");
-        if (options.method === "fedavg" && new Set(members.map((m) => m.layerMap.join(","))).size > 1)
-            throw new Error("fedavg is the homogeneous baseline: the round's clients hold different layers; use layerwise");
+        const strategy = strategyFor(options.method ?? "layerwise");
+        if (!strategy.secureAggregation)
+            throw new RangeError(`secure aggregation sums per-layer factors: use it with layerwise or fedavg, not ${strategy.name}`);
+        if (strategy.sameLayers && new Set(members.map((m) => m.layerMap.join(","))).size > 1)
+            throw new Error(`${strategy.name} is the homogeneous baseline: the round's clients hold different layers; use layerwise`);
     }
 
     private member(id: string): SecureMember {

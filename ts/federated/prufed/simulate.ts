@@ -13,7 +13,7 @@ import {removeLayers} from "../../prune/remove.js";
 import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {toBaseNumbering} from "./align.js";
-import {aggregationMethods, clientPart, type AggregationMethod} from "./aggregate.js";
+import {aggregationMethods, clientPart, strategyFor} from "./aggregate.js";
 import {labelAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
 import {FederationServer, type RoundSummary} from "./rounds.js";
 import {secureAggregateRound, type SecureRoundReport} from "./secure.js";
@@ -126,13 +126,14 @@ function checkOptions(o: SimulateOptions, baseLayers: number): void {
     const share = o.heldOutShare ?? 0.25;
     if (!(share > 0 && share < 1))
         throw new RangeError(`heldOutShare must be in (0, 1) (got ${share})`);
-    if (o.secureAggregation && !(o.aggregation === "layerwise" || o.aggregation === "fedavg"))
+    const aggregation = strategyFor(o.aggregation);
+    if (o.secureAggregation && !aggregation.secureAggregation)
         throw new RangeError(`secure aggregation sums per-layer factors: use it with layerwise or fedavg, not ${o.aggregation}`);
     if (o.dropAfterMasking?.length && !o.secureAggregation)
         throw new RangeError("dropAfterMasking simulates dropouts of secure aggregation; enable secureAggregation");
-    if (o.aggregation === "fedavg" && new Set(o.depths).size > 1)
-        throw new RangeError(`fedavg is the homogeneous baseline: give one depth (got ${o.depths.join(",")}); layerwise aggregates mixed depths`);
-    if (o.ranks && o.aggregation !== "flexlora")
+    if (aggregation.sameLayers && new Set(o.depths).size > 1)
+        throw new RangeError(`${o.aggregation} is the homogeneous baseline: give one depth (got ${o.depths.join(",")}); layerwise aggregates mixed depths`);
+    if (o.ranks && !aggregation.mixedRanks)
         throw new RangeError("per-client ranks need flexlora (the other methods average factors of one rank)");
 }
 
@@ -177,6 +178,7 @@ async function accuracyWith(client: SimClient, adapter: LoraAdapter, threads?: n
     }
 }
 
+/** PruFed in one process: every client and the server, round by round. */
 export async function simulate(options: SimulateOptions): Promise<SimulateResult> {
     const started = performance.now();
     const base = await readGguf(options.base);
@@ -199,8 +201,9 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
     const setup = clients.map((c) => ({id: c.id, depth: c.depth, layerMap: c.layerMap, items: c.items.length, heldOut: c.heldOut.length, model: c.model}));
     options.onEvent?.({type: "setup", clients: setup});
 
-    const local = options.aggregation === "local";
-    const method: AggregationMethod = local ? "layerwise" : options.aggregation as AggregationMethod;
+    const aggregation = strategyFor(options.aggregation);
+    const local = !aggregation.federated;
+    const method = aggregation.serverAggregation;
     const server = await FederationServer.create(path.join(options.outDir, "server"), {
         base: options.base, aggregation: method, rounds: options.rounds, clientsPerRound: options.clientsPerRound,
         minClients: options.minClients, seed: options.seed, r, loraAlpha, targetModules: options.targetModules, clipNorm: options.clipNorm,
@@ -250,7 +253,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
                     adapter: toBaseNumbering(await readLoraAdapter(uploads.get(id)!), c.layerMap)});
             }
             const res = secureAggregateRound(server.globalAdapter, participants, {
-                round: n, threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking, method: method === "fedavg" ? "fedavg" : "layerwise",
+                round: n, threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking, method,
             });
             secure = res.report;
             const r = res.report;

@@ -1,0 +1,19 @@
+// ppc-gpt/federated/internal: UNSTABLE. Helpers of the federated layer shared by the CLI, the tests and
+// the benchmarks (token hashing, spec checks, PruFed layer alignment, round files, ...). Names here may
+// change or go away in any release without notice; the supported surface is "ppc-gpt/federated".
+export {serverBase} from "./client/http.js";
+export {preparePerturbedUpload, waitForJob, fetchModel, readState, runFingerprint} from "./client/flow.js";
+export {checkUploadable} from "./client/data.js";
+export {tokenHash, authenticate} from "./tokens.js";
+export {isPostgresUrl} from "./store-postgres.js";
+export {StageWorker, DistributedRunner, queueDefaults, stageQueue} from "./distributed.js";
+export {jobItemsProblem, jobStrategies, stageNames, privacyMechanisms, epsilonRange} from "./protocol.js";
+export {parseLoraTensorName, layoutOfBase, layoutOfAdapter, clientLayerMap, toBaseNumbering, toClientNumbering, validateUpload,
+    readUpload} from "./prufed/align.js";
+export {clientPart, initialGlobal, strategies, strategyFor} from "./prufed/aggregate.js";
+export {recomputeRound, roundFile} from "./prufed/rounds.js";
+export {labelAccuracy, clientRoundFiles} from "./prufed/client.js";
+export {accuracyByDepth, simulationModes} from "./prufed/simulate.js";
+export type {MaskPlan, Advert, SharedBox} from "./prufed/secure.js";
+export {roundsSvg} from "./prufed/plot.js";
+export {SecureRoundError} from "./prufed/secure-host.js";
