@@ -136,8 +136,8 @@ function simulateCommand(): Command {
         .addHelpText("after", `
 Clients' models are cut from the base with ts/prune (--strategy, default top) to the --depths given;
 client i gets depth depths[i mod k] and the id c<i>-d<depth>. Items are shuffled (seeded) and dealt
-round-robin; each client holds out --held-out of its items and measures accuracy on them in the
-training prompt format (the gold label must score highest among the choice labels).
+round-robin; each client holds out --held-out of its items and measures accuracy on them as
+'ppc-gpt eval' scores (the mc format local training uses: the gold choice text must score highest).
 Every round: seeded sample of clients; each starts from the global adapter's part for its layers
 (mapped through ppc_gpt.pruning.original_layers), trains --local-steps steps, uploads; the server
 aggregates by base layer and writes <out>/server/rounds/round-N.gguf (base numbering, full depth);

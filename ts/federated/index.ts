@@ -32,8 +32,8 @@ export {aggregate, aggregationMethods, clientPart, initialGlobal} from "./prufed
 export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate, TargetAggregation} from "./prufed/aggregate.js";
 export {FederationServer, LateUpload, recomputeRound, roundFile} from "./prufed/rounds.js";
 export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, SecureRoundRecord, UploadMetrics} from "./prufed/rounds.js";
-export {runLocalRound, labelAccuracy, clientRoundFiles} from "./prufed/client.js";
-export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
+export {runLocalRound, heldOutAccuracy, clientRoundFiles} from "./prufed/client.js";
+export type {HeldOutSettings, LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
 export {simulate, accuracyByDepth, simulationModes} from "./prufed/simulate.js";
 export {startFlServer} from "./prufed/http-server.js";
 export type {FlServer, FlServerEvent, FlServerOptions} from "./prufed/http-server.js";

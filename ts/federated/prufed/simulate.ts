@@ -14,7 +14,8 @@ import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/a
 import {deriveSeed, Random} from "../../train/random.js";
 import {toBaseNumbering} from "./align.js";
 import {aggregationMethods, clientPart, type AggregationMethod} from "./aggregate.js";
-import {labelAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
+import type {AccuracySummary} from "../../eval/metrics.js";
+import {heldOutAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
 import {FederationServer, type RoundSummary} from "./rounds.js";
 import {secureAggregateRound, type SecureRoundReport} from "./secure.js";
 
@@ -72,7 +73,10 @@ export interface ClientRoundMetrics {
 export interface ClientAccuracy {
     id: string;
     depth: number;
+    /** acc on the client's own held-out items (heldOut.acc). */
     accuracy: number;
+    /** `ppc-gpt eval`'s scoring of those items: acc, acc_norm and their standard errors. */
+    heldOut: AccuracySummary;
 }
 
 export interface SimulatedRound {
@@ -167,11 +171,13 @@ function splitItems(items: TaskItem[], n: number, share: number, seed: number): 
     });
 }
 
-async function accuracyWith(client: SimClient, adapter: LoraAdapter, threads?: number): Promise<number> {
+/** A client's accuracy with an adapter, scored as `ppc-gpt eval` scores, in its training format. */
+async function accuracyWith(client: SimClient, adapter: LoraAdapter, train?: LocalTrainSettings): Promise<ClientAccuracy> {
     const file = path.join(client.dir, "eval.gguf");
     await writeLoraAdapter(file, adapter);
     try {
-        return await labelAccuracy(client.model, file, client.heldOut, threads);
+        const heldOut = (await heldOutAccuracy(client.model, file, client.heldOut, train)).summary;
+        return {id: client.id, depth: client.depth, accuracy: heldOut.acc, heldOut};
     } finally {
         await fs.promises.rm(file, {force: true});
     }
@@ -207,7 +213,6 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
     });
     for (const c of clients)
         await server.register({id: c.id, layerMap: c.layerMap, weight: c.items.length, r: c.r, loraAlpha: c.loraAlpha});
-    const threads = options.train?.threads;
     // "local": each client's own adapter, starting from the same initial global part as federated runs
     const own = new Map<string, LoraAdapter>();
     const initial: ClientAccuracy[] = [];
@@ -215,7 +220,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
         const start = clientPart(server.globalAdapter, c.layerMap, {method, r: c.r, loraAlpha: c.loraAlpha, seed: deriveSeed(options.seed, "client-part", c.id, 0)});
         own.set(c.id, start);
         await fs.promises.mkdir(c.dir, {recursive: true});
-        initial.push({id: c.id, depth: c.depth, accuracy: await accuracyWith(c, start, threads)});
+        initial.push(await accuracyWith(c, start, options.train));
     }
 
     const rounds: SimulatedRound[] = [];
@@ -266,7 +271,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
         for (const c of clients) {
             const adapter = local ? own.get(c.id)! : clientPart(server.globalAdapter, c.layerMap,
                 {method, r: c.r, loraAlpha: c.loraAlpha, seed: deriveSeed(options.seed, "client-part", c.id, n + 1)});
-            evaluation.push({id: c.id, depth: c.depth, accuracy: await accuracyWith(c, adapter, threads)});
+            evaluation.push(await accuracyWith(c, adapter, options.train));
         }
         const round: SimulatedRound = {round: n, aggregated: local ? false : summary.aggregated, sampled: open.sampled, clients: metrics, evaluation,
             ...(local ? {} : {file: summary.file}), ...(secure ? {secure} : {}), seconds: (performance.now() - roundStarted) / 1000};
