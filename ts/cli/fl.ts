@@ -14,6 +14,7 @@ interface SimulateCliOptions {
     depths: string;
     clients: string;
     data: string;
+    evalData?: string;
     rounds: string;
     seed: string;
     out: string;
@@ -70,6 +71,7 @@ export function flEventLine(e: Record<string, any>): string {
         case "uploaded":
         case "upload_refused":
             return `round ${e.round}: loss ${Number(e.trainLoss).toFixed(4)}, held-out acc ${accuracy(e.accuracyBefore)} -> ${accuracy(e.accuracy)}, ` +
+                (e.evalSet ? `eval-data acc ${accuracy(e.evalSetBefore?.acc)} -> ${accuracy(e.evalSet.acc)} ± ${accuracy(e.evalSet.acc_stderr)}, ` : "") +
                 `${e.bytesDown} bytes down, ${e.bytesUp} up${e.secure ? " (masked)" : ""}, ${Number(e.seconds).toFixed(1)} s: ` +
                 (e.accepted ? "accepted" : `refused: ${e.error}`);
         case "finished":
@@ -108,6 +110,7 @@ function simulateCommand(): Command {
         .requiredOption("--clients <n>", "number of clients")
         .requiredOption("--data <items.jsonl>", "task items (task-item JSONL), split across the clients")
         .requiredOption("--out <dir>", "new folder: models/ (cut models), server/ (round files), clients/<id>/ (uploads)")
+        .option("--eval-data <items.jsonl>", "one held-out set scored for every client after every round, besides its own split (the plot draws it)")
         .option("--rounds <n>", "federated rounds", "5")
         .option("--seed <n>", "seed of the split, sampling, adapter init and local training", "42")
         .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks), local (no federation: baseline)")
@@ -138,6 +141,8 @@ Clients' models are cut from the base with ts/prune (--strategy, default top) to
 client i gets depth depths[i mod k] and the id c<i>-d<depth>. Items are shuffled (seeded) and dealt
 round-robin; each client holds out --held-out of its items and measures accuracy on them as
 'ppc-gpt eval' scores (the mc format local training uses: the gold choice text must score highest).
+--eval-data scores one more set, the same items for every client, so depths compare on one set;
+the JSON has acc, acc_norm and standard errors of both (heldOut, evalSet), the plot ± 1 stderr.
 Every round: seeded sample of clients; each starts from the global adapter's part for its layers
 (mapped through ppc_gpt.pruning.original_layers), trains --local-steps steps, uploads; the server
 aggregates by base layer and writes <out>/server/rounds/round-N.gguf (base numbering, full depth);
@@ -167,9 +172,11 @@ Examples:
             if (unknown.length > 0)
                 throw new UsageError(`--drop-after-masking: no client ${unknown.join(", ")}; the clients are ${ids.join(", ")}`);
             checkOutputFolder(opts.plot, "--plot");
+            if (opts.evalData !== undefined && !fs.existsSync(opts.evalData))
+                throw new UsageError(`--eval-data ${opts.evalData} does not exist`);
             const created = !fs.existsSync(opts.out);
             const result = await simulate({
-                base: opts.base, depths, clients, data: opts.data, rounds: int(opts.rounds, "--rounds"),
+                base: opts.base, depths, clients, data: opts.data, evalData: opts.evalData, rounds: int(opts.rounds, "--rounds"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 aggregation: opts.aggregation, localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
                 clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
@@ -191,10 +198,12 @@ Examples:
                 removeFailedSimulation(opts.out, created);
                 throw err;
             });
+            const set = result.evalSet ? "evalSet" : "heldOut";
             if (opts.plot) {
-                const series = accuracyByDepth(result).map((s) => ({name: `depth ${s.depth}`, values: s.values}));
+                const series = accuracyByDepth(result, set).map((s) => ({name: `depth ${s.depth}`, values: s.values, stderr: s.stderr}));
                 const tmp = `${opts.plot}.tmp-${process.pid}`;
-                fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: held-out accuracy by round`));
+                fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
+                    : "held-out accuracy"} by round (± 1 s.e.)`));
                 fs.renameSync(tmp, opts.plot);
             }
             if (json) {
@@ -208,6 +217,10 @@ Examples:
                     (last?.evaluation.find((x) => x.id === c.id)?.accuracy ?? NaN).toFixed(3)])));
             for (const s of accuracyByDepth(result))
                 process.stdout.write(`depth ${s.depth}: mean held-out accuracy by round ${s.values.map((v) => v.toFixed(2)).join(" ")}\n`);
+            if (result.evalSet)
+                for (const s of accuracyByDepth(result, "evalSet"))
+                    process.stdout.write(`depth ${s.depth}: accuracy on the ${result.evalSet.items} --eval-data items by round ` +
+                        `${s.values.map((v, i) => `${v.toFixed(2)}±${s.stderr[i].toFixed(2)}`).join(" ")}\n`);
             process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
         });
 }
@@ -351,7 +364,8 @@ Clients need no flag: they learn it from the round. See docs/prufed.md.`)
 
 interface ClientCliOptions {
     server: string; model: string; data: string; workDir: string; localSteps: string; tokenFile?: string; r: string; loraAlpha: string;
-    lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
+    lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; evalData?: string; seed: string;
+    threads?: string; json?: boolean;
 }
 
 function clientCommand(): Command {
@@ -372,6 +386,7 @@ function clientCommand(): Command {
         .option("--lora-dropout <p>", "LoRA dropout", "0")
         .option("--max-input-length <n>", "prompt tokens kept per example", "64")
         .option("--held-out <share>", "share of the items held out for accuracy", "0.25")
+        .option("--eval-data <items.jsonl>", "one more held-out set (e.g. the same for every client), scored before and after every local round")
         .option("--seed <n>", "seed of the local split and training", "42")
         .option("--threads <n>", "CPU threads of training and evaluation")
         .option("--json", "events as JSON lines on stdout, the result last")
@@ -387,8 +402,8 @@ Examples:
       --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`)
         .action(async (opts: ClientCliOptions, cmd: Command) => {
             const batch = aliasedOption(cmd, "batch", "batchSize");
-            for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"]] as const)
-                if (!fs.existsSync(f))
+            for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"], [opts.evalData, "--eval-data"]] as const)
+                if (f !== undefined && !fs.existsSync(f))
                     throw new UsageError(`${name} ${f} does not exist`);
             const token = readToken(opts.tokenFile);
             const json = Boolean(opts.json);
@@ -403,7 +418,7 @@ Examples:
             const result = await runFlClient({
                 server: opts.server, token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
                 r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
-                heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"),
+                heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"), evalData: opts.evalData,
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 train: {
                     learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
@@ -421,8 +436,11 @@ Examples:
             }).finally(() => clearTimeout(waiting));
             if (json)
                 return printJson({event: "result", ...result});
-            process.stdout.write(table(["round", "loss", "acc before", "acc after", "bytes down", "bytes up", "s", "accepted"],
-                result.rounds.map((r) => [r.round, r.trainLoss.toFixed(4), r.accuracyBefore?.toFixed(3) ?? "", r.accuracy?.toFixed(3) ?? "",
-                    r.bytesDown, r.bytesUp, r.seconds.toFixed(1), r.accepted ? "yes" : `no: ${r.error}`])));
+            const withStderr = (a?: {acc: number; acc_stderr: number}) => a ? `${a.acc.toFixed(3)}±${a.acc_stderr.toFixed(3)}` : "";
+            process.stdout.write(table(["round", "loss", "acc before", "acc after", ...(opts.evalData ? ["eval-data before", "eval-data after"] : []),
+                "bytes down", "bytes up", "s", "accepted"],
+            result.rounds.map((r) => [r.round, r.trainLoss.toFixed(4), r.accuracyBefore?.toFixed(3) ?? "", r.accuracy?.toFixed(3) ?? "",
+                ...(opts.evalData ? [withStderr(r.evalSetBefore), withStderr(r.evalSet)] : []),
+                r.bytesDown, r.bytesUp, r.seconds.toFixed(1), r.accepted ? "yes" : `no: ${r.error}`])));
         });
 }

@@ -25,6 +25,8 @@ export interface LocalRoundOptions {
     items: TaskItem[] | WeightedItem[];
     /** Its held-out items for accuracy (none: no accuracy). */
     heldOut?: TaskItem[];
+    /** One held-out set shared by every client (`--eval-data`), scored besides its own, so depths compare on the same items. */
+    evalSet?: TaskItem[];
     /** What the server sent: the global adapter's part for this client's layers, client numbering. */
     start: LoraAdapter;
     round: number;
@@ -47,6 +49,9 @@ export interface LocalRoundResult {
     /** The same measurements in full: acc and acc_norm with their standard errors. */
     heldOutBefore?: AccuracySummary;
     heldOut?: AccuracySummary;
+    /** The shared evaluation set (`evalSet`), before and after local training. */
+    evalSetBefore?: AccuracySummary;
+    evalSet?: AccuracySummary;
     bytesDown: number;
     bytesUp: number;
     trainSeconds: number;
@@ -67,9 +72,10 @@ export async function runLocalRound(options: LocalRoundOptions): Promise<LocalRo
     await fs.promises.mkdir(options.workDir, {recursive: true});
     const files = clientRoundFiles(options.workDir, options.round);
     await writeLoraAdapter(files.start, options.start, [{key: "ppc_gpt.prufed.round", type: "uint32", value: options.round}]);
-    const measure = (adapter: string) => options.heldOut?.length
-        ? heldOutAccuracy(options.model, adapter, options.heldOut, options.train).then((r) => r.summary) : undefined;
-    const before = await measure(files.start);
+    const measure = (adapter: string, items?: TaskItem[]) => items?.length
+        ? heldOutAccuracy(options.model, adapter, items, options.train).then((r) => r.summary) : undefined;
+    const before = await measure(files.start, options.heldOut);
+    const evalBefore = await measure(files.start, options.evalSet);
     const trainStarted = performance.now();
     const result = await trainLora({
         ...defaultLocalTrain,
@@ -82,12 +88,14 @@ export async function runLocalRound(options: LocalRoundOptions): Promise<LocalRo
         seed: options.seed,
     });
     const trainSeconds = (performance.now() - trainStarted) / 1000;
-    const after = await measure(files.upload);
+    const after = await measure(files.upload, options.heldOut);
+    const evalAfter = await measure(files.upload, options.evalSet);
     return {
         round: options.round,
         upload: files.upload,
         trainLoss: result.trainLoss,
         ...(before && after ? {accuracyBefore: before.acc, accuracy: after.acc, heldOutBefore: before, heldOut: after} : {}),
+        ...(evalBefore && evalAfter ? {evalSetBefore: evalBefore, evalSet: evalAfter} : {}),
         bytesDown: fs.statSync(files.start).size,
         bytesUp: fs.statSync(files.upload).size,
         trainSeconds,
