@@ -38,6 +38,8 @@ interface SimulateCliOptions {
     dropAfterMasking?: string;
     threads?: string;
     plot?: string;
+    compare?: boolean;
+    seeds?: string;
     json?: boolean;
 }
 
@@ -135,6 +137,9 @@ function simulateCommand(): Command {
         .option("--drop-after-masking <ids>", "secure aggregation: these client ids drop out after masking every round (recovered from shares)")
         .option("--threads <n>", "CPU threads of training and evaluation")
         .option("--plot <rounds.svg>", "write held-out accuracy by round, one line per client depth")
+        .option("--compare", "the paper's comparison: layerwise vs FedAvg with every client at each depth vs each client alone, over --seeds; "
+            + "--out is a cache (rerun to resume)")
+        .option("--seeds <list>", "with --compare: the seeds (e.g. 1,2,3)")
         .option("--json", "print the result as JSON (events as JSON lines on stderr)")
         .addHelpText("after", `
 Clients' models are cut from the base with ts/prune (--strategy, default top) to the --depths given;
@@ -153,10 +158,22 @@ Examples:
   ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --aggregation local --out sim-local
   ppc-gpt fl simulate --base base.gguf --depths 5 --clients 4 --data items.jsonl --aggregation fedavg --out sim-fedavg
   ppc-gpt fl simulate --base base.gguf --depths 5,3 --clients 4 --data items.jsonl --aggregation flexlora --r 8 --ranks 8,4 --out sim-flex
-  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec`)
+  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec
+  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --eval-data eval.jsonl --rounds 10 \
+      --compare --seeds 1,2,3 --out cmp --plot cmp.svg
+
+--compare runs, per seed, layerwise on the mixed depths, fedavg with every client at depth D for
+each D, and every client alone (local), on the same clients and items; it prints the mean final
+accuracy per depth with its spread over seeds (also <out>/compare.md, compare.json) and the FL
+round overhead (round time without accuracy measurement / local training time). Each simulation
+is cached under <out>/stages/: a killed comparison resumes where it stopped.`)
         .action(async (opts: SimulateCliOptions, cmd: Command) => {
             const batch = aliasedOption(cmd, "batch", "batchSize");
             const depths = parseIndexList(opts.depths, "--depths", "depths");
+            if (opts.seeds !== undefined && !opts.compare)
+                throw new UsageError("--seeds goes with --compare (one simulation takes --seed)");
+            if (opts.compare)
+                return compareAction(opts, cmd, depths, int(batch.value!, batch.flag));
             if (fs.existsSync(path.join(opts.out, "server", "state.json")))
                 throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
             const share = parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)");
@@ -223,6 +240,56 @@ Examples:
                         `${s.values.map((v, i) => `${v.toFixed(2)}±${s.stderr[i].toFixed(2)}`).join(" ")}\n`);
             process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
         });
+}
+
+/** `fl simulate --compare`: the set-ups of compare.ts over --seeds, cached under --out. */
+async function compareAction(opts: SimulateCliOptions, cmd: Command, depths: number[], batchSize: number): Promise<void> {
+    for (const flag of ["aggregation", "seed", "ranks", "secureAggregation", "dropAfterMasking", "secureThreshold", "clientsPerRound", "minClients"])
+        if (cmd.getOptionValueSource(flag) === "cli")
+            throw new UsageError(`--compare chooses the aggregations and seeds itself: drop --${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+    if (opts.seeds === undefined)
+        throw new UsageError("--compare needs --seeds (e.g. --seeds 1,2,3)");
+    const seeds = parseIndexList(opts.seeds, "--seeds", "seeds");
+    for (const [f, name] of [[opts.base, "--base"], [opts.data, "--data"], [opts.evalData, "--eval-data"]] as const)
+        if (f !== undefined && !fs.existsSync(f))
+            throw new UsageError(`${name} ${f} does not exist`);
+    checkOutputFolder(opts.plot, "--plot");
+    const json = Boolean(opts.json);
+    const {compareFederations, compareTable} = await import("../federated/prufed/compare.js");
+    const result = await compareFederations({
+        base: opts.base, depths, clients: int(opts.clients, "--clients"), data: opts.data, evalData: opts.evalData, seeds,
+        rounds: int(opts.rounds, "--rounds"), localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
+        heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"), r: int(opts.r, "--r"),
+        loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+        targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
+        clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
+        train: {
+            learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize,
+            loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
+            ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
+        },
+        onRun: (r) => process.stderr.write(json ? JSON.stringify({event: "run", ...r}) + "\n"
+            : `${r.setup} seed ${r.seed}: ${r.cached ? "cached" : "done"}\n`),
+    });
+    const table = compareTable(result);
+    const tmp = path.join(opts.out, `.compare.md.tmp-${process.pid}`);
+    fs.writeFileSync(tmp, table);
+    fs.renameSync(tmp, path.join(opts.out, "compare.md"));
+    if (opts.plot) {
+        const series = result.rows.map((x) => ({name: `${x.setup === `fedavg-d${x.depth}` ? "fedavg" : x.setup} depth ${x.depth}`, values: x.byRound}));
+        const ptmp = `${opts.plot}.tmp-${process.pid}`;
+        fs.writeFileSync(ptmp, roundsSvg(series, `PruFed comparison: ${result.scored === "evalSet" ? "shared eval set" : "held-out"} accuracy, mean of ${seeds.length} seeds`));
+        fs.renameSync(ptmp, opts.plot);
+    }
+    if (json)
+        return printJson(result);
+    const fresh = result.timing.filter((x) => !x.cached);
+    process.stdout.write(table);
+    if (fresh.length > 0)
+        process.stdout.write(`FL round overhead (round time without accuracy measurement / local training): ` +
+            `${Math.min(...fresh.map((x) => x.overhead)).toFixed(3)}–${Math.max(...fresh.map((x) => x.overhead)).toFixed(3)}x over ${fresh.length} runs\n`);
+    process.stdout.write(`${result.runs.length} simulations (${result.runs.length - fresh.length} cached) in ${result.seconds.toFixed(1)} s; ` +
+        `${path.join(opts.out, "compare.md")}\n`);
 }
 
 /**

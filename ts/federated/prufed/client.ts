@@ -55,6 +55,8 @@ export interface LocalRoundResult {
     bytesDown: number;
     bytesUp: number;
     trainSeconds: number;
+    /** Of `seconds`, the time spent measuring accuracy (not part of a round's cost proper). */
+    evalSeconds: number;
     seconds: number;
 }
 
@@ -72,8 +74,15 @@ export async function runLocalRound(options: LocalRoundOptions): Promise<LocalRo
     await fs.promises.mkdir(options.workDir, {recursive: true});
     const files = clientRoundFiles(options.workDir, options.round);
     await writeLoraAdapter(files.start, options.start, [{key: "ppc_gpt.prufed.round", type: "uint32", value: options.round}]);
-    const measure = (adapter: string, items?: TaskItem[]) => items?.length
-        ? heldOutAccuracy(options.model, adapter, items, options.train).then((r) => r.summary) : undefined;
+    let evalSeconds = 0;
+    const measure = async (adapter: string, items?: TaskItem[]) => {
+        if (!items?.length)
+            return undefined;
+        const t0 = performance.now();
+        const r = await heldOutAccuracy(options.model, adapter, items, options.train);
+        evalSeconds += (performance.now() - t0) / 1000;
+        return r.summary;
+    };
     const before = await measure(files.start, options.heldOut);
     const evalBefore = await measure(files.start, options.evalSet);
     const trainStarted = performance.now();
@@ -99,6 +108,7 @@ export async function runLocalRound(options: LocalRoundOptions): Promise<LocalRo
         bytesDown: fs.statSync(files.start).size,
         bytesUp: fs.statSync(files.upload).size,
         trainSeconds,
+        evalSeconds,
         seconds: (performance.now() - started) / 1000,
     };
 }

@@ -69,6 +69,9 @@ export interface ClientRoundMetrics {
     accuracy?: number;
     bytesDown: number;
     bytesUp: number;
+    /** Of `seconds`: local training, and accuracy measurement. */
+    trainSeconds: number;
+    evalSeconds: number;
     seconds: number;
 }
 
@@ -92,6 +95,9 @@ export interface SimulatedRound {
     evaluation: ClientAccuracy[];
     file?: string;
     secure?: SecureRoundReport;
+    /** Of `seconds`: the clients' local training (one after another here), and all accuracy measurement. */
+    trainSeconds: number;
+    evalSeconds: number;
     seconds: number;
 }
 
@@ -245,7 +251,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
             const res = await runLocalRound({model: c.model, items: c.items, heldOut: c.heldOut, start, round: n, workDir: c.dir,
                 localSteps: options.localSteps, seed: deriveSeed(options.seed, "local", id, n), train: options.train});
             const m: ClientRoundMetrics = {id, depth: c.depth, trainLoss: res.trainLoss, accuracyBefore: res.accuracyBefore, accuracy: res.accuracy,
-                bytesDown: res.bytesDown, bytesUp: res.bytesUp, seconds: res.seconds};
+                bytesDown: res.bytesDown, bytesUp: res.bytesUp, trainSeconds: res.trainSeconds, evalSeconds: res.evalSeconds, seconds: res.seconds};
             metrics.push(m);
             uploads.set(id, res.upload);
             options.onEvent?.({type: "client", round: n, metrics: m});
@@ -278,13 +284,16 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
             summary = await server.closeRound();
         }
         const evaluation: ClientAccuracy[] = [];
+        const evalStarted = performance.now();
         for (const c of clients) {
             const adapter = local ? own.get(c.id)! : clientPart(server.globalAdapter, c.layerMap,
                 {method, r: c.r, loraAlpha: c.loraAlpha, seed: deriveSeed(options.seed, "client-part", c.id, n + 1)});
             evaluation.push(await accuracyWith(c, adapter, options.train, evalItems));
         }
+        const evalSeconds = (performance.now() - evalStarted) / 1000 + metrics.reduce((x, m) => x + m.evalSeconds, 0);
         const round: SimulatedRound = {round: n, aggregated: local ? false : summary.aggregated, sampled: open.sampled, clients: metrics, evaluation,
-            ...(local ? {} : {file: summary.file}), ...(secure ? {secure} : {}), seconds: (performance.now() - roundStarted) / 1000};
+            ...(local ? {} : {file: summary.file}), ...(secure ? {secure} : {}), trainSeconds: metrics.reduce((x, m) => x + m.trainSeconds, 0),
+            evalSeconds, seconds: (performance.now() - roundStarted) / 1000};
         rounds.push(round);
         options.onEvent?.({type: "round", round});
     }
