@@ -2,7 +2,7 @@
 // formulas written out here; item selection for --limit / --seed.
 import test from "ava";
 import {selectItems} from "../../ts/eval/evaluate.js";
-import {argmax, charLength, choiceMetrics, mean, meanStderr, sampleStddev, summarizeAccuracy} from "../../ts/eval/metrics.js";
+import {argmax, charLength, choiceMetrics, mean, meanStderr, pooledAccuracy, sampleStddev, summarizeAccuracy} from "../../ts/eval/metrics.js";
 
 test("mean, sample standard deviation and standard error of the mean", (t) => {
     const xs = [1, 0, 0, 1, 1, 1, 0, 1];
@@ -17,6 +17,16 @@ test("mean, sample standard deviation and standard error of the mean", (t) => {
     t.is(s.acc_norm, 0.5);
     t.true(Math.abs(s.acc_stderr - Math.sqrt((3 * 0.0625 + 0.5625) / 3) / 2) < 1e-15);
     t.true(Math.abs(s.acc_norm_stderr - Math.sqrt(4 * 0.25 / 3) / 2) < 1e-15);
+});
+
+test("pooledAccuracy of several item sets equals summarizeAccuracy of their items together", (t) => {
+    const sets = [[[1, 0, 1, 1], [0, 0, 1, 1]], [[0, 0, 1], [1, 0, 1]], [[1], [1]]];
+    const pooled = pooledAccuracy(sets.map(([a, b]) => summarizeAccuracy(a, b)));
+    const direct = summarizeAccuracy(sets.flatMap(([a]) => a), sets.flatMap(([, b]) => b));
+    t.is(pooled.n, 8);
+    for (const key of ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr"] as const)
+        t.true(Math.abs(pooled[key] - direct[key]) < 1e-15, `${key}: ${pooled[key]} vs ${direct[key]}`);
+    t.true(Number.isNaN(pooledAccuracy([summarizeAccuracy([1], [0])]).acc_stderr));
 });
 
 test("acc takes the largest log-likelihood, acc_norm the largest per character of the choice", (t) => {

@@ -15,6 +15,7 @@ interface SimulateCliOptions {
     depths: string;
     clients: string;
     data: string;
+    evalData?: string;
     rounds: string;
     seed: string;
     out: string;
@@ -38,6 +39,8 @@ interface SimulateCliOptions {
     dropAfterMasking?: string;
     threads?: string;
     plot?: string;
+    compare?: boolean;
+    seeds?: string;
     json?: boolean;
 }
 
@@ -71,6 +74,7 @@ export function flEventLine(e: Record<string, any>): string {
         case "uploaded":
         case "upload_refused":
             return `round ${e.round}: loss ${Number(e.trainLoss).toFixed(4)}, held-out acc ${accuracy(e.accuracyBefore)} -> ${accuracy(e.accuracy)}, ` +
+                (e.evalSet ? `eval-data acc ${accuracy(e.evalSetBefore?.acc)} -> ${accuracy(e.evalSet.acc)} ± ${accuracy(e.evalSet.acc_stderr)}, ` : "") +
                 `${e.bytesDown} bytes down, ${e.bytesUp} up${e.secure ? " (masked)" : ""}, ${Number(e.seconds).toFixed(1)} s: ` +
                 (e.accepted ? "accepted" : `refused: ${e.error}`);
         case "finished":
@@ -109,6 +113,7 @@ function simulateCommand(): Command {
         .requiredOption("--clients <n>", "number of clients")
         .requiredOption("--data <items.jsonl>", "task items (task-item JSONL), split across the clients")
         .requiredOption("--out <dir>", "new folder: models/ (cut models), server/ (round files), clients/<id>/ (uploads)")
+        .option("--eval-data <items.jsonl>", "one held-out set scored for every client after every round, besides its own split (the plot draws it)")
         .option("--rounds <n>", "federated rounds", "5")
         .option("--seed <n>", "seed of the split, sampling, adapter init and local training", "42")
         .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks), local (no federation: baseline)")
@@ -133,12 +138,17 @@ function simulateCommand(): Command {
         .option("--drop-after-masking <ids>", "secure aggregation: these client ids drop out after masking every round (recovered from shares)")
         .option("--threads <n>", "CPU threads of training and evaluation")
         .option("--plot <rounds.svg>", "write held-out accuracy by round, one line per client depth")
+        .option("--compare", "the paper's comparison: layerwise vs FedAvg with every client at each depth vs each client alone, over --seeds; "
+            + "--out is a cache (rerun to resume)")
+        .option("--seeds <list>", "with --compare: the seeds (e.g. 1,2,3)")
         .option("--json", "print the result as JSON (events as JSON lines on stderr)")
         .addHelpText("after", `
 Clients' models are cut from the base with ts/prune (--strategy, default top) to the --depths given;
 client i gets depth depths[i mod k] and the id c<i>-d<depth>. Items are shuffled (seeded) and dealt
-round-robin; each client holds out --held-out of its items and measures accuracy on them in the
-training prompt format (the gold label must score highest among the choice labels).
+round-robin; each client holds out --held-out of its items and measures accuracy on them as
+'ppc-gpt eval' scores (the mc format local training uses: the gold choice text must score highest).
+--eval-data scores one more set, the same items for every client, so depths compare on one set;
+the JSON has acc, acc_norm and standard errors of both (heldOut, evalSet), the plot ± 1 stderr.
 Every round: seeded sample of clients; each starts from the global adapter's part for its layers
 (mapped through ppc_gpt.pruning.original_layers), trains --local-steps steps, uploads; the server
 aggregates by base layer and writes <out>/server/rounds/round-N.gguf (base numbering, full depth);
@@ -149,10 +159,22 @@ Examples:
   ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --aggregation local --out sim-local
   ppc-gpt fl simulate --base base.gguf --depths 5 --clients 4 --data items.jsonl --aggregation fedavg --out sim-fedavg
   ppc-gpt fl simulate --base base.gguf --depths 5,3 --clients 4 --data items.jsonl --aggregation flexlora --r 8 --ranks 8,4 --out sim-flex
-  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec`)
+  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --secure-aggregation --drop-after-masking c5-d3 --out sim-sec
+  ppc-gpt fl simulate --base base.gguf --depths 5,4,3 --clients 6 --data items.jsonl --eval-data eval.jsonl --rounds 10 \
+      --compare --seeds 1,2,3 --out cmp --plot cmp.svg
+
+--compare runs, per seed, layerwise on the mixed depths, fedavg with every client at depth D for
+each D, and every client alone (local), on the same clients and items; it prints the mean final
+accuracy per depth with its spread over seeds (also <out>/compare.md, compare.json) and the FL
+round overhead (round time without accuracy measurement / local training time). Each simulation
+is cached under <out>/stages/: a killed comparison resumes where it stopped.`)
         .action(async (opts: SimulateCliOptions, cmd: Command) => {
             const batch = aliasedOption(cmd, "batch", "batchSize");
             const depths = parseIndexList(opts.depths, "--depths", "depths");
+            if (opts.seeds !== undefined && !opts.compare)
+                throw new UsageError("--seeds goes with --compare (one simulation takes --seed)");
+            if (opts.compare)
+                return compareAction(opts, cmd, depths, int(batch.value!, batch.flag));
             if (fs.existsSync(path.join(opts.out, "server", "state.json")))
                 throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
             const share = parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)");
@@ -168,9 +190,11 @@ Examples:
             if (unknown.length > 0)
                 throw new UsageError(`--drop-after-masking: no client ${unknown.join(", ")}; the clients are ${ids.join(", ")}`);
             checkOutputFolder(opts.plot, "--plot");
+            if (opts.evalData !== undefined && !fs.existsSync(opts.evalData))
+                throw new UsageError(`--eval-data ${opts.evalData} does not exist`);
             const created = !fs.existsSync(opts.out);
             const result = await simulate({
-                base: opts.base, depths, clients, data: opts.data, rounds: int(opts.rounds, "--rounds"),
+                base: opts.base, depths, clients, data: opts.data, evalData: opts.evalData, rounds: int(opts.rounds, "--rounds"),
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 aggregation: opts.aggregation, localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
                 clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
@@ -192,10 +216,12 @@ Examples:
                 removeFailedSimulation(opts.out, created);
                 throw err;
             });
+            const set = result.evalSet ? "evalSet" : "heldOut";
             if (opts.plot) {
-                const series = accuracyByDepth(result).map((s) => ({name: `depth ${s.depth}`, values: s.values}));
+                const series = accuracyByDepth(result, set).map((s) => ({name: `depth ${s.depth}`, values: s.values, stderr: s.stderr}));
                 const tmp = `${opts.plot}.tmp-${process.pid}`;
-                fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: held-out accuracy by round`));
+                fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
+                    : "held-out accuracy"} by round (± 1 s.e.)`));
                 fs.renameSync(tmp, opts.plot);
             }
             if (json) {
@@ -209,8 +235,62 @@ Examples:
                     (last?.evaluation.find((x) => x.id === c.id)?.accuracy ?? NaN).toFixed(3)])));
             for (const s of accuracyByDepth(result))
                 process.stdout.write(`depth ${s.depth}: mean held-out accuracy by round ${s.values.map((v) => v.toFixed(2)).join(" ")}\n`);
+            if (result.evalSet)
+                for (const s of accuracyByDepth(result, "evalSet"))
+                    process.stdout.write(`depth ${s.depth}: accuracy on the ${result.evalSet.items} --eval-data items by round ` +
+                        `${s.values.map((v, i) => `${v.toFixed(2)}±${s.stderr[i].toFixed(2)}`).join(" ")}\n`);
             process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
         });
+}
+
+/** `fl simulate --compare`: the set-ups of compare.ts over --seeds, cached under --out. */
+async function compareAction(opts: SimulateCliOptions, cmd: Command, depths: number[], batchSize: number): Promise<void> {
+    for (const flag of ["aggregation", "seed", "ranks", "secureAggregation", "dropAfterMasking", "secureThreshold", "clientsPerRound", "minClients"])
+        if (cmd.getOptionValueSource(flag) === "cli")
+            throw new UsageError(`--compare chooses the aggregations and seeds itself: drop --${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+    if (opts.seeds === undefined)
+        throw new UsageError("--compare needs --seeds (e.g. --seeds 1,2,3)");
+    const seeds = parseIndexList(opts.seeds, "--seeds", "seeds");
+    for (const [f, name] of [[opts.base, "--base"], [opts.data, "--data"], [opts.evalData, "--eval-data"]] as const)
+        if (f !== undefined && !fs.existsSync(f))
+            throw new UsageError(`${name} ${f} does not exist`);
+    checkOutputFolder(opts.plot, "--plot");
+    const json = Boolean(opts.json);
+    const {compareFederations, compareTable} = await import("../federated/prufed/compare.js");
+    const result = await compareFederations({
+        base: opts.base, depths, clients: int(opts.clients, "--clients"), data: opts.data, evalData: opts.evalData, seeds,
+        rounds: int(opts.rounds, "--rounds"), localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
+        heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"), r: int(opts.r, "--r"),
+        loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+        targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
+        clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
+        train: {
+            learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize,
+            loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
+            ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
+        },
+        onRun: (r) => process.stderr.write(json ? JSON.stringify({event: "run", ...r}) + "\n"
+            : `${r.setup} seed ${r.seed}: ${r.cached ? "cached" : "done"}\n`),
+    });
+    const table = compareTable(result);
+    const tmp = path.join(opts.out, `.compare.md.tmp-${process.pid}`);
+    fs.writeFileSync(tmp, table);
+    fs.renameSync(tmp, path.join(opts.out, "compare.md"));
+    if (opts.plot) {
+        const series = result.rows.map((x) => ({name: `${x.setup === `fedavg-d${x.depth}` ? "fedavg" : x.setup} depth ${x.depth}`, values: x.byRound}));
+        const ptmp = `${opts.plot}.tmp-${process.pid}`;
+        fs.writeFileSync(ptmp, roundsSvg(series, `PruFed comparison: ${result.scored === "evalSet" ? "shared eval set" : "held-out"} accuracy, mean of ${seeds.length} seeds`));
+        fs.renameSync(ptmp, opts.plot);
+    }
+    if (json)
+        return printJson(result);
+    const fresh = result.timing.filter((x) => !x.cached);
+    process.stdout.write(table);
+    if (fresh.length > 0)
+        process.stdout.write(`FL round overhead (round time without accuracy measurement / local training): ` +
+            `${Math.min(...fresh.map((x) => x.overhead)).toFixed(3)}–${Math.max(...fresh.map((x) => x.overhead)).toFixed(3)}x over ${fresh.length} runs\n`);
+    process.stdout.write(`${result.runs.length} simulations (${result.runs.length - fresh.length} cached) in ${result.seconds.toFixed(1)} s; ` +
+        `${path.join(opts.out, "compare.md")}\n`);
 }
 
 /**
@@ -358,7 +438,8 @@ differ from it are refused (exit 2), each difference named. See docs/prufed.md.`
 
 interface ClientCliOptions {
     server: string; model: string; data: string; workDir: string; localSteps: string; tokenFile?: string; r: string; loraAlpha: string;
-    lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; seed: string; threads?: string; json?: boolean;
+    lr: string; batch: string; batchSize?: string; loraDropout: string; maxInputLength: string; heldOut: string; evalData?: string; seed: string;
+    threads?: string; json?: boolean;
     requireSecureAggregation?: boolean; secaggMinClients: string; secaggMinThreshold?: string; shareMetrics?: boolean;
     insecure?: boolean;
 }
@@ -382,6 +463,7 @@ function clientCommand(): Command {
         .option("--lora-dropout <p>", "LoRA dropout", "0")
         .option("--max-input-length <n>", "prompt tokens kept per example", "64")
         .option("--held-out <share>", "share of the items held out for accuracy", "0.25")
+        .option("--eval-data <items.jsonl>", "one more held-out set (e.g. the same for every client), scored before and after every local round")
         .option("--seed <n>", "seed of the local split and training", "42")
         .option("--threads <n>", "CPU threads of training and evaluation")
         .option("--require-secure-aggregation", "refuse a server or round without secure aggregation (exit 1, nothing uploaded)")
@@ -404,8 +486,8 @@ Examples:
       --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`)
         .action(async (opts: ClientCliOptions, cmd: Command) => {
             const batch = aliasedOption(cmd, "batch", "batchSize");
-            for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"]] as const)
-                if (!fs.existsSync(f))
+            for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"], [opts.evalData, "--eval-data"]] as const)
+                if (f !== undefined && !fs.existsSync(f))
                     throw new UsageError(`${name} ${f} does not exist`);
             try {
                 serverBase(opts.server, {insecure: opts.insecure});
@@ -425,7 +507,7 @@ Examples:
             const result = await runFlClient({
                 server: opts.server, insecure: Boolean(opts.insecure), token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
                 r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
-                heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"),
+                heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"), evalData: opts.evalData,
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 train: {
                     learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
@@ -448,8 +530,11 @@ Examples:
             }).finally(() => clearTimeout(waiting));
             if (json)
                 return printJson({event: "result", ...result});
-            process.stdout.write(table(["round", "loss", "acc before", "acc after", "bytes down", "bytes up", "s", "accepted"],
-                result.rounds.map((r) => [r.round, r.trainLoss.toFixed(4), r.accuracyBefore?.toFixed(3) ?? "", r.accuracy?.toFixed(3) ?? "",
-                    r.bytesDown, r.bytesUp, r.seconds.toFixed(1), r.accepted ? "yes" : `no: ${r.error}`])));
+            const withStderr = (a?: {acc: number; acc_stderr: number}) => a ? `${a.acc.toFixed(3)}±${a.acc_stderr.toFixed(3)}` : "";
+            process.stdout.write(table(["round", "loss", "acc before", "acc after", ...(opts.evalData ? ["eval-data before", "eval-data after"] : []),
+                "bytes down", "bytes up", "s", "accepted"],
+            result.rounds.map((r) => [r.round, r.trainLoss.toFixed(4), r.accuracyBefore?.toFixed(3) ?? "", r.accuracy?.toFixed(3) ?? "",
+                ...(opts.evalData ? [withStderr(r.evalSetBefore), withStderr(r.evalSet)] : []),
+                r.bytesDown, r.bytesUp, r.seconds.toFixed(1), r.accepted ? "yes" : `no: ${r.error}`])));
         });
 }

@@ -5,7 +5,7 @@ export {PairEncoder, vocabInfo} from "./encode.js";
 export type {EncodedPair, EncodeOptions} from "./encode.js";
 export {LoglikScorer, scoreLoglikelihoods} from "./loglik.js";
 export type {ContinuationScore, LoglikScorerOptions, LoraAdapterSpec, ScoreOptions, TokenRequest} from "./loglik.js";
-export {argmax, charLength, choiceMetrics, mean, meanStderr, sampleStddev, summarizeAccuracy} from "./metrics.js";
+export {argmax, charLength, choiceMetrics, mean, meanStderr, pooledAccuracy, sampleStddev, summarizeAccuracy} from "./metrics.js";
 export type {AccuracySummary, ChoiceMetrics} from "./metrics.js";
 export {perplexity, rollingWindows} from "./perplexity.js";
 export type {PerplexityOptions, PerplexityResult} from "./perplexity.js";

@@ -78,3 +78,19 @@ export interface AccuracySummary {
 export function summarizeAccuracy(acc: number[], accNorm: number[]): AccuracySummary {
     return {n: acc.length, acc: mean(acc), acc_stderr: meanStderr(acc), acc_norm: mean(accNorm), acc_norm_stderr: meanStderr(accNorm)};
 }
+
+/**
+ * The summary of several item sets scored together (e.g. the clients of one depth on their own
+ * items): acc and acc_norm are 0/1 per item, so the pooled mean is the n-weighted mean and the
+ * pooled sample standard deviation follows from it (sqrt(N p (1 - p) / (N - 1))): the same numbers
+ * summarizeAccuracy gives on the concatenated items.
+ */
+export function pooledAccuracy(parts: AccuracySummary[]): AccuracySummary {
+    const n = parts.reduce((s, p) => s + p.n, 0);
+    const pooled = (key: "acc" | "acc_norm") => {
+        const p = parts.reduce((s, x) => s + x.n * x[key], 0) / n;
+        return {p, stderr: n < 2 ? NaN : Math.sqrt(Math.max(0, p * (1 - p)) / (n - 1))};
+    };
+    const acc = pooled("acc"), norm = pooled("acc_norm");
+    return {n, acc: acc.p, acc_stderr: acc.stderr, acc_norm: norm.p, acc_norm_stderr: norm.stderr};
+}

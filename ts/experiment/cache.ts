@@ -26,6 +26,12 @@ export function writeJsonAtomic(file: string, value: unknown): void {
     fs.renameSync(tmp, file);
 }
 
+/** A file's identity in cache keys: its absolute path, size and modification time (a changed file is new work). */
+export function fileIdentity(file: string): string {
+    const st = fs.statSync(file);
+    return `${path.resolve(file)}:${st.size}:${st.mtimeMs}`;
+}
+
 export function readJson<T>(file: string): T | undefined {
     if (!fs.existsSync(file))
         return undefined;

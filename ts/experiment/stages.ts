@@ -20,7 +20,7 @@ import {createRemoteGenerator} from "../synth/remote.js";
 import {mergeLora} from "../train/merge.js";
 import {Random} from "../train/random.js";
 import {trainLora} from "../train/train.js";
-import {StageCache} from "./cache.js";
+import {fileIdentity, StageCache} from "./cache.js";
 import type {ExperimentConfig, TaskSpec, TrainSettings} from "./config.js";
 import {taskItems} from "./data.js";
 
@@ -57,8 +57,7 @@ export class StageRunner {
 
     /** Identity of a model file in cache keys: stage outputs by path, others by path, size and time. */
     private identity(file: string): string {
-        const st = fs.statSync(file);
-        return `${path.resolve(file)}:${st.size}:${st.mtimeMs}`;
+        return fileIdentity(file);
     }
 
     private log(message: string): void {

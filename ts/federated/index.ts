@@ -36,7 +36,7 @@ export type {AggregationMethod, AggregateOptions, AggregateResult, ClientUpdate,
 export {FederationServer, LateUpload} from "./prufed/rounds.js";
 export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, SecureRoundRecord, UploadMetrics} from "./prufed/rounds.js";
 export {runLocalRound} from "./prufed/client.js";
-export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
+export type {HeldOutSettings, LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
 export {simulate} from "./prufed/simulate.js";
 export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./prufed/simulate.js";
 export {startFlServer} from "./prufed/http-server.js";

@@ -12,7 +12,7 @@ export {parseLoraTensorName, layoutOfBase, layoutOfAdapter, clientLayerMap, toBa
     readUpload} from "./prufed/align.js";
 export {clientPart, initialGlobal, strategies, strategyFor} from "./prufed/aggregate.js";
 export {recomputeRound, roundFile} from "./prufed/rounds.js";
-export {labelAccuracy, clientRoundFiles} from "./prufed/client.js";
+export {heldOutAccuracy, clientRoundFiles} from "./prufed/client.js";
 export {accuracyByDepth, simulationModes} from "./prufed/simulate.js";
 export type {MaskPlan, Advert, SharedBox} from "./prufed/secure.js";
 export {roundsSvg} from "./prufed/plot.js";

@@ -343,6 +343,11 @@ function tokensOf(batches: MicroBatch[]): number {
     return batches.reduce((s, b) => s + b.tokens.length, 0);
 }
 
+/** The label prefix training puts before every context: the one given, else the one the model records, else "[label] ". */
+export async function resolveLabelPrefix(model: string, labelPrefix?: string): Promise<string> {
+    return labelPrefix ?? (await readPromptRecord(model)).labelPrefix ?? labelTaskPrefix;
+}
+
 /**
  * Checks a starting adapter against the model (every matrix adapts one of its tensors, in shape) and
  * takes its rank and alpha into the resolved options; returns the file's sha256 for the fingerprint.
@@ -397,7 +402,7 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
         items = items.filter((_, i) => !held.has(i));
     }
 
-    const labelPrefix = options.labelPrefix ?? (await readPromptRecord(options.model)).labelPrefix ?? labelTaskPrefix;
+    const labelPrefix = await resolveLabelPrefix(options.model, options.labelPrefix);
     const vocab = await loadModel(options.model, {vocabOnly: true});
     let examples: EncodedExample[], valExamples: EncodedExample[];
     try {

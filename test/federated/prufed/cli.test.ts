@@ -101,6 +101,39 @@ async function scanServerFolder(out: string): Promise<{searched: number; found: 
     return {searched, found};
 }
 
+test("fl simulate --eval-data scores one set for every client, as `ppc-gpt eval` scores it, with standard errors in the JSON and the plot", async (t) => {
+    const dir = tempDir(t);
+    const {base, data} = await setup(dir);
+    const evalData = path.join(dir, "eval.jsonl");
+    await writeJsonlAtomic(evalData, copyTask(15, 9));
+    const out = path.join(dir, "e"), plot = path.join(dir, "eval.svg");
+    const run = await runCli([...common(base, data, out), "--json", "--eval-data", evalData, "--plot", plot]);
+    t.is(run.code, 0, run.stderr);
+    const result = JSON.parse(run.stdout);
+    t.deepEqual(result.evalSet, {data: evalData, items: 15});
+    for (const x of [...result.initial, ...result.rounds.flatMap((r: {evaluation: unknown[]}) => r.evaluation)]) {
+        t.is(x.evalSet.n, 15, "every client scores the same 15 items");
+        t.is(x.heldOut.n, result.clients.find((c: {id: string}) => c.id === x.id).heldOut);
+        t.true(x.evalSet.acc_stderr > 0 && x.evalSet.acc_stderr < 0.2 && Number.isFinite(x.evalSet.acc_norm_stderr), JSON.stringify(x.evalSet));
+        t.is(x.accuracy, x.heldOut.acc);
+    }
+    // round 0 is the base model (B = 0): the same numbers `ppc-gpt eval` gives on the client's cut model, under the training prefix
+    const d2 = result.clients.find((c: {id: string}) => c.id === "c1-d2");
+    const ev = await runCli(["eval", d2.model, "--task", "mc", "--data", evalData, "--prompt-prefix", "[label] ", "--json"]);
+    t.is(ev.code, 0, ev.stderr);
+    const e = JSON.parse(ev.stdout);
+    const sim = result.initial.find((x: {id: string}) => x.id === "c1-d2").evalSet;
+    for (const key of ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr"])
+        t.true(Math.abs(sim[key] - e[key]) < 1e-12, `${key}: simulation ${sim[key]}, eval ${e[key]}`);
+    const svg = fs.readFileSync(plot, "utf8");
+    t.regex(svg, /accuracy on 15 shared items/);
+    t.true((svg.match(/class="stderr"/g) ?? []).length >= 4, "± 1 standard error at the points");
+    const missing = await runCli([...common(base, data, path.join(dir, "m")), "--eval-data", path.join(dir, "nope.jsonl")]);
+    t.is(missing.code, 2);
+    t.regex(missing.stderr, /--eval-data .*nope\.jsonl does not exist/);
+    t.false(fs.existsSync(path.join(dir, "m")));
+});
+
 test("fl simulate: usage errors exit 2 with a message", async (t) => {
     const dir = tempDir(t);
     const {base, data} = await setup(dir);

@@ -30,7 +30,8 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
     const clients: Proc[] = [];
     const startClient = (i: number, id: string) => spawnCli(t, ["fl", "client", "--server", server.url, "--model", cut[id.split("-")[1]],
         "--data", path.join(dir, `${id}.jsonl`), "--work-dir", path.join(dir, id), "--local-steps", "1", "--r", "4", "--lora-alpha", "8",
-        "--batch", "4", "--threads", "1", "--seed", String(i + 1), "--json"], {PPC_GPT_TOKEN: tokens[id]});
+        "--batch", "4", "--threads", "1", "--seed", String(i + 1), "--eval-data", path.join(dir, "shared-eval.jsonl"), "--json"], {PPC_GPT_TOKEN: tokens[id]});
+    await writeJsonlAtomic(path.join(dir, "shared-eval.jsonl"), copyTask(10, 99));
     for (const [i, id] of ids.entries()) {
         await writeJsonlAtomic(path.join(dir, `${id}.jsonl`), copyTask(16, 10 + i));
         clients.push(startClient(i, id));
@@ -54,6 +55,13 @@ test.serial("three clients of depths 4, 3, 2 run two rounds over HTTP through ki
     t.is(await server.proc.exited, 0, server.proc.stderr());
     for (const c of clients)
         t.is(await c.exited, 0, c.stderr());
+    // --eval-data: every client scores the same 10 items before and after each local round, with standard errors
+    for (const c of clients) {
+        const uploads = c.events.filter((e) => e.event === "uploaded");
+        t.true(uploads.length > 0);
+        for (const e of uploads)
+            t.true(e.evalSet.n === 10 && e.evalSetBefore.n === 10 && Number.isFinite(e.evalSet.acc_stderr), JSON.stringify(e));
+    }
 
     for (const n of [1, 2]) {
         const summary = JSON.parse(fs.readFileSync(roundFile(dataDir, n).replace(/\.gguf$/, ".json"), "utf8"));

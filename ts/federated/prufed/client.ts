@@ -1,16 +1,18 @@
 // The client's side of a PruFed round, without transport: start from the adapter the server sent
 // (client numbering), train E local steps on the private items with the project's LoRA trainer,
-// keep the upload as <workDir>/round-N.gguf, and measure held-out accuracy on the client.
+// keep the upload as <workDir>/round-N.gguf, and measure held-out accuracy on the client with
+// `ppc-gpt eval`'s multiple-choice scoring in the format local training uses, so that what is
+// measured is what is trained.
 import fs from "node:fs";
 import path from "node:path";
-import {labelExample} from "../../data/prompt.js";
+import {defaultTaskFormat} from "../../data/prompt.js";
 import type {TaskItem} from "../../data/task-item.js";
-import {PairEncoder} from "../../eval/encode.js";
-import {LoglikScorer} from "../../eval/loglik.js";
+import {evaluateItems, type EvalItemResult} from "../../eval/evaluate.js";
+import type {AccuracySummary} from "../../eval/metrics.js";
 import {loadModel} from "../../model.js";
 import {writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
 import type {WeightedItem} from "../../train/examples.js";
-import {trainLora, type TrainOptions} from "../../train/train.js";
+import {resolveLabelPrefix, trainLora, type TrainOptions} from "../../train/train.js";
 
 /** Training settings of a local round (PEFT / `ppc-gpt train` names); the rank and alpha come from the start adapter. */
 export type LocalTrainSettings = Omit<TrainOptions, "model" | "data" | "output" | "initAdapter" | "steps" | "epochs" | "seed" |
@@ -23,6 +25,8 @@ export interface LocalRoundOptions {
     items: TaskItem[] | WeightedItem[];
     /** Its held-out items for accuracy (none: no accuracy). */
     heldOut?: TaskItem[];
+    /** One held-out set shared by every client (`--eval-data`), scored besides its own, so depths compare on the same items. */
+    evalSet?: TaskItem[];
     /** What the server sent: the global adapter's part for this client's layers, client numbering. */
     start: LoraAdapter;
     round: number;
@@ -39,12 +43,20 @@ export interface LocalRoundResult {
     /** The adapter file to upload (client numbering). */
     upload: string;
     trainLoss: number;
-    /** Held-out accuracy of the received adapter, and after local training. */
+    /** Held-out accuracy (acc) of the received adapter, and after local training. */
     accuracyBefore?: number;
     accuracy?: number;
+    /** The same measurements in full: acc and acc_norm with their standard errors. */
+    heldOutBefore?: AccuracySummary;
+    heldOut?: AccuracySummary;
+    /** The shared evaluation set (`evalSet`), before and after local training. */
+    evalSetBefore?: AccuracySummary;
+    evalSet?: AccuracySummary;
     bytesDown: number;
     bytesUp: number;
     trainSeconds: number;
+    /** Of `seconds`, the time spent measuring accuracy (not part of a round's cost proper). */
+    evalSeconds: number;
     seconds: number;
 }
 
@@ -63,7 +75,17 @@ export async function runLocalRound(options: LocalRoundOptions): Promise<LocalRo
     await fs.promises.mkdir(options.workDir, {recursive: true});
     const files = clientRoundFiles(options.workDir, options.round);
     await writeLoraAdapter(files.start, options.start, [{key: "ppc_gpt.prufed.round", type: "uint32", value: options.round}]);
-    const accuracyBefore = options.heldOut?.length ? await labelAccuracy(options.model, files.start, options.heldOut, options.train?.threads) : undefined;
+    let evalSeconds = 0;
+    const measure = async (adapter: string, items?: TaskItem[]) => {
+        if (!items?.length)
+            return undefined;
+        const t0 = performance.now();
+        const r = await heldOutAccuracy(options.model, adapter, items, options.train);
+        evalSeconds += (performance.now() - t0) / 1000;
+        return r.summary;
+    };
+    const before = await measure(files.start, options.heldOut);
+    const evalBefore = await measure(files.start, options.evalSet);
     const trainStarted = performance.now();
     const result = await trainLora({
         ...defaultLocalTrain,
@@ -76,49 +98,43 @@ export async function runLocalRound(options: LocalRoundOptions): Promise<LocalRo
         seed: options.seed,
     });
     const trainSeconds = (performance.now() - trainStarted) / 1000;
-    const accuracy = options.heldOut?.length ? await labelAccuracy(options.model, files.upload, options.heldOut, options.train?.threads) : undefined;
+    const after = await measure(files.upload, options.heldOut);
+    const evalAfter = await measure(files.upload, options.evalSet);
     return {
         round: options.round,
         upload: files.upload,
         trainLoss: result.trainLoss,
-        ...(accuracyBefore !== undefined ? {accuracyBefore, accuracy} : {}),
+        ...(before && after ? {accuracyBefore: before.acc, accuracy: after.acc, heldOutBefore: before, heldOut: after} : {}),
+        ...(evalBefore && evalAfter ? {evalSetBefore: evalBefore, evalSet: evalAfter} : {}),
         bytesDown: fs.statSync(files.start).size,
         bytesUp: fs.statSync(files.upload).size,
         trainSeconds,
+        evalSeconds,
         seconds: (performance.now() - started) / 1000,
     };
 }
 
+/** What held-out scoring needs to know of local training: its task format and label prefix. */
+export type HeldOutSettings = Pick<LocalTrainSettings, "format" | "labelPrefix" | "threads" | "gpuLayers">;
+
 /**
- * Held-out accuracy in the training format (ts/data/prompt.ts labelExample): for each item, the
- * log-likelihood of every choice label " A", " B", … after the label prompt, scored by ts/eval's
- * batched scorer with the adapter applied; right when the gold label scores highest.
+ * Held-out accuracy of a model with an adapter: `ppc-gpt eval`'s multiple-choice scoring
+ * (ts/eval evaluateItems: the task format's context, every choice's continuation, acc and
+ * acc_norm with standard errors, the adapter applied at run time) in the format and under the
+ * label prefix local training uses, so the gold continuation scored is the training target.
+ * The prefix is resolved as training resolves it (the round adapters the server sends record none).
  */
-export async function labelAccuracy(model: string, adapter: string | undefined, items: TaskItem[], threads?: number): Promise<number> {
+export async function heldOutAccuracy(model: string, adapter: string | undefined, items: TaskItem[], settings: HeldOutSettings = {}):
+    Promise<{summary: AccuracySummary; items: EvalItemResult[]; promptPrefix: string}> {
     if (items.length === 0)
         throw new Error("accuracy needs at least one held-out item");
-    const loaded = await loadModel(model, {threads});
+    const promptPrefix = await resolveLabelPrefix(model, settings.labelPrefix);
+    const loaded = await loadModel(model, {threads: settings.threads, gpuLayers: settings.gpuLayers});
     try {
-        const encoder = new PairEncoder(loaded);
-        const requests = items.map((item) => {
-            const prompt = labelExample({...item, answer: item.choices[0].label}).prompt;
-            const pairs = item.choices.map((c) => encoder.encodePair(prompt, ` ${c.label}`));
-            return {context: pairs[0].context, continuations: pairs.map((p) => p.continuation)};
-        });
-        const scorer = await LoglikScorer.open(loaded, {threads, ...(adapter ? {lora: [{path: adapter}]} : {})});
-        try {
-            const scores = await scorer.score(requests);
-            let right = 0;
-            items.forEach((item, i) => {
-                const lls = scores[i].map((s) => s.logprob);
-                const pred = lls.indexOf(Math.max(...lls));
-                if (item.choices[pred].label === item.answer)
-                    right++;
-            });
-            return right / items.length;
-        } finally {
-            scorer.close();
-        }
+        const r = await evaluateItems(loaded, items, {task: settings.format ?? defaultTaskFormat, promptPrefix, threads: settings.threads,
+            ...(adapter ? {lora: [{path: adapter}]} : {})});
+        const {task: _, ...summary} = r.summary;
+        return {summary, items: r.items, promptPrefix};
     } finally {
         loaded.close();
     }

@@ -10,6 +10,7 @@ import zlib from "node:zlib";
 import {readTaskItems} from "../../data/jsonl.js";
 import type {TaskItem} from "../../data/task-item.js";
 import {readGguf} from "../../gguf/read.js";
+import type {AccuracySummary} from "../../eval/metrics.js";
 import {readLoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {FederatedError, serverBase} from "../client/http.js";
@@ -35,6 +36,8 @@ export interface FlClientOptions {
     loraAlpha: number;
     /** Share of the local items held out for accuracy (default 0.25). */
     heldOutShare?: number;
+    /** One held-out set (task-item JSONL) scored before and after every local round, besides the split of `data`. */
+    evalData?: string;
     seed?: number;
     train?: LocalTrainSettings;
     /** Long-poll period (s, default 20). */
@@ -56,6 +59,9 @@ export interface FlClientRound {
     trainLoss: number;
     accuracyBefore?: number;
     accuracy?: number;
+    /** `evalData` scored as `ppc-gpt eval` scores (acc, acc_norm, standard errors), before and after local training. */
+    evalSetBefore?: AccuracySummary;
+    evalSet?: AccuracySummary;
     bytesDown: number;
     bytesUp: number;
     seconds: number;
@@ -107,6 +113,9 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
     const {train, heldOut} = splitLocal(items, o.heldOutShare ?? 0.25, seed);
     if (train.length === 0)
         throw new FederatedError(`${o.data}: no training items left after holding out ${heldOut.length}`);
+    const evalSet = o.evalData !== undefined ? await readTaskItems(o.evalData) : undefined;
+    if (evalSet && evalSet.length === 0)
+        throw new FederatedError(`${o.evalData}: no items to evaluate on`);
     makePrivateDir(o.workDir);
 
     const reg = await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
@@ -163,9 +172,10 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
             const start = await readLoraAdapter(received);
             await fs.promises.rm(received, {force: true});
             emit({event: "round_started", round: n});
-            const local = await runLocalRound({model: o.model, items: train, heldOut, start, round: n, workDir: o.workDir,
+            const local = await runLocalRound({model: o.model, items: train, heldOut, evalSet, start, round: n, workDir: o.workDir,
                 localSteps: o.localSteps, seed: deriveSeed(seed, "fl-local", n), train: o.train});
             result = {round: n, trainLoss: local.trainLoss, accuracyBefore: local.accuracyBefore, accuracy: local.accuracy,
+                ...(local.evalSet ? {evalSetBefore: local.evalSetBefore, evalSet: local.evalSet} : {}),
                 bytesDown: wireDown, bytesUp: 0, seconds: 0};
         }
         const body = zlib.gzipSync(await fs.promises.readFile(upload), {level: 1});

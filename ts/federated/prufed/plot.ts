@@ -1,6 +1,7 @@
-// Accuracy by round, one line per client depth, as a standalone SVG (the style of blockInfluenceSvg).
+// Accuracy by round, one line per client depth, as a standalone SVG (the style of blockInfluenceSvg);
+// with `stderr`, a bar of ± one standard error at every point.
 
-export function roundsSvg(series: {name: string; values: number[]}[], title: string): string {
+export function roundsSvg(series: {name: string; values: number[]; stderr?: number[]}[], title: string): string {
     const w = 720, h = 360, left = 60, right = 170, top = 40, bottom = 50;
     const n = Math.max(1, ...series.map((s) => s.values.length));
     const x = (i: number) => left + (i * (w - left - right)) / Math.max(1, n - 1);
@@ -25,6 +26,10 @@ export function roundsSvg(series: {name: string; values: number[]}[], title: str
         const color = colors[k % colors.length];
         parts.push(`<polyline fill="none" stroke="${color}" stroke-width="2" points="${s.values.map((v, i) => `${x(i)},${y(v)}`).join(" ")}"/>`);
         s.values.forEach((v, i) => parts.push(`<circle cx="${x(i)}" cy="${y(v)}" r="3" fill="${color}"/>`));
+        s.stderr?.forEach((e, i) => {
+            if (Number.isFinite(e) && e > 0)
+                parts.push(`<line class="stderr" x1="${x(i)}" y1="${y(Math.min(1, s.values[i] + e))}" x2="${x(i)}" y2="${y(Math.max(0, s.values[i] - e))}" stroke="${color}"/>`);
+        });
         parts.push(`<rect x="${w - right + 15}" y="${top + 16 * k}" width="10" height="10" fill="${color}"/>`,
             `<text x="${w - right + 30}" y="${top + 16 * k + 9}">${esc(s.name)}</text>`);
     });

@@ -13,8 +13,9 @@ import {removeLayers} from "../../prune/remove.js";
 import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../train/random.js";
 import {toBaseNumbering} from "./align.js";
-import {aggregationMethods, clientPart, strategyFor} from "./aggregate.js";
-import {labelAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
+import {aggregationMethods, clientPart, strategyFor, type AggregationMethod} from "./aggregate.js";
+import {pooledAccuracy, type AccuracySummary} from "../../eval/metrics.js";
+import {heldOutAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
 import {FederationServer, type RoundSummary} from "./rounds.js";
 import {secureAggregateRound, type SecureRoundReport} from "./secure.js";
 
@@ -42,6 +43,8 @@ export interface SimulateOptions {
     minClients?: number;
     /** Share of each client's items held out for accuracy (default 0.25). */
     heldOutShare?: number;
+    /** One held-out set (JSONL or items) scored for every client after every round, besides its own split. */
+    evalData?: string | TaskItem[];
     /** LoRA rank and alpha (flexlora: the global rank; `ranks` gives the clients' own, cycled like depths). */
     r?: number;
     loraAlpha?: number;
@@ -66,13 +69,21 @@ export interface ClientRoundMetrics {
     accuracy?: number;
     bytesDown: number;
     bytesUp: number;
+    /** Of `seconds`: local training, and accuracy measurement. */
+    trainSeconds: number;
+    evalSeconds: number;
     seconds: number;
 }
 
 export interface ClientAccuracy {
     id: string;
     depth: number;
+    /** acc on the client's own held-out items (heldOut.acc). */
     accuracy: number;
+    /** `ppc-gpt eval`'s scoring of those items: acc, acc_norm and their standard errors. */
+    heldOut: AccuracySummary;
+    /** The same on the shared evaluation set (`evalData`), the same items for every client. */
+    evalSet?: AccuracySummary;
 }
 
 export interface SimulatedRound {
@@ -84,6 +95,9 @@ export interface SimulatedRound {
     evaluation: ClientAccuracy[];
     file?: string;
     secure?: SecureRoundReport;
+    /** Of `seconds`: the clients' local training (one after another here), and all accuracy measurement. */
+    trainSeconds: number;
+    evalSeconds: number;
     seconds: number;
 }
 
@@ -96,6 +110,8 @@ export interface SimulateResult {
     aggregation: SimulationMode;
     seed: number;
     clients: {id: string; depth: number; layerMap: number[]; items: number; heldOut: number; model: string}[];
+    /** The shared evaluation set (`evalData`): its file (when given as one) and size. */
+    evalSet?: {data?: string; items: number};
     /** Accuracy of every client before any training (the initial adapter). */
     initial: ClientAccuracy[];
     rounds: SimulatedRound[];
@@ -168,11 +184,14 @@ function splitItems(items: TaskItem[], n: number, share: number, seed: number): 
     });
 }
 
-async function accuracyWith(client: SimClient, adapter: LoraAdapter, threads?: number): Promise<number> {
+/** A client's accuracy with an adapter, scored as `ppc-gpt eval` scores, in its training format. */
+async function accuracyWith(client: SimClient, adapter: LoraAdapter, train?: LocalTrainSettings, evalItems?: TaskItem[]): Promise<ClientAccuracy> {
     const file = path.join(client.dir, "eval.gguf");
     await writeLoraAdapter(file, adapter);
     try {
-        return await labelAccuracy(client.model, file, client.heldOut, threads);
+        const heldOut = (await heldOutAccuracy(client.model, file, client.heldOut, train)).summary;
+        const evalSet = evalItems?.length ? (await heldOutAccuracy(client.model, file, evalItems, train)).summary : undefined;
+        return {id: client.id, depth: client.depth, accuracy: heldOut.acc, heldOut, ...(evalSet ? {evalSet} : {})};
     } finally {
         await fs.promises.rm(file, {force: true});
     }
@@ -184,6 +203,9 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
     const base = await readGguf(options.base);
     checkOptions(options, base.blockCount);
     const items = typeof options.data === "string" ? await readTaskItems(options.data) : options.data;
+    const evalItems = typeof options.evalData === "string" ? await readTaskItems(options.evalData) : options.evalData;
+    if (evalItems && evalItems.length === 0)
+        throw new RangeError(`the evaluation set${typeof options.evalData === "string" ? ` ${options.evalData}` : ""} has no items`);
     const strategy = options.strategy ?? "top";
     const r = options.r ?? 8, loraAlpha = options.loraAlpha ?? 16;
     await fs.promises.mkdir(options.outDir, {recursive: true});
@@ -210,7 +232,6 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
     });
     for (const c of clients)
         await server.register({id: c.id, layerMap: c.layerMap, weight: c.items.length, r: c.r, loraAlpha: c.loraAlpha});
-    const threads = options.train?.threads;
     // "local": each client's own adapter, starting from the same initial global part as federated runs
     const own = new Map<string, LoraAdapter>();
     const initial: ClientAccuracy[] = [];
@@ -218,7 +239,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
         const start = clientPart(server.globalAdapter, c.layerMap, {method, r: c.r, loraAlpha: c.loraAlpha, seed: deriveSeed(options.seed, "client-part", c.id, 0)});
         own.set(c.id, start);
         await fs.promises.mkdir(c.dir, {recursive: true});
-        initial.push({id: c.id, depth: c.depth, accuracy: await accuracyWith(c, start, threads)});
+        initial.push(await accuracyWith(c, start, options.train, evalItems));
     }
 
     const rounds: SimulatedRound[] = [];
@@ -233,7 +254,7 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
             const res = await runLocalRound({model: c.model, items: c.items, heldOut: c.heldOut, start, round: n, workDir: c.dir,
                 localSteps: options.localSteps, seed: deriveSeed(options.seed, "local", id, n), train: options.train});
             const m: ClientRoundMetrics = {id, depth: c.depth, trainLoss: res.trainLoss, accuracyBefore: res.accuracyBefore, accuracy: res.accuracy,
-                bytesDown: res.bytesDown, bytesUp: res.bytesUp, seconds: res.seconds};
+                bytesDown: res.bytesDown, bytesUp: res.bytesUp, trainSeconds: res.trainSeconds, evalSeconds: res.evalSeconds, seconds: res.seconds};
             metrics.push(m);
             uploads.set(id, res.upload);
             options.onEvent?.({type: "client", round: n, metrics: m});
@@ -266,25 +287,47 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
             summary = await server.closeRound();
         }
         const evaluation: ClientAccuracy[] = [];
+        const evalStarted = performance.now();
         for (const c of clients) {
             const adapter = local ? own.get(c.id)! : clientPart(server.globalAdapter, c.layerMap,
                 {method, r: c.r, loraAlpha: c.loraAlpha, seed: deriveSeed(options.seed, "client-part", c.id, n + 1)});
-            evaluation.push({id: c.id, depth: c.depth, accuracy: await accuracyWith(c, adapter, threads)});
+            evaluation.push(await accuracyWith(c, adapter, options.train, evalItems));
         }
+        const evalSeconds = (performance.now() - evalStarted) / 1000 + metrics.reduce((x, m) => x + m.evalSeconds, 0);
         const round: SimulatedRound = {round: n, aggregated: local ? false : summary.aggregated, sampled: open.sampled, clients: metrics, evaluation,
-            ...(local ? {} : {file: summary.file}), ...(secure ? {secure} : {}), seconds: (performance.now() - roundStarted) / 1000};
+            ...(local ? {} : {file: summary.file}), ...(secure ? {secure} : {}), trainSeconds: metrics.reduce((x, m) => x + m.trainSeconds, 0),
+            evalSeconds, seconds: (performance.now() - roundStarted) / 1000};
         rounds.push(round);
         options.onEvent?.({type: "round", round});
     }
-    return {aggregation: options.aggregation, seed: options.seed, clients: setup, initial, rounds, seconds: (performance.now() - started) / 1000};
+    return {aggregation: options.aggregation, seed: options.seed, clients: setup,
+        ...(evalItems ? {evalSet: {...(typeof options.evalData === "string" ? {data: options.evalData} : {}), items: evalItems.length}} : {}),
+        initial, rounds, seconds: (performance.now() - started) / 1000};
 }
 
-/** Mean accuracy per client depth, per round (round 0: before training): the series the plot draws. */
-export function accuracyByDepth(result: SimulateResult): {depth: number; values: number[]}[] {
+export interface DepthSeries {
+    depth: number;
+    /** acc by round (round 0: before training), pooled over the depth's clients. */
+    values: number[];
+    /** Its standard error (the pooled items' acc_stderr). */
+    stderr: number[];
+}
+
+/**
+ * Accuracy per client depth, per round (round 0: before training): the series the plot draws. The
+ * depth's clients are pooled as one item set (pooledAccuracy): on "heldOut" their own items, on
+ * "evalSet" the shared evaluation set scored by each.
+ */
+export function accuracyByDepth(result: SimulateResult, set: "heldOut" | "evalSet" = "heldOut"): DepthSeries[] {
     const depths = [...new Set(result.clients.map((c) => c.depth))].sort((a, b) => b - a);
-    const mean = (xs: ClientAccuracy[], d: number) => {
-        const v = xs.filter((x) => x.depth === d).map((x) => x.accuracy);
-        return v.reduce((s, x) => s + x, 0) / v.length;
+    const pooled = (xs: ClientAccuracy[], d: number) => {
+        const parts = xs.filter((x) => x.depth === d).map((x) => x[set]);
+        if (parts.some((p) => p === undefined))
+            throw new Error(`the simulation scored no ${set === "evalSet" ? "evaluation set (evalData)" : "held-out items"}`);
+        return pooledAccuracy(parts as AccuracySummary[]);
     };
-    return depths.map((d) => ({depth: d, values: [mean(result.initial, d), ...result.rounds.map((r) => mean(r.evaluation, d))]}));
+    return depths.map((d) => {
+        const s = [result.initial, ...result.rounds.map((r) => r.evaluation)].map((xs) => pooled(xs, d));
+        return {depth: d, values: s.map((x) => x.acc), stderr: s.map((x) => x.acc_stderr)};
+    });
 }
