@@ -67,6 +67,9 @@ export type {StoreRecovery, RejectionRecord, RunRecord} from "./synth/store.js";
 export {trainLora, readWeightedItems, validationLoss, LoraTrainer, initLoraAdapter, loraTargets, readLoraAdapter, writeLoraAdapter,
     defaultTargetModules, loadCheckpoint, saveCheckpoint, ExampleEncoder, itemExamples, packMicroBatches, stepTokenWeights, mergeLora,
     learningRateAt, lrSchedulers} from "./train/index.js";
+// The library's defaults and option errors: what --help shows and what a left-out option becomes.
+export {loraDefaults, trainDefaults, resolveTrainOptions} from "./train/index.js";
+export {OptionError} from "./options.js";
 export type {TrainOptions, TrainResult, TrainEvent, LoraTrainerOptions, TrainerState, LoraAdapter, LoraConfig, LoraTarget, LoraTensor,
     CheckpointMeta, EvalRecord, StepRecord, EncodedExample, ExampleEncodeOptions, ExampleKind, MicroBatch, TrainTask, WeightedItem,
     MergeOptions, MergeResult, LrSchedule, LrScheduler} from "./train/index.js";

@@ -35,6 +35,7 @@ export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, Secur
 export {runLocalRound, labelAccuracy, clientRoundFiles} from "./prufed/client.js";
 export type {LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
 export {simulate, accuracyByDepth, simulationModes} from "./prufed/simulate.js";
+export {prufedDefaults} from "./prufed/defaults.js";
 export {startFlServer} from "./prufed/http-server.js";
 export type {FlServer, FlServerEvent, FlServerOptions} from "./prufed/http-server.js";
 export {runFlClient} from "./prufed/http-client.js";

@@ -17,6 +17,7 @@ import {aggregationMethods, clientPart, type AggregationMethod} from "./aggregat
 import {labelAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
 import {FederationServer, type RoundSummary} from "./rounds.js";
 import {secureAggregateRound, type SecureRoundReport} from "./secure.js";
+import {prufedDefaults} from "./defaults.js";
 
 export const simulationModes = [...aggregationMethods, "local"] as const;
 export type SimulationMode = (typeof simulationModes)[number];
@@ -123,7 +124,7 @@ function checkOptions(o: SimulateOptions, baseLayers: number): void {
         throw new RangeError(`clients must be a positive integer (got ${o.clients})`);
     if (!Number.isInteger(o.localSteps) || o.localSteps < 1)
         throw new RangeError(`localSteps must be a positive integer (got ${o.localSteps})`);
-    const share = o.heldOutShare ?? 0.25;
+    const share = o.heldOutShare ?? prufedDefaults.heldOutShare;
     if (!(share > 0 && share < 1))
         throw new RangeError(`heldOutShare must be in (0, 1) (got ${share})`);
     if (o.secureAggregation && !(o.aggregation === "layerwise" || o.aggregation === "fedavg"))
@@ -183,10 +184,10 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
     checkOptions(options, base.blockCount);
     const items = typeof options.data === "string" ? await readTaskItems(options.data) : options.data;
     const strategy = options.strategy ?? "top";
-    const r = options.r ?? 8, loraAlpha = options.loraAlpha ?? 16;
+    const r = options.r ?? prufedDefaults.r, loraAlpha = options.loraAlpha ?? prufedDefaults.loraAlpha;
     await fs.promises.mkdir(options.outDir, {recursive: true});
     const models = await clientModels(options.base, options.depths, strategy, path.join(options.outDir, "models"));
-    const split = splitItems(items, options.clients, options.heldOutShare ?? 0.25, options.seed);
+    const split = splitItems(items, options.clients, options.heldOutShare ?? prufedDefaults.heldOutShare, options.seed);
     const clients: SimClient[] = [];
     for (let i = 0; i < options.clients; i++) {
         const depth = options.depths[i % options.depths.length];
