@@ -130,17 +130,28 @@ export function verbOptions(verb: string, groups?: readonly OptionGroup[]): Opti
     return optionTable.filter((s) => s.verbs.includes(verb) && (groups === undefined || groups.includes(s.group)));
 }
 
+function optionOf(spec: OptionSpec): Option {
+    const option = new Option(spec.flags, spec.help);
+    if (typeof spec.parse === "object")
+        option.choices([...spec.parse.choices]);
+    if (spec.default !== undefined)
+        option.default(String(spec.default), String(spec.default));
+    return option;
+}
+
 /** Declares a verb's options from the table; a default shows in --help as "(default: 32)". */
 export function addOptions(cmd: Command, verb: string, groups?: readonly OptionGroup[]): Command {
-    for (const spec of verbOptions(verb, groups)) {
-        const option = new Option(spec.flags, spec.help);
-        if (typeof spec.parse === "object")
-            option.choices([...spec.parse.choices]);
-        if (spec.default !== undefined)
-            option.default(String(spec.default), String(spec.default));
-        cmd.addOption(option);
-    }
+    for (const spec of verbOptions(verb, groups))
+        cmd.addOption(optionOf(spec));
     return cmd;
+}
+
+/** One option of the table, for a verb that declares the rest of its options itself (`.addOption(tableOption("--json", "eval"))`). */
+export function tableOption(long: string, verb: string): Option {
+    const spec = verbOptions(verb).find((s) => longFlag(s) === long);
+    if (spec === undefined)
+        throw new Error(`the option table gives ${verb} no ${long}`);
+    return optionOf(spec);
 }
 
 function parseValue(spec: OptionSpec, value: unknown): unknown {
@@ -180,18 +191,23 @@ function flagOf(cmd: Command, verb: string, key: string): {flag: string; given?:
     return given && {flag: longFlag(given), given: cmd.getOptionValue(attribute(given))};
 }
 
-/** Runs the library with the verb's options: an OptionError becomes a usage error (exit 2) naming the flags and the text given. */
+/** An OptionError as a usage error (exit 2) naming the flags and the text given; `flagOf` maps a library name to its flag. */
+export function flagError(err: unknown, flagOf: (key: string) => {flag: string; given?: unknown} | undefined): unknown {
+    if (!(err instanceof OptionError))
+        return err;
+    const flags = err.options.map(flagOf);
+    if (flags.some((f) => f === undefined))
+        return err;
+    const given = flags[0]!.given;
+    return new UsageError(err.messageWith(flags.map((f) => f!.flag), given !== undefined ? JSON.stringify(String(given)) : JSON.stringify(err.got)));
+}
+
+/** Runs the library with the verb's options: an OptionError becomes a usage error naming the flags given. */
 export async function withOptionFlags<T>(cmd: Command, verb: string, run: () => T | Promise<T>): Promise<T> {
     try {
         return await run();
     } catch (err) {
-        if (!(err instanceof OptionError))
-            throw err;
-        const flags = err.options.map((k) => flagOf(cmd, verb, k));
-        if (flags.some((f) => f === undefined))
-            throw err;
-        const given = flags[0]!.given;
-        throw new UsageError(err.messageWith(flags.map((f) => f!.flag), given !== undefined ? JSON.stringify(String(given)) : JSON.stringify(err.got)));
+        throw flagError(err, (key) => flagOf(cmd, verb, key));
     }
 }
 

@@ -12,7 +12,7 @@ import {defaultTaskFormat, labelTaskPrefix, promptFormatVersion, promptMetadataK
 import {taskItemProblem, type TaskItem} from "../data/task-item.js";
 import type {GgufKv} from "../gguf/write.js";
 import {readGguf, type GgufModelFile} from "../gguf/read.js";
-import {loadModel} from "../model.js";
+import {checkModelLoadOptions, loadModel} from "../model.js";
 import {defaultTargetModules, initLoraAdapter, readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "./adapter.js";
 import {loadCheckpoint, saveCheckpoint, type EvalRecord, type StepRecord} from "./checkpoint.js";
 import {ExampleEncoder, exampleLength, packMicroBatches, stepTokenWeights, type EncodedExample, type ExampleKind,
@@ -276,10 +276,7 @@ export function resolveTrainOptions(o: Omit<TrainOptions, "model" | "data" | "ou
     if (o.dpEpsilon === undefined && o.dpNoiseMultiplier === undefined && dpOnly.length > 0)
         throw new OptionError([...dpOnly, "dpEpsilon", "dpNoiseMultiplier"], (n) =>
             `${n.slice(0, -2).join(" and ")} ${dpOnly.length > 1 ? "go" : "goes"} with ${n.at(-2)} or ${n.at(-1)} (DP-SGD)`);
-    if (o.threads !== undefined)
-        check(isInt(o.threads, 1, 1024), "threads", "a positive integer", o.threads);
-    if (o.gpuLayers !== undefined)
-        check(isInt(o.gpuLayers, -1, 100000), "gpuLayers", "an integer >= -1", o.gpuLayers);
+    checkModelLoadOptions(o);
     return r;
 }
 
