@@ -53,6 +53,9 @@ export type {StoreRecovery, RejectionRecord, RunRecord} from "./synth/store.js";
 export {trainLora, LoraTrainer, readLoraAdapter, writeLoraAdapter, mergeLora} from "./train/index.js";
 export type {TrainOptions, TrainResult, TrainEvent, LoraTrainerOptions, LoraAdapter, LoraConfig, LoraTensor, EvalRecord, StepRecord,
     MergeOptions, MergeResult, LrScheduler} from "./train/index.js";
+// The library's defaults and option errors: what --help shows and what a left-out option becomes.
+export {loraDefaults, trainDefaults, resolveTrainOptions} from "./train/index.js";
+export {OptionError} from "./options.js";
 export type {DpReport} from "./train/train.js";
 export {dpSgdEpsilon, noiseMultiplierFor} from "./train/dp-accountant.js";
 export type {DpSgdAccounting} from "./train/dp-accountant.js";

@@ -1,5 +1,14 @@
 // A model loaded into the addon's llama.cpp: tokenization and full-sequence logits.
 import {native, warnIfNoGpu, type NativeModel, type NativeModelInfo, type NativeModelOptions} from "./native.js";
+import {checkOption, isInt} from "./options.js";
+
+/** The one check of how a model is loaded (threads, GPU layers), for every stage that loads one. */
+export function checkModelLoadOptions(options: Pick<NativeModelOptions, "threads" | "gpuLayers">): void {
+    if (options.threads !== undefined)
+        checkOption(isInt(options.threads, 1, 1024), "threads", "an integer in [1, 1024]", options.threads);
+    if (options.gpuLayers !== undefined)
+        checkOption(isInt(options.gpuLayers, -1, 100000), "gpuLayers", "an integer >= -1 (-1 or 999: all)", options.gpuLayers);
+}
 
 export interface LoadedModel {
     readonly path: string;
@@ -17,6 +26,7 @@ export interface LoadedModel {
 
 /** Load a GGUF model through the native addon: tokenize, logits, layer hidden states. */
 export async function loadModel(path: string, options: NativeModelOptions = {}): Promise<LoadedModel> {
+    checkModelLoadOptions(options);
     warnIfNoGpu(options.gpuLayers);
     const m: NativeModel = await native().loadModel(path, options);
     const info = m.info();

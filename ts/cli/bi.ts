@@ -8,6 +8,7 @@ import {blockInfluence, blockInfluenceSvg, layerMetrics, metricValues, modelIden
     type BlockInfluenceReport, type CountedPositions, type LayerMetric} from "../prune/block-influence.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
 import {checkOutputFolder, parseNumber, readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 export interface BiCliOptions extends ModelCliOptions {
     text?: string;
@@ -81,7 +82,7 @@ export function biCommand(): Command {
     return addScoringOptions(new Command("bi")
         .description("Score layers by Block Influence (1 - mean cosine of the hidden states entering and leaving each block)")
         .argument("<model>", "GGUF model file"))
-        .option("--json", "print the report as JSON")
+        .addOption(tableOption("--json", "bi"))
         .option("--plot <file.svg>", "draw the scores per layer as an SVG chart")
         .option("-o, --output <file.json>", "also write the JSON report to a file (accepted by prune --scores)")
         .addHelpText("after", `

@@ -5,6 +5,7 @@ import {Command} from "commander";
 import {nvidiaGpus} from "../host.js";
 import {packageRoot, probeInChild, userBuildDir, userCacheDir} from "../native-loader.js";
 import {printJson, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 /** "70,80,90" or "70-real;90": CMake CUDA architectures; "native" builds for the GPUs here. */
 export function parseCudaArchs(text: string): string[] {
@@ -108,7 +109,7 @@ export function buildCommand(): Command {
         .option("--cuda-archs <list>", "CUDA architectures, e.g. 70,80,90 (default: the GPUs here, else 70,75,80,90 real code)")
         .option("--cpu <mode>", "CPU code: portable (AVX2/FMA/F16C), native (-march=native) or baseline (SSE only)", "portable")
         .option("--jobs <n>", "parallel compile jobs (default: CPU count)")
-        .option("--json", "print the result as JSON (the build log goes to stderr)")
+        .addOption(tableOption("--json", "build"))
         .addHelpText("after", `
 The build goes to $XDG_CACHE_HOME/ppc-gpt (default ~/.cache/ppc-gpt; PPC_GPT_CACHE_DIR overrides),
 in <version>/cpu or <version>/cuda, so a read-only node_modules is fine. The loader prefers these

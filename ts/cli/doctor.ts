@@ -6,6 +6,7 @@ import {cpuInfo, cudaRuntime, nvidiaDriverVersion, nvidiaGpus, relevantCpuFeatur
 import {noNativeError, packageInfo, selectNative, userCacheDir, type NativeVerdict} from "../native-loader.js";
 import type {NativeAddon} from "../native.js";
 import {printJson, table} from "./output.js";
+import {tableOption} from "./options.js";
 
 /** node-llama-cpp's version and the llama.cpp release its bundle carries. */
 function nodeLlamaCppInfo(): {version?: string; llamaCppRelease?: string} {
@@ -113,7 +114,7 @@ function printHuman(r: DoctorReport): void {
 export function doctorCommand(): Command {
     return new Command("doctor")
         .description("Show which native binary ppc-gpt uses here and why, with CPU features, GPUs, CUDA runtime and versions")
-        .option("--json", "print machine-readable JSON")
+        .addOption(tableOption("--json", "doctor"))
         .addHelpText("after", `
 Every candidate binary is listed in the order the loader tries them (PPC_GPT_NATIVE, user builds
 from 'ppc-gpt build', the checkout's build/Release, platform packages, prebuilds/), with its verdict.

@@ -4,6 +4,7 @@ import {evaluate} from "../eval/evaluate.js";
 import {evalTasks, evalTaskNames, type EvalTaskName} from "../eval/tasks.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
 import {aliasedOption, checkOutputFolder, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 interface EvalCliOptions extends ScorerCliOptions {
     task?: EvalTaskName;
@@ -79,7 +80,7 @@ export function evalCommand(): Command {
         .option("--max-length <n>", "longest sequence the model sees; longer contexts are cut on the left (default: training context)")
         .option("--prompt-prefix <text>", "put before every context (default: the label prefix the model or --lora adapters record; \"\" for none)"))
         .option("-o, --out <file>", "write one JSON line per item: id, context, continuations, loglikelihoods, pred, gold, …")
-        .option("--json", "print {task, n, acc, acc_stderr, acc_norm, acc_norm_stderr} as JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "eval"))
         .addHelpText("after", `
 Tasks and prompts (lm-evaluation-harness formats; see docs/eval.md):
 ${evalTaskNames.map((t) => `  ${t.padEnd(21)}${t === "mc" ? "--data <task items.jsonl>: \"Question: {question}\\nAnswer:\" + \" {choice}\"" : evalTasks[t].harnessTask !== "-" ? `harness task ${evalTasks[t].harnessTask}` : "FinLoRA's instruction prompt + \" {negative|neutral|positive}\""}`).join("\n")}

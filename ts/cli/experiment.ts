@@ -5,6 +5,7 @@ import {builtinConfigs, loadExperimentConfig, methodNames, type MethodName} from
 import {estimateGpuTime} from "../experiment/estimate.js";
 import {cellKey, expandCells, runExperiment, type ExperimentEvent} from "../experiment/runner.js";
 import {parseNumber, printJson, table, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 interface ExperimentCliOptions {
     out?: string;
@@ -36,7 +37,7 @@ export function experimentCommand(): Command {
         .option("--max-cells <n>", "run at most n uncached cells, then write the tables (resume later)")
         .option("--threads <n>", "CPU threads (default: the config's, else all cores)")
         .option("--dry-run", "list the cells (and their cache state) and the GPU-time estimate; run nothing")
-        .option("--json", "print the summary as JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "experiment"))
         .addHelpText("after", `
 Methods (METHOD.md, "Baselines and ablations"): zero-shot (the source model), dense-sft (client
 fine-tunes the unpruned model), plain-c (client prunes by BI on its private items, fine-tunes),

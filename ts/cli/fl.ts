@@ -9,6 +9,8 @@ import {aggregationMethods, strategyFor, type AggregationMethod} from "../federa
 import type {FlServerEvent} from "../federated/prufed/http-server.js";
 import {FederatedError, readToken, serverBase} from "../federated/client/http.js";
 import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
+import {prufedDefaults} from "../federated/prufed/defaults.js";
+import {useDefaultSet} from "./options.js";
 
 interface SimulateCliOptions {
     base: string;
@@ -35,7 +37,7 @@ interface SimulateCliOptions {
     loraDropout: string;
     clipNorm?: string;
     secureAggregation?: boolean;
-    secureThreshold?: string;
+    secaggThreshold?: string;
     dropAfterMasking?: string;
     threads?: string;
     plot?: string;
@@ -46,6 +48,10 @@ interface SimulateCliOptions {
 
 const positiveInt = (x: number) => Number.isInteger(x) && x >= 1;
 const int = (text: string, name: string) => parseNumber(text, name, positiveInt, "a positive integer");
+
+/** The fl verbs' defaults are PruFed's named set, shown in --help as "(default: 16, prufedDefaults)". */
+const withPrufedDefaults = (cmd: Command) => useDefaultSet(cmd, "prufedDefaults", prufedDefaults,
+    {lr: "learningRate", batch: "batchSize", batchSize: "", heldOut: "heldOutShare"});
 
 const accuracy = (x: unknown) => typeof x === "number" ? x.toFixed(3) : "-";
 
@@ -114,27 +120,28 @@ function simulateCommand(): Command {
         .requiredOption("--data <items.jsonl>", "task items (task-item JSONL), split across the clients")
         .requiredOption("--out <dir>", "new folder: models/ (cut models), server/ (round files), clients/<id>/ (uploads)")
         .option("--eval-data <items.jsonl>", "one held-out set scored for every client after every round, besides its own split (the plot draws it)")
-        .option("--rounds <n>", "federated rounds", "5")
-        .option("--seed <n>", "seed of the split, sampling, adapter init and local training", "42")
+        .option("--rounds <n>", "federated rounds")
+        .option("--seed <n>", "seed of the split, sampling, adapter init and local training")
         .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks), local (no federation: baseline)")
             .choices([...simulationModes]).default("layerwise"))
-        .option("--local-steps <n>", "optimizer steps of local training per round (E)", "4")
+        .option("--local-steps <n>", "optimizer steps of local training per round (E)")
         .addOption(new Option("--strategy <name>", "pruning strategy of the client models").choices(pruningStrategies.filter((s) => s !== "scores" && s !== "bi"))
             .default("top"))
         .option("--clients-per-round <m>", "clients sampled per round (seeded; default all)")
         .option("--min-clients <q>", "uploads a round needs to be aggregated (default 1)")
-        .option("--held-out <share>", "share of each client's items held out for accuracy", "0.25")
-        .option("--r <n>", "LoRA rank (flexlora: the global rank)", "8")
-        .option("--lora-alpha <a>", "LoRA alpha", "16")
+        .option("--held-out <share>", "share of each client's items held out for accuracy")
+        .option("--r <n>", "LoRA rank (flexlora: the global rank)")
+        .option("--lora-alpha <a>", "LoRA alpha")
         .option("--ranks <list>", "flexlora: each client's own rank, cycled over the clients (alpha scales with it)")
         .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
-        .option("--lr <x>", "local learning rate (constant)", "3e-3")
-        .option("--batch <n>", "items per local optimizer step", "8")
+        .option("--lr <x>", "local learning rate (constant)")
+        .option("--batch <n>", "items per local optimizer step")
         .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
-        .option("--lora-dropout <p>", "LoRA dropout", "0")
+        .option("--lora-dropout <p>", "LoRA dropout")
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--secure-aggregation", "pairwise-masked aggregation (X25519 + Shamir): the server sees only per-layer sums")
-        .option("--secure-threshold <t>", "Shamir threshold of secure aggregation (default: a majority)")
+        .option("--secagg-threshold <t>", "Shamir threshold of secure aggregation (default: a majority)")
+        .addOption(new Option("--secure-threshold <t>").hideHelp())  // the old name of --secagg-threshold, still accepted
         .option("--drop-after-masking <ids>", "secure aggregation: these client ids drop out after masking every round (recovered from shares)")
         .option("--threads <n>", "CPU threads of training and evaluation")
         .option("--plot <rounds.svg>", "write held-out accuracy by round, one line per client depth")
@@ -170,6 +177,7 @@ round overhead (round time without accuracy measurement / local training time). 
 is cached under <out>/stages/: a killed comparison resumes where it stopped.`)
         .action(async (opts: SimulateCliOptions, cmd: Command) => {
             const batch = aliasedOption(cmd, "batch", "batchSize");
+            const threshold = aliasedOption(cmd, "secaggThreshold", "secureThreshold");
             const depths = parseIndexList(opts.depths, "--depths", "depths");
             if (opts.seeds !== undefined && !opts.compare)
                 throw new UsageError("--seeds goes with --compare (one simulation takes --seed)");
@@ -204,11 +212,11 @@ is cached under <out>/stages/: a killed comparison resumes where it stopped.`)
                 targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
                 clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
                 secureAggregation: opts.secureAggregation,
-                secureThreshold: opts.secureThreshold !== undefined ? int(opts.secureThreshold, "--secure-threshold") : undefined,
+                secureThreshold: threshold.value !== undefined ? int(threshold.value, threshold.flag) : undefined,
                 dropAfterMasking,
                 train: {
                     learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
-                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
+                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x <= 0.99, "a number in [0, 0.99]"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },
                 onEvent: reporter(json),
@@ -309,9 +317,9 @@ function removeFailedSimulation(out: string, created: boolean): void {
 export function flCommand(): Command {
     return new Command("fl")
         .description("PruFed federated LoRA tuning across clients pruned to different depths")
-        .addCommand(simulateCommand())
-        .addCommand(serverCommand())
-        .addCommand(clientCommand())
+        .addCommand(withPrufedDefaults(simulateCommand()))
+        .addCommand(withPrufedDefaults(serverCommand()))
+        .addCommand(withPrufedDefaults(clientCommand()))
         .addHelpText("after", `
 'fl server' and 'fl client' run a federation over HTTP (tokens: ppc-gpt server token create
 --data-dir D --name <client id>); 'fl simulate' runs server and clients in one process. See docs/prufed.md for the round protocol,
@@ -331,15 +339,15 @@ function serverCommand(): Command {
         .description("serve PruFed rounds over HTTP: clients of different depths register, train locally, upload; the server aggregates by base layer")
         .requiredOption("--base <model.gguf>", "full-depth base model the clients' models were cut from")
         .requiredOption("--data-dir <dir>", "state.json, rounds/round-N.gguf (+ .json), uploads/, store.db (tokens); an existing one is resumed")
-        .option("--rounds <n>", "federated rounds", "5")
+        .option("--rounds <n>", "federated rounds")
         .option("--clients-per-round <m>", "clients sampled per round (seeded); the first round waits for this many registrations")
         .option("--min-clients <q>", "accepted uploads a round needs to be aggregated (quorum, default 1)")
         .option("--round-timeout <s>", "seconds from a round's start to its deadline; later uploads are dropped", "600")
         .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks)")
             .choices([...aggregationMethods]).default("layerwise"))
-        .option("--seed <n>", "seed of client sampling and the initial adapter", "42")
-        .option("--r <n>", "LoRA rank of the federation (flexlora: the global rank)", "8")
-        .option("--lora-alpha <a>", "LoRA alpha", "16")
+        .option("--seed <n>", "seed of client sampling and the initial adapter")
+        .option("--r <n>", "LoRA rank of the federation (flexlora: the global rank)")
+        .option("--lora-alpha <a>", "LoRA alpha")
         .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--max-upload-mb <n>", "largest upload (decompressed)", "256")
@@ -454,17 +462,17 @@ function clientCommand(): Command {
         .requiredOption("--work-dir <dir>", "round-N-start.gguf (received), round-N.gguf (uploaded), round-N.done.json (metrics)")
         .option("--token-file <file>", "bearer token (first line); default: the PPC_GPT_TOKEN environment variable")
         .option("--insecure", "allow plain http:// to a server on another machine (the token and updates cross unencrypted)")
-        .option("--local-steps <n>", "optimizer steps of local training per round (E)", "4")
-        .option("--r <n>", "LoRA rank (must match the server's unless flexlora)", "8")
-        .option("--lora-alpha <a>", "LoRA alpha", "16")
-        .option("--lr <x>", "learning rate (constant)", "3e-3")
-        .option("--batch <n>", "items per optimizer step", "8")
+        .option("--local-steps <n>", "optimizer steps of local training per round (E)")
+        .option("--r <n>", "LoRA rank (must match the server's unless flexlora)")
+        .option("--lora-alpha <a>", "LoRA alpha")
+        .option("--lr <x>", "learning rate (constant)")
+        .option("--batch <n>", "items per optimizer step")
         .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
-        .option("--lora-dropout <p>", "LoRA dropout", "0")
-        .option("--max-input-length <n>", "prompt tokens kept per example", "64")
-        .option("--held-out <share>", "share of the items held out for accuracy", "0.25")
+        .option("--lora-dropout <p>", "LoRA dropout")
+        .option("--max-input-length <n>", "prompt tokens kept per example")
+        .option("--held-out <share>", "share of the items held out for accuracy")
         .option("--eval-data <items.jsonl>", "one more held-out set (e.g. the same for every client), scored before and after every local round")
-        .option("--seed <n>", "seed of the local split and training", "42")
+        .option("--seed <n>", "seed of the local split and training")
         .option("--threads <n>", "CPU threads of training and evaluation")
         .option("--require-secure-aggregation", "refuse a server or round without secure aggregation (exit 1, nothing uploaded)")
         .option("--secagg-min-clients <n>", "secure rounds: smallest roster this client takes part in", "3")
@@ -511,7 +519,7 @@ Examples:
                 seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
                 train: {
                     learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
-                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x < 1, "in [0, 1)"),
+                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x <= 0.99, "a number in [0, 0.99]"),
                     maxInputLength: int(opts.maxInputLength, "--max-input-length"),
                     ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
                 },

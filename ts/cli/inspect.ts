@@ -2,12 +2,13 @@ import {Command} from "commander";
 import {inspectModel} from "../gguf/inspect.js";
 import {readGguf} from "../gguf/read.js";
 import {formatBytes, formatCount, printJson, table} from "./output.js";
+import {tableOption} from "./options.js";
 
 export function inspectCommand(): Command {
     return new Command("inspect")
         .description("Show a GGUF model's architecture, layers, parameter counts, tensor types and metadata")
         .argument("<model>", "GGUF model file")
-        .option("--json", "print machine-readable JSON")
+        .addOption(tableOption("--json", "inspect"))
         .option("--tensors", "also list every tensor")
         .addHelpText("after", `
 Examples:

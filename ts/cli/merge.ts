@@ -3,6 +3,7 @@ import fs from "node:fs";
 import {readGguf} from "../gguf/read.js";
 import {mergeLora} from "../train/merge.js";
 import {formatBytes, parseNumber, printJson, progressReporter, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 interface MergeCliOptions {
     output?: string;
@@ -31,7 +32,7 @@ export function mergeCommand(): Command {
         .argument("<adapter>", "LoRA adapter GGUF (llama.cpp layout, e.g. from `ppc-gpt train`)")
         .option("-o, --output <file>", "merged GGUF model (written atomically)")
         .option("--scale <x>", "multiplies the adapter's alpha / r, as llama.cpp's --lora-scaled", "1")
-        .option("--json", "print machine-readable JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "merge"))
         .addHelpText("after", `
 Every adapted tensor becomes W + scale * (alpha / r) * B A, computed in double precision from the
 dequantized W and requantized to W's own type (F32, F16, Q8_0, Q4_K, …); every other tensor and all

@@ -1,26 +1,37 @@
-// Options every verb that runs a model shares.
+// Options every verb that runs a model shares (declared in the option table, ts/cli/options.ts).
 import fs from "node:fs";
 import type {Command} from "commander";
 import {readGguf} from "../gguf/read.js";
+import {checkModelLoadOptions} from "../model.js";
 import type {NativeModelOptions} from "../native.js";
-import {parseNumber} from "./output.js";
+import {addOptions, flagError, optionTable} from "./options.js";
 
 export interface ModelCliOptions {
     threads?: string;
     gpuLayers?: string;
 }
 
+/** --threads and --gpu-layers, for a verb the option table tags with them. */
 export function addModelOptions(cmd: Command): Command {
-    return cmd
-        .option("--threads <n>", "CPU threads (default: all cores)")
-        .option("--gpu-layers <n>", "layers to offload to the GPU in a CUDA build (default 0; 999 = all)");
+    return addOptions(cmd, cmd.name(), ["model"]);
 }
 
+/** The parsed load options, checked by the library (checkModelLoadOptions) before any work. */
 export function modelLoadOptions(opts: ModelCliOptions): NativeModelOptions {
-    return {
-        ...(opts.threads !== undefined ? {threads: parseNumber(opts.threads, "--threads", (x) => Number.isInteger(x) && x >= 1, "a positive integer")} : {}),
-        ...(opts.gpuLayers !== undefined ? {gpuLayers: parseNumber(opts.gpuLayers, "--gpu-layers", (x) => Number.isInteger(x) && x >= 0, "a non-negative integer")} : {}),
+    const read = (v: string | undefined) => v === undefined ? undefined : v.trim() === "" ? NaN : Number(v);
+    const load = {
+        ...(opts.threads !== undefined ? {threads: read(opts.threads)} : {}),
+        ...(opts.gpuLayers !== undefined ? {gpuLayers: read(opts.gpuLayers)} : {}),
     };
+    try {
+        checkModelLoadOptions(load);
+    } catch (err) {
+        throw flagError(err, (key) => {
+            const spec = optionTable.find((s) => s.group === "model" && s.key === key);
+            return spec && {flag: spec.flags.split(" ")[0]!, given: opts[key as keyof ModelCliOptions]};
+        });
+    }
+    return load;
 }
 
 /**

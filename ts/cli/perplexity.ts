@@ -2,6 +2,7 @@ import {Command} from "commander";
 import {perplexity} from "../eval/perplexity.js";
 import {addScorerOptions, scorerOptions, type ScorerCliOptions} from "./eval.js";
 import {parseNumber, readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 interface PerplexityCliOptions extends ScorerCliOptions {
     text?: string;
@@ -17,7 +18,7 @@ export function perplexityCommand(): Command {
         .option("--text <file>", "UTF-8 text file to score")
         .option("--window <n>", "tokens the model sees at once (default: training context, at most 2048)")
         .option("--stride <n>", "new tokens predicted per window after the first (default: the window; smaller gives every token more context)"))
-        .option("--json", "print machine-readable JSON")
+        .addOption(tableOption("--json", "perplexity"))
         .addHelpText("after", `
 Every token of the text is predicted once: the first window from BOS, each later window from the
 tokens before it. Reported: token perplexity exp(-LL/tokens), and the harness's word_perplexity,

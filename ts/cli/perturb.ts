@@ -6,6 +6,7 @@ import {mechanismNames, perturbFile, readStopwords, createPerturber, type Mechan
     type PerturbReport} from "../privacy/perturb.js";
 import {parseSeed} from "../privacy/rng.js";
 import {checkOutputFolder, formatCount, parseIndexList, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 interface PerturbCliOptions {
     embeddings?: string;
@@ -131,7 +132,7 @@ export function perturbCommand(): Command {
         .option("--cache-dir <dir>", "neighbour-index cache (default $PPC_GPT_CACHE_DIR, $XDG_CACHE_HOME/ppc-gpt or ~/.cache/ppc-gpt)")
         .option("--no-cache", "build the custext index without reading or writing the cache")
         .option("--threads <n>", "native threads (default: all cores)")
-        .option("--json", "print machine-readable JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "perturb"))
         .addHelpText("after", `${GUARANTEES}
 
 Examples:

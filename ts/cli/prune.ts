@@ -3,6 +3,7 @@ import {planPruning, pruningStrategies, readScoresFile, type PruningPlan, type P
 import {removeLayers} from "../prune/remove.js";
 import {addScoringOptions, runBlockInfluence, type BiCliOptions} from "./bi.js";
 import {formatBytes, formatCount, parseIndexList, parseNumber, printJson, progressReporter, UsageError} from "./output.js";
+import {tableOption} from "./options.js";
 
 interface PruneOptions extends Partial<BiCliOptions> {
     output?: string;
@@ -36,7 +37,7 @@ export function pruneCommand(): Command {
         .option("--count <n>", "number of layers to remove (instead of --ratio)")
         .option("--scores <file>", "per-layer scores for --strategy scores: JSON array, or {\"bi\": [...]} as `ppc-gpt bi --json` writes")
         .option("--plan-only", "print the plan and write nothing")
-        .option("--json", "print machine-readable JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "prune"))
         .addHelpText("after", `
 Strategies (the first layers of each order are removed):
   top        deepest layers first (ShortGPT/PPC-GPT "Seq" baseline; PruFed's best on average)

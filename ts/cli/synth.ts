@@ -5,6 +5,7 @@ import {createRemoteGenerator, defaultApiKeyEnv, type RetryInfo} from "../synth/
 import {rejectionReasons} from "../synth/validate.js";
 import {checkGgufFile} from "./model-options.js";
 import {aliasedOption, formatCount, parseNumber, printJson, table, UsageError, type OutputMode} from "./output.js";
+import {tableOption} from "./options.js";
 
 interface SynthOptions {
     in?: string;
@@ -119,7 +120,7 @@ export function synthCommand(): Command {
         .option("--context-size <n>", "context tokens per sequence (--model)")
         .option("--threads <n>", "CPU threads (--model)")
         .option("--gpu-layers <n>", "layers to offload to the GPU in a CUDA build of the addon (--model; default 0, 999 = all)")
-        .option("--json", "print the summary as JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "synth"))
         .addHelpText("after", `
 For each perturbed item the generator writes up to k new multiple-choice questions. Each new
 question is answered three times at temperature > 0 and kept only if the three final letters

@@ -39,6 +39,7 @@ export {runLocalRound} from "./prufed/client.js";
 export type {HeldOutSettings, LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
 export {simulate} from "./prufed/simulate.js";
 export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./prufed/simulate.js";
+export {prufedDefaults} from "./prufed/defaults.js";
 export {startFlServer} from "./prufed/http-server.js";
 export type {FlServer, FlServerEvent, FlServerOptions} from "./prufed/http-server.js";
 export {runFlClient} from "./prufed/http-client.js";

@@ -2,6 +2,7 @@
 // shared by the server and the client. The schemas are plain JSON Schema objects: Fastify validates
 // requests with them and @fastify/swagger serves them in the OpenAPI document, so what is checked
 // and what is documented are one thing. Neither side redefines any of this.
+import {loraDefaults, trainDefaults} from "../train/defaults.js";
 
 /** The version of the PPC-GPT job protocol, sent and checked by server and client. */
 export const protocolVersion = "ppc-gpt/1";
@@ -108,7 +109,7 @@ export interface JobSpec {
 /** A spec with every default filled in (target_modules and privacy stay optional). */
 export type FilledJobSpec = Required<Omit<JobSpec, "target_modules" | "privacy">> & Pick<JobSpec, "target_modules" | "privacy">;
 
-/** The paper's values (METHOD.md): what the server uses for every field a client leaves out. */
+/** The paper's values (METHOD.md): what the server uses for every field a client leaves out; the training fields are `ppc-gpt train`'s (loraDefaults, trainDefaults). */
 export const jobSpecDefaults: FilledJobSpec = {
     ratio: 0.3,
     strategy: "bi",
@@ -116,14 +117,14 @@ export const jobSpecDefaults: FilledJobSpec = {
     rationales: true,
     server_retraining: true,
     server_steps: 300,
-    batch_size: 32,
-    learning_rate: 5e-5,
-    r: 8,
-    lora_alpha: 32,
-    lora_dropout: 0.1,
-    rationale_weight: 1,
-    max_input_length: 64,
-    max_target_length: 128,
+    batch_size: trainDefaults.batchSize,
+    learning_rate: trainDefaults.learningRate,
+    r: loraDefaults.r,
+    lora_alpha: loraDefaults.loraAlpha,
+    lora_dropout: loraDefaults.loraDropout,
+    rationale_weight: trainDefaults.rationaleWeight,
+    max_input_length: trainDefaults.maxInputLength,
+    max_target_length: trainDefaults.maxTargetLength,
     seed: 0,
 };
 

@@ -4,7 +4,8 @@ export {defaultTargetModules, initLoraAdapter, loraTargets, readLoraAdapter, wri
 export {loadCheckpoint, saveCheckpoint, type CheckpointMeta, type EvalRecord, type StepRecord} from "./checkpoint.js";
 export {ExampleEncoder, itemExamples, packMicroBatches, stepTokenWeights, type EncodedExample, type EncodeOptions as ExampleEncodeOptions,
     type ExampleKind, type MicroBatch, type TrainTask, type WeightedItem} from "./examples.js";
+export {loraDefaults, trainDefaults} from "./defaults.js";
 export {mergeLora, type MergeOptions, type MergeResult} from "./merge.js";
 export {learningRateAt, lrSchedulers, type LrSchedule, type LrScheduler} from "./schedule.js";
-export {readWeightedItems, trainLora, validationLoss, type TrainEvent, type TrainOptions, type TrainResult} from "./train.js";
+export {readWeightedItems, resolveTrainOptions, trainLora, validationLoss, type TrainEvent, type TrainOptions, type TrainResult} from "./train.js";
 export {LoraTrainer, type LoraTrainerOptions, type TrainerState} from "./trainer.js";

@@ -12,7 +12,7 @@ import {defaultTaskFormat, labelTaskPrefix, promptFormatVersion, promptMetadataK
 import {taskItemProblem, type TaskItem} from "../data/task-item.js";
 import type {GgufKv} from "../gguf/write.js";
 import {readGguf, type GgufModelFile} from "../gguf/read.js";
-import {loadModel} from "../model.js";
+import {checkModelLoadOptions, loadModel} from "../model.js";
 import {defaultTargetModules, initLoraAdapter, readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "./adapter.js";
 import {loadCheckpoint, saveCheckpoint, type EvalRecord, type StepRecord} from "./checkpoint.js";
 import {ExampleEncoder, exampleLength, packMicroBatches, stepTokenWeights, type EncodedExample, type ExampleKind,
@@ -22,6 +22,8 @@ import {applyAdamW, GaussianNoise, poissonSample, privateGradient} from "./dp-sg
 import {deriveSeed, Random} from "./random.js";
 import {learningRateAt, lrSchedulers, type LrSchedule, type LrScheduler} from "./schedule.js";
 import {LoraTrainer} from "./trainer.js";
+import {loraDefaults, trainDefaults} from "./defaults.js";
+import {checkExclusive, checkOption, isInt, isNum, OptionError} from "../options.js";
 
 export interface TrainOptions {
     /** Base model GGUF (any type llama.cpp loads; F32/F16/Q8_0/Q4_K bases train on the CPU). */
@@ -160,7 +162,7 @@ export interface TrainResult {
     dp?: DpReport;
 }
 
-interface ResolvedOptions {
+export interface ResolvedOptions {
     task: TrainTask;
     format: TaskFormatName;
     rationaleWeight: number;
@@ -184,37 +186,36 @@ interface ResolvedOptions {
     saveEvery: number;
 }
 
-function check(ok: boolean, name: string, expect: string, got: unknown): void {
-    if (!ok)
-        throw new RangeError(`${name} must be ${expect} (got ${JSON.stringify(got)})`);
-}
+const check = checkOption;
 
-const isInt = (x: unknown, lo: number, hi = Number.MAX_SAFE_INTEGER) => typeof x === "number" && Number.isInteger(x) && x >= lo && x <= hi;
-const isNum = (x: unknown, lo: number, hi: number) => typeof x === "number" && Number.isFinite(x) && x >= lo && x <= hi;
-
-function resolveOptions(o: TrainOptions): ResolvedOptions {
+/**
+ * Fills `trainDefaults` and `loraDefaults` into the options and checks every one (the only place
+ * they are checked; OptionError names the option): `trainLora` starts with it, and a caller may
+ * call it first to refuse bad options before any work.
+ */
+export function resolveTrainOptions(o: Omit<TrainOptions, "model" | "data" | "output">): ResolvedOptions {
     const r: ResolvedOptions = {
-        task: o.task ?? "cot",
+        task: o.task ?? trainDefaults.task,
         format: o.format ?? defaultTaskFormat,
-        rationaleWeight: o.rationaleWeight ?? 1,
-        r: o.r ?? 8,
-        loraAlpha: o.loraAlpha ?? 32,
-        loraDropout: o.loraDropout ?? 0.1,
+        rationaleWeight: o.rationaleWeight ?? trainDefaults.rationaleWeight,
+        r: o.r ?? loraDefaults.r,
+        loraAlpha: o.loraAlpha ?? loraDefaults.loraAlpha,
+        loraDropout: o.loraDropout ?? loraDefaults.loraDropout,
         targetModules: o.targetModules ?? [...defaultTargetModules],
         explicitTargets: o.targetModules !== undefined,
-        learningRate: o.learningRate ?? 5e-5,
-        weightDecay: o.weightDecay ?? 0,
-        adamBeta1: o.adamBeta1 ?? 0.9,
-        adamBeta2: o.adamBeta2 ?? 0.999,
-        adamEpsilon: o.adamEpsilon ?? 1e-8,
-        maxGradNorm: o.maxGradNorm ?? 1,
-        lrScheduler: o.lrScheduler ?? "linear",
-        batchSize: o.batchSize ?? 32,
-        maxInputLength: o.maxInputLength ?? 64,
-        maxTargetLength: o.maxTargetLength ?? 128,
-        microBatchSequences: o.microBatchSequences ?? 64,
-        seed: o.seed ?? 42,
-        saveEvery: o.saveEvery ?? 100,
+        learningRate: o.learningRate ?? trainDefaults.learningRate,
+        weightDecay: o.weightDecay ?? trainDefaults.weightDecay,
+        adamBeta1: o.adamBeta1 ?? trainDefaults.adamBeta1,
+        adamBeta2: o.adamBeta2 ?? trainDefaults.adamBeta2,
+        adamEpsilon: o.adamEpsilon ?? trainDefaults.adamEpsilon,
+        maxGradNorm: o.maxGradNorm ?? trainDefaults.maxGradNorm,
+        lrScheduler: o.lrScheduler ?? trainDefaults.lrScheduler,
+        batchSize: o.batchSize ?? trainDefaults.batchSize,
+        maxInputLength: o.maxInputLength ?? trainDefaults.maxInputLength,
+        maxTargetLength: o.maxTargetLength ?? trainDefaults.maxTargetLength,
+        microBatchSequences: o.microBatchSequences ?? trainDefaults.microBatchSequences,
+        seed: o.seed ?? trainDefaults.seed,
+        saveEvery: o.saveEvery ?? trainDefaults.saveEvery,
     };
     check(r.task === "cot" || r.task === "label", "task", "\"cot\" or \"label\"", r.task);
     check(taskFormatNames.includes(r.format), "format", taskFormatNames.join(" | "), r.format);
@@ -239,23 +240,19 @@ function resolveOptions(o: TrainOptions): ResolvedOptions {
     check(isInt(r.microBatchSequences, 1, 256), "microBatchSequences", "an integer in [1, 256]", r.microBatchSequences);
     check(isInt(r.seed, 0), "seed", "a non-negative integer below 2^53", r.seed);
     check(isInt(r.saveEvery, 1), "saveEvery", "a positive integer", r.saveEvery);
-    if (o.steps !== undefined && o.epochs !== undefined)
-        throw new RangeError("give steps or epochs, not both");
+    checkExclusive(o, "steps", "epochs");
     if (o.steps !== undefined)
         check(isInt(o.steps, 1), "steps", "a positive integer", o.steps);
     if (o.epochs !== undefined)
         check(isInt(o.epochs, 1), "epochs", "a positive integer", o.epochs);
-    if (o.warmupSteps !== undefined && o.warmupRatio !== undefined)
-        throw new RangeError("give warmupSteps or warmupRatio, not both");
+    checkExclusive(o, "warmupSteps", "warmupRatio");
     if (o.warmupSteps !== undefined)
         check(isInt(o.warmupSteps, 0), "warmupSteps", "a non-negative integer", o.warmupSteps);
     if (o.warmupRatio !== undefined)
         check(isNum(o.warmupRatio, 0, 1), "warmupRatio", "a number in [0, 1]", o.warmupRatio);
-    if (o.validationSplit !== undefined) {
+    checkExclusive(o, "validationData", "validationSplit");
+    if (o.validationSplit !== undefined)
         check(isNum(o.validationSplit, 0, 1) && o.validationSplit > 0 && o.validationSplit < 1, "validationSplit", "a number in (0, 1)", o.validationSplit);
-        if (o.validationData !== undefined)
-            throw new RangeError("give validationData or validationSplit, not both");
-    }
     if (o.evalEvery !== undefined)
         check(isInt(o.evalEvery, 1), "evalEvery", "a positive integer", o.evalEvery);
     if (o.microBatchTokens !== undefined)
@@ -263,9 +260,8 @@ function resolveOptions(o: TrainOptions): ResolvedOptions {
     if (o.stopAfter !== undefined)
         check(isInt(o.stopAfter, 1), "stopAfter", "a positive integer", o.stopAfter);
     if (o.resume && !o.checkpointDir)
-        throw new RangeError("resume needs checkpointDir");
-    if (o.dpEpsilon !== undefined && o.dpNoiseMultiplier !== undefined)
-        throw new RangeError("give dpEpsilon or dpNoiseMultiplier, not both");
+        throw new OptionError(["resume", "checkpointDir"], ([a, b]) => `${a} needs ${b}`);
+    checkExclusive(o, "dpEpsilon", "dpNoiseMultiplier");
     if (o.dpEpsilon !== undefined)
         check(isNum(o.dpEpsilon, 0, 1e6) && o.dpEpsilon > 0, "dpEpsilon", "a positive number", o.dpEpsilon);
     if (o.dpNoiseMultiplier !== undefined)
@@ -276,13 +272,11 @@ function resolveOptions(o: TrainOptions): ResolvedOptions {
         check(isNum(o.maxPerExampleGradNorm, 0, 1e30) && o.maxPerExampleGradNorm > 0, "maxPerExampleGradNorm", "a positive number", o.maxPerExampleGradNorm);
     if (o.dpNoiseSeed !== undefined)
         check(isInt(o.dpNoiseSeed, 0), "dpNoiseSeed", "a non-negative integer", o.dpNoiseSeed);
-    if (o.dpEpsilon === undefined && o.dpNoiseMultiplier === undefined &&
-        (o.dpDelta !== undefined || o.maxPerExampleGradNorm !== undefined || o.dpNoiseSeed !== undefined))
-        throw new RangeError("dpDelta, maxPerExampleGradNorm and dpNoiseSeed go with dpEpsilon or dpNoiseMultiplier (DP-SGD)");
-    if (o.threads !== undefined)
-        check(isInt(o.threads, 1, 1024), "threads", "a positive integer", o.threads);
-    if (o.gpuLayers !== undefined)
-        check(isInt(o.gpuLayers, -1, 100000), "gpuLayers", "an integer >= -1", o.gpuLayers);
+    const dpOnly = (["dpDelta", "maxPerExampleGradNorm", "dpNoiseSeed"] as const).filter((k) => o[k] !== undefined);
+    if (o.dpEpsilon === undefined && o.dpNoiseMultiplier === undefined && dpOnly.length > 0)
+        throw new OptionError([...dpOnly, "dpEpsilon", "dpNoiseMultiplier"], (n) =>
+            `${n.slice(0, -2).join(" and ")} ${dpOnly.length > 1 ? "go" : "goes"} with ${n.at(-2)} or ${n.at(-1)} (DP-SGD)`);
+    checkModelLoadOptions(o);
     return r;
 }
 
@@ -378,7 +372,7 @@ async function checkInitAdapter(options: TrainOptions, o: ResolvedOptions, model
 
 /** Train a LoRA adapter on task items (optionally with DP-SGD) and write it as GGUF. */
 export async function trainLora(options: TrainOptions): Promise<TrainResult> {
-    const o = resolveOptions(options);
+    const o = resolveTrainOptions(options);
     const started = Date.now();
     // fail before training, not after it
     const outDir = path.dirname(path.resolve(options.output));
@@ -424,7 +418,7 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
 
     // --- schedule ---
     const stepsPerEpoch = Math.ceil(items.length / o.batchSize);
-    const totalSteps = options.steps ?? (options.epochs ?? 3) * stepsPerEpoch;
+    const totalSteps = options.steps ?? (options.epochs ?? trainDefaults.epochs) * stepsPerEpoch;
     const warmupSteps = options.warmupSteps ?? Math.ceil((options.warmupRatio ?? 0) * totalSteps);
     const schedule: LrSchedule = {learningRate: o.learningRate, scheduler: o.lrScheduler, warmupSteps, totalSteps};
     const orders = new Map<number, number[]>();
@@ -441,9 +435,9 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
 
     // --- DP-SGD: Poisson sampling at rate q = batch / items; sigma from the target epsilon ---
     const dpOn = options.dpEpsilon !== undefined || options.dpNoiseMultiplier !== undefined;
-    const dpDelta = options.dpDelta ?? 1e-5;
+    const dpDelta = options.dpDelta ?? trainDefaults.dpDelta;
     const sampleRate = Math.min(1, o.batchSize / items.length);
-    const maxPerExampleGradNorm = options.maxPerExampleGradNorm ?? 1;
+    const maxPerExampleGradNorm = options.maxPerExampleGradNorm ?? trainDefaults.maxPerExampleGradNorm;
     const noiseMultiplier = !dpOn ? 0 : options.dpNoiseMultiplier ??
         noiseMultiplierFor(options.dpEpsilon!, {sampleRate, steps: totalSteps, delta: dpDelta});
     const noise = new GaussianNoise(options.dpNoiseSeed);

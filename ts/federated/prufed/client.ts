@@ -13,6 +13,7 @@ import {loadModel} from "../../model.js";
 import {writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
 import type {WeightedItem} from "../../train/examples.js";
 import {resolveLabelPrefix, trainLora, type TrainOptions} from "../../train/train.js";
+import {prufedDefaults} from "./defaults.js";
 
 /** Training settings of a local round (PEFT / `ppc-gpt train` names); the rank and alpha come from the start adapter. */
 export type LocalTrainSettings = Omit<TrainOptions, "model" | "data" | "output" | "initAdapter" | "steps" | "epochs" | "seed" |
@@ -61,7 +62,9 @@ export interface LocalRoundResult {
 }
 
 export const defaultLocalTrain: LocalTrainSettings = {
-    task: "label", learningRate: 3e-3, batchSize: 8, lrScheduler: "constant", loraDropout: 0, maxInputLength: 64, maxTargetLength: 8,
+    task: prufedDefaults.task, learningRate: prufedDefaults.learningRate, batchSize: prufedDefaults.batchSize,
+    lrScheduler: prufedDefaults.lrScheduler, loraDropout: prufedDefaults.loraDropout, maxInputLength: prufedDefaults.maxInputLength,
+    maxTargetLength: prufedDefaults.maxTargetLength,
 };
 
 /** The round's file names in the client's folder. */

@@ -18,6 +18,7 @@ import {pooledAccuracy, type AccuracySummary} from "../../eval/metrics.js";
 import {heldOutAccuracy, runLocalRound, type LocalTrainSettings} from "./client.js";
 import {FederationServer, type RoundSummary} from "./rounds.js";
 import {secureAggregateRound, type SecureRoundReport} from "./secure.js";
+import {prufedDefaults} from "./defaults.js";
 
 export const simulationModes = [...aggregationMethods, "local"] as const;
 export type SimulationMode = (typeof simulationModes)[number];
@@ -139,7 +140,7 @@ function checkOptions(o: SimulateOptions, baseLayers: number): void {
         throw new RangeError(`clients must be a positive integer (got ${o.clients})`);
     if (!Number.isInteger(o.localSteps) || o.localSteps < 1)
         throw new RangeError(`localSteps must be a positive integer (got ${o.localSteps})`);
-    const share = o.heldOutShare ?? 0.25;
+    const share = o.heldOutShare ?? prufedDefaults.heldOutShare;
     if (!(share > 0 && share < 1))
         throw new RangeError(`heldOutShare must be in (0, 1) (got ${share})`);
     const aggregation = strategyFor(o.aggregation);
@@ -207,10 +208,10 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
     if (evalItems && evalItems.length === 0)
         throw new RangeError(`the evaluation set${typeof options.evalData === "string" ? ` ${options.evalData}` : ""} has no items`);
     const strategy = options.strategy ?? "top";
-    const r = options.r ?? 8, loraAlpha = options.loraAlpha ?? 16;
+    const r = options.r ?? prufedDefaults.r, loraAlpha = options.loraAlpha ?? prufedDefaults.loraAlpha;
     await fs.promises.mkdir(options.outDir, {recursive: true});
     const models = await clientModels(options.base, options.depths, strategy, path.join(options.outDir, "models"));
-    const split = splitItems(items, options.clients, options.heldOutShare ?? 0.25, options.seed);
+    const split = splitItems(items, options.clients, options.heldOutShare ?? prufedDefaults.heldOutShare, options.seed);
     const clients: SimClient[] = [];
     for (let i = 0; i < options.clients; i++) {
         const depth = options.depths[i % options.depths.length];
