@@ -14,6 +14,11 @@ export {planPruning, strategyOrder, layerMagnitudes, parseScores, readScoresFile
 export type {PruningPlan, PruningPlanOptions, PruningStrategy} from "./prune/plan.js";
 export {removeLayers} from "./prune/remove.js";
 export type {LayerRemovalResult, RemoveLayersOptions} from "./prune/remove.js";
+export {quantizeModel, quantizationTypes, quantizationType, quantizationOverrides} from "./quantize/quantize.js";
+export type {QuantizeModelOptions, QuantizeModelResult, QuantizationType, ImatrixSource} from "./quantize/quantize.js";
+export {readImatrixFile, writeImatrixGguf, imatrixValues} from "./quantize/imatrix.js";
+export type {ImportanceMatrix, ImatrixEntry} from "./quantize/imatrix.js";
+export {taskImatrix, textImatrix, imatrixTextChunks} from "./quantize/collect.js";
 export {loadModel} from "./model.js";
 export {BatchGenerator} from "./generate/batch-generator.js";
 export type {BatchGeneratorOptions, GenerationRequest, GenerationResult} from "./generate/batch-generator.js";
