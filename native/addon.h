@@ -27,5 +27,7 @@ void register_embed(Napi::Env env, Napi::Object exports);
 void register_lora(Napi::Env env, Napi::Object exports);
 // Continuous-batching text generation (generate/bindings.cpp).
 void register_generate(Napi::Env env, Napi::Object exports);
+// Model quantization by llama.cpp's quantizer (quantize/bindings.cpp).
+void register_quantize(Napi::Env env, Napi::Object exports);
 
 } // namespace ppc

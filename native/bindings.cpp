@@ -9,6 +9,7 @@ void register_extensions(Napi::Env env, Napi::Object exports) {
     register_layer_scores(env, exports);
     register_lora(env, exports);
     register_generate(env, exports);
+    register_quantize(env, exports);
 }
 
 } // namespace ppc

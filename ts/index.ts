@@ -35,6 +35,13 @@ export type {DatasetName, LoadTaskOptions} from "./data/loaders/index.js";
 export {readTaskItems, DataError} from "./data/jsonl.js";
 export type {TaskItem, TaskChoice, SyntheticItem} from "./data/task-item.js";
 
+// Quantization (llama.cpp's quantizer) and importance matrices from the task
+export {quantizeModel, quantizationTypes} from "./quantize/quantize.js";
+export type {QuantizeModelOptions, QuantizeModelResult, QuantizationType, ImatrixSource} from "./quantize/quantize.js";
+export {readImatrixFile, writeImatrixGguf} from "./quantize/imatrix.js";
+export {taskImatrix, textImatrix} from "./quantize/collect.js";
+export type {ImportanceMatrix, ImatrixEntry} from "./quantize/imatrix.js";
+
 // Generation and synthesis
 export {BatchGenerator} from "./generate/batch-generator.js";
 export type {BatchGeneratorOptions, GenerationRequest, GenerationResult} from "./generate/batch-generator.js";

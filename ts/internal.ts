@@ -61,3 +61,6 @@ export {secureUniform} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
 export {idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
 export {isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
+export {quantizationType, quantizationOverrides} from "./quantize/quantize.js";
+export {imatrixValues} from "./quantize/imatrix.js";
+export {imatrixTextChunks} from "./quantize/collect.js";

@@ -265,6 +265,34 @@ export interface NativeLoraStepOptions {
     dropoutSeed?: number;
 }
 
+/** One weight's importance sums as the capture pass collects them (quantize/imatrix_collector). */
+export interface NativeImatrixEntry {
+    name: string;
+    /** Sum over tokens of each input column's squared activation; n_mat x row length. */
+    sums: Float64Array;
+    /** Tokens per matrix (one per expert for MUL_MAT_ID). */
+    counts: number[];
+}
+
+export interface NativeQuantizeOptions {
+    type: string;
+    threads?: number;
+    allowRequantize?: boolean;
+    pure?: boolean;
+    /** Per-weight mean squared activations, as llama-quantize passes them. */
+    imatrix?: {name: string; values: Float32Array}[];
+    /** Metadata written into the output, in order (llama-quantize --override-kv). */
+    overrides?: {key: string; type: "str" | "int" | "float" | "bool"; value: string | number | boolean}[];
+}
+
+export interface NativeQuantizeResult {
+    type: string;
+    ftype: number;
+    tensors: number;
+    bytesIn: number;
+    bytesOut: number;
+}
+
 export interface NativeAddon {
     ggufRead(path: string, maxArrayValues: number): Promise<GgufFileInfo>;
     removeLayers(input: string, output: string, layers: number[], onProgress?: ProgressCallback): Promise<NativeLayerRemovalResult>;
@@ -276,8 +304,13 @@ export interface NativeAddon {
     loadModel(path: string, options?: NativeModelOptions): Promise<NativeModel>;
     /** Per-layer sums of cos / angular / contribution over counted positions (capture/layer_scores). */
     layerScores(model: NativeModel, sequences: {tokens: Int32Array; mask?: Uint8Array}[],
-        options: {maxBatchTokens: number; maxSequences: number; capture?: boolean}, onProgress?: ProgressCallback):
-        Promise<{nLayer: number; tokens: number; cosSum: number[]; angularSum: number[]; contributionSum: number[]; deviceSteps: number}>;
+        options: {maxBatchTokens: number; maxSequences: number; capture?: boolean; imatrix?: boolean}, onProgress?: ProgressCallback):
+        Promise<{nLayer: number; tokens: number; cosSum: number[]; angularSum: number[]; contributionSum: number[]; deviceSteps: number;
+            imatrix?: NativeImatrixEntry[]}>;
+    /** llama.cpp's quantizer (llama_model_quantize), off the JS thread; progress counts tensors. */
+    quantizeModel(input: string, output: string, options: NativeQuantizeOptions, onProgress?: ProgressCallback): Promise<NativeQuantizeResult>;
+    /** The types llama-quantize offers, in its order. */
+    quantizeTypes(): {name: string; ftype: number; description: string}[];
     /** Hidden states at every block boundary: (nLayer + 1) x tokens x nEmbd. */
     dumpHiddenStates(model: NativeModel, tokens: Int32Array): Promise<Float32Array>;
     loglikOpen(model: NativeModel, options?: NativeLoglikOptions): Promise<NativeLoglikScorer>;

@@ -28,6 +28,7 @@ struct capture_state {
     std::vector<float> cur;
     layer_score_sums * sums = nullptr;   // accumulate mode
     std::vector<float> * dump = nullptr; // dump mode
+    imatrix_collector * imatrix = nullptr; // also collect an importance matrix
     std::string error;
 #ifdef PPC_CUDA
     cuda_layer_stats * gpu = nullptr;
@@ -95,6 +96,12 @@ bool read_hidden(capture_state & st, ggml_tensor * t, std::vector<float> & dst) 
 
 bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto & st = *(capture_state *) user_data;
+    if (st.imatrix && imatrix_collector::wants(t)) {
+        if (ask) return true;
+        if (!st.error.empty()) return false;
+        if (!st.imatrix->collect(t)) st.error = st.imatrix->error();
+        return st.error.empty();
+    }
     const char * name = ggml_get_name(t);
     const bool input = is_block_input(name);
     const int  layer = input ? -1 : block_output_index(name);
@@ -292,6 +299,8 @@ layer_score_sums compute_layer_scores(llama_session & session, const std::vector
     sums.angular_sum.assign((size_t) st.n_layer, 0.0);
     sums.contribution_sum.assign((size_t) st.n_layer, 0.0);
     st.sums = &sums;
+    imatrix_collector collector;
+    if (params.imatrix) st.imatrix = &collector;
 #ifdef PPC_CUDA
     cuda_layer_stats gpu_stats;
     st.gpu = &gpu_stats;
@@ -306,6 +315,7 @@ layer_score_sums compute_layer_scores(llama_session & session, const std::vector
         p.done += r.n_tokens;
         report(p);
     }
+    sums.imatrix = collector.entries();
     return sums;
 }
 

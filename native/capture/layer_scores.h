@@ -12,8 +12,11 @@
 
 #include "capture/model.h"
 #include "common/async.h"
+#include "quantize/imatrix_collector.h"
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace ppc {
@@ -30,12 +33,14 @@ struct layer_score_sums {
     std::vector<double> angular_sum;
     std::vector<double> contribution_sum;
     uint64_t device_steps = 0;              // block scorings done by the CUDA kernel (CUDA builds)
+    std::map<std::string, imatrix_entry> imatrix;  // with params.imatrix: the importance matrix of the same pass
 };
 
 struct layer_score_params {
     uint32_t max_batch_tokens = 512;        // tokens per decode (several sequences share one)
     uint32_t max_sequences    = 16;         // sequences per decode
     bool     capture          = true;       // false: the same decodes without the callback (timing baseline)
+    bool     imatrix          = false;      // also collect an importance matrix (every position counts, masks aside)
 };
 
 // Runs every sequence through the model (batched) and accumulates the per-layer sums.

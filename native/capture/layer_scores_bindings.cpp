@@ -13,6 +13,24 @@ Napi::Array doubles(Napi::Env env, const std::vector<double> & v) {
     return a;
 }
 
+// [{name, sums: Float64Array, counts: number[]}], in name order.
+Napi::Array imatrix_to_js(Napi::Env env, const std::map<std::string, imatrix_entry> & entries) {
+    Napi::Array out = Napi::Array::New(env, entries.size());
+    uint32_t k = 0;
+    for (const auto & [name, e] : entries) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("name", name);
+        Napi::Float64Array sums = Napi::Float64Array::New(env, e.sums.size());
+        std::copy(e.sums.begin(), e.sums.end(), sums.Data());
+        o.Set("sums", sums);
+        Napi::Array counts = Napi::Array::New(env, e.counts.size());
+        for (size_t i = 0; i < e.counts.size(); ++i) counts.Set((uint32_t) i, (double) e.counts[i]);
+        o.Set("counts", counts);
+        out.Set(k++, o);
+    }
+    return out;
+}
+
 Napi::Value layer_scores_js(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     auto session = unwrap_model(info[0]);
@@ -39,6 +57,7 @@ Napi::Value layer_scores_js(const Napi::CallbackInfo & info) {
         if (o.Has("maxBatchTokens") && o.Get("maxBatchTokens").IsNumber()) params.max_batch_tokens = o.Get("maxBatchTokens").As<Napi::Number>().Uint32Value();
         if (o.Has("maxSequences") && o.Get("maxSequences").IsNumber()) params.max_sequences = o.Get("maxSequences").As<Napi::Number>().Uint32Value();
         if (o.Has("capture")) params.capture = o.Get("capture").ToBoolean();
+        if (o.Has("imatrix")) params.imatrix = o.Get("imatrix").ToBoolean();
         if (params.max_batch_tokens == 0 || params.max_sequences == 0) throw Napi::RangeError::New(env, "maxBatchTokens and maxSequences must be positive");
     }
     Napi::Function on_progress = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
@@ -55,6 +74,7 @@ Napi::Value layer_scores_js(const Napi::CallbackInfo & info) {
             o.Set("angularSum", doubles(env, s.angular_sum));
             o.Set("contributionSum", doubles(env, s.contribution_sum));
             o.Set("deviceSteps", (double) s.device_steps);
+            if (!s.imatrix.empty()) o.Set("imatrix", imatrix_to_js(env, s.imatrix));
             return o;
         },
         on_progress);

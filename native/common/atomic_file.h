@@ -22,6 +22,8 @@ public:
     // (copy_file_range), else through a bounded buffer. Calls `on_chunk(bytes)` after each chunk.
     void copy_from(int in_fd, uint64_t offset, uint64_t n, const std::function<void(uint64_t)> & on_chunk);
     uint64_t position() const { return pos_; }
+    // The temporary file, for writers that open it by name (llama.cpp's quantizer).
+    const std::string & temp_path() const { return tmp_path_; }
     void commit();
 
 private:

@@ -6,6 +6,8 @@ import {defaultTaskFormat, taskFormatNames, type TaskFormatName} from "../data/p
 import {loadModel} from "../model.js";
 import {blockInfluence, blockInfluenceSvg, layerMetrics, metricValues, modelIdentity, scoreLayers, textSequences,
     type BlockInfluenceReport, type CountedPositions, type LayerMetric} from "../prune/block-influence.js";
+import {taskImatrix} from "../quantize/collect.js";
+import {imatrixFromCapture, writeImatrixGguf, type ImportanceMatrix} from "../quantize/imatrix.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
 import {checkOutputFolder, parseNumber, readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
 import {tableOption} from "./options.js";
@@ -40,6 +42,12 @@ export function readTextLines(file: string): string[] {
 
 /** Runs the scoring that `bi` and `prune --strategy bi` share. */
 export async function runBlockInfluence(model: string, opts: BiCliOptions, json: boolean): Promise<BlockInfluenceReport | TextReport> {
+    return (await runBlockInfluencePass(model, opts, json, false)).report;
+}
+
+/** The scoring, and with `imatrix` the importance matrix of the same forward pass (`bi --imatrix`). */
+async function runBlockInfluencePass(model: string, opts: BiCliOptions, json: boolean, imatrix: boolean):
+    Promise<{report: BlockInfluenceReport | TextReport; matrix?: ImportanceMatrix}> {
     if ((opts.text === undefined) === (opts.data === undefined))
         throw new UsageError("give exactly one of --text <file> or --data <items.jsonl>");
     const limit = opts.limit === undefined ? undefined : parseNumber(opts.limit, "--limit", (x) => Number.isInteger(x) && x >= 1, "a positive integer");
@@ -52,12 +60,20 @@ export async function runBlockInfluence(model: string, opts: BiCliOptions, json:
     const progress = progressReporter({json}, "scoring", "tokens");
     try {
         if (texts) {
-            const s = await scoreLayers(m, textSequences(m, texts), {maxBatchTokens, onProgress: progress.update});
-            return {n_layer: s.nLayer, metric: opts.metric, tokens: s.tokens, sequences: texts.length,
-                bi: metricValues(s, opts.metric), model: modelIdentity(model)};
+            const seqs = textSequences(m, texts);
+            const s = await scoreLayers(m, seqs, {maxBatchTokens, imatrix, onProgress: progress.update});
+            const matrix = imatrix ? imatrixFromCapture(s.imatrix ?? [], {datasets: [path.basename(opts.text!)], chunkCount: seqs.length,
+                chunkSize: Math.max(...seqs.map((q) => q.tokens.length))}) : undefined;
+            return {matrix, report: {n_layer: s.nLayer, metric: opts.metric, tokens: s.tokens, sequences: texts.length,
+                bi: metricValues(s, opts.metric), model: modelIdentity(model)}};
         }
-        return await blockInfluence(m, items!, {metric: opts.metric, positions: opts.positions, maxBatchTokens, format: opts.format,
-            onProgress: progress.update});
+        if (imatrix) {
+            const {matrix, report} = await taskImatrix(m, items!, opts.data!, {metric: opts.metric, positions: opts.positions, maxBatchTokens,
+                format: opts.format, onProgress: progress.update});
+            return {matrix, report};
+        }
+        return {report: await blockInfluence(m, items!, {metric: opts.metric, positions: opts.positions, maxBatchTokens, format: opts.format,
+            onProgress: progress.update})};
     } finally {
         progress.finish();
         m.close();
@@ -85,6 +101,7 @@ export function biCommand(): Command {
         .addOption(tableOption("--json", "bi"))
         .option("--plot <file.svg>", "draw the scores per layer as an SVG chart")
         .option("-o, --output <file.json>", "also write the JSON report to a file (accepted by prune --scores)")
+        .option("--imatrix <file.gguf>", "also write the importance matrix of the same forward pass (llama-imatrix's GGUF format; for quantize --imatrix)")
         .addHelpText("after", `
 Block Influence of layer i (ShortGPT, PPC-GPT): BI_i = 1 - E_t[cos(X_i,t, X_i+1,t)], with X_i the hidden
 state entering block i and X_i+1 the one leaving it, averaged over token positions. Low BI = the block
@@ -93,11 +110,15 @@ barely changes its input = a candidate for removal. With --data, PPC-GPT's score
 Examples:
   ppc-gpt bi model.gguf --text corpus.txt
   ppc-gpt bi model.gguf --data synthetic.jsonl --json -o bi.json --plot bi.svg
-  ppc-gpt prune model.gguf --strategy scores --scores bi.json --ratio 0.3 -o pruned.gguf`)
-        .action(async (model: string, opts: BiCliOptions & {json?: boolean; plot?: string; output?: string}) => {
+  ppc-gpt prune model.gguf --strategy scores --scores bi.json --ratio 0.3 -o pruned.gguf
+  ppc-gpt bi model.gguf --data synthetic.jsonl --imatrix task.imatrix.gguf   (then: quantize --imatrix task.imatrix.gguf)`)
+        .action(async (model: string, opts: BiCliOptions & {json?: boolean; plot?: string; output?: string; imatrix?: string}) => {
             checkOutputFolder(opts.output, "-o");
             checkOutputFolder(opts.plot, "--plot");
-            const report = await runBlockInfluence(model, opts, Boolean(opts.json));
+            checkOutputFolder(opts.imatrix, "--imatrix");
+            const {report, matrix} = await runBlockInfluencePass(model, opts, Boolean(opts.json), opts.imatrix !== undefined);
+            if (opts.imatrix && matrix)
+                await writeImatrixGguf(opts.imatrix, matrix);
             const series = "bi_label" in report
                 ? [{name: "BI", values: report.bi}, {name: "BI_label", values: report.bi_label},
                     ...(report.bi_rationale ? [{name: "BI_rationale", values: report.bi_rationale}] : [])]

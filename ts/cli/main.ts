@@ -7,6 +7,7 @@ import {UsageError} from "./output.js";
 const verbs: Record<string, () => Promise<Command>> = {
     inspect: async () => (await import("./inspect.js")).inspectCommand(),
     prune: async () => (await import("./prune.js")).pruneCommand(),
+    quantize: async () => (await import("./quantize.js")).quantizeCommand(),
     bi: async () => (await import("./bi.js")).biCommand(),
     eval: async () => (await import("./eval.js")).evalCommand(),
     perplexity: async () => (await import("./perplexity.js")).perplexityCommand(),

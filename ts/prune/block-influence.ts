@@ -5,10 +5,11 @@
 // distance E_t[arccos(cos)/pi] and the relative contribution E_t[|X_{i+1} - X_i| / |X_i|].
 import crypto from "node:crypto";
 import fs from "node:fs";
-import {native} from "../native.js";
+import {native, type NativeImatrixEntry} from "../native.js";
 import type {LoadedModel} from "../model.js";
 import {defaultTaskFormat, labelExample, promptFormatVersion, rationaleExample, type PromptExample, type PromptOptions} from "../data/prompt.js";
 import type {TaskItem} from "../data/task-item.js";
+import {mergeCaptured} from "../quantize/imatrix.js";
 
 export const layerMetrics = ["bi", "angular", "contribution"] as const;
 export type LayerMetric = (typeof layerMetrics)[number];
@@ -34,6 +35,8 @@ export interface LayerScores {
     contribution: number[];
     /** Block scorings computed by the CUDA kernel (blocks whose output was in GPU memory); 0 on the CPU. */
     deviceSteps: number;
+    /** With options.imatrix: the importance sums of the same pass (every position counts, masks aside). */
+    imatrix?: NativeImatrixEntry[];
 }
 
 export interface LayerScoreOptions {
@@ -41,6 +44,8 @@ export interface LayerScoreOptions {
     maxBatchTokens?: number;
     /** Sequences per decode (default 16). */
     maxSequences?: number;
+    /** Also collect an importance matrix for quantization (ts/quantize/imatrix.ts) in the same pass. */
+    imatrix?: boolean;
     onProgress?: (doneTokens: number, totalTokens: number) => void;
 }
 
@@ -51,6 +56,7 @@ export async function scoreLayers(model: LoadedModel, sequences: TokenSequence[]
     const sums = await native().layerScores(model.handle, sequences, {
         maxBatchTokens: options.maxBatchTokens ?? 512,
         maxSequences: options.maxSequences ?? 16,
+        imatrix: options.imatrix ?? false,
     }, options.onProgress);
     if (sums.tokens === 0)
         throw new RangeError("no position was counted (every mask is empty)");
@@ -62,6 +68,7 @@ export async function scoreLayers(model: LoadedModel, sequences: TokenSequence[]
         angular: mean(sums.angularSum),
         contribution: mean(sums.contributionSum),
         deviceSteps: sums.deviceSteps,
+        ...(sums.imatrix ? {imatrix: sums.imatrix} : {}),
     };
 }
 
@@ -143,6 +150,12 @@ export interface BlockInfluenceOptions extends LayerScoreOptions, PromptOptions 
  * input→rationale sequences, and their sum.
  */
 export async function blockInfluence(model: LoadedModel, items: TaskItem[], options: BlockInfluenceOptions = {}): Promise<BlockInfluenceReport> {
+    return (await blockInfluencePass(model, items, options)).report;
+}
+
+/** blockInfluence, and with options.imatrix the importance sums of the same label and rationale sequences. */
+export async function blockInfluencePass(model: LoadedModel, items: TaskItem[], options: BlockInfluenceOptions = {}):
+    Promise<{report: BlockInfluenceReport; imatrix?: NativeImatrixEntry[]; sequences: number; maxTokens: number}> {
     const metric = options.metric ?? "bi";
     const positions = options.positions ?? "all";
     const maxTokens = options.maxTokens ?? 192;
@@ -162,7 +175,9 @@ export async function blockInfluence(model: LoadedModel, items: TaskItem[], opti
     const rationale = rationaleSeqs.length ? await scoreLayers(model, rationaleSeqs, {...options, onProgress: progress(done)}) : undefined;
     const biLabel = metricValues(label, metric);
     const biRationale = rationale ? metricValues(rationale, metric) : undefined;
-    return {
+    const imatrix = label.imatrix && rationale?.imatrix ? mergeCaptured(label.imatrix, rationale.imatrix) : label.imatrix;
+    const longest = Math.max(...[...labelSeqs, ...rationaleSeqs].map((s) => s.tokens.length));
+    return {imatrix, sequences: labelSeqs.length + rationaleSeqs.length, maxTokens: longest, report: {
         n_layer: label.nLayer,
         metric,
         positions,
@@ -174,7 +189,7 @@ export async function blockInfluence(model: LoadedModel, items: TaskItem[], opti
         model: modelIdentity(model.path),
         prompt_format: promptFormatVersion,
         task_format: options.format ?? defaultTaskFormat,
-    };
+    }};
 }
 
 /** Per-layer chart as a standalone SVG: bars for `bi`, lines for the label and rationale parts. */
