@@ -82,8 +82,8 @@ export type {TokenVocabulary} from "./privacy/vocab.js";
 export {createPerturber, datasetReport, mechanismNames, perturbFile, TextPerturber} from "./privacy/perturb.js";
 export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, PerturberOptions, PerturbFileOptions, PerturbReport, RecordReport,
     TextPerturbation} from "./privacy/perturb.js";
-export {secureUniform, seededUniform} from "./privacy/rng.js";
-export type {UniformSource} from "./privacy/rng.js";
+export {secureUniform, seededUniform} from "./random.js";
+export type {UniformSource} from "./random.js";
 export {defaultCacheDir} from "./privacy/cache.js";
 export {releaseItems, idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
 export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";

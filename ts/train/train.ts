@@ -19,7 +19,7 @@ import {ExampleEncoder, exampleLength, packMicroBatches, stepTokenWeights, type 
     type MicroBatch, type TrainTask, type WeightedItem} from "./examples.js";
 import {dpSgdEpsilon, noiseMultiplierFor} from "./dp-accountant.js";
 import {applyAdamW, GaussianNoise, poissonSample, privateGradient} from "./dp-sgd.js";
-import {deriveSeed, Random} from "./random.js";
+import {deriveSeed, Random} from "../random.js";
 import {learningRateAt, lrSchedulers, type LrSchedule, type LrScheduler} from "./schedule.js";
 import {LoraTrainer} from "./trainer.js";
 

@@ -8,7 +8,7 @@
 //     its own rank (clientPart), so clients may differ in rank.
 // Matrices are stored as Float32, accumulated in double.
 import type {LoraAdapter, LoraTensor} from "../../train/adapter.js";
-import {deriveSeed, Random} from "../../train/random.js";
+import {deriveSeed, Random} from "../../random.js";
 import {parseLoraTensorName, toClientNumbering, type AdapterLayout} from "./align.js";
 import {matrix, productSvd, type Matrix} from "./linalg.js";
 

@@ -11,7 +11,7 @@ import {readTaskItems} from "../../data/jsonl.js";
 import type {TaskItem} from "../../data/task-item.js";
 import {readGguf} from "../../gguf/read.js";
 import {readLoraAdapter} from "../../train/adapter.js";
-import {deriveSeed, Random} from "../../train/random.js";
+import {deriveSeed, Random} from "../../random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
 import {flRoutes, metricsHeader, roundRoute, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus, type SharesAnswer,

@@ -13,7 +13,7 @@ import fs from "node:fs";
 import path from "node:path";
 import {readGguf} from "../../gguf/read.js";
 import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
-import {deriveSeed, Random} from "../../train/random.js";
+import {deriveSeed, Random} from "../../random.js";
 import {checkLayerMap, layoutOfBase, readUpload, toBaseNumbering, UploadRejected, validateUpload, type AdapterLayout,
     type UploadLimits} from "./align.js";
 import type {SecureLayerOutcome} from "./secure.js";
