@@ -73,8 +73,8 @@ export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, Pertu
     RecordReport, TextPerturbation, TextPerturber} from "./privacy/perturb.js";
 export {exponentialMechanism} from "./privacy/mechanism.js";
 export type {ExponentialMechanismOptions, PrivacyGuarantee, TokenDistribution, TokenMechanism, TokenUtilities} from "./privacy/mechanism.js";
-export {seededUniform} from "./privacy/rng.js";
-export type {UniformSource} from "./privacy/rng.js";
+export {seededUniform} from "./random.js";
+export type {UniformSource} from "./random.js";
 export {releaseItems} from "./privacy/release.js";
 export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
 export {writePerturbationKit} from "./privacy/kit.js";

@@ -57,7 +57,7 @@ export type {LoadEmbeddingsOptions, TokenEmbeddings} from "./privacy/embeddings.
 export {perturbationDomain, readVocabulary} from "./privacy/vocab.js";
 export type {TokenVocabulary} from "./privacy/vocab.js";
 export {datasetReport, mechanismNames} from "./privacy/perturb.js";
-export {secureUniform} from "./privacy/rng.js";
+export {secureUniform} from "./random.js";
 export {defaultCacheDir} from "./privacy/cache.js";
 export {idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
 export {isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";

@@ -23,7 +23,7 @@ import {layoutOfBase} from "../../ts/federated/prufed/align.js";
 import {clientPart, initialGlobal} from "../../ts/federated/prufed/aggregate.js";
 import {runLocalRound} from "../../ts/federated/prufed/client.js";
 import {splitLocal} from "../../ts/federated/prufed/http-client.js";
-import {deriveSeed} from "../../ts/train/random.js";
+import {deriveSeed} from "../../ts/random.js";
 import {readLoraAdapter} from "../../ts/train/adapter.js";
 import {copyTask} from "../prufed/copy-task.js";
 

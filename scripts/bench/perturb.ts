@@ -18,7 +18,7 @@ import {writeGguf} from "../../ts/gguf/write.js";
 import {buildCusTextIndex} from "../../ts/privacy/custext.js";
 import {loadEmbeddings} from "../../ts/privacy/embeddings.js";
 import {createPerturber} from "../../ts/privacy/perturb.js";
-import {seededUniform, type UniformSource} from "../../ts/privacy/rng.js";
+import {seededUniform, type UniformSource} from "../../ts/random.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const arg = (name: string, def: string) => {

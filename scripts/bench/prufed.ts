@@ -5,7 +5,7 @@
 // matrix) and secure aggregation (X25519, AES-CTR masks, Shamir), each as MB/s of the same input.
 //
 //   node dist/scripts/bench/prufed.js [--embd 2048] [--ff 5504] [--layers 16] [--r 8] [--reps 3]
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import type {LoraAdapter} from "../../ts/train/adapter.js";
 import type {AdapterLayout} from "../../ts/federated/prufed/align.js";
 import {aggregate, initialGlobal, type AggregationMethod, type ClientUpdate} from "../../ts/federated/prufed/aggregate.js";

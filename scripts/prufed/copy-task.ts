@@ -4,7 +4,7 @@
 // choices keep one order (the answer still varies, so a constant answer scores chance): an easier
 // variant, the animal decides the label.
 //   node dist/scripts/prufed/copy-task.js --items 600 --seed 1 > items.jsonl
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import type {TaskItem} from "../../ts/data/task-item.js";
 
 const animals = ["cat", "dog", "bird", "fish", "frog", "duck"];

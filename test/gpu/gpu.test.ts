@@ -14,7 +14,7 @@ import {loadModel} from "../../ts/model.js";
 import {native} from "../../ts/native.js";
 import {nativeCandidates} from "../../ts/native-loader.js";
 import {scoreLayers} from "../../ts/prune/block-influence.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {hasShared, maxRelativeDiff, runCli, stories260K, tempDir} from "../helpers.js";
 import {reference} from "../prune/reference.js";
 import {makeAdapter, microBatch, randomSequence} from "../train/helpers.js";

@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {createPerturber, perturbFile, type TextPerturber} from "../../ts/privacy/perturb.js";
-import {secureUniform, seededUniform} from "../../ts/privacy/rng.js";
+import {secureUniform, seededUniform} from "../../ts/random.js";
 import {exponentialMechanism} from "../../ts/privacy/mechanism.js";
 import {hasShared, stories260K, tempDir} from "../helpers.js";
 import {chiSquare, chiSquareCritical, cosine, distance, refEmbeddings} from "./reference.js";

@@ -8,7 +8,7 @@ import {readGguf} from "../../ts/gguf/read.js";
 import {loadModel} from "../../ts/model.js";
 import {native, type NativeMicroBatch} from "../../ts/native.js";
 import {initLoraAdapter, readLoraAdapter, writeLoraAdapter} from "../../ts/train/adapter.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {LoraTrainer} from "../../ts/train/trainer.js";
 import {hasShared, maxRelativeDiff, stories260K, tempDir} from "../helpers.js";
 import {makeModel, microBatch, randomSequence} from "./helpers.js";

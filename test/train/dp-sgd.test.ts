@@ -11,7 +11,7 @@ import type {NativeMicroBatch} from "../../ts/native.js";
 import {readLoraAdapter} from "../../ts/train/adapter.js";
 import {dpSgdEpsilon, noiseMultiplierFor} from "../../ts/train/dp-accountant.js";
 import {GaussianNoise, poissonSample, privateGradient} from "../../ts/train/dp-sgd.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {trainLora} from "../../ts/train/train.js";
 import {LoraTrainer, type TrainerState} from "../../ts/train/trainer.js";
 import {hasShared, runCli, stories260K, tempDir} from "../helpers.js";

@@ -8,7 +8,7 @@ import test from "ava";
 import {labelExample, rationaleExample} from "../../ts/data/prompt.js";
 import type {TaskItem} from "../../ts/data/task-item.js";
 import {readGguf} from "../../ts/gguf/read.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {hasShared, runCli, stories260K, tempDir} from "../helpers.js";
 
 const words = ["cat", "dog", "ball", "tree", "car", "cake", "bird", "fish", "sun", "hat", "box", "boat", "cup", "frog", "duck", "bear"];

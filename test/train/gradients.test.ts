@@ -6,7 +6,7 @@ import path from "node:path";
 import test from "ava";
 import type {SyntheticModelOptions} from "../../ts/gguf/synthetic.js";
 import type {NativeMicroBatch} from "../../ts/native.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {LoraTrainer, type TrainerState} from "../../ts/train/trainer.js";
 import {tempDir} from "../helpers.js";
 import {makeAdapter, makeModel, microBatch, randomSequence, weightedCrossEntropy, type SequenceSpec} from "./helpers.js";

@@ -6,7 +6,7 @@ import {readGguf} from "../../ts/gguf/read.js";
 import {writeSyntheticModel, type SyntheticModelOptions} from "../../ts/gguf/synthetic.js";
 import type {NativeMicroBatch} from "../../ts/native.js";
 import {initLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../ts/train/adapter.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {logSoftmax, tempDir} from "../helpers.js";
 
 export const tinyLlama: SyntheticModelOptions = {architecture: "llama", layers: 2, embedding: 32, heads: 4, kvHeads: 2, feedForward: 48, vocab: 300};

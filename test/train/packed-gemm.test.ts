@@ -8,7 +8,7 @@
 import path from "node:path";
 import test from "ava";
 import {native, type NativeMicroBatch} from "../../ts/native.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {LoraTrainer} from "../../ts/train/trainer.js";
 import {maxRelativeDiff, tempDir} from "../helpers.js";
 import {makeAdapter, makeModel, microBatch, randomSequence} from "./helpers.js";

@@ -9,7 +9,7 @@ import {labelExample} from "../../ts/data/prompt.js";
 import {loadModel} from "../../ts/model.js";
 import {readLoraAdapter} from "../../ts/train/adapter.js";
 import {ExampleEncoder} from "../../ts/train/examples.js";
-import {Random} from "../../ts/train/random.js";
+import {Random} from "../../ts/random.js";
 import {trainLora, type TrainEvent, type TrainOptions} from "../../ts/train/train.js";
 import {LoraTrainer} from "../../ts/train/trainer.js";
 import {hasShared, stories260K, tempDir} from "../helpers.js";

@@ -4,7 +4,7 @@ import {DataError} from "../data/jsonl.js";
 import {embeddingsFormat} from "../privacy/embeddings.js";
 import {mechanismNames, perturbFile, readStopwords, createPerturber, type MechanismName, type PerturberOptions,
     type PerturbReport} from "../privacy/perturb.js";
-import {parseSeed} from "../privacy/rng.js";
+import {parseSeed} from "../random.js";
 import {checkOutputFolder, formatCount, parseIndexList, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 import {tableOption} from "./options.js";
 

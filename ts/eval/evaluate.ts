@@ -5,6 +5,7 @@ import {loadTask, taskFile} from "../data/loaders/index.js";
 import {recordedLabelPrefix} from "../data/prompt.js";
 import type {TaskItem} from "../data/task-item.js";
 import {loadModel, type LoadedModel} from "../model.js";
+import {mulberry32} from "../random.js";
 import {PairEncoder, type EncodeOptions} from "./encode.js";
 import {LoglikScorer, type LoglikScorerOptions, type TokenRequest} from "./loglik.js";
 import {choiceMetrics, summarizeAccuracy, type AccuracySummary} from "./metrics.js";
@@ -73,17 +74,6 @@ export interface EvaluateOptions extends SelectOptions, EncodeOptions, Omit<Logl
     signal?: AbortSignal;
 }
 
-/** Mulberry32: a small seeded generator, so that `--seed` samples the same items everywhere. */
-function mulberry32(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-        a = (a + 0x6D2B79F5) | 0;
-        let t = Math.imul(a ^ (a >>> 15), 1 | a);
-        t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
-
 /** The first `limit` items, or a seeded sample of `limit` items in file order. */
 export function selectItems<T>(items: T[], options: SelectOptions = {}): T[] {
     const {limit, seed} = options;
@@ -93,7 +83,7 @@ export function selectItems<T>(items: T[], options: SelectOptions = {}): T[] {
         throw new Error(`limit must be a positive integer (got ${limit})`);
     if (seed === undefined)
         return items.slice(0, limit);
-    const rand = mulberry32(seed);
+    const rand = mulberry32(seed); // a small generator, so that `--seed` samples the same items everywhere
     const idx = items.map((_, i) => i);
     for (let i = idx.length - 1; i > 0; i--) {
         const j = Math.floor(rand() * (i + 1));

@@ -3,7 +3,7 @@
 import {loadTask} from "../data/loaders/index.js";
 import type {TaskItem} from "../data/task-item.js";
 import {selectItems} from "../eval/evaluate.js";
-import {Random} from "../train/random.js";
+import {Random} from "../random.js";
 import type {TaskSpec} from "./config.js";
 
 const copyWords = ["cat", "dog", "ball", "tree", "car", "cake", "bird", "fish", "sun", "hat", "box", "boat", "cup", "frog", "duck", "bear"];

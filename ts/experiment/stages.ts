@@ -18,7 +18,7 @@ import type {Generator} from "../synth/generator.js";
 import {synthesize} from "../synth/pipeline.js";
 import {createRemoteGenerator} from "../synth/remote.js";
 import {mergeLora} from "../train/merge.js";
-import {Random} from "../train/random.js";
+import {Random} from "../random.js";
 import {trainLora} from "../train/train.js";
 import {fileIdentity, StageCache} from "./cache.js";
 import type {ExperimentConfig, TaskSpec, TrainSettings} from "./config.js";

@@ -2,6 +2,7 @@
 // tests and benchmarks get models of any architecture, depth, width and tensor type without
 // downloading anything. Weights come from a seeded generator: the same options give the same file.
 import {native} from "../native.js";
+import {mulberry32, splitmix64} from "../random.js";
 import {ggmlType, writeGguf, type GgufKv, type GgufTensorSpec} from "./write.js";
 
 export type SyntheticArchitecture = "llama" | "qwen2" | "openelm";
@@ -27,36 +28,15 @@ export interface SyntheticModelOptions {
     contextLength?: number;
 }
 
-/** xorshift128+ seeded by splitmix64: fast, deterministic, good enough for weights. */
-class Rng {
-    private s0: bigint;
-    private s1: bigint;
-    constructor(seed: bigint) {
-        const mask = (1n << 64n) - 1n;
-        const splitmix = () => {
-            seed = (seed + 0x9E3779B97F4A7C15n) & mask;
-            let z = seed;
-            z = ((z ^ (z >> 30n)) * 0xBF58476D1CE4E5B9n) & mask;
-            z = ((z ^ (z >> 27n)) * 0x94D049BB133111EBn) & mask;
-            return z ^ (z >> 31n);
-        };
-        this.s0 = splitmix();
-        this.s1 = splitmix();
-    }
-    /** Fills `out` with uniform values in [-scale, scale). */
-    fill(out: Float32Array, scale: number): void {
-        // 32-bit state inside the hot loop (BigInt per element would be slow): seed a Mulberry32 from the 128-bit state.
-        let a = Number(this.s0 & 0xffffffffn) >>> 0;
-        this.s0 ^= this.s1 << 7n & ((1n << 64n) - 1n);
-        this.s1 = (this.s1 * 6364136223846793005n + 1442695040888963407n) & ((1n << 64n) - 1n);
-        for (let i = 0; i < out.length; i++) {
-            a = (a + 0x6D2B79F5) | 0;
-            let t = Math.imul(a ^ (a >>> 15), 1 | a);
-            t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-            const u = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-            out[i] = (2 * u - 1) * scale;
-        }
-    }
+/**
+ * Fills `out` with uniform values in [-scale, scale), a function of `seed` (a 64-bit hash) only:
+ * a Mulberry32 stream seeded from the low 32 bits of SplitMix64's first output (BigInt per element
+ * would be slow).
+ */
+function fillUniform(out: Float32Array, seed: bigint, scale: number): void {
+    const next = mulberry32(Number(splitmix64(seed) & 0xffffffffn));
+    for (let i = 0; i < out.length; i++)
+        out[i] = (2 * next() - 1) * scale;
 }
 
 function hashName(name: string, seed: number): bigint {
@@ -154,7 +134,7 @@ export function syntheticModel(o: SyntheticModelOptions): {metadata: GgufKv[]; t
         name, shape, type: t,
         data: () => {
             const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
-            new Rng(hashName(name, seed)).fill(values, scale * Math.sqrt(3 / shape[0]));
+            fillUniform(values, hashName(name, seed), scale * Math.sqrt(3 / shape[0]));
             return t === "f32" ? new Uint8Array(values.buffer) : q.quantize(ggmlType(t).id, values, shape[0]);
         },
     });

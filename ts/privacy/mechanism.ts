@@ -4,7 +4,7 @@
 // distribution with an output whose probability underflows is refused rather than silently
 // truncated, so every table this module exposes is the mechanism's exact distribution (up to
 // double rounding) and every listed output has a positive probability.
-import type {UniformSource} from "./rng.js";
+import type {UniformSource} from "../random.js";
 
 /** What a mechanism promises, stated precisely (see docs/perturb.md). */
 export type PrivacyGuarantee =

@@ -16,7 +16,7 @@ import {buildCusTextIndex, checkK, checkMetric, clusterSizes, cusTextMechanism, 
 import {checkEmbeddingsFinite, embeddingsFormat, loadEmbeddings, type TokenEmbeddings} from "./embeddings.js";
 import {checkEpsilon, type PrivacyGuarantee, type TokenDistribution, type TokenMechanism} from "./mechanism.js";
 import {idMapPath, releaseItems, writeIdMap} from "./release.js";
-import {parseSeed, secureUniform, seededUniform, type UniformSource} from "./rng.js";
+import {parseSeed, secureUniform, seededUniform, type UniformSource} from "../random.js";
 import {sanTextMechanism} from "./santext.js";
 import {englishStopwords} from "./stopwords.js";
 import {isPunctuationToken, perturbationDomain, readVocabulary, type TokenVocabulary} from "./vocab.js";

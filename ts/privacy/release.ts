@@ -5,7 +5,7 @@ import crypto from "node:crypto";
 import path from "node:path";
 import {DataError, readJsonl, writeJsonlAtomic} from "../data/jsonl.js";
 import type {PerturbedItem} from "./perturb.js";
-import {parseSeed, seededUniform, secureUniform} from "./rng.js";
+import {parseSeed, seededUniform, secureUniform} from "../random.js";
 
 /** A released item: nothing but perturbed texts and a random id. */
 export interface ReleasedItem {

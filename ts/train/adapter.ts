@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import {readGguf, type GgufModelFile} from "../gguf/read.js";
 import {writeGguf, type GgufKv} from "../gguf/write.js";
-import {deriveSeed, Random} from "./random.js";
+import {deriveSeed, Random} from "../random.js";
 
 /** PEFT-style names of the projections LoRA adapts by default (llama.cpp tensor names). */
 export const defaultTargetModules = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] as const;

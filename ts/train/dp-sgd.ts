@@ -4,33 +4,21 @@
 // examples together are one privacy unit), clips it to L2 norm C over all tensors, sums, adds
 // Gaussian noise N(0, σ²C²) to every coordinate, and divides by the expected batch size q·N.
 // AdamW then runs on the host with the same arithmetic as the engine's (native/lora/trainer.cpp).
-import crypto from "node:crypto";
 import type {NativeMicroBatch} from "../native.js";
-import {Random} from "./random.js";
+import {Random, secureUniform, type UniformSource} from "../random.js";
 import type {LoraTrainer, TrainerState} from "./trainer.js";
 
 /** Standard normal draws: from the OS's cryptographic generator, or seeded (reproducible, NOT private). */
 export class GaussianNoise {
     private spare: number | undefined;
-    private readonly random?: Random;
-    private pool = new Uint32Array(0);
-    private at = 0;
+    private readonly source: UniformSource;
 
     constructor(seed?: number) {
-        if (seed !== undefined)
-            this.random = new Random(seed);
+        this.source = seed !== undefined ? new Random(seed) : secureUniform();
     }
 
     private uniform(): number {
-        if (this.random)
-            return this.random.nextDouble();
-        if (this.at + 2 > this.pool.length) {
-            this.pool = new Uint32Array(crypto.randomBytes(1 << 16).buffer);
-            this.at = 0;
-        }
-        // 53 random bits
-        const hi = this.pool[this.at++] >>> 5, lo = this.pool[this.at++] >>> 6;
-        return (hi * 67108864 + lo) / 9007199254740992;
+        return this.source.nextDouble();
     }
 
     /** One N(0, 1) draw (Box-Muller; the second value of each pair is kept for the next call). */

@@ -19,7 +19,7 @@ import {ExampleEncoder, exampleLength, packMicroBatches, stepTokenWeights, type 
     type MicroBatch, type TrainTask, type WeightedItem} from "./examples.js";
 import {dpSgdEpsilon, noiseMultiplierFor} from "./dp-accountant.js";
 import {applyAdamW, GaussianNoise, poissonSample, privateGradient} from "./dp-sgd.js";
-import {deriveSeed, Random} from "./random.js";
+import {deriveSeed, Random} from "../random.js";
 import {learningRateAt, lrSchedulers, type LrSchedule, type LrScheduler} from "./schedule.js";
 import {LoraTrainer} from "./trainer.js";
 import {loraDefaults, trainDefaults} from "./defaults.js";
@@ -370,31 +370,37 @@ async function checkInitAdapter(options: TrainOptions, o: ResolvedOptions, model
     return createHash("sha256").update(await fs.promises.readFile(file)).digest("hex");
 }
 
-/** Train a LoRA adapter on task items (optionally with DP-SGD) and write it as GGUF. */
-export async function trainLora(options: TrainOptions): Promise<TrainResult> {
-    const o = resolveTrainOptions(options);
-    const started = Date.now();
-    // fail before training, not after it
-    const outDir = path.dirname(path.resolve(options.output));
-    if (!fs.existsSync(outDir) || !fs.statSync(outDir).isDirectory())
-        throw new Error(`the output folder ${outDir} does not exist`);
-    if (path.resolve(options.output) === path.resolve(options.model))
-        throw new Error(`the output ${options.output} would overwrite the base model`);
+/** The training items, the held-out items and their encoded examples. */
+interface TrainData {
+    items: WeightedItem[];
+    validation: WeightedItem[];
+    /** The label prefix the examples were encoded with (and the adapter records). */
+    labelPrefix: string;
+    examples: EncodedExample[];
+    valExamples: EncodedExample[];
+    /** The examples of each item, by item index. */
+    byItem: EncodedExample[][];
+    microBatchTokens: number;
+}
 
-    // --- data ---
+/** Holds out `share` of the items (at least one, and one left to train on), seeded. */
+function splitValidation(items: WeightedItem[], share: number, seed: number): {items: WeightedItem[]; validation: WeightedItem[]} {
+    if (items.length < 2)
+        throw new Error("a validation split needs at least two items");
+    const perm = new Random(deriveSeed(seed, "validation-split")).shuffle(items.map((_, i) => i));
+    const n = Math.min(items.length - 1, Math.max(1, Math.round(share * items.length)));
+    const held = new Set(perm.slice(0, n));
+    return {validation: items.filter((_, i) => held.has(i)), items: items.filter((_, i) => !held.has(i))};
+}
+
+/** Reads and encodes the training and validation items; sizes the micro-batches to the longest example. */
+async function loadTrainData(options: TrainOptions, o: ResolvedOptions): Promise<TrainData> {
     let items = await itemsOf(options.data);
     let validation: WeightedItem[] = [];
-    if (options.validationData !== undefined) {
+    if (options.validationData !== undefined)
         validation = await itemsOf(options.validationData);
-    } else if (options.validationSplit !== undefined) {
-        if (items.length < 2)
-            throw new Error("a validation split needs at least two items");
-        const perm = new Random(deriveSeed(o.seed, "validation-split")).shuffle(items.map((_, i) => i));
-        const n = Math.min(items.length - 1, Math.max(1, Math.round(options.validationSplit * items.length)));
-        const held = new Set(perm.slice(0, n));
-        validation = items.filter((_, i) => held.has(i));
-        items = items.filter((_, i) => !held.has(i));
-    }
+    else if (options.validationSplit !== undefined)
+        ({items, validation} = splitValidation(items, options.validationSplit, o.seed));
 
     const labelPrefix = await resolveLabelPrefix(options.model, options.labelPrefix);
     const vocab = await loadModel(options.model, {vocabOnly: true});
@@ -415,219 +421,310 @@ export async function trainLora(options: TrainOptions): Promise<TrainResult> {
     const microBatchTokens = options.microBatchTokens ?? Math.max(256, longest);
     if (longest > microBatchTokens)
         throw new RangeError(`microBatchTokens ${microBatchTokens} is below the longest example (${longest} tokens)`);
+    return {items, validation, labelPrefix, examples, valExamples, byItem, microBatchTokens};
+}
 
-    // --- schedule ---
-    const stepsPerEpoch = Math.ceil(items.length / o.batchSize);
+/** Steps, learning rate and the items of each step (a seeded order per epoch). */
+interface TrainSchedule {
+    stepsPerEpoch: number;
+    totalSteps: number;
+    warmupSteps: number;
+    lr: LrSchedule;
+    stepItems(step: number): number[];
+}
+
+function planSchedule(options: TrainOptions, o: ResolvedOptions, nItems: number): TrainSchedule {
+    const stepsPerEpoch = Math.ceil(nItems / o.batchSize);
     const totalSteps = options.steps ?? (options.epochs ?? trainDefaults.epochs) * stepsPerEpoch;
     const warmupSteps = options.warmupSteps ?? Math.ceil((options.warmupRatio ?? 0) * totalSteps);
-    const schedule: LrSchedule = {learningRate: o.learningRate, scheduler: o.lrScheduler, warmupSteps, totalSteps};
     const orders = new Map<number, number[]>();
     const stepItems = (step: number): number[] => {
         const epoch = Math.floor(step / stepsPerEpoch), b = step % stepsPerEpoch;
         let order = orders.get(epoch);
         if (!order) {
-            order = new Random(deriveSeed(o.seed, "order", epoch)).shuffle(items.map((_, i) => i));
+            order = new Random(deriveSeed(o.seed, "order", epoch)).shuffle(Array.from({length: nItems}, (_, i) => i));
             orders.clear();
             orders.set(epoch, order);
         }
         return order.slice(b * o.batchSize, (b + 1) * o.batchSize);
     };
+    return {stepsPerEpoch, totalSteps, warmupSteps, lr: {learningRate: o.learningRate, scheduler: o.lrScheduler, warmupSteps, totalSteps}, stepItems};
+}
 
-    // --- DP-SGD: Poisson sampling at rate q = batch / items; sigma from the target epsilon ---
-    const dpOn = options.dpEpsilon !== undefined || options.dpNoiseMultiplier !== undefined;
-    const dpDelta = options.dpDelta ?? trainDefaults.dpDelta;
-    const sampleRate = Math.min(1, o.batchSize / items.length);
-    const maxPerExampleGradNorm = options.maxPerExampleGradNorm ?? trainDefaults.maxPerExampleGradNorm;
-    const noiseMultiplier = !dpOn ? 0 : options.dpNoiseMultiplier ??
-        noiseMultiplierFor(options.dpEpsilon!, {sampleRate, steps: totalSteps, delta: dpDelta});
-    const noise = new GaussianNoise(options.dpNoiseSeed);
+/** DP-SGD's settings: Poisson sampling at rate q = batch / items, σ from the target ε or given. */
+interface DpPlan {
+    delta: number;
+    sampleRate: number;
+    maxPerExampleGradNorm: number;
+    noiseMultiplier: number;
+    noise: GaussianNoise;
+}
 
-    const gguf = await readGguf(options.model);
-    const initSha = options.initAdapter !== undefined ? await checkInitAdapter(options, o, gguf) : undefined;
+function planDp(options: TrainOptions, o: ResolvedOptions, nItems: number, totalSteps: number): DpPlan | undefined {
+    if (options.dpEpsilon === undefined && options.dpNoiseMultiplier === undefined)
+        return undefined;
+    const delta = options.dpDelta ?? trainDefaults.dpDelta;
+    const sampleRate = Math.min(1, o.batchSize / nItems);
+    const noiseMultiplier = options.dpNoiseMultiplier ?? noiseMultiplierFor(options.dpEpsilon!, {sampleRate, steps: totalSteps, delta});
+    return {delta, sampleRate, maxPerExampleGradNorm: options.maxPerExampleGradNorm ?? trainDefaults.maxPerExampleGradNorm, noiseMultiplier,
+        noise: new GaussianNoise(options.dpNoiseSeed)};
+}
+
+/** The (ε, δ) spent after `steps` steps. */
+function dpReport(dp: DpPlan, steps: number, targetEpsilon: number | undefined): DpReport {
+    const spent = dpSgdEpsilon({noiseMultiplier: dp.noiseMultiplier, sampleRate: dp.sampleRate, steps, delta: dp.delta});
+    return {epsilon: spent.epsilon, delta: dp.delta, ...(targetEpsilon !== undefined ? {targetEpsilon} : {}),
+        noiseMultiplier: dp.noiseMultiplier, maxPerExampleGradNorm: dp.maxPerExampleGradNorm, sampleRate: dp.sampleRate, steps,
+        order: spent.order, accountant: "rdp (Mironov et al. 2019), conversion of Balle et al. 2020"};
+}
+
+/** What a checkpoint must have been made with to be resumed: settings, data and model. */
+function trainFingerprint(options: TrainOptions, o: ResolvedOptions, gguf: GgufModelFile, data: TrainData, schedule: TrainSchedule,
+    dp: DpPlan | undefined, initSha: string | undefined): Record<string, unknown> {
     const fingerprint: Record<string, unknown> = {
         model: path.basename(options.model),
         modelBytes: fs.statSync(options.model).size,
         architecture: gguf.architecture,
-        examples: examplesHash(examples),
-        validation: examplesHash(valExamples),
+        examples: examplesHash(data.examples),
+        validation: examplesHash(data.valExamples),
         ...o,
-        totalSteps,
-        warmupSteps,
-        microBatchTokens,
-        ...(dpOn ? {dp: {dpDelta, noiseMultiplier, maxPerExampleGradNorm, sampleRate}} : {}),
+        totalSteps: schedule.totalSteps,
+        warmupSteps: schedule.warmupSteps,
+        microBatchTokens: data.microBatchTokens,
+        ...(dp ? {dp: {dpDelta: dp.delta, noiseMultiplier: dp.noiseMultiplier, maxPerExampleGradNorm: dp.maxPerExampleGradNorm,
+            sampleRate: dp.sampleRate}} : {}),
         ...(initSha ? {initAdapter: initSha} : {}),
     };
     delete fingerprint.saveEvery;
+    return fingerprint;
+}
 
-    // --- adapter: fresh or from the checkpoint ---
-    let history: StepRecord[] = [], evaluations: EvalRecord[] = [];
-    let tokens = 0, priorSeconds = 0, startStep = 0;
-    let trainer: LoraTrainer;
+/** The trainer and the run's record so far: fresh, from a starting adapter, or from the checkpoint. */
+interface TrainStart {
+    trainer: LoraTrainer;
+    history: StepRecord[];
+    evaluations: EvalRecord[];
+    tokens: number;
+    priorSeconds: number;
+    startStep: number;
+}
+
+async function openTrainer(options: TrainOptions, o: ResolvedOptions, gguf: GgufModelFile, fingerprint: Record<string, unknown>,
+    microBatchTokens: number): Promise<TrainStart> {
     const trainerOptions = {contextSize: microBatchTokens, sequences: o.microBatchSequences, threads: options.threads, gpuLayers: options.gpuLayers};
+    const fresh = {history: [], evaluations: [], tokens: 0, priorSeconds: 0, startStep: 0};
     if (options.resume) {
         const ckpt = await loadCheckpoint(options.checkpointDir!);
         const mismatch = Object.keys({...fingerprint, ...ckpt.meta.fingerprint})
             .filter((k) => JSON.stringify(fingerprint[k]) !== JSON.stringify(ckpt.meta.fingerprint[k]));
         if (mismatch.length > 0)
             throw new Error(`${options.checkpointDir}: the checkpoint was made with other settings or data (${mismatch.join(", ")} differ)`);
-        trainer = await LoraTrainer.open(options.model, ckpt.adapterPath, trainerOptions);
+        const trainer = await LoraTrainer.open(options.model, ckpt.adapterPath, trainerOptions);
         try {
             trainer.setState(ckpt.state);
         } catch (err) {
             trainer.close();
             throw err;
         }
-        history = ckpt.meta.history;
-        evaluations = ckpt.meta.evaluations;
-        tokens = ckpt.meta.tokens;
-        priorSeconds = ckpt.meta.seconds;
-        startStep = ckpt.meta.step;
-    } else if (options.initAdapter !== undefined) {
-        trainer = await LoraTrainer.open(options.model, options.initAdapter, trainerOptions);
-    } else {
-        const init = initLoraAdapter(gguf, {r: o.r, loraAlpha: o.loraAlpha, targetModules: o.targetModules}, o.seed, o.explicitTargets);
-        const tmpDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), "ppc-gpt-lora-"));
-        try {
-            const initPath = path.join(tmpDir, "init.gguf");
-            await writeLoraAdapter(initPath, init);
-            trainer = await LoraTrainer.open(options.model, initPath, trainerOptions);
-        } finally {
-            await fs.promises.rm(tmpDir, {recursive: true, force: true});
-        }
+        const {history, evaluations, tokens, seconds, step} = ckpt.meta;
+        return {trainer, history, evaluations, tokens, priorSeconds: seconds, startStep: step};
     }
+    if (options.initAdapter !== undefined)
+        return {trainer: await LoraTrainer.open(options.model, options.initAdapter, trainerOptions), ...fresh};
+    const init = initLoraAdapter(gguf, {r: o.r, loraAlpha: o.loraAlpha, targetModules: o.targetModules}, o.seed, o.explicitTargets);
+    const tmpDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), "ppc-gpt-lora-"));
+    try {
+        const initPath = path.join(tmpDir, "init.gguf");
+        await writeLoraAdapter(initPath, init);
+        return {trainer: await LoraTrainer.open(options.model, initPath, trainerOptions), ...fresh};
+    } finally {
+        await fs.promises.rm(tmpDir, {recursive: true, force: true});
+    }
+}
+
+/** Writes the trained adapter with what it was trained as (LoRA settings, task, prompt format, DP spent). */
+async function writeTrainedAdapter(options: TrainOptions, o: ResolvedOptions, adapter: LoraAdapter, tensorNames: string[], steps: number,
+    labelPrefix: string, dp: DpReport | undefined): Promise<void> {
+    await writeLoraAdapter(options.output, adapter, [
+        {key: "general.name", type: "string", value: `${path.basename(options.model, ".gguf")} LoRA (${o.task})`},
+        {key: "ppc_gpt.lora.r", type: "uint32", value: o.r},
+        {key: "ppc_gpt.lora.dropout", type: "float32", value: o.loraDropout},
+        {key: "ppc_gpt.lora.target_modules", type: "array", elementType: "string", value: [...new Set(tensorNames.map((name) =>
+            name.replace(/^blk\.\d+\./, "").replace(/\.weight\.lora_[ab]$/, "")))]},
+        {key: "ppc_gpt.train.task", type: "string", value: o.task},
+        {key: "ppc_gpt.train.steps", type: "uint32", value: steps},
+        {key: promptMetadataKeys.version, type: "string", value: promptFormatVersion},
+        {key: promptMetadataKeys.format, type: "string", value: o.format},
+        {key: promptMetadataKeys.labelPrefix, type: "string", value: labelPrefix},
+        ...(dp ? [
+            {key: "ppc_gpt.dp.epsilon", type: "float64", value: dp.epsilon},
+            {key: "ppc_gpt.dp.delta", type: "float64", value: dp.delta},
+            {key: "ppc_gpt.dp.noise_multiplier", type: "float64", value: dp.noiseMultiplier},
+            {key: "ppc_gpt.dp.max_per_example_grad_norm", type: "float64", value: dp.maxPerExampleGradNorm},
+            {key: "ppc_gpt.dp.sample_rate", type: "float64", value: dp.sampleRate},
+            {key: "ppc_gpt.dp.steps", type: "uint32", value: dp.steps},
+            {key: "ppc_gpt.dp.accountant", type: "string", value: dp.accountant},
+        ] as GgufKv[] : []),
+    ]);
+}
+
+/** A run in progress: what its steps read and the record they add to. */
+interface TrainRun extends TrainStart {
+    options: TrainOptions;
+    o: ResolvedOptions;
+    data: TrainData;
+    schedule: TrainSchedule;
+    dp?: DpPlan;
+    /** The validation loss at `step`, recorded (nothing without validation data). */
+    evaluate(step: number): Promise<void>;
+    /** A checkpoint, when the run has a checkpoint folder. */
+    save(): Promise<void>;
+}
+
+type AdamWStep = {lr: number; beta1: number; beta2: number; eps: number; weightDecay: number};
+
+/** One DP-SGD step: one item = one privacy unit, its examples' loss, each task the mean over the item's targets. */
+async function privateStep(run: TrainRun, dp: DpPlan, step: number, adamw: AdamWStep): Promise<{loss: number; gradNorm: number; tokens: number}> {
+    const {o, data, options} = run;
+    const sampled = poissonSample(data.items.length, dp.sampleRate, deriveSeed(o.seed, "poisson", step));
+    const perItem = sampled.map((i) => packMicroBatches(data.byItem[i], stepTokenWeights(data.byItem[i], {label: 1, rationale: o.rationaleWeight}),
+        data.microBatchTokens, o.microBatchSequences));
+    const g = await privateGradient(run.trainer, perItem, {
+        maxPerExampleGradNorm: dp.maxPerExampleGradNorm, noiseMultiplier: dp.noiseMultiplier, expectedBatchSize: dp.sampleRate * data.items.length,
+        noise: dp.noise, dropout: o.loraDropout, dropoutSeed: (k) => deriveSeed(o.seed, "dropout", step, sampled[k]), signal: options.signal,
+    });
+    applyAdamW(run.trainer, g.gradients, adamw);
+    let sq = 0;
+    for (const t of g.gradients)
+        for (let k = 0; k < t.length; k++)
+            sq += t[k] * t[k];
+    return {loss: sampled.length ? g.loss / sampled.length : NaN, gradNorm: Math.sqrt(sq), tokens: perItem.reduce((s, b) => s + tokensOf(b), 0)};
+}
+
+/** One optimizer step over the step's items, gradients accumulated in the engine over its micro-batches. */
+async function batchStep(run: TrainRun, step: number, adamw: AdamWStep): Promise<{loss: number; gradNorm: number; tokens: number}> {
+    const {o, data} = run;
+    const exs = run.schedule.stepItems(step).flatMap((i) => data.byItem[i]);
+    const batches = packMicroBatches(exs, stepTokenWeights(exs, {label: 1, rationale: o.rationaleWeight}), data.microBatchTokens, o.microBatchSequences);
+    const r = await run.trainer.step(batches, {
+        ...adamw, maxGradNorm: o.maxGradNorm, dropout: o.loraDropout, dropoutSeed: deriveSeed(o.seed, "dropout", step),
+    });
+    return {loss: r.loss, gradNorm: r.gradNorm, tokens: tokensOf(batches)};
+}
+
+/** Runs the steps from run.startStep to `endStep`, with their events, evaluations and checkpoints. */
+async function runSteps(run: TrainRun, endStep: number): Promise<{loopStart: number; loopTokens: number}> {
+    const {options, o, schedule} = run;
+    const loopStart = Date.now();
+    let loopTokens = 0;
+    for (let step = run.startStep; step < endStep; step++) {
+        if (options.signal?.aborted)
+            throw new Error("training was cancelled");
+        const learningRate = learningRateAt(schedule.lr, step);
+        const adamw = {lr: learningRate, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, weightDecay: o.weightDecay};
+        const r = run.dp ? await privateStep(run, run.dp, step, adamw) : await batchStep(run, step, adamw);
+        run.tokens += r.tokens;
+        loopTokens += r.tokens;
+        run.history.push({step: step + 1, loss: r.loss, learningRate, gradNorm: r.gradNorm, tokens: r.tokens});
+        const elapsed = (Date.now() - loopStart) / 1000;
+        const done = step + 1 - run.startStep;
+        options.onProgress?.({
+            type: "step", step: step + 1, steps: schedule.totalSteps, epoch: (step + 1) / schedule.stepsPerEpoch, loss: r.loss, learningRate,
+            gradNorm: r.gradNorm, tokens: run.tokens, tokensPerSecond: loopTokens / Math.max(elapsed, 1e-9), elapsedSeconds: elapsed,
+            etaSeconds: elapsed / done * (endStep - step - 1),
+        });
+        const last = step + 1 === endStep;
+        if (options.evalEvery !== undefined && (step + 1) % options.evalEvery === 0 && !last)
+            await run.evaluate(step + 1);
+        if ((step + 1) % o.saveEvery === 0 && !last)
+            await run.save();
+    }
+    return {loopStart, loopTokens};
+}
+
+/** Checks that the output can be written, before any work: its folder exists and it is not the base model. */
+function checkOutput(options: TrainOptions): void {
+    const outDir = path.dirname(path.resolve(options.output));
+    if (!fs.existsSync(outDir) || !fs.statSync(outDir).isDirectory())
+        throw new Error(`the output folder ${outDir} does not exist`);
+    if (path.resolve(options.output) === path.resolve(options.model))
+        throw new Error(`the output ${options.output} would overwrite the base model`);
+}
+
+/** Train a LoRA adapter on task items (optionally with DP-SGD) and write it as GGUF. */
+export async function trainLora(options: TrainOptions): Promise<TrainResult> {
+    const o = resolveTrainOptions(options);
+    const started = Date.now();
+    checkOutput(options);
+    const data = await loadTrainData(options, o);
+    const schedule = planSchedule(options, o, data.items.length);
+    const dp = planDp(options, o, data.items.length, schedule.totalSteps);
+    const gguf = await readGguf(options.model);
+    const initSha = options.initAdapter !== undefined ? await checkInitAdapter(options, o, gguf) : undefined;
+    const fingerprint = trainFingerprint(options, o, gguf, data, schedule, dp, initSha);
+    const start = await openTrainer(options, o, gguf, fingerprint, data.microBatchTokens);
+    const {trainer} = start;
 
     const abort = () => trainer.cancel();
     options.signal?.addEventListener("abort", abort);
     const info = trainer.info;
-    const trainable = info.tensors.reduce((s, t) => s + t.shape[0] * t.shape[1], 0);
-    const adapterOf = (): LoraAdapter => trainer.adapter(gguf.architecture, o.r);
     let checkpointPath: string | undefined;
-    const save = async (): Promise<void> => {
-        if (!options.checkpointDir)
-            return;
-        checkpointPath = await saveCheckpoint(options.checkpointDir, trainer.state(), {architecture: gguf.architecture, alpha: info.alpha, r: o.r},
-            {fingerprint, history, evaluations, tokens, seconds: priorSeconds + (Date.now() - started) / 1000});
-        options.onProgress?.({type: "checkpoint", step: trainer.info.step, path: checkpointPath});
-    };
-    const evaluate = async (step: number): Promise<void> => {
-        if (valExamples.length === 0)
-            return;
-        const rec = await validationLoss(trainer, valExamples, o.task, o.rationaleWeight, microBatchTokens, o.microBatchSequences, step);
-        evaluations.push(rec);
-        options.onProgress?.({type: "eval", ...rec});
+    const run: TrainRun = {
+        ...start, options, o, data, schedule, dp,
+        async save() {
+            if (!options.checkpointDir)
+                return;
+            checkpointPath = await saveCheckpoint(options.checkpointDir, trainer.state(), {architecture: gguf.architecture, alpha: info.alpha, r: o.r},
+                {fingerprint, history: run.history, evaluations: run.evaluations, tokens: run.tokens,
+                    seconds: run.priorSeconds + (Date.now() - started) / 1000});
+            options.onProgress?.({type: "checkpoint", step: trainer.info.step, path: checkpointPath});
+        },
+        async evaluate(step) {
+            if (data.valExamples.length === 0)
+                return;
+            const rec = await validationLoss(trainer, data.valExamples, o.task, o.rationaleWeight, data.microBatchTokens, o.microBatchSequences, step);
+            run.evaluations.push(rec);
+            options.onProgress?.({type: "eval", ...rec});
+        },
     };
 
     try {
         // with periodic evaluation, the curve starts at the untrained adapter (B = 0: the base model)
-        if (startStep === 0 && options.evalEvery !== undefined)
-            await evaluate(0);
-        const endStep = options.stopAfter !== undefined ? Math.min(totalSteps, startStep + options.stopAfter) : totalSteps;
-        const loopStart = Date.now();
-        let loopTokens = 0;
-        for (let step = startStep; step < endStep; step++) {
-            if (options.signal?.aborted)
-                throw new Error("training was cancelled");
-            const learningRate = learningRateAt(schedule, step);
-            const adamw = {lr: learningRate, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, weightDecay: o.weightDecay};
-            let r: {loss: number; gradNorm: number}, n: number;
-            if (dpOn) {
-                // one item = one privacy unit: its examples' loss, each task the mean over the item's targets
-                const sampled = poissonSample(items.length, sampleRate, deriveSeed(o.seed, "poisson", step));
-                const perItem = sampled.map((i) => packMicroBatches(byItem[i], stepTokenWeights(byItem[i], {label: 1, rationale: o.rationaleWeight}),
-                    microBatchTokens, o.microBatchSequences));
-                const g = await privateGradient(trainer, perItem, {
-                    maxPerExampleGradNorm, noiseMultiplier, expectedBatchSize: sampleRate * items.length, noise,
-                    dropout: o.loraDropout, dropoutSeed: (k) => deriveSeed(o.seed, "dropout", step, sampled[k]), signal: options.signal,
-                });
-                applyAdamW(trainer, g.gradients, adamw);
-                let sq = 0;
-                for (const t of g.gradients)
-                    for (let k = 0; k < t.length; k++)
-                        sq += t[k] * t[k];
-                r = {loss: sampled.length ? g.loss / sampled.length : NaN, gradNorm: Math.sqrt(sq)};
-                n = perItem.reduce((s, b) => s + tokensOf(b), 0);
-            } else {
-                const exs = stepItems(step).flatMap((i) => byItem[i]);
-                const batches = packMicroBatches(exs, stepTokenWeights(exs, {label: 1, rationale: o.rationaleWeight}),
-                    microBatchTokens, o.microBatchSequences);
-                r = await trainer.step(batches, {
-                    ...adamw, maxGradNorm: o.maxGradNorm, dropout: o.loraDropout, dropoutSeed: deriveSeed(o.seed, "dropout", step),
-                });
-                n = tokensOf(batches);
-            }
-            tokens += n;
-            loopTokens += n;
-            history.push({step: step + 1, loss: r.loss, learningRate, gradNorm: r.gradNorm, tokens: n});
-            const elapsed = (Date.now() - loopStart) / 1000;
-            const done = step + 1 - startStep;
-            options.onProgress?.({
-                type: "step", step: step + 1, steps: totalSteps, epoch: (step + 1) / stepsPerEpoch, loss: r.loss, learningRate,
-                gradNorm: r.gradNorm, tokens, tokensPerSecond: loopTokens / Math.max(elapsed, 1e-9), elapsedSeconds: elapsed,
-                etaSeconds: elapsed / done * (endStep - step - 1),
-            });
-            const last = step + 1 === endStep;
-            if (options.evalEvery !== undefined && (step + 1) % options.evalEvery === 0 && !last)
-                await evaluate(step + 1);
-            if ((step + 1) % o.saveEvery === 0 && !last)
-                await save();
-        }
+        if (run.startStep === 0 && options.evalEvery !== undefined)
+            await run.evaluate(0);
+        const endStep = options.stopAfter !== undefined ? Math.min(schedule.totalSteps, run.startStep + options.stopAfter) : schedule.totalSteps;
+        const {loopStart, loopTokens} = await runSteps(run, endStep);
         const finalStep = trainer.info.step;
-        let dp: DpReport | undefined;
-        if (dpOn) {
-            const spent = dpSgdEpsilon({noiseMultiplier, sampleRate, steps: finalStep, delta: dpDelta});
-            dp = {epsilon: spent.epsilon, delta: dpDelta, ...(options.dpEpsilon !== undefined ? {targetEpsilon: options.dpEpsilon} : {}),
-                noiseMultiplier, maxPerExampleGradNorm, sampleRate, steps: finalStep, order: spent.order,
-                accountant: "rdp (Mironov et al. 2019), conversion of Balle et al. 2020"};
-        }
-        if (valExamples.length > 0 && evaluations.at(-1)?.step !== finalStep)
-            await evaluate(finalStep);
-        await save();
-        await writeLoraAdapter(options.output, adapterOf(), [
-            {key: "general.name", type: "string", value: `${path.basename(options.model, ".gguf")} LoRA (${o.task})`},
-            {key: "ppc_gpt.lora.r", type: "uint32", value: o.r},
-            {key: "ppc_gpt.lora.dropout", type: "float32", value: o.loraDropout},
-            {key: "ppc_gpt.lora.target_modules", type: "array", elementType: "string", value: [...new Set(info.tensors.map((t) =>
-                t.name.replace(/^blk\.\d+\./, "").replace(/\.weight\.lora_[ab]$/, "")))]},
-            {key: "ppc_gpt.train.task", type: "string", value: o.task},
-            {key: "ppc_gpt.train.steps", type: "uint32", value: finalStep},
-            {key: promptMetadataKeys.version, type: "string", value: promptFormatVersion},
-            {key: promptMetadataKeys.format, type: "string", value: o.format},
-            {key: promptMetadataKeys.labelPrefix, type: "string", value: labelPrefix},
-            ...(dp ? [
-                {key: "ppc_gpt.dp.epsilon", type: "float64", value: dp.epsilon},
-                {key: "ppc_gpt.dp.delta", type: "float64", value: dp.delta},
-                {key: "ppc_gpt.dp.noise_multiplier", type: "float64", value: dp.noiseMultiplier},
-                {key: "ppc_gpt.dp.max_per_example_grad_norm", type: "float64", value: dp.maxPerExampleGradNorm},
-                {key: "ppc_gpt.dp.sample_rate", type: "float64", value: dp.sampleRate},
-                {key: "ppc_gpt.dp.steps", type: "uint32", value: dp.steps},
-                {key: "ppc_gpt.dp.accountant", type: "string", value: dp.accountant},
-            ] as GgufKv[] : []),
-        ]);
-        const seconds = priorSeconds + (Date.now() - started) / 1000;
+        const dpSpent = dp ? dpReport(dp, finalStep, options.dpEpsilon) : undefined;
+        if (data.valExamples.length > 0 && run.evaluations.at(-1)?.step !== finalStep)
+            await run.evaluate(finalStep);
+        await run.save();
+        await writeTrainedAdapter(options, o, trainer.adapter(gguf.architecture, o.r), info.tensors.map((t) => t.name), finalStep,
+            data.labelPrefix, dpSpent);
         const loopSeconds = (Date.now() - loopStart) / 1000;
         return {
             output: options.output,
             task: o.task,
             format: o.format,
-            labelPrefix,
+            labelPrefix: data.labelPrefix,
             steps: finalStep,
-            totalSteps,
-            epochs: finalStep / stepsPerEpoch,
-            items: items.length,
-            validationItems: validation.length,
-            examples: examples.length,
+            totalSteps: schedule.totalSteps,
+            epochs: finalStep / schedule.stepsPerEpoch,
+            items: data.items.length,
+            validationItems: data.validation.length,
+            examples: data.examples.length,
             targetTensors: info.tensors.length / 2,
-            trainableParameters: trainable,
-            trainLoss: history.at(-1)?.loss ?? NaN,
-            validation: evaluations.at(-1),
-            history,
-            evaluations,
-            tokens,
-            seconds,
+            trainableParameters: info.tensors.reduce((s, t) => s + t.shape[0] * t.shape[1], 0),
+            trainLoss: run.history.at(-1)?.loss ?? NaN,
+            validation: run.evaluations.at(-1),
+            history: run.history,
+            evaluations: run.evaluations,
+            tokens: run.tokens,
+            seconds: run.priorSeconds + (Date.now() - started) / 1000,
             tokensPerSecond: loopTokens / Math.max(loopSeconds, 1e-9),
-            ...(options.resume ? {resumedFrom: startStep} : {}),
+            ...(options.resume ? {resumedFrom: run.startStep} : {}),
             ...(checkpointPath ? {checkpoint: checkpointPath} : {}),
-            ...(dp ? {dp} : {}),
+            ...(dpSpent ? {dp: dpSpent} : {}),
         };
     } finally {
         options.signal?.removeEventListener("abort", abort);

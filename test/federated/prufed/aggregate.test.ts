@@ -3,7 +3,7 @@
 // unequal weights, and (flexlora) unequal ranks.
 import test from "ava";
 import type {LoraAdapter} from "../../../ts/train/adapter.js";
-import {Random} from "../../../ts/train/random.js";
+import {Random} from "../../../ts/random.js";
 import {toClientNumbering, UploadRejected, validateUpload, type AdapterLayout} from "../../../ts/federated/prufed/align.js";
 import {aggregate, clientPart, initialGlobal, type ClientUpdate} from "../../../ts/federated/prufed/aggregate.js";
 

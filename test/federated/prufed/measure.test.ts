@@ -12,7 +12,7 @@ import {ExampleEncoder, itemExamples} from "../../../ts/train/examples.js";
 import {resolveLabelPrefix} from "../../../ts/train/train.js";
 import {defaultLocalTrain, heldOutAccuracy, type LocalTrainSettings} from "../../../ts/federated/prufed/client.js";
 import {accuracyByDepth, simulate} from "../../../ts/federated/prufed/simulate.js";
-import {Random} from "../../../ts/train/random.js";
+import {Random} from "../../../ts/random.js";
 import {hasShared, stories260K, tempDir} from "../../helpers.js";
 
 const maybe = hasShared ? test : test.skip;

@@ -5,7 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import type {LoraAdapter} from "../../../ts/train/adapter.js";
-import {Random} from "../../../ts/train/random.js";
+import {Random} from "../../../ts/random.js";
 import {aggregate, initialGlobal} from "../../../ts/federated/prufed/aggregate.js";
 import type {AdapterLayout} from "../../../ts/federated/prufed/align.js";
 import {SecureClient, type MaskPlan, type SecureParticipant} from "../../../ts/federated/prufed/secure.js";

@@ -4,7 +4,7 @@
 import {createPrivateKey, createPublicKey, diffieHellman} from "node:crypto";
 import test from "ava";
 import type {LoraAdapter} from "../../../ts/train/adapter.js";
-import {Random} from "../../../ts/train/random.js";
+import {Random} from "../../../ts/random.js";
 import {aggregate, initialGlobal} from "../../../ts/federated/prufed/aggregate.js";
 import type {AdapterLayout} from "../../../ts/federated/prufed/align.js";
 import {maskStream, secureAggregateRound, toFixedPoint, type SecureParticipant} from "../../../ts/federated/prufed/secure.js";

@@ -12,7 +12,7 @@ import type {TaskItem} from "../../data/task-item.js";
 import {readGguf} from "../../gguf/read.js";
 import type {AccuracySummary} from "../../eval/metrics.js";
 import {readLoraAdapter} from "../../train/adapter.js";
-import {deriveSeed, Random} from "../../train/random.js";
+import {deriveSeed, Random} from "../../random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
 import {writeJsonDurable} from "../../durable-file.js";

@@ -14,7 +14,7 @@ import path from "node:path";
 import {copyFileDurable, fsyncDir, writeJsonDurable} from "../../durable-file.js";
 import {readGguf} from "../../gguf/read.js";
 import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
-import {deriveSeed, Random} from "../../train/random.js";
+import {deriveSeed, Random} from "../../random.js";
 import {checkLayerMap, layoutOfBase, readUpload, toBaseNumbering, UploadRejected, validateUpload, type AdapterLayout,
     type UploadLimits} from "./align.js";
 import type {MaskedMetrics, SecureLayerOutcome} from "./secure.js";

@@ -11,7 +11,7 @@ import {readGguf} from "../../gguf/read.js";
 import {planPruning, type PruningStrategy} from "../../prune/plan.js";
 import {removeLayers} from "../../prune/remove.js";
 import {readLoraAdapter, writeLoraAdapter, type LoraAdapter} from "../../train/adapter.js";
-import {deriveSeed, Random} from "../../train/random.js";
+import {deriveSeed, Random} from "../../random.js";
 import {toBaseNumbering} from "./align.js";
 import {aggregationMethods, clientPart, strategyFor, type AggregationMethod} from "./aggregate.js";
 import {pooledAccuracy, type AccuracySummary} from "../../eval/metrics.js";

@@ -2,7 +2,7 @@
 // factors, update-norm clipping, FlexLoRA's ΔW merge and re-factoring, PEFT's A initialisation.
 // Matrices are stored as Float32, accumulated in double.
 import type {LoraAdapter, LoraTensor} from "../../../train/adapter.js";
-import {deriveSeed, Random} from "../../../train/random.js";
+import {deriveSeed, Random} from "../../../random.js";
 import type {AdapterLayout} from "../align.js";
 import {matrix, productSvd, type Matrix} from "../linalg.js";
 import type {ClientPartOptions, ClientUpdate, ClipRecord, RoundUpdates} from "./index.js";
