@@ -70,6 +70,7 @@ export {trainLora, readWeightedItems, validationLoss, LoraTrainer, initLoraAdapt
 // The library's defaults and option errors: what --help shows and what a left-out option becomes.
 export {loraDefaults, trainDefaults, resolveTrainOptions} from "./train/index.js";
 export {OptionError} from "./options.js";
+export {synthDefaults} from "./synth/defaults.js";
 export type {TrainOptions, TrainResult, TrainEvent, LoraTrainerOptions, TrainerState, LoraAdapter, LoraConfig, LoraTarget, LoraTensor,
     CheckpointMeta, EvalRecord, StepRecord, EncodedExample, ExampleEncodeOptions, ExampleKind, MicroBatch, TrainTask, WeightedItem,
     MergeOptions, MergeResult, LrSchedule, LrScheduler} from "./train/index.js";
