@@ -63,6 +63,7 @@ export type {TrainOptions, TrainResult, TrainEvent, LoraTrainerOptions, LoraAdap
 // The library's defaults and option errors: what --help shows and what a left-out option becomes.
 export {loraDefaults, trainDefaults, resolveTrainOptions} from "./train/index.js";
 export {OptionError} from "./options.js";
+export {synthDefaults} from "./synth/defaults.js";
 export type {DpReport} from "./train/train.js";
 export {dpSgdEpsilon, noiseMultiplierFor} from "./train/dp-accountant.js";
 export type {DpSgdAccounting} from "./train/dp-accountant.js";

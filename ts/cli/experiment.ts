@@ -35,7 +35,7 @@ export function experimentCommand(): Command {
         .option("--methods <list>", `run only these methods (${methodNames.join(",")}); the tables show every cached cell`)
         .option("--tasks <list>", "run only these tasks (by the config's task names)")
         .option("--max-cells <n>", "run at most n uncached cells, then write the tables (resume later)")
-        .option("--threads <n>", "CPU threads (default: the config's, else all cores)")
+        .option("--threads <n>", "CPU threads (default: all cores; a config that sets threads wins)")
         .option("--dry-run", "list the cells (and their cache state) and the GPU-time estimate; run nothing")
         .addOption(tableOption("--json", "experiment"))
         .addHelpText("after", `

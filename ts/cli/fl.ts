@@ -140,7 +140,7 @@ function simulateCommand(): Command {
         .option("--lora-dropout <p>", "LoRA dropout")
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--secure-aggregation", "pairwise-masked aggregation (X25519 + Shamir): the server sees only per-layer sums")
-        .option("--secagg-threshold <t>", "Shamir threshold of secure aggregation (default: a majority)")
+        .option("--secagg-threshold <t>", "Shamir threshold of secure aggregation (default: a majority of the round's clients)")
         .addOption(new Option("--secure-threshold <t>").hideHelp())  // the old name of --secagg-threshold, still accepted
         .option("--drop-after-masking <ids>", "secure aggregation: these client ids drop out after masking every round (recovered from shares)")
         .option("--threads <n>", "CPU threads of training and evaluation")

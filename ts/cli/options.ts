@@ -227,3 +227,11 @@ export function useDefaultSet(cmd: Command, setName: string, set: Readonly<Recor
     }
     return cmd;
 }
+
+/** Names the defaults a verb declares itself as a set in --help ("(default: 1e-3, runDemoDefaults)"): they are not the table's. */
+export function labelDefaults(setName: string, cmd: Command): Command {
+    for (const option of cmd.options)
+        if (option.defaultValue !== undefined && !option.isBoolean())
+            option.defaultValueDescription = `${option.defaultValue}, ${setName}`;
+    return cmd;
+}

@@ -11,6 +11,7 @@ import {Command, Option} from "commander";
 import {datasetNames} from "../data/loaders/index.js";
 import type {RunSummary} from "../federated/client/flow.js";
 import {jobStrategies, privacyMechanisms, tokenEnvVar} from "../federated/protocol.js";
+import {labelDefaults} from "./options.js";
 import {formatBytes, parseNumber, printJson, table, UsageError} from "./output.js";
 
 const mainJs = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
@@ -148,7 +149,8 @@ function dirBytes(dir: string): number {
 }
 
 export function runCommand(): Command {
-    return new Command("run")
+    // a small demo's settings (stories260K, seconds per stage), not the paper's: --help names them as a set
+    return labelDefaults("runDemoDefaults", new Command("run")
         .description("The whole federated PPC-GPT flow on this machine: a server process and a client process on loopback")
         .option("--model <gguf>", "source model M_S (default: stories260K from $PPC_SHARED_DIR or ../shared)")
         .option("--generator-model <gguf>", "embedded generator (default: the source model)")
@@ -158,7 +160,7 @@ export function runCommand(): Command {
         .addOption(new Option("--task <name>", "private dataset").choices(datasetNames.filter((n) => n !== "mc")).default("arc-easy"))
         .option("--split <split>", "split the private items come from", "train")
         .option("--limit <n>", "private items uploaded and retrained on", "16")
-        .option("--eval-split <split>", "held-out split for the S/C evaluation, never uploaded (default: the split lm-evaluation-harness evaluates, e.g. ARC's test)")
+        .option("--eval-split <split>", "held-out split for the S/C evaluation, never uploaded (default: the split lm-evaluation-harness evaluates, e.g. test)")
         .option("--eval-limit <n>", "held-out items evaluated", "64")
         .option("--epsilon <e>", "ε per token", "3")
         .addOption(new Option("--mechanism <name>", "perturbation mechanism").choices([...privacyMechanisms]).default("custext"))
@@ -253,6 +255,6 @@ Examples:
                 if (!o.keep)
                     fs.rmSync(work, {recursive: true, force: true});
             }
-        });
+        }));
 }
 

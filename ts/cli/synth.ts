@@ -5,7 +5,8 @@ import {createRemoteGenerator, defaultApiKeyEnv, type RetryInfo} from "../synth/
 import {rejectionReasons} from "../synth/validate.js";
 import {checkGgufFile} from "./model-options.js";
 import {aliasedOption, formatCount, parseNumber, printJson, table, UsageError, type OutputMode} from "./output.js";
-import {tableOption} from "./options.js";
+import {synthDefaults} from "../synth/defaults.js";
+import {tableOption, useDefaultSet} from "./options.js";
 
 interface SynthOptions {
     in?: string;
@@ -98,21 +99,21 @@ function describe(s: SynthSummary): string {
 }
 
 export function synthCommand(): Command {
-    return new Command("synth")
+    const cmd = new Command("synth")
         .description("Generate synthetic task items with rationales from perturbed ones (PPC-GPT step 2), on a local GGUF or an OpenAI-compatible server")
         .option("--in <file>", "perturbed task items (JSONL); never modified")
         .option("--out <file>", "synthetic items (JSONL); an existing file is continued, not overwritten")
         .option("--model <gguf>", "generate with a local GGUF model (the addon's llama.cpp, continuous batching)")
         .option("--base-url <url>", "generate with an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
         .option("--remote-model <name>", "model name to request from --base-url")
-        .option("--ratio <k>", "synthetic items per perturbed item", "8")
+        .option("--ratio <k>", "synthetic items per perturbed item")
         .option("--k <n>", "the same as --ratio (the paper's k; the name `run`, `client` and the job spec use)")
         .option("--max-attempts <n>", "attempts per perturbed item, rejected ones included (default 2 x ratio)")
         .option("--concurrency <n>", "parallel sequences (--model, default 4) or requests in flight (--base-url, default 8)")
-        .addOption(new Option("--format <f>", "reply format: JSON with a schema, the paper's line format, or auto").choices(["auto", "json", "lines"]).default("auto"))
+        .addOption(new Option("--format <f>", "reply format: JSON with a schema, the paper's line format, or auto").choices(["auto", "json", "lines"]))
         .option("--temperature <t>", "sampling temperature of the three answer votes, > 0 (default 0.7)")
         .option("--max-tokens <n>", "token limit of every reply (default 1024 for questions and answers, 512 for rationales)")
-        .option("--seed <n>", "base sampling seed (default: random)")
+        .option("--seed <n>", "base sampling seed (without it, a random one)")
         .option("--limit <n>", "only the first n perturbed items")
         .option("--timeout <seconds>", "per-request timeout (--base-url)", "300")
         .option("--retries <n>", "retries of a request on 429, 5xx, timeouts and network errors (--base-url)", "6")
@@ -219,4 +220,5 @@ Examples:
                 return printJson(summary);
             process.stdout.write(describe(summary));
         });
+    return useDefaultSet(cmd, "synthDefaults", synthDefaults);
 }

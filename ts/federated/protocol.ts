@@ -2,6 +2,7 @@
 // shared by the server and the client. The schemas are plain JSON Schema objects: Fastify validates
 // requests with them and @fastify/swagger serves them in the OpenAPI document, so what is checked
 // and what is documented are one thing. Neither side redefines any of this.
+import {synthDefaults} from "../synth/defaults.js";
 import {loraDefaults, trainDefaults} from "../train/defaults.js";
 
 /** The version of the PPC-GPT job protocol, sent and checked by server and client. */
@@ -113,7 +114,7 @@ export type FilledJobSpec = Required<Omit<JobSpec, "target_modules" | "privacy">
 export const jobSpecDefaults: FilledJobSpec = {
     ratio: 0.3,
     strategy: "bi",
-    k: 8,
+    k: synthDefaults.ratio,
     rationales: true,
     server_retraining: true,
     server_steps: 300,

@@ -12,6 +12,7 @@ import {answerMessages, answerSchema, promptVersion, questionMessages, questionS
     RATIONALE_END, type PromptFormat} from "./prompts.js";
 import {SyntheticStore} from "./store.js";
 import {agreeVotes, questionKey, reject, validateDraft, type Checked, type RejectionReason} from "./validate.js";
+import {synthDefaults} from "./defaults.js";
 
 export interface SynthTemperatures {
     /** Question generation (default 0.9: the k questions of one parent should differ). */
@@ -260,7 +261,7 @@ export async function readParents(input: string, limit?: number): Promise<TaskIt
  */
 export async function synthesize(options: SynthesizeOptions): Promise<SynthSummary> {
     const started = Date.now();
-    const k = positiveInt(options.ratio ?? 8, "ratio");
+    const k = positiveInt(options.ratio ?? synthDefaults.ratio, "ratio");
     const maxAttempts = positiveInt(options.maxAttempts ?? 2 * k, "maxAttempts");
     if (maxAttempts < k)
         throw new RangeError(`maxAttempts (${maxAttempts}) must be at least the ratio (${k})`);
