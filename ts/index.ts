@@ -65,7 +65,7 @@ export {exponentialMechanism} from "./privacy/mechanism.js";
 export type {ExponentialMechanismOptions, PrivacyGuarantee, TokenDistribution, TokenMechanism, TokenUtilities} from "./privacy/mechanism.js";
 export {seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
-export {releaseItems} from "./privacy/release.js";
+export {releaseItems, readIdMap} from "./privacy/release.js";
 export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
 export {writePerturbationKit} from "./privacy/kit.js";
 

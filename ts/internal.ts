@@ -59,5 +59,5 @@ export type {TokenVocabulary} from "./privacy/vocab.js";
 export {datasetReport, mechanismNames} from "./privacy/perturb.js";
 export {secureUniform} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
-export {idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
+export {idMapPath, writeIdMap, releasedIdPattern} from "./privacy/release.js";
 export {isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
