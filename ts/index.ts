@@ -76,7 +76,7 @@ export {exponentialMechanism} from "./privacy/mechanism.js";
 export type {ExponentialMechanismOptions, PrivacyGuarantee, TokenDistribution, TokenMechanism, TokenUtilities} from "./privacy/mechanism.js";
 export {seededUniform} from "./random.js";
 export type {UniformSource} from "./random.js";
-export {releaseItems} from "./privacy/release.js";
+export {releaseItems, readIdMap} from "./privacy/release.js";
 export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
 export {writePerturbationKit} from "./privacy/kit.js";
 

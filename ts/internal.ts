@@ -59,7 +59,7 @@ export type {TokenVocabulary} from "./privacy/vocab.js";
 export {datasetReport, mechanismNames} from "./privacy/perturb.js";
 export {secureUniform} from "./random.js";
 export {defaultCacheDir} from "./privacy/cache.js";
-export {idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
+export {idMapPath, writeIdMap, releasedIdPattern} from "./privacy/release.js";
 export {isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
 export {quantizationType, quantizationOverrides} from "./quantize/quantize.js";
 export {imatrixValues} from "./quantize/imatrix.js";

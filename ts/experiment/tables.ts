@@ -7,6 +7,7 @@ import path from "node:path";
 import {writeJsonAtomic} from "./cache.js";
 import type {ExperimentConfig, MethodName, Settings} from "./config.js";
 import type {FlowResult} from "./flows.js";
+import {svgChart} from "../report/svg-chart.js";
 
 export interface CellRecord extends FlowResult {
     key: string;
@@ -112,44 +113,20 @@ function notesOf(records: CellRecord[]): string[] {
     return records.filter((r) => r.error).map((r) => `- ${methodLabels[r.method]} on ${r.task}, seed ${r.seed}: ${r.error}`);
 }
 
-/** A line plot of S and C per task against a numeric factor. */
+/** A line plot of S and C per task against a numeric factor, with ± one standard error. */
 export function ablationSvg(table: Table, title: string): string {
-    const w = 560, h = 320, left = 56, right = 150, top = 36, bottom = 44;
     const xs = table.rows.map((r) => Number(r.label));
-    const series = table.columns.map((name, j) => ({name, points: table.rows.map((r, i) => ({x: xs[i], s: r.cells[j]})).filter((p) => p.s)}));
-    const ys = series.flatMap((s) => s.points.flatMap((p) => [p.s!.mean - (Number.isFinite(p.s!.stderr) ? p.s!.stderr : 0), p.s!.mean + (Number.isFinite(p.s!.stderr) ? p.s!.stderr : 0)]));
-    const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+    const series = table.columns.map((name, j) => ({name, points: table.rows.flatMap((r, i) => r.cells[j]
+        ? [{x: xs[i], y: r.cells[j]!.mean, err: Number.isFinite(r.cells[j]!.stderr) ? r.cells[j]!.stderr : undefined}] : [])}));
+    const ys = series.flatMap((s) => s.points.flatMap((p) => [p.y - (p.err ?? 0), p.y + (p.err ?? 0)]));
     const [y0, y1] = ys.length ? [Math.max(0, Math.floor(Math.min(...ys) / 10) * 10), Math.min(100, Math.ceil(Math.max(...ys) / 10) * 10)] : [0, 100];
-    const sx = (x: number) => left + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (w - left - right);
-    const sy = (y: number) => top + (1 - (y - y0) / Math.max(1e-9, y1 - y0)) * (h - top - bottom);
-    const colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
-    const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
-    const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="11">`,
-        `<rect width="${w}" height="${h}" fill="white"/>`,
-        `<text x="${w / 2}" y="18" text-anchor="middle" font-size="13">${esc(title)}</text>`,
-        `<line x1="${left}" y1="${h - bottom}" x2="${w - right}" y2="${h - bottom}" stroke="black"/>`,
-        `<line x1="${left}" y1="${top}" x2="${left}" y2="${h - bottom}" stroke="black"/>`,
-        `<text x="14" y="${(top + h - bottom) / 2}" transform="rotate(-90 14 ${(top + h - bottom) / 2})" text-anchor="middle">accuracy %</text>`,
-        `<text x="${(left + w - right) / 2}" y="${h - 8}" text-anchor="middle">${esc(table.rowName)}</text>`];
-    for (const x of xs)
-        parts.push(`<text x="${sx(x)}" y="${h - bottom + 14}" text-anchor="middle">${x}</text>`);
-    for (let y = y0; y <= y1; y += Math.max(5, Math.round((y1 - y0) / 5 / 5) * 5))
-        parts.push(`<text x="${left - 6}" y="${sy(y) + 4}" text-anchor="end">${y}</text>`,
-            `<line x1="${left}" y1="${sy(y)}" x2="${w - right}" y2="${sy(y)}" stroke="#eee"/>`);
-    series.forEach((s, j) => {
-        const c = colors[j % colors.length];
-        if (s.points.length > 1)
-            parts.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${s.points.map((p) => `${sx(p.x)},${sy(p.s!.mean)}`).join(" ")}"/>`);
-        for (const p of s.points) {
-            parts.push(`<circle cx="${sx(p.x)}" cy="${sy(p.s!.mean)}" r="3" fill="${c}"/>`);
-            if (Number.isFinite(p.s!.stderr))
-                parts.push(`<line x1="${sx(p.x)}" y1="${sy(p.s!.mean - p.s!.stderr)}" x2="${sx(p.x)}" y2="${sy(p.s!.mean + p.s!.stderr)}" stroke="${c}"/>`);
-        }
-        parts.push(`<rect x="${w - right + 12}" y="${top + 16 * j - 8}" width="10" height="10" fill="${c}"/>`,
-            `<text x="${w - right + 27}" y="${top + 16 * j + 1}">${esc(s.name)}</text>`);
+    const step = Math.max(5, Math.round((y1 - y0) / 5 / 5) * 5);
+    const yTicks = Array.from({length: Math.floor((y1 - y0) / step) + 1}, (_, k) => ({value: y0 + k * step, label: String(y0 + k * step)}));
+    return svgChart({
+        title, series,
+        x: {label: table.rowName, range: [Math.min(...xs), Math.max(...xs)], ticks: xs.map((x) => ({value: x, label: String(x)}))},
+        y: {label: "accuracy %", range: [y0, y1], ticks: yTicks},
     });
-    parts.push("</svg>");
-    return parts.join("\n") + "\n";
 }
 
 /** Writes tables.md, tables.json and plots/<factor>.svg; returns the files written. */

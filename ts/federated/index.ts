@@ -6,7 +6,7 @@
 // PPC-GPT client: the HTTP client, the resumable client flow, private data, the local finish
 export {FederatedClient, FederatedError, readToken} from "./client/http.js";
 export type {FederatedClientOptions, TrafficCounters, DownloadResult, DownloadOptions, WaitOptions} from "./client/http.js";
-export {ClientFlow} from "./client/flow.js";
+export {ClientFlow, preparePerturbedUpload} from "./client/flow.js";
 export type {ClientSettings, ClientEvent, ClientState, PerturbSettings, PreparedUpload, RunSummary} from "./client/flow.js";
 export {loadPrivateData} from "./client/data.js";
 export type {PrivateData, PrivateDataOptions} from "./client/data.js";

@@ -2,7 +2,7 @@
 // the benchmarks (token hashing, spec checks, PruFed layer alignment, round files, ...). Names here may
 // change or go away in any release without notice; the supported surface is "ppc-gpt/federated".
 export {serverBase} from "./client/http.js";
-export {preparePerturbedUpload, waitForJob, fetchModel, readState, runFingerprint} from "./client/flow.js";
+export {waitForJob, fetchModel, readState, runFingerprint} from "./client/flow.js";
 export {checkUploadable} from "./client/data.js";
 export {tokenHash, authenticate} from "./tokens.js";
 export {isPostgresUrl} from "./store-postgres.js";

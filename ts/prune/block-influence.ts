@@ -10,6 +10,7 @@ import type {LoadedModel} from "../model.js";
 import {defaultTaskFormat, labelExample, promptFormatVersion, rationaleExample, type PromptExample, type PromptOptions} from "../data/prompt.js";
 import type {TaskItem} from "../data/task-item.js";
 import {mergeCaptured} from "../quantize/imatrix.js";
+import {evenTicks, indexTicks, svgChart} from "../report/svg-chart.js";
 
 export const layerMetrics = ["bi", "angular", "contribution"] as const;
 export type LayerMetric = (typeof layerMetrics)[number];
@@ -194,38 +195,12 @@ export async function blockInfluencePass(model: LoadedModel, items: TaskItem[], 
 
 /** Per-layer chart as a standalone SVG: bars for `bi`, lines for the label and rationale parts. */
 export function blockInfluenceSvg(series: {name: string; values: number[]}[], title: string): string {
-    const w = 720, h = 360, left = 60, right = 20, top = 40, bottom = 50;
     const n = series[0]?.values.length ?? 0;
     const max = Math.max(1e-12, ...series.flatMap((s) => s.values));
-    const x = (i: number) => left + ((i + 0.5) * (w - left - right)) / Math.max(1, n);
-    const y = (v: number) => top + (1 - v / max) * (h - top - bottom);
-    const colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756"];
-    const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
-    const parts: string[] = [
-        `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="12">`,
-        `<rect width="${w}" height="${h}" fill="white"/>`,
-        `<text x="${w / 2}" y="22" text-anchor="middle" font-size="15">${esc(title)}</text>`,
-        `<line x1="${left}" y1="${h - bottom}" x2="${w - right}" y2="${h - bottom}" stroke="black"/>`,
-        `<line x1="${left}" y1="${top}" x2="${left}" y2="${h - bottom}" stroke="black"/>`,
-        `<text x="${w / 2}" y="${h - 12}" text-anchor="middle">layer</text>`,
-    ];
-    for (let k = 0; k <= 4; k++) {
-        const v = (max * k) / 4;
-        parts.push(`<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end">${v.toPrecision(3)}</text>`);
-    }
-    const barWidth = (0.8 * (w - left - right)) / Math.max(1, n);
-    series.forEach((s, k) => {
-        if (k === 0) {
-            s.values.forEach((v, i) => parts.push(`<rect x="${x(i) - barWidth / 2}" y="${y(v)}" width="${barWidth}" height="${h - bottom - y(v)}" fill="${colors[0]}" opacity="0.6"/>`));
-        } else {
-            parts.push(`<polyline fill="none" stroke="${colors[k % colors.length]}" stroke-width="2" points="${s.values.map((v, i) => `${x(i)},${y(v)}`).join(" ")}"/>`);
-        }
-        parts.push(`<rect x="${w - right - 150}" y="${top + 16 * k}" width="10" height="10" fill="${colors[k % colors.length]}"/>`,
-            `<text x="${w - right - 135}" y="${top + 16 * k + 9}">${esc(s.name)}</text>`);
+    return svgChart({
+        title,
+        series: series.map((s, k) => ({name: s.name, kind: k === 0 ? "bar" : "line", points: s.values.map((y, x) => ({x, y}))})),
+        x: {label: "layer", band: true, range: [0, Math.max(0, n - 1)], ticks: indexTicks(n, 32)},
+        y: {label: "score", range: [0, max], ticks: evenTicks(0, max, 4, (v) => v.toPrecision(3))},
     });
-    const step = Math.max(1, Math.ceil(n / 32));
-    for (let i = 0; i < n; i += step)
-        parts.push(`<text x="${x(i)}" y="${h - bottom + 16}" text-anchor="middle">${i}</text>`);
-    parts.push("</svg>");
-    return parts.join("\n") + "\n";
 }
