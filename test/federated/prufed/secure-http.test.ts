@@ -277,6 +277,10 @@ test.serial("secure rounds refuse plain uploads, late keys and malformed shares;
     t.is((await call("x", "/v1/fl/rounds/1/secagg/keys", {method: "POST", body: JSON.stringify({c_pub: "short", s_pub: key()})})).status, 400);
     for (const who of ["x", "y"] as const)
         t.is((await call(who, "/v1/fl/rounds/1/secagg/keys", {method: "POST", body: JSON.stringify({c_pub: key(), s_pub: key()})})).status, 201);
+    // a secure message without the protocol version is refused
+    const unversioned = await call("x", "/v1/fl/rounds/1/secagg/roster", {headers: {[secaggVersionHeader]: "prufed-secagg/0"}});
+    t.is(unversioned.status, 400);
+    t.is((await unversioned.json() as {code: string}).code, "protocol_version");
     const early = await (await call("x", "/v1/fl/rounds/1/secagg/roster")).json() as Record<string, any>;
     t.like(early, {ready: false, phase: "keys"});
     // the keys phase ends at the round deadline: z is not in the roster and is refused from then on
