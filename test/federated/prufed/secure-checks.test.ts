@@ -6,7 +6,7 @@
 import {generateKeyPairSync} from "node:crypto";
 import test from "ava";
 import type {LoraAdapter} from "../../../ts/train/adapter.js";
-import {Random} from "../../../ts/train/random.js";
+import {Random} from "../../../ts/random.js";
 import {checkRoster, checkShareBoxes, checkUnmaskOnce, checkUnmaskRequest, requiredThreshold, SecureRoundRefused,
     type RosterEntry} from "../../../ts/federated/prufed/secure-checks.js";
 import {SecureAggregationServer, SecureClient, secureAggregateRound, toFixedPoint, type SecureParticipant} from "../../../ts/federated/prufed/secure.js";
