@@ -4,6 +4,7 @@
 namespace ppc {
 
 void register_extensions(Napi::Env env, Napi::Object exports) {
+    register_gguf(env, exports);
     register_loglik(env, exports);
     register_embed(env, exports);
     register_layer_scores(env, exports);

@@ -92,9 +92,15 @@ export interface NativeModelOptions {
 
 export type ProgressCallback = (done: number, total: number) => void;
 
-/** A log-likelihood scoring context from `loglikOpen` (opaque). */
+/** A log-likelihood scoring context (native/capture/loglik_bindings.cpp), from `LoglikScorer.open`. */
 export interface NativeLoglikScorer {
-    readonly __nativeLoglikScorer: never;
+    score(requests: NativeLoglikRequest[], onProgress?: ProgressCallback): Promise<NativeLoglikResult>;
+    /** Stops the score() in flight (it rejects); harmless after close(). */
+    cancel(): void;
+    /** Frees the context once the call in flight (if any) is done with it; later calls throw. */
+    close(): void;
+    info(): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; flashAttention: boolean;
+        kvCacheType: "f32" | "f16"; adapters: number};
 }
 
 export interface NativeLoglikOptions {
@@ -127,9 +133,15 @@ export interface NativeLoglikResult {
     tokens: Int32Array;
 }
 
-/** A continuous-batching generator from `generatorOpen` (opaque). */
+/** A continuous-batching generator (native/generate/bindings.cpp), from `BatchGenerator.open`. */
 export interface NativeGenerator {
-    readonly __nativeGenerator: never;
+    /** Queues a request; throws RangeError for one that can never run (prompt too long, bad grammar...). */
+    submit(request: NativeGenerationRequest): number;
+    cancel(id: number): void;
+    /** Decodes until at least one request finished; resolves with those; [] when idle. One run at a time. */
+    run(): Promise<NativeGenerationResult[]>;
+    /** Stops a run in flight after its current step and frees the context; later calls throw. */
+    close(): void;
 }
 
 export interface NativeGeneratorOptions {
@@ -223,9 +235,25 @@ export interface NativeClusterPartition {
     stats: {batches: number; rowsSearched: number; rowsWasted: number; compactions: number};
 }
 
-/** A LoRA trainer from `loraTrainerOpen` (opaque). */
+/**
+ * LoRA training (native/lora/bindings.cpp), from `LoraTrainer.open`: a model, its adapter with
+ * trainable A/B, gradients and AdamW state. Calls after close() throw "the trainer was closed".
+ */
 export interface NativeLoraTrainer {
-    readonly __nativeLoraTrainer: never;
+    info(): {alpha: number; nVocab: number; step: number; tensors: {name: string; shape: [number, number]}[]};
+    /** Forward + backward over every micro-batch, then one AdamW update; loss = sum of weight * CE. */
+    step(batches: NativeMicroBatch[], options: NativeLoraStepOptions): Promise<{loss: number; gradNorm: number; targets: number}>;
+    /** The gradient of the summed loss (one array per tensor, in info() order); nothing is updated. */
+    gradients(batches: NativeMicroBatch[], options?: {dropout?: number; dropoutSeed?: number}):
+        Promise<{loss: number; gradNorm: number; targets: number; gradients: Float32Array[]}>;
+    /** Loss without gradients or dropout; `logits`: rows of n_vocab for every position with a target. */
+    evaluate(batches: NativeMicroBatch[], options?: {logits?: boolean}): Promise<{loss: number; targets: number; logits?: Float32Array}>;
+    state(): {step: number; tensors: NativeLoraTensorState[]};
+    setState(state: {step: number; tensors: NativeLoraTensorState[]}): void;
+    /** Stops the call in flight between micro-batches (it rejects with "cancelled"); harmless after close(). */
+    cancel(): void;
+    /** Releases the trainer once the call in flight (if any) has finished with it. */
+    close(): void;
 }
 
 /** Sequences packed into one llama_train_step call (native/lora). */
@@ -313,20 +341,9 @@ export interface NativeAddon {
     quantizeTypes(): {name: string; ftype: number; description: string}[];
     /** Hidden states at every block boundary: (nLayer + 1) x tokens x nEmbd. */
     dumpHiddenStates(model: NativeModel, tokens: Int32Array): Promise<Float32Array>;
-    loglikOpen(model: NativeModel, options?: NativeLoglikOptions): Promise<NativeLoglikScorer>;
-    loglikScore(scorer: NativeLoglikScorer, requests: NativeLoglikRequest[], onProgress?: ProgressCallback): Promise<NativeLoglikResult>;
-    loglikCancel(scorer: NativeLoglikScorer): void;
-    loglikClose(scorer: NativeLoglikScorer): void;
-    loglikInfo(scorer: NativeLoglikScorer): {contextSize: number; batchSize: number; sequences: number; shareContext: boolean; flashAttention: boolean;
-        kvCacheType: "f32" | "f16"; adapters: number};
+    LoglikScorer: {open(model: NativeModel, options?: NativeLoglikOptions): Promise<NativeLoglikScorer>};
     modelVocabInfo(model: NativeModel): NativeVocabInfo;
-    generatorOpen(model: NativeModel, options?: NativeGeneratorOptions): Promise<NativeGenerator>;
-    /** Queues a request; throws RangeError for one that can never run (prompt too long, bad grammar...). */
-    generatorSubmit(generator: NativeGenerator, request: NativeGenerationRequest): number;
-    generatorCancel(generator: NativeGenerator, id: number): void;
-    /** Decodes until at least one request finished; resolves with those; [] when idle. One run at a time. */
-    generatorRun(generator: NativeGenerator): Promise<NativeGenerationResult[]>;
-    generatorClose(generator: NativeGenerator): void;
+    BatchGenerator: {open(model: NativeModel, options?: NativeGeneratorOptions): Promise<NativeGenerator>};
     embedReadTensor(path: string, name: string, threads: number, onProgress?: ProgressCallback): Promise<NativeF32Tensor>;
     /** Every token's llama_token_attr bits, raw vocabulary text and detokenized piece. */
     embedVocab(model: NativeModel): {attributes: Int32Array; texts: string[]; pieces: string[]};
@@ -343,23 +360,8 @@ export interface NativeAddon {
     /** Detokenizes many token sequences (same layout) on several threads. */
     embedDetokenizeBatch(model: NativeModel, tokens: Int32Array, offsets: Int32Array, removeSpecial: boolean, unparseSpecial: boolean,
         threads: number): Promise<string[]>;
-    /** LoRA training (native/lora): a model, its adapter with trainable A/B, gradients and AdamW state. */
-    loraTrainerOpen(options: {modelPath: string; adapterPath: string; contextSize?: number; sequences?: number; threads?: number;
-        gpuLayers?: number}): Promise<NativeLoraTrainer>;
-    loraTrainerInfo(trainer: NativeLoraTrainer): {alpha: number; nVocab: number; step: number; tensors: {name: string; shape: [number, number]}[]};
-    /** Forward + backward over every micro-batch, then one AdamW update; loss = sum of weight * CE. */
-    loraTrainerStep(trainer: NativeLoraTrainer, batches: NativeMicroBatch[], options: NativeLoraStepOptions):
-        Promise<{loss: number; gradNorm: number; targets: number}>;
-    /** The gradient of the summed loss (one array per tensor, in loraTrainerInfo order); nothing is updated. */
-    loraTrainerGradients(trainer: NativeLoraTrainer, batches: NativeMicroBatch[], options?: {dropout?: number; dropoutSeed?: number}):
-        Promise<{loss: number; gradNorm: number; targets: number; gradients: Float32Array[]}>;
-    /** Loss without gradients or dropout; `logits`: rows of n_vocab for every position with a target. */
-    loraTrainerEvaluate(trainer: NativeLoraTrainer, batches: NativeMicroBatch[], options?: {logits?: boolean}):
-        Promise<{loss: number; targets: number; logits?: Float32Array}>;
-    loraTrainerState(trainer: NativeLoraTrainer): {step: number; tensors: NativeLoraTensorState[]};
-    loraTrainerSetState(trainer: NativeLoraTrainer, state: {step: number; tensors: NativeLoraTensorState[]}): void;
-    loraTrainerCancel(trainer: NativeLoraTrainer): void;
-    loraTrainerClose(trainer: NativeLoraTrainer): void;
+    LoraTrainer: {open(options: {modelPath: string; adapterPath: string; contextSize?: number; sequences?: number; threads?: number;
+        gpuLayers?: number}): Promise<NativeLoraTrainer>};
     /** W + scale * (alpha / r) * B A in each adapted tensor's own type; everything else byte for byte. */
     loraMerge(base: string, adapter: string, output: string, options?: {scale?: number}, onProgress?: ProgressCallback):
         Promise<{merged: string[]; alpha: number; rank: number; bytesWritten: number}>;

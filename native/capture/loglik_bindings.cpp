@@ -1,5 +1,5 @@
-// Node-API bindings of the log-likelihood scorer (capture/loglik.h) and the vocabulary facts the
-// TypeScript tokenization needs (BOS/EOS and whether the model adds them).
+// Node-API bindings of the log-likelihood scorer (capture/loglik.h), the LoglikScorer class, and the
+// vocabulary facts the TypeScript tokenization needs (BOS/EOS and whether the model adds them).
 #include "addon.h"
 #include "capture/loglik.h"
 #include "common/async.h"
@@ -10,28 +10,10 @@ namespace ppc {
 
 namespace {
 
-// A scorer as JS holds it: an External tagged with this type, so that no other External passes.
-struct scorer_handle {
-    std::shared_ptr<loglik_scorer> scorer;
-    std::shared_ptr<cancel_token> cancel;  // of the score() call in flight
-};
-
-const napi_type_tag k_scorer_tag = {0x7070632d676c6f67ull, 0x6c696b2d73636f72ull};
-
-scorer_handle & unwrap_scorer(Napi::Value v, bool live = true) {
-    if (!v.IsExternal() || !v.As<Napi::External<scorer_handle>>().CheckTypeTag(&k_scorer_tag)) {
-        throw Napi::TypeError::New(v.Env(), "expected a scorer from loglikOpen()");
-    }
-    scorer_handle & h = *v.As<Napi::External<scorer_handle>>().Data();
-    if (live && !h.scorer) throw Napi::Error::New(v.Env(), "the scorer was closed");
-    return h;
-}
-
-// loglikOpen(model, {contextSize, batchSize, sequences, threads, shareContext, lora: [{path, scale}]})
-Napi::Value loglik_open(const Napi::CallbackInfo & info) {
+// The options of LoglikScorer.open(model, {contextSize, batchSize, sequences, threads, shareContext, flashAttention,
+// kvCacheType, lora: [{path, scale}]})
+loglik_params scorer_params(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1) throw Napi::TypeError::New(env, "loglikOpen(model, options)");
-    std::shared_ptr<llama_session> session = unwrap_model(info[0]);
     loglik_params p;
     if (info.Length() > 1 && !info[1].IsUndefined()) {
         if (!info[1].IsObject()) throw Napi::TypeError::New(env, "options must be an object");
@@ -66,28 +48,18 @@ Napi::Value loglik_open(const Napi::CallbackInfo & info) {
             }
         }
     }
-    return run_async<std::shared_ptr<loglik_scorer>>(env,
-        [session, p](const progress_fn &) { return std::make_shared<loglik_scorer>(session, p); },
-        [](Napi::Env env, std::shared_ptr<loglik_scorer> & s) -> Napi::Value {
-            auto * h = new scorer_handle{s, nullptr};
-            Napi::External<scorer_handle> ext = Napi::External<scorer_handle>::New(env, h, [](Napi::Env, scorer_handle * x) { delete x; });
-            ext.TypeTag(&k_scorer_tag);
-            return ext;
-        });
+    return p;
 }
 
 struct score_output {
     std::vector<std::vector<loglik_score>> scores;
 };
 
-// loglikScore(scorer, [{context: Int32Array, continuations: Int32Array[]}], onProgress?)
-//   -> {logprobs: Float64Array, greedy: Uint8Array, tokens: Int32Array}, one entry per continuation in order
-Napi::Value loglik_score_js(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 2) throw Napi::TypeError::New(env, "loglikScore(scorer, requests, onProgress?)");
-    scorer_handle & h = unwrap_scorer(info[0]);
-    if (!info[1].IsArray()) throw Napi::TypeError::New(env, "requests must be an array");
-    Napi::Array arr = info[1].As<Napi::Array>();
+// The requests of score(): [{context: Int32Array, continuations: Int32Array[]}]
+std::shared_ptr<std::vector<loglik_request>> score_requests(Napi::Value v) {
+    Napi::Env env = v.Env();
+    if (!v.IsArray()) throw Napi::TypeError::New(env, "requests must be an array");
+    Napi::Array arr = v.As<Napi::Array>();
     auto requests = std::make_shared<std::vector<loglik_request>>(arr.Length());
     for (uint32_t i = 0; i < arr.Length(); ++i) {
         Napi::Value e = arr.Get(i);
@@ -101,69 +73,116 @@ Napi::Value loglik_score_js(const Napi::CallbackInfo & info) {
             (*requests)[i].continuations.push_back(int32_tokens(c.Get(j), at + ".continuations[" + std::to_string(j) + "]"));
         }
     }
-    Napi::Function on_progress;
-    if (info.Length() > 2 && info[2].IsFunction()) on_progress = info[2].As<Napi::Function>();
-    std::shared_ptr<loglik_scorer> scorer = h.scorer;
-    auto cancel = std::make_shared<cancel_token>();
-    h.cancel = cancel;
-    return run_async<score_output>(env,
-        [scorer, requests, cancel](const progress_fn & progress) {
-            score_output out;
-            out.scores = scorer->score(*requests, progress, cancel.get());
-            return out;
-        },
-        [](Napi::Env env, score_output & out) -> Napi::Value {
-            size_t n = 0;
-            for (const auto & r : out.scores) n += r.size();
-            Napi::Float64Array logprobs = Napi::Float64Array::New(env, n);
-            Napi::Uint8Array greedy = Napi::Uint8Array::New(env, n);
-            Napi::Int32Array tokens = Napi::Int32Array::New(env, n);
-            size_t k = 0;
-            for (const auto & r : out.scores) {
-                for (const loglik_score & s : r) {
-                    logprobs[k] = s.logprob;
-                    greedy[k] = s.is_greedy ? 1 : 0;
-                    tokens[k] = s.n_tokens;
-                    ++k;
-                }
-            }
-            Napi::Object o = Napi::Object::New(env);
-            o.Set("logprobs", logprobs);
-            o.Set("greedy", greedy);
-            o.Set("tokens", tokens);
-            return o;
-        },
-        on_progress);
+    return requests;
 }
 
-Napi::Value loglik_cancel_js(const Napi::CallbackInfo & info) {
-    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loglikCancel(scorer)");
-    scorer_handle & h = unwrap_scorer(info[0], false);
-    if (h.cancel) h.cancel->cancelled.store(true);
-    return info.Env().Undefined();
-}
-
-Napi::Value loglik_close_js(const Napi::CallbackInfo & info) {
-    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loglikClose(scorer)");
-    scorer_handle & h = unwrap_scorer(info[0], false);
-    h.scorer.reset();  // in-flight work holds its own reference
-    return info.Env().Undefined();
-}
-
-Napi::Value loglik_info_js(const Napi::CallbackInfo & info) {
-    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loglikInfo(scorer)");
-    scorer_handle & h = unwrap_scorer(info[0]);
-    Napi::Object o = Napi::Object::New(info.Env());
-    const loglik_params & p = h.scorer->params();
-    o.Set("contextSize", p.n_ctx);
-    o.Set("batchSize", p.n_batch);
-    o.Set("sequences", p.n_seq_max);
-    o.Set("shareContext", p.share_context);
-    o.Set("flashAttention", p.flash_attn);
-    o.Set("kvCacheType", p.kv_f32 ? "f32" : "f16");
-    o.Set("adapters", (double) p.adapters.size());
+// {logprobs: Float64Array, greedy: Uint8Array, tokens: Int32Array}, one entry per continuation in order
+Napi::Value score_result(Napi::Env env, const score_output & out) {
+    size_t n = 0;
+    for (const auto & r : out.scores) n += r.size();
+    Napi::Float64Array logprobs = Napi::Float64Array::New(env, n);
+    Napi::Uint8Array greedy = Napi::Uint8Array::New(env, n);
+    Napi::Int32Array tokens = Napi::Int32Array::New(env, n);
+    size_t k = 0;
+    for (const auto & r : out.scores) {
+        for (const loglik_score & s : r) {
+            logprobs[k] = s.logprob;
+            greedy[k] = s.is_greedy ? 1 : 0;
+            tokens[k] = s.n_tokens;
+            ++k;
+        }
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("logprobs", logprobs);
+    o.Set("greedy", greedy);
+    o.Set("tokens", tokens);
     return o;
 }
+
+// JS's LoglikScorer: a scoring context (capture/loglik.h) on a Model.
+//   LoglikScorer.open(model, options) -> Promise<LoglikScorer>
+//   score(requests, onProgress?), cancel(), close(), info()
+class LoglikScorerObject : public Napi::ObjectWrap<LoglikScorerObject> {
+public:
+    static constexpr const char * k_name = "LoglikScorer";
+    static constexpr napi_type_tag k_tag = {0x7070632d676c6f67ull, 0x6c696b2d73636f72ull};
+
+    static Napi::Function define(Napi::Env env) {
+        return DefineClass(env, k_name, {
+            StaticMethod<&LoglikScorerObject::open>("open"),
+            InstanceMethod<&LoglikScorerObject::score>("score"),
+            InstanceMethod<&LoglikScorerObject::cancel>("cancel"),
+            InstanceMethod<&LoglikScorerObject::close>("close"),
+            InstanceMethod<&LoglikScorerObject::info>("info"),
+        });
+    }
+
+    explicit LoglikScorerObject(const Napi::CallbackInfo & info)
+        : Napi::ObjectWrap<LoglikScorerObject>(info), scorer_(wrapped_arg<loglik_scorer>(info, k_name, k_tag)) {}
+
+private:
+    static Napi::Value open(const Napi::CallbackInfo & info) {
+        if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "LoglikScorer.open(model, options)");
+        std::shared_ptr<llama_session> session = unwrap_model(info[0]);
+        const loglik_params p = scorer_params(info);
+        return run_async<std::shared_ptr<loglik_scorer>>(info.Env(),
+            [session, p](const progress_fn &) { return std::make_shared<loglik_scorer>(session, p); },
+            [](Napi::Env env, std::shared_ptr<loglik_scorer> & s) -> Napi::Value { return new_wrapped(env, k_name, k_tag, s); });
+    }
+
+    const std::shared_ptr<loglik_scorer> & live(Napi::Env env) const {
+        if (!scorer_) throw Napi::Error::New(env, "the scorer was closed");
+        return scorer_;
+    }
+
+    // score([{context: Int32Array, continuations: Int32Array[]}], onProgress?)
+    //   -> {logprobs: Float64Array, greedy: Uint8Array, tokens: Int32Array}, one entry per continuation in order
+    Napi::Value score(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        if (info.Length() < 1) throw Napi::TypeError::New(env, "score(requests, onProgress?)");
+        std::shared_ptr<loglik_scorer> scorer = live(env);
+        auto requests = score_requests(info[0]);
+        Napi::Function on_progress;
+        if (info.Length() > 1 && info[1].IsFunction()) on_progress = info[1].As<Napi::Function>();
+        auto cancel = std::make_shared<cancel_token>();
+        cancel_ = cancel;
+        return run_async<score_output>(env,
+            [scorer, requests, cancel](const progress_fn & progress) {
+                score_output out;
+                out.scores = scorer->score(*requests, progress, cancel.get());
+                return out;
+            },
+            [](Napi::Env env, score_output & out) -> Napi::Value { return score_result(env, out); },
+            on_progress);
+    }
+
+    // Stops the score() call in flight (also after close()).
+    Napi::Value cancel(const Napi::CallbackInfo & info) {
+        if (cancel_) cancel_->cancelled.store(true);
+        return info.Env().Undefined();
+    }
+
+    Napi::Value close(const Napi::CallbackInfo & info) {
+        scorer_.reset();  // in-flight work holds its own reference
+        return info.Env().Undefined();
+    }
+
+    Napi::Value info(const Napi::CallbackInfo & info) {
+        Napi::Object o = Napi::Object::New(info.Env());
+        const loglik_params & p = live(info.Env())->params();
+        o.Set("contextSize", p.n_ctx);
+        o.Set("batchSize", p.n_batch);
+        o.Set("sequences", p.n_seq_max);
+        o.Set("shareContext", p.share_context);
+        o.Set("flashAttention", p.flash_attn);
+        o.Set("kvCacheType", p.kv_f32 ? "f32" : "f16");
+        o.Set("adapters", (double) p.adapters.size());
+        return o;
+    }
+
+    std::shared_ptr<loglik_scorer> scorer_;
+    std::shared_ptr<cancel_token> cancel_;  // of the score() call in flight
+};
 
 // modelVocabInfo(model) -> {bos, eos, addBos, addEos, nCtxTrain}
 Napi::Value model_vocab_info_js(const Napi::CallbackInfo & info) {
@@ -181,11 +200,7 @@ Napi::Value model_vocab_info_js(const Napi::CallbackInfo & info) {
 } // namespace
 
 void register_loglik(Napi::Env env, Napi::Object exports) {
-    exports.Set("loglikOpen", Napi::Function::New(env, loglik_open));
-    exports.Set("loglikScore", Napi::Function::New(env, loglik_score_js));
-    exports.Set("loglikCancel", Napi::Function::New(env, loglik_cancel_js));
-    exports.Set("loglikClose", Napi::Function::New(env, loglik_close_js));
-    exports.Set("loglikInfo", Napi::Function::New(env, loglik_info_js));
+    register_class(env, exports, LoglikScorerObject::k_name, LoglikScorerObject::define(env));
     exports.Set("modelVocabInfo", Napi::Function::New(env, model_vocab_info_js));
 }
 

@@ -1,6 +1,6 @@
-// Node-API bindings of the continuous-batching generator (generate/batch_generator.h). JS submits
-// requests synchronously and keeps one generatorRun() in flight; each run resolves with the
-// requests that finished.
+// Node-API bindings of the continuous-batching generator (generate/batch_generator.h), the
+// BatchGenerator class. JS submits requests synchronously and keeps one run() in flight; each run
+// resolves with the requests that finished.
 #include "addon.h"
 #include "common/async.h"
 #include "generate/batch_generator.h"
@@ -11,22 +11,6 @@
 namespace ppc {
 
 namespace {
-
-struct generator_handle {
-    std::shared_ptr<batch_generator> generator;
-    std::shared_ptr<cancel_token> cancel = std::make_shared<cancel_token>();  // set by close()
-};
-
-const napi_type_tag k_generator_tag = {0x7070632d67656e65ull, 0x7261746f722d6267ull};
-
-generator_handle & unwrap_generator(Napi::Value v, bool live = true) {
-    if (!v.IsExternal() || !v.As<Napi::External<generator_handle>>().CheckTypeTag(&k_generator_tag)) {
-        throw Napi::TypeError::New(v.Env(), "expected a generator from generatorOpen()");
-    }
-    generator_handle & h = *v.As<Napi::External<generator_handle>>().Data();
-    if (live && !h.generator) throw Napi::Error::New(v.Env(), "the generator was closed");
-    return h;
-}
 
 std::vector<std::string> string_array(const Napi::Object & o, const char * key) {
     std::vector<std::string> out;
@@ -40,11 +24,9 @@ std::vector<std::string> string_array(const Napi::Object & o, const char * key) 
     return out;
 }
 
-// generatorOpen(model, {sequences, contextSize, batchSize, threads, flashAttention, kvCacheType})
-Napi::Value generator_open(const Napi::CallbackInfo & info) {
+// The options of BatchGenerator.open(model, {sequences, contextSize, batchSize, threads, flashAttention, kvCacheType})
+generator_params generator_options(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1) throw Napi::TypeError::New(env, "generatorOpen(model, options)");
-    std::shared_ptr<llama_session> session = unwrap_model(info[0]);
     generator_params p;
     if (info.Length() > 1 && !info[1].IsUndefined()) {
         Napi::Object o = arg_object(info, 1, "options");
@@ -59,23 +41,13 @@ Napi::Value generator_open(const Napi::CallbackInfo & info) {
             p.kv_f32 = t == "f32";
         }
     }
-    return run_async<std::shared_ptr<batch_generator>>(env,
-        [session, p](const progress_fn &) { return std::make_shared<batch_generator>(session, p); },
-        [](Napi::Env env, std::shared_ptr<batch_generator> & g) -> Napi::Value {
-            auto * h = new generator_handle{g};
-            Napi::External<generator_handle> ext =
-                Napi::External<generator_handle>::New(env, h, [](Napi::Env, generator_handle * x) { delete x; });
-            ext.TypeTag(&k_generator_tag);
-            return ext;
-        });
+    return p;
 }
 
-// generatorSubmit(generator, {prompt, maxTokens, temperature, topK, topP, minP, seed, grammar, grammarRoot, stop, stopTokens}) -> id
-Napi::Value generator_submit(const Napi::CallbackInfo & info) {
+// A request of submit({prompt, maxTokens, temperature, topK, topP, minP, seed, grammar, grammarRoot, stop, stopTokens})
+generation_request generation_request_of(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2) throw Napi::TypeError::New(env, "generatorSubmit(generator, request)");
-    generator_handle & h = unwrap_generator(info[0]);
-    Napi::Object o = arg_object(info, 1, "request");
+    Napi::Object o = arg_object(info, 0, "request");
     generation_request r;
     r.prompt = int32_tokens(o.Get("prompt"), "request.prompt");
     r.max_tokens = (int32_t) opt_number(o, "maxTokens", r.max_tokens, 1, 1 << 24, true);
@@ -91,68 +63,109 @@ Napi::Value generator_submit(const Napi::CallbackInfo & info) {
     if (o.Has("grammarRoot") && !o.Get("grammarRoot").IsUndefined()) r.grammar_root = o.Get("grammarRoot").ToString().Utf8Value();
     r.stop_strings = string_array(o, "stop");
     if (o.Has("stopTokens") && !o.Get("stopTokens").IsUndefined()) r.stop_tokens = int32_tokens(o.Get("stopTokens"), "request.stopTokens");
-    try {
-        return Napi::Number::New(env, (double) h.generator->submit(std::move(r)));
-    } catch (const std::invalid_argument & e) {
-        throw Napi::RangeError::New(env, e.what());
-    } catch (const std::exception & e) {
-        throw Napi::Error::New(env, e.what());
+    return r;
+}
+
+// The requests that finished: [{id, text, tokens, finish, promptTokens, completionTokens}]
+Napi::Value generation_results(Napi::Env env, const std::vector<generation_result> & results) {
+    static const char * const reasons[] = {"stop", "length", "cancelled"};
+    Napi::Array a = Napi::Array::New(env, results.size());
+    for (size_t i = 0; i < results.size(); ++i) {
+        const generation_result & r = results[i];
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("id", (double) r.id);
+        o.Set("text", Napi::String::New(env, r.text));
+        Napi::Int32Array tokens = Napi::Int32Array::New(env, r.tokens.size());
+        std::copy(r.tokens.begin(), r.tokens.end(), tokens.Data());
+        o.Set("tokens", tokens);
+        o.Set("finish", reasons[(int32_t) r.finish]);
+        o.Set("promptTokens", r.n_prompt);
+        o.Set("completionTokens", r.n_generated);
+        a.Set((uint32_t) i, o);
     }
+    return a;
 }
 
-Napi::Value generator_cancel(const Napi::CallbackInfo & info) {
-    if (info.Length() < 2 || !info[1].IsNumber()) throw Napi::TypeError::New(info.Env(), "generatorCancel(generator, id)");
-    generator_handle & h = unwrap_generator(info[0]);
-    h.generator->cancel((uint64_t) info[1].As<Napi::Number>().Int64Value());
-    return info.Env().Undefined();
-}
+// JS's BatchGenerator: a continuous-batching generator (generate/batch_generator.h) on a Model.
+//   BatchGenerator.open(model, options) -> Promise<BatchGenerator>
+//   submit(request) -> id; cancel(id); run() -> Promise<finished requests>; close()
+class BatchGeneratorObject : public Napi::ObjectWrap<BatchGeneratorObject> {
+public:
+    static constexpr const char * k_name = "BatchGenerator";
+    static constexpr napi_type_tag k_tag = {0x7070632d67656e65ull, 0x7261746f722d6267ull};
 
-// generatorRun(generator) -> [{id, text, tokens, finish, promptTokens, completionTokens}]: the requests that
-// finished; [] when nothing is queued or running.
-Napi::Value generator_run(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 1) throw Napi::TypeError::New(env, "generatorRun(generator)");
-    generator_handle & h = unwrap_generator(info[0]);
-    std::shared_ptr<batch_generator> g = h.generator;
-    std::shared_ptr<cancel_token> cancel = h.cancel;
-    return run_async<std::vector<generation_result>>(env,
-        [g, cancel](const progress_fn &) { return g->run(cancel.get()); },
-        [](Napi::Env env, std::vector<generation_result> & results) -> Napi::Value {
-            static const char * const reasons[] = {"stop", "length", "cancelled"};
-            Napi::Array a = Napi::Array::New(env, results.size());
-            for (size_t i = 0; i < results.size(); ++i) {
-                const generation_result & r = results[i];
-                Napi::Object o = Napi::Object::New(env);
-                o.Set("id", (double) r.id);
-                o.Set("text", Napi::String::New(env, r.text));
-                Napi::Int32Array tokens = Napi::Int32Array::New(env, r.tokens.size());
-                std::copy(r.tokens.begin(), r.tokens.end(), tokens.Data());
-                o.Set("tokens", tokens);
-                o.Set("finish", reasons[(int32_t) r.finish]);
-                o.Set("promptTokens", r.n_prompt);
-                o.Set("completionTokens", r.n_generated);
-                a.Set((uint32_t) i, o);
-            }
-            return a;
+    static Napi::Function define(Napi::Env env) {
+        return DefineClass(env, k_name, {
+            StaticMethod<&BatchGeneratorObject::open>("open"),
+            InstanceMethod<&BatchGeneratorObject::submit>("submit"),
+            InstanceMethod<&BatchGeneratorObject::cancel>("cancel"),
+            InstanceMethod<&BatchGeneratorObject::run>("run"),
+            InstanceMethod<&BatchGeneratorObject::close>("close"),
         });
-}
+    }
 
-Napi::Value generator_close(const Napi::CallbackInfo & info) {
-    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "generatorClose(generator)");
-    generator_handle & h = unwrap_generator(info[0], false);
-    h.cancel->cancelled.store(true);  // a run in flight stops after its current step
-    h.generator.reset();               // and frees the context when it lets go of it
-    return info.Env().Undefined();
-}
+    explicit BatchGeneratorObject(const Napi::CallbackInfo & info)
+        : Napi::ObjectWrap<BatchGeneratorObject>(info), generator_(wrapped_arg<batch_generator>(info, k_name, k_tag)) {}
+
+private:
+    static Napi::Value open(const Napi::CallbackInfo & info) {
+        if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "BatchGenerator.open(model, options)");
+        std::shared_ptr<llama_session> session = unwrap_model(info[0]);
+        const generator_params p = generator_options(info);
+        return run_async<std::shared_ptr<batch_generator>>(info.Env(),
+            [session, p](const progress_fn &) { return std::make_shared<batch_generator>(session, p); },
+            [](Napi::Env env, std::shared_ptr<batch_generator> & g) -> Napi::Value { return new_wrapped(env, k_name, k_tag, g); });
+    }
+
+    const std::shared_ptr<batch_generator> & live(Napi::Env env) const {
+        if (!generator_) throw Napi::Error::New(env, "the generator was closed");
+        return generator_;
+    }
+
+    // Queues a request; a RangeError for one that can never run (prompt too long, bad grammar...).
+    Napi::Value submit(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        const std::shared_ptr<batch_generator> & g = live(env);
+        generation_request r = generation_request_of(info);
+        try {
+            return Napi::Number::New(env, (double) g->submit(std::move(r)));
+        } catch (const std::invalid_argument & e) {
+            throw Napi::RangeError::New(env, e.what());
+        } catch (const std::exception & e) {
+            throw Napi::Error::New(env, e.what());
+        }
+    }
+
+    Napi::Value cancel(const Napi::CallbackInfo & info) {
+        if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "cancel(id)");
+        live(info.Env())->cancel((uint64_t) info[0].As<Napi::Number>().Int64Value());
+        return info.Env().Undefined();
+    }
+
+    // Decodes until at least one request finished and resolves with those; [] when nothing is
+    // queued or running.
+    Napi::Value run(const Napi::CallbackInfo & info) {
+        std::shared_ptr<batch_generator> g = live(info.Env());
+        std::shared_ptr<cancel_token> cancel = cancel_;
+        return run_async<std::vector<generation_result>>(info.Env(),
+            [g, cancel](const progress_fn &) { return g->run(cancel.get()); },
+            [](Napi::Env env, std::vector<generation_result> & results) -> Napi::Value { return generation_results(env, results); });
+    }
+
+    Napi::Value close(const Napi::CallbackInfo & info) {
+        cancel_->cancelled.store(true);  // a run in flight stops after its current step
+        generator_.reset();              // and frees the context when it lets go of it
+        return info.Env().Undefined();
+    }
+
+    std::shared_ptr<batch_generator> generator_;
+    std::shared_ptr<cancel_token> cancel_ = std::make_shared<cancel_token>();  // set by close()
+};
 
 } // namespace
 
 void register_generate(Napi::Env env, Napi::Object exports) {
-    exports.Set("generatorOpen", Napi::Function::New(env, generator_open));
-    exports.Set("generatorSubmit", Napi::Function::New(env, generator_submit));
-    exports.Set("generatorCancel", Napi::Function::New(env, generator_cancel));
-    exports.Set("generatorRun", Napi::Function::New(env, generator_run));
-    exports.Set("generatorClose", Napi::Function::New(env, generator_close));
+    register_class(env, exports, BatchGeneratorObject::k_name, BatchGeneratorObject::define(env));
 }
 
 } // namespace ppc

@@ -1,5 +1,5 @@
 // Node-API bindings of LoRA training (lora/trainer.h), merging (lora/merge.h) and adapter inference
-// (lora/infer.h). A trainer is an External tagged with its own type; every slow call returns a Promise.
+// (lora/infer.h): the LoraTrainer class, loraMerge and loraLogits; every slow call returns a Promise.
 #include "addon.h"
 #include "common/async.h"
 #include "lora/infer.h"
@@ -12,22 +12,6 @@
 namespace ppc {
 
 namespace {
-
-struct trainer_handle {
-    std::shared_ptr<lora_trainer> trainer;
-    std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
-};
-
-const napi_type_tag k_trainer_tag = {0x7070632d6c6f7261ull, 0x2d747261696e6572ull};
-
-trainer_handle & unwrap_trainer(Napi::Value v) {
-    if (!v.IsExternal() || !v.As<Napi::External<trainer_handle>>().CheckTypeTag(&k_trainer_tag)) {
-        throw Napi::TypeError::New(v.Env(), "expected a trainer from loraTrainerOpen()");
-    }
-    trainer_handle & h = *v.As<Napi::External<trainer_handle>>().Data();
-    if (!h.trainer) throw Napi::Error::New(v.Env(), "the trainer was closed");
-    return h;
-}
 
 template <typename T, napi_typedarray_type type>
 std::vector<T> typed_vector(const Napi::Object & o, const char * key, const std::string & at, const char * type_name) {
@@ -72,8 +56,8 @@ Napi::Object step_result(Napi::Env env, const lora_step_result & r) {
     return o;
 }
 
-// loraTrainerOpen({modelPath, adapterPath, contextSize, sequences, threads, gpuLayers}) -> Promise<trainer>
-Napi::Value trainer_open(const Napi::CallbackInfo & info) {
+// The options of LoraTrainer.open({modelPath, adapterPath, contextSize, sequences, threads, gpuLayers})
+lora_trainer_params trainer_params(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = arg_object(info, 0, "options");
     lora_trainer_params p;
@@ -86,49 +70,11 @@ Napi::Value trainer_open(const Napi::CallbackInfo & info) {
     p.n_seq_max    = (uint32_t) opt_number(o, "sequences", p.n_seq_max, 1, k_lora_max_sequences, true);
     p.n_threads    = (int32_t) opt_number(o, "threads", 0, 0, 1024, true);
     p.n_gpu_layers = (int32_t) opt_number(o, "gpuLayers", 0, -1, 100000, true);
-    return run_async<std::shared_ptr<lora_trainer>>(env,
-        [p](const progress_fn &) { return std::make_shared<lora_trainer>(p); },
-        [](Napi::Env env, std::shared_ptr<lora_trainer> & t) -> Napi::Value {
-            auto * h = new trainer_handle{t};
-            Napi::External<trainer_handle> ext = Napi::External<trainer_handle>::New(env, h, [](Napi::Env, trainer_handle * x) { delete x; });
-            ext.TypeTag(&k_trainer_tag);
-            return ext;
-        });
+    return p;
 }
 
-// loraTrainerInfo(trainer) -> {alpha, nVocab, step, tensors: [{name, shape}]}
-Napi::Value trainer_info(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 1) throw Napi::TypeError::New(env, "loraTrainerInfo(trainer)");
-    std::shared_ptr<lora_trainer> t = unwrap_trainer(info[0]).trainer;
-    std::lock_guard<std::mutex> lock(t->mutex());
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("alpha", t->alpha());
-    o.Set("nVocab", t->n_vocab());
-    o.Set("step", (double) t->step());
-    Napi::Array tensors = Napi::Array::New(env, t->params().size());
-    for (size_t i = 0; i < t->params().size(); ++i) {
-        const lora_param & lp = t->params()[i];
-        Napi::Object e = Napi::Object::New(env);
-        e.Set("name", lp.name);
-        Napi::Array shape = Napi::Array::New(env, 2);
-        shape.Set(0u, (double) lp.ne0);
-        shape.Set(1u, (double) lp.ne1);
-        e.Set("shape", shape);
-        tensors.Set((uint32_t) i, e);
-    }
-    o.Set("tensors", tensors);
-    return o;
-}
-
-// loraTrainerStep(trainer, batches, {lr, beta1, beta2, eps, weightDecay, maxGradNorm, dropout, dropoutSeed})
-//   -> Promise<{loss, gradNorm, targets}>
-Napi::Value trainer_step(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 3) throw Napi::TypeError::New(env, "loraTrainerStep(trainer, batches, options)");
-    trainer_handle & h = unwrap_trainer(info[0]);
-    auto batches = micro_batches(info[1]);
-    Napi::Object o = arg_object(info, 2, "options");
+// The AdamW options of step({lr, beta1, beta2, eps, weightDecay, maxGradNorm, ...})
+adamw_params adamw_options(const Napi::Object & o) {
     adamw_params opt;
     opt.lr            = (float) opt_number(o, "lr", opt.lr, 0, 1e3);
     opt.beta1         = (float) opt_number(o, "beta1", opt.beta1, 0, 0.999999);
@@ -136,123 +82,43 @@ Napi::Value trainer_step(const Napi::CallbackInfo & info) {
     opt.eps           = (float) opt_number(o, "eps", opt.eps, 1e-30, 1);
     opt.weight_decay  = (float) opt_number(o, "weightDecay", opt.weight_decay, 0, 1e3);
     opt.max_grad_norm = (float) opt_number(o, "maxGradNorm", opt.max_grad_norm, 0, 1e30);
-    const float dropout = (float) opt_number(o, "dropout", 0, 0, 0.99);
-    // a seed of up to 53 bits travels as a number
-    const uint64_t seed = (uint64_t) opt_number(o, "dropoutSeed", 0, 0, 9007199254740991.0, true);
-    std::shared_ptr<lora_trainer> t = h.trainer;
-    std::shared_ptr<std::atomic<bool>> cancel = h.cancel;
-    cancel->store(false);
-    return run_async<lora_step_result>(env,
-        [t, batches, opt, dropout, seed, cancel](const progress_fn &) {
-            std::lock_guard<std::mutex> lock(t->mutex());
-            return t->train_step(*batches, opt, dropout, seed, cancel.get());
-        },
-        [](Napi::Env env, lora_step_result & r) -> Napi::Value { return step_result(env, r); });
+    return opt;
 }
 
-struct gradient_output {
-    lora_step_result r;
-    std::vector<std::vector<float>> grads;
-};
-
-// loraTrainerGradients(trainer, batches, {dropout, dropoutSeed}) -> Promise<{loss, gradNorm, targets, gradients}>
-Napi::Value trainer_gradients(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 2) throw Napi::TypeError::New(env, "loraTrainerGradients(trainer, batches, options?)");
-    trainer_handle & h = unwrap_trainer(info[0]);
-    auto batches = micro_batches(info[1]);
-    float dropout = 0;
+struct dropout_options {
+    float p = 0;
     uint64_t seed = 0;
-    if (info.Length() > 2 && info[2].IsObject()) {
-        Napi::Object o = info[2].As<Napi::Object>();
-        dropout = (float) opt_number(o, "dropout", 0, 0, 0.99);
-        seed = (uint64_t) opt_number(o, "dropoutSeed", 0, 0, 9007199254740991.0, true);
-    }
-    std::shared_ptr<lora_trainer> t = h.trainer;
-    std::shared_ptr<std::atomic<bool>> cancel = h.cancel;
-    cancel->store(false);
-    return run_async<gradient_output>(env,
-        [t, batches, dropout, seed, cancel](const progress_fn &) {
-            std::lock_guard<std::mutex> lock(t->mutex());
-            gradient_output out;
-            out.r = t->gradients(*batches, dropout, seed, cancel.get(), out.grads);
-            return out;
-        },
-        [](Napi::Env env, gradient_output & out) -> Napi::Value {
-            Napi::Object o = step_result(env, out.r);
-            Napi::Array grads = Napi::Array::New(env, out.grads.size());
-            for (size_t i = 0; i < out.grads.size(); ++i) grads.Set((uint32_t) i, float32_array(env, out.grads[i]));
-            o.Set("gradients", grads);
-            return o;
-        });
-}
-
-struct eval_output {
-    lora_step_result r;
-    std::vector<float> logits;
-    bool with_logits = false;
 };
 
-// loraTrainerEvaluate(trainer, batches, {logits?}) -> Promise<{loss, targets, logits?: Float32Array}>
-Napi::Value trainer_evaluate(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 2) throw Napi::TypeError::New(env, "loraTrainerEvaluate(trainer, batches, options?)");
-    trainer_handle & h = unwrap_trainer(info[0]);
-    auto batches = micro_batches(info[1]);
-    bool with_logits = false;
-    if (info.Length() > 2 && info[2].IsObject()) with_logits = info[2].As<Napi::Object>().Get("logits").ToBoolean();
-    std::shared_ptr<lora_trainer> t = h.trainer;
-    std::shared_ptr<std::atomic<bool>> cancel = h.cancel;
-    cancel->store(false);
-    return run_async<eval_output>(env,
-        [t, batches, with_logits, cancel](const progress_fn &) {
-            std::lock_guard<std::mutex> lock(t->mutex());
-            eval_output out;
-            out.with_logits = with_logits;
-            out.r = t->evaluate(*batches, with_logits ? &out.logits : nullptr, cancel.get());
-            return out;
-        },
-        [](Napi::Env env, eval_output & out) -> Napi::Value {
-            Napi::Object o = step_result(env, out.r);
-            o.Delete("gradNorm");
-            if (out.with_logits) o.Set("logits", float32_array(env, out.logits));
-            return o;
-        });
+// {dropout, dropoutSeed}: a seed of up to 53 bits travels as a number
+dropout_options dropout_of(const Napi::Object & o) {
+    return {(float) opt_number(o, "dropout", 0, 0, 0.99), (uint64_t) opt_number(o, "dropoutSeed", 0, 0, 9007199254740991.0, true)};
 }
 
-// loraTrainerState(trainer) -> {step, tensors: [{name, shape, value, m, v}]}
-Napi::Value trainer_state(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 1) throw Napi::TypeError::New(env, "loraTrainerState(trainer)");
-    std::shared_ptr<lora_trainer> t = unwrap_trainer(info[0]).trainer;
-    std::lock_guard<std::mutex> lock(t->mutex());
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("step", (double) t->step());
-    Napi::Array tensors = Napi::Array::New(env, t->params().size());
-    for (size_t i = 0; i < t->params().size(); ++i) {
-        const lora_param & lp = t->params()[i];
+// [{name, shape}] of the trainable tensors, with their values and AdamW moments if `with_state`
+Napi::Array tensor_list(Napi::Env env, const std::vector<lora_param> & params, bool with_state) {
+    Napi::Array tensors = Napi::Array::New(env, params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+        const lora_param & lp = params[i];
         Napi::Object e = Napi::Object::New(env);
         e.Set("name", lp.name);
         Napi::Array shape = Napi::Array::New(env, 2);
         shape.Set(0u, (double) lp.ne0);
         shape.Set(1u, (double) lp.ne1);
         e.Set("shape", shape);
-        e.Set("value", float32_array(env, lp.value));
-        e.Set("m", float32_array(env, lp.m));
-        e.Set("v", float32_array(env, lp.v));
+        if (with_state) {
+            e.Set("value", float32_array(env, lp.value));
+            e.Set("m", float32_array(env, lp.m));
+            e.Set("v", float32_array(env, lp.v));
+        }
         tensors.Set((uint32_t) i, e);
     }
-    o.Set("tensors", tensors);
-    return o;
+    return tensors;
 }
 
-// loraTrainerSetState(trainer, {step, tensors: [{name, shape, value, m, v}]})
-Napi::Value trainer_set_state(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 2) throw Napi::TypeError::New(env, "loraTrainerSetState(trainer, state)");
-    std::shared_ptr<lora_trainer> t = unwrap_trainer(info[0]).trainer;
-    Napi::Object o = arg_object(info, 1, "state");
-    const int64_t step = (int64_t) opt_number(o, "step", 0, 0, 9007199254740991.0, true);
+// The tensors of setState({step, tensors: [{name, shape, value, m, v}]})
+std::vector<lora_param> state_tensors(const Napi::Object & o) {
+    Napi::Env env = o.Env();
     if (!o.Get("tensors").IsArray()) throw Napi::TypeError::New(env, "state.tensors must be an array");
     Napi::Array arr = o.Get("tensors").As<Napi::Array>();
     std::vector<lora_param> state(arr.Length());
@@ -270,33 +136,186 @@ Napi::Value trainer_set_state(const Napi::CallbackInfo & info) {
         state[i].m     = typed_vector<float, napi_float32_array>(e, "m", at, "Float32Array");
         state[i].v     = typed_vector<float, napi_float32_array>(e, "v", at, "Float32Array");
     }
-    std::lock_guard<std::mutex> lock(t->mutex());
-    try {
-        t->set_state(state, step);
-    } catch (const std::exception & e) {
-        throw Napi::Error::New(env, e.what());
-    }
-    return env.Undefined();
+    return state;
 }
 
-Napi::Value trainer_cancel(const Napi::CallbackInfo & info) {
-    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loraTrainerCancel(trainer)");
-    unwrap_trainer(info[0]).cancel->store(true);
-    return info.Env().Undefined();
-}
+struct gradient_output {
+    lora_step_result r;
+    std::vector<std::vector<float>> grads;
+};
 
-// Releases the trainer once the call in flight (if any) has finished with it.
-Napi::Value trainer_close(const Napi::CallbackInfo & info) {
-    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "loraTrainerClose(trainer)");
-    Napi::Value v = info[0];
-    if (!v.IsExternal() || !v.As<Napi::External<trainer_handle>>().CheckTypeTag(&k_trainer_tag)) {
-        throw Napi::TypeError::New(info.Env(), "expected a trainer from loraTrainerOpen()");
+struct eval_output {
+    lora_step_result r;
+    std::vector<float> logits;
+    bool with_logits = false;
+};
+
+// JS's LoraTrainer: a model with its adapter's A/B trainable, gradients and AdamW state (lora/trainer.h).
+//   LoraTrainer.open({modelPath, adapterPath, ...}) -> Promise<LoraTrainer>
+//   info(), step(), gradients(), evaluate(), state(), setState(), cancel(), close()
+class LoraTrainerObject : public Napi::ObjectWrap<LoraTrainerObject> {
+public:
+    static constexpr const char * k_name = "LoraTrainer";
+    static constexpr napi_type_tag k_tag = {0x7070632d6c6f7261ull, 0x2d747261696e6572ull};
+
+    static Napi::Function define(Napi::Env env) {
+        return DefineClass(env, k_name, {
+            StaticMethod<&LoraTrainerObject::open>("open"),
+            InstanceMethod<&LoraTrainerObject::info>("info"),
+            InstanceMethod<&LoraTrainerObject::step>("step"),
+            InstanceMethod<&LoraTrainerObject::gradients>("gradients"),
+            InstanceMethod<&LoraTrainerObject::evaluate>("evaluate"),
+            InstanceMethod<&LoraTrainerObject::state>("state"),
+            InstanceMethod<&LoraTrainerObject::set_state>("setState"),
+            InstanceMethod<&LoraTrainerObject::cancel>("cancel"),
+            InstanceMethod<&LoraTrainerObject::close>("close"),
+        });
     }
-    trainer_handle & h = *v.As<Napi::External<trainer_handle>>().Data();
-    h.cancel->store(true);
-    h.trainer.reset();
-    return info.Env().Undefined();
-}
+
+    explicit LoraTrainerObject(const Napi::CallbackInfo & info)
+        : Napi::ObjectWrap<LoraTrainerObject>(info), trainer_(wrapped_arg<lora_trainer>(info, k_name, k_tag)) {}
+
+private:
+    static Napi::Value open(const Napi::CallbackInfo & info) {
+        const lora_trainer_params p = trainer_params(info);
+        return run_async<std::shared_ptr<lora_trainer>>(info.Env(),
+            [p](const progress_fn &) { return std::make_shared<lora_trainer>(p); },
+            [](Napi::Env env, std::shared_ptr<lora_trainer> & t) -> Napi::Value { return new_wrapped(env, k_name, k_tag, t); });
+    }
+
+    std::shared_ptr<lora_trainer> live(Napi::Env env) const {
+        if (!trainer_) throw Napi::Error::New(env, "the trainer was closed");
+        return trainer_;
+    }
+
+    // The cancel flag of the call about to start (cleared), shared with it.
+    std::shared_ptr<std::atomic<bool>> start_call() {
+        cancel_->store(false);
+        return cancel_;
+    }
+
+    // info() -> {alpha, nVocab, step, tensors: [{name, shape}]}
+    Napi::Value info(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        std::shared_ptr<lora_trainer> t = live(env);
+        std::lock_guard<std::mutex> lock(t->mutex());
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("alpha", t->alpha());
+        o.Set("nVocab", t->n_vocab());
+        o.Set("step", (double) t->step());
+        o.Set("tensors", tensor_list(env, t->params(), false));
+        return o;
+    }
+
+    // step(batches, {lr, beta1, beta2, eps, weightDecay, maxGradNorm, dropout, dropoutSeed}) -> Promise<{loss, gradNorm, targets}>
+    Napi::Value step(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        if (info.Length() < 2) throw Napi::TypeError::New(env, "step(batches, options)");
+        std::shared_ptr<lora_trainer> t = live(env);
+        auto batches = micro_batches(info[0]);
+        Napi::Object o = arg_object(info, 1, "options");
+        const adamw_params opt = adamw_options(o);
+        const dropout_options d = dropout_of(o);
+        auto cancel = start_call();
+        return run_async<lora_step_result>(env,
+            [t, batches, opt, d, cancel](const progress_fn &) {
+                std::lock_guard<std::mutex> lock(t->mutex());
+                return t->train_step(*batches, opt, d.p, d.seed, cancel.get());
+            },
+            [](Napi::Env env, lora_step_result & r) -> Napi::Value { return step_result(env, r); });
+    }
+
+    // gradients(batches, {dropout, dropoutSeed}?) -> Promise<{loss, gradNorm, targets, gradients}>
+    Napi::Value gradients(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        if (info.Length() < 1) throw Napi::TypeError::New(env, "gradients(batches, options?)");
+        std::shared_ptr<lora_trainer> t = live(env);
+        auto batches = micro_batches(info[0]);
+        const dropout_options d = info.Length() > 1 && info[1].IsObject() ? dropout_of(info[1].As<Napi::Object>()) : dropout_options{};
+        auto cancel = start_call();
+        return run_async<gradient_output>(env,
+            [t, batches, d, cancel](const progress_fn &) {
+                std::lock_guard<std::mutex> lock(t->mutex());
+                gradient_output out;
+                out.r = t->gradients(*batches, d.p, d.seed, cancel.get(), out.grads);
+                return out;
+            },
+            [](Napi::Env env, gradient_output & out) -> Napi::Value {
+                Napi::Object o = step_result(env, out.r);
+                Napi::Array grads = Napi::Array::New(env, out.grads.size());
+                for (size_t i = 0; i < out.grads.size(); ++i) grads.Set((uint32_t) i, float32_array(env, out.grads[i]));
+                o.Set("gradients", grads);
+                return o;
+            });
+    }
+
+    // evaluate(batches, {logits?}) -> Promise<{loss, targets, logits?: Float32Array}>
+    Napi::Value evaluate(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        if (info.Length() < 1) throw Napi::TypeError::New(env, "evaluate(batches, options?)");
+        std::shared_ptr<lora_trainer> t = live(env);
+        auto batches = micro_batches(info[0]);
+        const bool with_logits = info.Length() > 1 && info[1].IsObject() && info[1].As<Napi::Object>().Get("logits").ToBoolean();
+        auto cancel = start_call();
+        return run_async<eval_output>(env,
+            [t, batches, with_logits, cancel](const progress_fn &) {
+                std::lock_guard<std::mutex> lock(t->mutex());
+                eval_output out;
+                out.with_logits = with_logits;
+                out.r = t->evaluate(*batches, with_logits ? &out.logits : nullptr, cancel.get());
+                return out;
+            },
+            [](Napi::Env env, eval_output & out) -> Napi::Value {
+                Napi::Object o = step_result(env, out.r);
+                o.Delete("gradNorm");
+                if (out.with_logits) o.Set("logits", float32_array(env, out.logits));
+                return o;
+            });
+    }
+
+    // state() -> {step, tensors: [{name, shape, value, m, v}]}
+    Napi::Value state(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        std::shared_ptr<lora_trainer> t = live(env);
+        std::lock_guard<std::mutex> lock(t->mutex());
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("step", (double) t->step());
+        o.Set("tensors", tensor_list(env, t->params(), true));
+        return o;
+    }
+
+    // setState({step, tensors: [{name, shape, value, m, v}]})
+    Napi::Value set_state(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        std::shared_ptr<lora_trainer> t = live(env);
+        Napi::Object o = arg_object(info, 0, "state");
+        const int64_t step = (int64_t) opt_number(o, "step", 0, 0, 9007199254740991.0, true);
+        std::vector<lora_param> state = state_tensors(o);
+        std::lock_guard<std::mutex> lock(t->mutex());
+        try {
+            t->set_state(state, step);
+        } catch (const std::exception & e) {
+            throw Napi::Error::New(env, e.what());
+        }
+        return env.Undefined();
+    }
+
+    // Stops the call in flight between micro-batches (it rejects with "cancelled"); nothing after close().
+    Napi::Value cancel(const Napi::CallbackInfo & info) {
+        cancel_->store(true);
+        return info.Env().Undefined();
+    }
+
+    // Releases the trainer once the call in flight (if any) has finished with it.
+    Napi::Value close(const Napi::CallbackInfo & info) {
+        cancel_->store(true);
+        trainer_.reset();
+        return info.Env().Undefined();
+    }
+
+    std::shared_ptr<lora_trainer> trainer_;
+    std::shared_ptr<std::atomic<bool>> cancel_ = std::make_shared<std::atomic<bool>>(false);
+};
 
 // loraMerge(base, adapter, output, {scale}, onProgress?) -> Promise<{merged, alpha, rank, bytesWritten}>
 Napi::Value merge_js(const Napi::CallbackInfo & info) {
@@ -362,15 +381,7 @@ Napi::Value logits_js(const Napi::CallbackInfo & info) {
 } // namespace
 
 void register_lora(Napi::Env env, Napi::Object exports) {
-    exports.Set("loraTrainerOpen", Napi::Function::New(env, trainer_open, "loraTrainerOpen"));
-    exports.Set("loraTrainerInfo", Napi::Function::New(env, trainer_info, "loraTrainerInfo"));
-    exports.Set("loraTrainerStep", Napi::Function::New(env, trainer_step, "loraTrainerStep"));
-    exports.Set("loraTrainerGradients", Napi::Function::New(env, trainer_gradients, "loraTrainerGradients"));
-    exports.Set("loraTrainerEvaluate", Napi::Function::New(env, trainer_evaluate, "loraTrainerEvaluate"));
-    exports.Set("loraTrainerState", Napi::Function::New(env, trainer_state, "loraTrainerState"));
-    exports.Set("loraTrainerSetState", Napi::Function::New(env, trainer_set_state, "loraTrainerSetState"));
-    exports.Set("loraTrainerCancel", Napi::Function::New(env, trainer_cancel, "loraTrainerCancel"));
-    exports.Set("loraTrainerClose", Napi::Function::New(env, trainer_close, "loraTrainerClose"));
+    register_class(env, exports, LoraTrainerObject::k_name, LoraTrainerObject::define(env));
     exports.Set("loraMerge", Napi::Function::New(env, merge_js, "loraMerge"));
     exports.Set("loraLogits", Napi::Function::New(env, logits_js, "loraLogits"));
 }

@@ -86,14 +86,14 @@ async function runPass(pass: PassName, gpuLayers: number, runs: number): Promise
             // 64 items: a 96-token context and 4 choices of 8 tokens each
             const requests = Array.from({length: 64}, (_, i) => ({context: tokens(96, 100 + i, vocab),
                 continuations: Array.from({length: 4}, (_, k) => tokens(8, 1000 + 4 * i + k, vocab))}));
-            const scorer = await native().loglikOpen(model.handle, {contextSize: 4096, batchSize: 2048, sequences: 32});
+            const scorer = await native().LoglikScorer.open(model.handle, {contextSize: 4096, batchSize: 2048, sequences: 32});
             try {
                 return await best(async () => {
-                    await native().loglikScore(scorer, requests);
+                    await scorer.score(requests);
                     return 64 * (96 + 4 * 8);
                 });
             } finally {
-                native().loglikClose(scorer);
+                scorer.close();
             }
         }
         // generate: 8 greedy replies of up to 128 tokens decoded together (each side counts the tokens it generated)

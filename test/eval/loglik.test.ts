@@ -9,6 +9,7 @@ import test from "ava";
 import {LoglikScorer, scoreLoglikelihoods, type ContinuationScore, type TokenRequest} from "../../ts/eval/loglik.js";
 import {writeSyntheticModel} from "../../ts/gguf/synthetic.js";
 import {loadModel, type LoadedModel} from "../../ts/model.js";
+import {native} from "../../ts/native.js";
 import {hasShared, stories260K, tempDir} from "../helpers.js";
 
 const sharedTest = hasShared ? test : test.skip;
@@ -229,4 +230,25 @@ sharedTest("an aborted signal cancels scoring", async (t) => {
     // The scorer stays usable afterwards.
     const ok = await scorer.score(requests.slice(0, 2));
     t.is(ok.length, 2);
+});
+
+test("the native scorer is a class: made only by open(), its methods refuse after close()", async (t) => {
+    const file = path.join(tempDir(t), "tiny.gguf");
+    await writeSyntheticModel(file, {architecture: "llama", layers: 1, embedding: 32, heads: 2, feedForward: 48, seed: 3});
+    const model = await loadPrecise(file);
+    try {
+        const {LoglikScorer: NativeScorer} = native();
+        t.throws(() => new (NativeScorer as unknown as new (x: unknown) => unknown)({}), {instanceOf: TypeError,
+            message: "LoglikScorer objects come from LoglikScorer.open()"});
+        const scorer = await NativeScorer.open(model.handle, {sequences: 2});
+        t.is(scorer.info().sequences, 2);
+        const r = await scorer.score([{context: Int32Array.of(1, 5), continuations: [Int32Array.of(7)]}]);
+        t.is(r.logprobs.length, 1);
+        scorer.close();
+        scorer.cancel();
+        t.throws(() => scorer.info(), {message: "the scorer was closed"});
+        t.throws(() => scorer.score([]), {message: "the scorer was closed"});
+    } finally {
+        model.close();
+    }
 });

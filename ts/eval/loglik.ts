@@ -58,33 +58,25 @@ const asInt32 = (t: Int32Array | number[]) => (t instanceof Int32Array ? t : Int
 
 /** A scoring context on a loaded model, reusable across calls; close() frees it (and its adapters). */
 export class LoglikScorer {
-    private handle: NativeLoglikScorer | undefined;
-
-    private constructor(readonly model: LoadedModel, handle: NativeLoglikScorer, readonly options: Readonly<LoglikScorerOptions>) {
-        this.handle = handle;
-    }
+    private constructor(readonly model: LoadedModel, private readonly scorer: NativeLoglikScorer, readonly options: Readonly<LoglikScorerOptions>) {}
 
     static async open(model: LoadedModel, options: LoglikScorerOptions = {}): Promise<LoglikScorer> {
         for (const a of options.lora ?? []) {
             if (a.scale !== undefined && !Number.isFinite(a.scale))
                 throw new Error(`LoRA adapter ${a.path}: scale must be a finite number`);
         }
-        const handle = await native().loglikOpen(model.handle, options);
-        return new LoglikScorer(model, handle, {...options});
+        return new LoglikScorer(model, await native().LoglikScorer.open(model.handle, options), {...options});
     }
 
     /** Scores every continuation of every request; result[i][j] belongs to requests[i].continuations[j]. */
     async score(requests: TokenRequest[], options: ScoreOptions = {}): Promise<ContinuationScore[][]> {
-        if (!this.handle)
-            throw new Error("the scorer was closed");
         const {signal} = options;
         signal?.throwIfAborted();
-        const handle = this.handle;
-        const onAbort = () => native().loglikCancel(handle);
+        const onAbort = () => this.scorer.cancel();
         signal?.addEventListener("abort", onAbort, {once: true});
         let raw;
         try {
-            raw = await native().loglikScore(handle, requests.map((r) => ({
+            raw = await this.scorer.score(requests.map((r) => ({
                 context: asInt32(r.context),
                 continuations: r.continuations.map(asInt32),
             })), options.onProgress);
@@ -106,9 +98,7 @@ export class LoglikScorer {
     }
 
     close(): void {
-        if (this.handle)
-            native().loglikClose(this.handle);
-        this.handle = undefined;
+        this.scorer.close();
     }
 }
 

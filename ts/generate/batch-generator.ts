@@ -37,11 +37,11 @@ export class BatchGenerator {
     private loop: Promise<void> | undefined;
     private closed = false;
 
-    private constructor(private readonly handle: NativeGenerator, readonly model: LoadedModel, readonly options: BatchGeneratorOptions) {}
+    private constructor(private readonly generator: NativeGenerator, readonly model: LoadedModel, readonly options: BatchGeneratorOptions) {}
 
     /** A generation context on `model` with `sequences` slots (default 4). */
     static async open(model: LoadedModel, options: BatchGeneratorOptions = {}): Promise<BatchGenerator> {
-        return new BatchGenerator(await native().generatorOpen(model.handle, options), model, options);
+        return new BatchGenerator(await native().BatchGenerator.open(model.handle, options), model, options);
     }
 
     /** Requests queued or decoding. */
@@ -57,14 +57,14 @@ export class BatchGenerator {
         const {signal, prompt, ...rest} = request;
         let id: number;
         try {  // a request that can never run (RangeError) rejects before anything is queued
-            id = native().generatorSubmit(this.handle, {...rest, prompt: prompt instanceof Int32Array ? prompt : Int32Array.from(prompt)});
+            id = this.generator.submit({...rest, prompt: prompt instanceof Int32Array ? prompt : Int32Array.from(prompt)});
         } catch (err) {
             return Promise.reject(err);
         }
         return new Promise<GenerationResult>((resolve, reject) => {
             const w: Waiter = {resolve, reject, signal};
             if (signal) {
-                w.onAbort = () => native().generatorCancel(this.handle, id);
+                w.onAbort = () => this.generator.cancel(id);
                 signal.addEventListener("abort", w.onAbort, {once: true});
             }
             this.waiters.set(id, w);
@@ -76,7 +76,7 @@ export class BatchGenerator {
     private async drive(): Promise<void> {
         try {
             while (this.waiters.size > 0) {
-                const done = await native().generatorRun(this.handle);
+                const done = await this.generator.run();
                 if (done.length === 0 && this.waiters.size > 0)
                     throw new Error("the native generator went idle with requests pending");
                 for (const r of done)
@@ -110,7 +110,7 @@ export class BatchGenerator {
         if (this.closed)
             return;
         this.closed = true;
-        native().generatorClose(this.handle);
+        this.generator.close();
         await this.loop;
     }
 }

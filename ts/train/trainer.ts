@@ -18,52 +18,43 @@ export interface TrainerState {
     tensors: NativeLoraTensorState[];
 }
 
-/** The native LoRA trainer on one model: forward/backward steps, AdamW, adapter export. */
+/** The native LoRA trainer on one model (a thin wrapper of the native LoraTrainer class): forward/backward steps, AdamW, adapter export. */
 export class LoraTrainer {
-    private closed = false;
-
-    private constructor(private readonly handle: NativeLoraTrainer, readonly modelPath: string) {}
+    private constructor(private readonly trainer: NativeLoraTrainer, readonly modelPath: string) {}
 
     /** Loads the base model and an adapter file (F32 matrices) whose A/B become trainable. */
     static async open(modelPath: string, adapterPath: string, options: LoraTrainerOptions = {}): Promise<LoraTrainer> {
         warnIfNoGpu(options.gpuLayers);
-        const handle = await native().loraTrainerOpen({modelPath, adapterPath, ...options});
-        return new LoraTrainer(handle, modelPath);
-    }
-
-    private live(): NativeLoraTrainer {
-        if (this.closed)
-            throw new Error("the trainer was closed");
-        return this.handle;
+        return new LoraTrainer(await native().LoraTrainer.open({modelPath, adapterPath, ...options}), modelPath);
     }
 
     get info(): {alpha: number; nVocab: number; step: number; tensors: {name: string; shape: [number, number]}[]} {
-        return native().loraTrainerInfo(this.live());
+        return this.trainer.info();
     }
 
     /** One optimizer step: gradients accumulated over every micro-batch, then AdamW. */
     async step(batches: NativeMicroBatch[], options: NativeLoraStepOptions): Promise<{loss: number; gradNorm: number; targets: number}> {
-        return native().loraTrainerStep(this.live(), batches, options);
+        return this.trainer.step(batches, options);
     }
 
     /** The gradient of the loss (sum of weight * cross-entropy) per tensor, in `info.tensors` order; updates nothing. */
     async gradients(batches: NativeMicroBatch[], options: {dropout?: number; dropoutSeed?: number} = {}):
         Promise<{loss: number; gradNorm: number; targets: number; gradients: Float32Array[]}> {
-        return native().loraTrainerGradients(this.live(), batches, options);
+        return this.trainer.gradients(batches, options);
     }
 
     /** Loss (sum of weight * cross-entropy) without gradients or dropout; optionally the target positions' logits. */
     async evaluate(batches: NativeMicroBatch[], options: {logits?: boolean} = {}): Promise<{loss: number; targets: number; logits?: Float32Array}> {
-        return native().loraTrainerEvaluate(this.live(), batches, options);
+        return this.trainer.evaluate(batches, options);
     }
 
     /** A/B, the AdamW moments and the step counter (copies). */
     state(): TrainerState {
-        return native().loraTrainerState(this.live());
+        return this.trainer.state();
     }
 
     setState(state: TrainerState): void {
-        native().loraTrainerSetState(this.live(), state);
+        this.trainer.setState(state);
     }
 
     /** The adapter as it stands now. */
@@ -79,14 +70,10 @@ export class LoraTrainer {
 
     /** Stops the step or evaluation in flight between micro-batches (it rejects with "cancelled"). */
     cancel(): void {
-        if (!this.closed)
-            native().loraTrainerCancel(this.handle);
+        this.trainer.cancel();
     }
 
     close(): void {
-        if (this.closed)
-            return;
-        this.closed = true;
-        native().loraTrainerClose(this.handle);
+        this.trainer.close();
     }
 }
