@@ -235,6 +235,9 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
     });
 
+    /** A message fit for clients: the generator as /v1/info names it (a remote one's name carries its address), no paths, no URLs. */
+    const clientMessage = (message: string) => sanitizeMessage(message.split(generator.name).join(info.generator.name));
+
     const ownJob = async (request: FastifyRequest, id: string): Promise<JobRecord> => {
         const job = await store.job(id);
         // another client's job does not exist for this one
@@ -259,7 +262,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             }),
             items: job.items, spec: job.spec, created_at: job.created_at, updated_at: job.updated_at,
             // a stage's error may name server paths or the generator's address: not the client's business
-            error: job.error === null ? null : sanitizeMessage(job.error),
+            error: job.error === null ? null : clientMessage(job.error),
             synth: synthCounts ? {accepted: synthCounts.accepted, rejected: synthCounts.rejected} : null,
             bi_report: byName("bi")?.status === "done" ? byName("bi")!.result as Record<string, unknown> : null,
             plan: prune?.status === "done" ? (prune.result as {plan: Record<string, unknown>}).plan : null,
