@@ -143,3 +143,37 @@ test("error messages for clients lose absolute paths and URLs, keep the protocol
     t.is(sanitizeMessage("generator http://10.0.0.2:8000/v1/chat/completions answered 500"), "generator <url> answered 500");
     t.is(sanitizeMessage("no route GET /v1/fl/rounds/1/x"), "no route GET /v1/fl/rounds/1/x");
 });
+
+maybe("the job server caps job specs, fails a job past its time budget, and erases finished jobs after --retention", async (t) => {
+    const dir = tempDir(t);
+    const hang = await ScriptedChatServer.start(() => ({hang: true}));
+    t.teardown(() => hang.stop());
+    const alice = await makeToken(dir, "alice");
+    // retention 0.00005 days = 4.3 s
+    const server = await startServer(t, dir, ["--model", stories260K, "--generator-url", hang.baseUrl, "--generator-remote-model", "teacher",
+        "--threads", "1", "--max-k", "4", "--max-steps", "50", "--job-time-budget", "1", "--retention", "0.00005"]);
+    for (const [spec, flag] of [[{k: 5}, "--max-k"], [{server_steps: 51}, "--max-steps"]] as const) {
+        const over = await submit(server.url, alice, {spec, items: items(2)});
+        t.is(over.status, 422, JSON.stringify(over.json));
+        t.is(over.json.code, "spec_over_limit");
+        t.true(over.json.error.includes(flag), over.json.error);
+    }
+    const job = await submit(server.url, alice, {spec: {k: 4, server_steps: 50}, items: items(2)});
+    t.is(job.status, 202, JSON.stringify(job.json));
+    // the generator never answers: the budget ends the job
+    let status: {status: string; error: string | null} | undefined;
+    for (let i = 0; i < 200 && status?.status !== "failed"; i++) {
+        status = (await getJson(server.url, alice, `/v1/jobs/${job.json.id}`)).json;
+        await new Promise((r) => setTimeout(r, 100));
+    }
+    t.is(status!.status, "failed");
+    t.regex(status!.error!, /time budget of 1 s/);
+    // and once --retention has passed, nothing of it is left
+    let gone = 0;
+    for (let i = 0; i < 200 && gone !== 404; i++) {
+        gone = (await getJson(server.url, alice, `/v1/jobs/${job.json.id}`)).status;
+        await new Promise((r) => setTimeout(r, 100));
+    }
+    t.is(gone, 404);
+    t.false(fs.existsSync(path.join(dir, "jobs", job.json.id)));
+});
