@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import {Command} from "commander";
-import {serverDefaults, startFederatedServer, type GeneratorConfig} from "../federated/server.js";
+import {jobCapDefaults, serverDefaults, startFederatedServer, type GeneratorConfig} from "../federated/server.js";
 import {SqliteJobStore, type JobStore} from "../federated/store.js";
 import {isPostgresUrl, PostgresJobStore} from "../federated/store-postgres.js";
 import {queueDefaults, type QueueSettings} from "../federated/distributed.js";
@@ -34,6 +34,13 @@ interface ServerCliOptions extends HttpLimitCliOptions {
     checkpointEvery: string;
     synthMaxTokens?: string;
     json?: boolean;
+    maxSteps: string;
+    maxK: string;
+    maxRank: string;
+    maxBatchSize: string;
+    maxSequenceLength: string;
+    jobTimeBudget?: string;
+    retention: string;
 }
 
 const int = (v: string, name: string, min: number) =>
@@ -185,6 +192,14 @@ export function serverCommand(): Command {
         .option("--threads <n>", "CPU threads of generation, scoring and training (default: all cores)")
         .option("--checkpoint-every <n>", "training checkpoint interval in steps (a kill loses at most this many)", String(serverDefaults.checkpointEvery))
         .option("--synth-max-tokens <n>", "token limit of every generator reply (default 1024 for questions and answers, 512 for rationales)")
+        .option("--max-steps <n>", "most server_steps a job spec may ask (422 spec_over_limit)", String(jobCapDefaults.maxSteps))
+        .option("--max-k <n>", "most synthetic items per perturbed item (spec k)", String(jobCapDefaults.maxK))
+        .option("--max-rank <n>", "largest LoRA rank (spec r)", String(jobCapDefaults.maxRank))
+        .option("--max-batch-size <n>", "largest spec batch_size", String(jobCapDefaults.maxBatchSize))
+        .option("--max-sequence-length <n>", "largest spec max_input_length + max_target_length", String(jobCapDefaults.maxSequenceLength))
+        .option("--job-time-budget <s>", "a job running longer than this (from its first stage, across restarts) fails (default: no budget)")
+        .option("--retention <days>", "finished jobs and their models are erased this many days after they finished",
+            String(serverDefaults.retentionSeconds / 86400))
         .option("--json", "print the listening URL as a JSON line");
     addHttpLimitOptions(cmd)
         .addHelpText("after", `
@@ -219,9 +234,14 @@ Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
             if (opts.generatorModel !== undefined)
                 await checkGgufFile(opts.generatorModel, "--generator-model");
             const limits = httpLimitsOf(opts);
+            const jobCaps = {maxSteps: int(opts.maxSteps, "--max-steps", 1), maxK: int(opts.maxK, "--max-k", 1), maxRank: int(opts.maxRank, "--max-rank", 1),
+                maxBatchSize: int(opts.maxBatchSize, "--max-batch-size", 1), maxSequenceLength: int(opts.maxSequenceLength, "--max-sequence-length", 2)};
+            const positive = (v: string, name: string, what: string) => parseNumber(v, name, (x) => x > 0, `a positive number of ${what}`);
             const model = opts.model;
             const server = await startRefusingCleartext(() => startFederatedServer({
-                dataDir, model, generator, host: opts.host, port, insecure: Boolean(opts.insecure), limits,
+                dataDir, model, generator, host: opts.host, port, insecure: Boolean(opts.insecure), limits, jobCaps,
+                retentionSeconds: positive(opts.retention, "--retention", "days") * 86400,
+                ...(opts.jobTimeBudget !== undefined ? {jobTimeBudgetSeconds: positive(opts.jobTimeBudget, "--job-time-budget", "seconds")} : {}),
                 ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
                 maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
                 maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1),

@@ -29,7 +29,8 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
     private kicking: Promise<void> | undefined;
     private kickAgain = false;
 
-    constructor(private readonly env: PipelineEnv, private readonly workers: number, private readonly protectedArtifacts: Set<string>) {
+    constructor(private readonly env: PipelineEnv, private readonly workers: number, private readonly protectedArtifacts: Set<string>,
+        private readonly limits: {timeBudgetMs?: number} = {}) {
         super();
         this.setMaxListeners(0);
     }
@@ -115,9 +116,21 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
                 this.emit("progress", job.id, p);
             }
         };
+        let overBudget: string | undefined;
+        let budgetTimer: NodeJS.Timeout | undefined;
         const done = (async () => {
             try {
                 await started;
+                const budget = this.limits.timeBudgetMs;
+                if (budget !== undefined) {
+                    // the budget counts from the job's first stage, across restarts of the server
+                    const begun = (await store.stages(job.id)).map((s) => s.started_at).filter((x): x is string => Boolean(x))
+                        .map((x) => Date.parse(x)).reduce((a, b) => Math.min(a, b), Date.now());
+                    budgetTimer = setTimeout(() => {
+                        overBudget = `the job ran past its time budget of ${budget / 1000} s (server --job-time-budget)`;
+                        controller.abort(new JobCancelledError(overBudget));
+                    }, Math.max(0, begun + budget - Date.now()));
+                }
                 await runJobStages(this.env, {job, signal: controller.signal, onProgress: onProgress as never, added}, () => {
                     this.progress.delete(job.id);
                     this.emit("change", job.id);
@@ -126,13 +139,14 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
                     await store.updateJob(job.id, {status: "succeeded", stage: null}, new Date().toISOString());
                 await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
             } catch (err) {
-                if (!(err instanceof JobCancelledError) && await store.job(job.id)) {
-                    const message = err instanceof Error ? err.message : String(err);
+                if ((overBudget !== undefined || !(err instanceof JobCancelledError)) && await store.job(job.id)) {
+                    const message = overBudget ?? (err instanceof Error ? err.message : String(err));
                     await store.updateJob(job.id, {status: "failed", error: message}, new Date().toISOString());
                     process.stderr.write(`job ${job.id} failed: ${message}\n`);
                     await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
                 }
             } finally {
+                clearTimeout(budgetTimer);
                 this.running.delete(job.id);
                 this.progress.delete(job.id);
                 this.emit("change", job.id);

@@ -18,7 +18,7 @@ import {finalModel, type PipelineEnv} from "./pipeline.js";
 import {
     epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobStatusSchema,
     privacyMechanisms, protocolVersion, routes, serverInfoSchema, submitHeadersSchema, submitJobResponseSchema, submitJobSchema,
-    errorSchema, stageNames, terminalJobStates, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
+    errorSchema, stageNames, terminalJobStates, type JobSpec, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
 } from "./protocol.js";
 import {JobScheduler} from "./scheduler.js";
 import {DistributedRunner, noGenerator, type QueueSettings} from "./distributed.js";
@@ -62,6 +62,12 @@ export interface FederatedServerOptions {
     checkpointEvery?: number;
     /** Token limit of every generator reply during synthesis (default: synth's 1024 / 512). */
     synthMaxTokens?: number;
+    /** The operator's caps on what a job spec may ask (a spec over one: 422 spec_over_limit). */
+    jobCaps?: Partial<JobCaps>;
+    /** A job running longer than this (from its first stage, across restarts) fails (seconds; default none). */
+    jobTimeBudgetSeconds?: number;
+    /** A finished job (succeeded, failed or cancelled) and its model are erased this long after it finished (seconds; default 7 days). */
+    retentionSeconds?: number;
     /** Log lines (job failures, listening) go here; default stderr. */
     log?: (line: string) => void;
 }
@@ -83,7 +89,51 @@ export const serverDefaults = {
     maxConcurrentJobsPerClient: 2,
     workers: 1,
     checkpointEvery: 50,
+    retentionSeconds: 7 * 24 * 3600,
 } as const;
+
+/** Caps on job spec fields, each a flag of `ppc-gpt server`. */
+export interface JobCaps {
+    /** server_steps */
+    maxSteps: number;
+    /** k: synthetic items per perturbed item */
+    maxK: number;
+    /** r: LoRA rank */
+    maxRank: number;
+    /** batch_size */
+    maxBatchSize: number;
+    /** max_input_length + max_target_length */
+    maxSequenceLength: number;
+}
+
+export const jobCapDefaults: JobCaps = {maxSteps: 5000, maxK: 32, maxRank: 128, maxBatchSize: 256, maxSequenceLength: 2048};
+
+/** A default over a cap takes the cap (a spec that leaves a field out asks for nothing over the server's caps). */
+export function withinCaps(spec: ReturnType<typeof fillJobSpec>, asked: JobSpec | undefined, caps: JobCaps): ReturnType<typeof fillJobSpec> {
+    const out = {...spec};
+    if (asked?.server_steps === undefined)
+        out.server_steps = Math.min(out.server_steps, caps.maxSteps);
+    if (asked?.k === undefined)
+        out.k = Math.min(out.k, caps.maxK);
+    if (asked?.r === undefined)
+        out.r = Math.min(out.r, caps.maxRank);
+    if (asked?.batch_size === undefined)
+        out.batch_size = Math.min(out.batch_size, caps.maxBatchSize);
+    return out;
+}
+
+/** The first cap a filled spec goes over, as a message naming the field and the flag; undefined when none. */
+export function specOverCap(spec: ReturnType<typeof fillJobSpec>, caps: JobCaps): string | undefined {
+    const checks: [string, number, number, string][] = [
+        ["server_steps", spec.server_steps, caps.maxSteps, "--max-steps"],
+        ["k", spec.k, caps.maxK, "--max-k"],
+        ["r", spec.r, caps.maxRank, "--max-rank"],
+        ["batch_size", spec.batch_size, caps.maxBatchSize, "--max-batch-size"],
+        ["max_input_length + max_target_length", spec.max_input_length + spec.max_target_length, caps.maxSequenceLength, "--max-sequence-length"],
+    ];
+    const over = checks.find(([, value, cap]) => value > cap);
+    return over ? `spec.${over[0]} is ${over[1]}; this server takes at most ${over[2]} (server ${over[3]})` : undefined;
+}
 
 /** A stable serialization (sorted keys) for hashing request bodies. */
 function canonicalJson(value: unknown): string {
@@ -186,6 +236,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         throw new Error(`source model ${options.model} does not exist`);
     checkCleartextListen(options.host ?? serverDefaults.host, Boolean(options.tls), Boolean(options.insecure), log);
     const limits = {...httpLimitDefaults, ...options.limits};
+    const jobCaps = {...jobCapDefaults, ...options.jobCaps};
     const dataDir = path.resolve(options.dataDir);
     makePrivateDir(dataDir);
     const distributed = isPostgresUrl(options.store);
@@ -214,7 +265,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     const scheduler = distributed
         ? new DistributedRunner({store: store as PostgresJobStore, env, workers: options.workers ?? 0, settings: options.queue,
             protectedArtifacts: new Set([kit.sha256]), log})
-        : new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]));
+        : new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]),
+            {timeBudgetMs: options.jobTimeBudgetSeconds === undefined ? undefined : options.jobTimeBudgetSeconds * 1000});
     if (distributed)
         // workers check their source model against this one
         await (store as PostgresJobStore).setSetting("source", {name: source.name, sha256: source.sha256, kit_sha256: kit.sha256});
@@ -226,7 +278,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         generator: {kind: options.generator.kind, name: options.generator.kind === "remote" ? options.generator.model : generator.name},
         privacy: {mechanisms: [...privacyMechanisms], epsilon: {...epsilonRange}},
         limits: {max_body_bytes: maxBodyBytes, max_items_per_job: maxItems, max_concurrent_jobs_per_client: maxActive},
-        job_spec_defaults: fillJobSpec(undefined),
+        job_spec_defaults: withinCaps(fillJobSpec(undefined), undefined, jobCaps),
         perturbation_kit: {sha256: kit.sha256, size: kit.size},
     };
 
@@ -235,6 +287,9 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         api: {title: "ppc-gpt federated server", version: protocolVersion,
             description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
     });
+
+    /** A message fit for clients: the generator as /v1/info names it (a remote one's name carries its address), no paths, no URLs. */
+    const clientMessage = (message: string) => sanitizeMessage(message.split(generator.name).join(info.generator.name));
 
     const ownJob = async (request: FastifyRequest, id: string): Promise<JobRecord> => {
         const job = await store.job(id);
@@ -260,7 +315,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             }),
             items: job.items, spec: job.spec, created_at: job.created_at, updated_at: job.updated_at,
             // a stage's error may name server paths or the generator's address: not the client's business
-            error: job.error === null ? null : sanitizeMessage(job.error),
+            error: job.error === null ? null : clientMessage(job.error),
             synth: synthCounts ? {accepted: synthCounts.accepted, rejected: synthCounts.rejected} : null,
             bi_report: byName("bi")?.status === "done" ? byName("bi")!.result as Record<string, unknown> : null,
             plan: prune?.status === "done" ? (prune.result as {plan: Record<string, unknown>}).plan : null,
@@ -287,7 +342,10 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         const problem = jobItemsProblem(body.items);
         if (problem)
             throw new HttpError(400, errorCodes.invalidRequest, problem);
-        const spec = fillJobSpec(body.spec);
+        const spec = withinCaps(fillJobSpec(body.spec), body.spec, jobCaps);
+        const overCap = specOverCap(spec, jobCaps);
+        if (overCap)
+            throw new HttpError(422, "spec_over_limit", overCap);
         const bodySha = crypto.createHash("sha256").update(canonicalJson({spec, items: body.items})).digest("hex");
         const key = request.headers[headers.idempotencyKey] as string | undefined;
         const accepted = (id: string) => {
@@ -410,6 +468,26 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     }
     const startedAt = new Date().toISOString();
 
+    /**
+     * Finished jobs expire: every sweep erases (as DELETE does) each succeeded, failed or cancelled
+     * job whose last change is older than the retention; its model and items go with it.
+     */
+    function startRetention(seconds: number): NodeJS.Timeout {
+        const sweep = async () => {
+            const cutoff = Date.now() - seconds * 1000;
+            for (const job of await store.jobsIn([...terminalJobStates]))
+                if (Date.parse(job.updated_at) < cutoff) {
+                    await scheduler.erase(job.id);
+                    log(`job ${job.id}: erased, ${job.status} more than --retention ago`);
+                }
+        };
+        const run = () => void sweep().catch((err) => log(`retention sweep: ${(err as Error).message}`));
+        run();
+        const timer = setInterval(run, Math.max(1000, Math.min(seconds * 1000 / 4, 3600_000)));
+        timer.unref();
+        return timer;
+    }
+
     // open event streams, ended when the server stops (they would otherwise hold it open) and when their token is revoked
     const openStreams = new Set<() => void>();
     const sessions = new TokenSessions(store, limits.maxStreamsPerToken);
@@ -457,6 +535,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     }
 
     await scheduler.start();
+    const retention = startRetention(options.retentionSeconds ?? serverDefaults.retentionSeconds);
     await app.listen({host: options.host ?? serverDefaults.host, port: options.port ?? serverDefaults.port});
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : options.port;
@@ -468,6 +547,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         app, url, info, store,
         close() {
             closing ??= (async () => {
+                clearInterval(retention);
                 await scheduler.close();
                 sessions.close();
                 for (const finish of [...openStreams])
