@@ -3,6 +3,7 @@
 // ts/train/defaults.ts). `fl simulate`, `fl server` and `fl client` show them in --help as
 // "prufedDefaults"; docs/prufed.md lists them.
 
+/** PruFed's named default set for the fl verbs (rank, alpha, learning rate, local steps, ...); docs/prufed.md lists them. */
 export const prufedDefaults = {
     rounds: 5,
     /** Optimizer steps of local training per round (E). */
