@@ -36,7 +36,7 @@ maybe("the JobStore contract on PostgreSQL", async (t) => {
     t.is(job?.status, "queued");
     t.is(job?.spec.k, 2);
     t.deepEqual((await store.stages("job_aaaaaaaa")).map((s) => [s.name, s.status]),
-        [["synth", "pending"], ["bi", "skipped"], ["prune", "pending"], ["train", "pending"], ["merge", "pending"]]);
+        [["synth", "pending"], ["bi", "skipped"], ["prune", "pending"], ["train", "pending"], ["merge", "pending"], ["quantize", "pending"]]);
     t.deepEqual(await store.idempotencyHit("c1", "k1"), {job_id: "job_aaaaaaaa", body_sha256: "b".repeat(64)});
     t.is(await store.idempotencyHit("c2", "k1"), undefined);
     await t.throwsAsync(store.createJob(newJob("job_bbbbbbbb", "c1", {idempotency: {key: "k1", body_sha256: "c".repeat(64)}}), now, 5),

@@ -51,8 +51,8 @@ maybe("a job runs synth -> bi -> prune -> train -> merge; the model downloads in
 
     const s = (await getJson(server.url, token, `/v1/jobs/${id}`)).json as JobStatus;
     t.is(s.status, "succeeded");
-    t.deepEqual(s.stages.map((x) => [x.name, x.status]), [["synth", "done"], ["bi", "done"], ["prune", "done"], ["train", "done"], ["merge", "done"]]);
-    for (const st of s.stages)
+    t.deepEqual(s.stages.map((x) => [x.name, x.status]), [["synth", "done"], ["bi", "done"], ["prune", "done"], ["train", "done"], ["merge", "done"], ["quantize", "skipped"]]);
+    for (const st of s.stages.filter((x) => x.status !== "skipped"))
         t.true(st.seconds !== null && st.seconds >= 0 && st.started_at !== null && st.finished_at !== null);
     t.is(s.items, 3);
     t.is(s.spec.k, 1);
@@ -128,6 +128,38 @@ maybe("a job runs synth -> bi -> prune -> train -> merge; the model downloads in
     t.is(server.child.exitCode, 0, server.stderr());
 });
 
+maybe("a job with quantize: q4_k_m delivers the merged model quantized with a task importance matrix; /v1/info lists the types", async (t) => {
+    const dir = tempDir(t);
+    const teacher = new Teacher();
+    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
+    t.teardown(() => gen.stop());
+    const token = await makeToken(dir, "acme");
+    const server = await startServer(t, dir, ["--model", stories260K, "--generator-url", gen.baseUrl, "--generator-remote-model", "teacher",
+        "--threads", "2"]);
+    const info = (await getJson(server.url, token, "/v1/info")).json as {quantization_types: string[]; job_spec_defaults: {quantize: string}};
+    t.true(info.quantization_types.includes("q4_k_m"));
+    t.is(info.job_spec_defaults.quantize, "none");
+    const bad = await submit(server.url, token, {spec: {quantize: "q9_z"} as any, items: items(3)});
+    t.is(bad.status, 400);
+    const spec = {k: 1, ratio: 0.3, server_steps: 2, batch_size: 2, r: 4, lora_alpha: 8, max_input_length: 48, max_target_length: 32,
+        quantize: "q4_k_m" as const, privacy: {mechanism: "custext" as const, epsilon: 3}};
+    const r = await submit(server.url, token, {spec, items: items(3)});
+    t.is(r.status, 202, JSON.stringify(r.json));
+    await readEvents(server.url, token, r.json.id);
+    const s = (await getJson(server.url, token, `/v1/jobs/${r.json.id}`)).json as JobStatus;
+    t.is(s.status, "succeeded", String(s.error));
+    t.deepEqual(s.stages.map((x) => [x.name, x.status]).slice(-2), [["merge", "done"], ["quantize", "done"]]);
+    const res = await fetch(`${server.url}/v1/jobs/${r.json.id}/model`, {headers: auth(token)});
+    const file = path.join(dir, "received.gguf");
+    fs.writeFileSync(file, Buffer.from(await res.arrayBuffer()));
+    t.is(sha256(fs.readFileSync(file)), s.model!.sha256);
+    const g = await readGguf(file);
+    t.is(g.value("ppc_gpt.quantization.type"), "q4_k_m");
+    t.is(g.value("ppc_gpt.quantization.imatrix"), "task");
+    t.true(g.tensors.some((x) => x.type !== "f32" && x.type !== "f16"), "quantized tensors");
+    t.true(s.model!.size < fs.statSync(stories260K).size / 2);
+});
+
 maybe("a job whose synthesis yields nothing ends failed with the reason; the server takes the next job", async (t) => {
     const dir = tempDir(t);
     const teacher = new Teacher();
@@ -142,7 +174,7 @@ maybe("a job whose synthesis yields nothing ends failed with the reason; the ser
     const failed = (await readEvents(server.url, token, bad.json.id)).at(-1)!.data as JobStatus;
     t.is(failed.status, "failed");
     t.regex(failed.error!, /^synth stage: synthesis accepted no items from 2 perturbed item\(s\) .*\(4 attempts rejected: /);
-    t.deepEqual(failed.stages.map((x) => x.status), ["failed", "skipped", "pending", "skipped", "skipped"]);
+    t.deepEqual(failed.stages.map((x) => x.status), ["failed", "skipped", "pending", "skipped", "skipped", "skipped"]);
     t.is((await getJson(server.url, token, `/v1/jobs/${bad.json.id}/model`)).status, 409);
     t.deepEqual(storedState(dir).workDirs, [], "a failed job leaves no work files");
 
@@ -151,7 +183,7 @@ maybe("a job whose synthesis yields nothing ends failed with the reason; the ser
     const done = (await readEvents(server.url, token, good.json.id)).at(-1)!.data as JobStatus;
     t.is(done.status, "succeeded", done.error ?? "");
     // without BI and retraining: the top layers go, and the pruned model is the result
-    t.deepEqual(done.stages.map((x) => x.status), ["done", "skipped", "done", "skipped", "skipped"]);
+    t.deepEqual(done.stages.map((x) => x.status), ["done", "skipped", "done", "skipped", "skipped", "skipped"]);
     t.is(done.bi_report, null);
     t.deepEqual((done.plan as {removed: number[]; order: number[]}).order.slice(0, 2), [4, 3]);
     t.deepEqual((done.plan as {removed: number[]}).removed, [3, 4]);

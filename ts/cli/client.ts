@@ -6,7 +6,7 @@ import {loadPrivateData, type PrivateDataOptions} from "../federated/client/data
 import {finishModel, type FinishReport} from "../federated/client/finish.js";
 import {ClientFlow, fetchModel, waitForJob, type ClientEvent, type ClientSettings, type RunSummary} from "../federated/client/flow.js";
 import {FederatedClient, FederatedError, readToken, type TrafficCounters} from "../federated/client/http.js";
-import {jobSpecSchema, jobStrategies, privacyMechanisms, tokenEnvVar, type JobSpec, type JobStatus, type PrivacyMechanism} from "../federated/protocol.js";
+import {jobQuantizeTypes, jobSpecSchema, jobStrategies, privacyMechanisms, tokenEnvVar, type JobSpec, type JobStatus, type PrivacyMechanism} from "../federated/protocol.js";
 import {formatBytes, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 
 type Opts = Record<string, string | boolean | undefined>;
@@ -73,6 +73,8 @@ function addSpecOptions(cmd: Command): Command {
         cmd.option(f.flag, f.help);
     return cmd
         .addOption(new Option("--strategy <name>", "pruning strategy").choices([...jobStrategies]))
+        .addOption(new Option("--quantize <type>", "quantize the delivered model on the server (task importance matrix); default none")
+            .choices(["none", ...jobQuantizeTypes]))
         .option("--no-rationales", "label loss only on the server (no CoT rationales)")
         .option("--no-server-retraining", "skip the server's train + merge: receive the pruned model")
         .option("--target-modules <list>", "projections to adapt, e.g. attn_q,attn_v");
@@ -110,6 +112,8 @@ function specFrom(o: Opts): JobSpec {
     }
     if (o.strategy !== undefined)
         spec.strategy = o.strategy;
+    if (o.quantize !== undefined)
+        spec.quantize = o.quantize;
     if (o.rationales === false)
         spec.rationales = false;
     if (o.serverRetraining === false)

@@ -36,6 +36,7 @@ interface RunOptions {
     epsilon: string;
     mechanism: string;
     ratio: string;
+    quantize?: string;
     strategy?: string;
     k: string;
     serverSteps: string;
@@ -165,6 +166,7 @@ export function runCommand(): Command {
         .option("--epsilon <e>", "ε per token", "3")
         .addOption(new Option("--mechanism <name>", "perturbation mechanism").choices([...privacyMechanisms]).default("custext"))
         .option("--ratio <r>", "share of parameters to remove", "0.3")
+        .option("--quantize <type>", "quantize the delivered model on the server (q4_k_m, q8_0, ...; default none)")
         .addOption(new Option("--strategy <name>", "pruning strategy (default bi)").choices([...jobStrategies]))
         .option("--k <n>", "synthetic items per private item", "1")
         .option("--server-steps <n>", "server CoT retraining steps", "20")
@@ -225,7 +227,7 @@ Examples:
                 const spec = [
                     "--ratio", o.ratio, "--k", o.k, "--server-steps", o.serverSteps, "--batch-size", o.batchSize,
                     ...(o.strategy ? ["--strategy", o.strategy] : []), ...(o.lr ? ["--lr", o.lr] : []), ...(o.r ? ["--r", o.r] : []),
-                    ...(o.loraAlpha ? ["--lora-alpha", o.loraAlpha] : []),
+                    ...(o.loraAlpha ? ["--lora-alpha", o.loraAlpha] : []), ...(o.quantize ? ["--quantize", o.quantize] : []),
                 ];
                 const clientArgs = ["client", "run", "--server", server.url, "--task", o.task, "--split", o.split, "--limit", o.limit,
                     ...(o.evalSplit ? ["--eval-split", o.evalSplit] : []), "--eval-limit", o.evalLimit, "--epsilon", o.epsilon, "--mechanism", o.mechanism, ...spec,

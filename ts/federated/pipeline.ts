@@ -1,4 +1,4 @@
-// One job's pipeline on the server: synth -> bi -> prune -> train -> merge, each stage calling the
+// One job's pipeline on the server: synth -> bi -> prune -> train -> merge -> quantize, each stage calling the
 // stage library the way its CLI verb does. A stage's output becomes an artifact and its row is
 // marked done before the next stage starts, so a restarted server skips every finished stage;
 // synth resumes mid-way from its journal and train from its last checkpoint (both kept in the
@@ -14,6 +14,8 @@ import {removeLayers} from "../prune/remove.js";
 import type {Generator} from "../synth/generator.js";
 import {synthesize} from "../synth/pipeline.js";
 import {checkpointFile} from "../train/checkpoint.js";
+import {taskImatrix} from "../quantize/collect.js";
+import {quantizeModel} from "../quantize/quantize.js";
 import {mergeLora} from "../train/merge.js";
 import {trainLora} from "../train/train.js";
 import type {ArtifactRef, ArtifactStore} from "./artifacts.js";
@@ -69,6 +71,11 @@ function stageOf(stages: StageRecord[], name: StageName): StageRecord {
     if (!s)
         throw new Error(`job has no ${name} stage row`);
     return s;
+}
+
+/** False only for a stage added after the job was recorded (quantize on a job of an older server): it does not run. */
+function hasStageRow(stages: StageRecord[], name: StageName): boolean {
+    return name !== "quantize" || stages.some((x) => x.name === name);
 }
 
 /** The model file a finished prune stage stands for: its artifact, or the source when nothing was removed. */
@@ -176,9 +183,37 @@ async function mergeStage(env: PipelineEnv, run: StageRun, stages: StageRecord[]
     return {artifact: ref, result: {merged_tensors: r.merged.length, model: await modelFacts(env.artifacts.pathOf(ref.sha256), ref.sha256, ref.size)}};
 }
 
-/** The job's final model: the merged one, else the pruned one. Undefined until the job succeeded. */
-export function finalModel(env: Pick<PipelineEnv, "artifacts" | "sourceModel">, stages: StageRecord[]): {file: string; info: JobModelInfo} | undefined {
-    for (const name of ["merge", "prune"] as const) {
+/**
+ * Quantizes the model the job would deliver otherwise (merged, else pruned) with llama.cpp's
+ * quantizer and an importance matrix of that model on the synthetic items: the label and
+ * rationale sequences BI and training use, so the bits go where the task's activations are.
+ */
+async function quantizeStage(env: PipelineEnv, run: StageRun, stages: StageRecord[], work: string): Promise<StageOutput> {
+    const spec = run.job.spec;
+    const input = deliveredModel(env, stages, ["merge", "prune"])!;
+    const items = await readTaskItems(env.artifacts.pathOf(stageOf(stages, "synth").artifact_sha256!));
+    const model = await loadModel(input.file, env.threads ? {threads: env.threads} : {});
+    let matrix;
+    try {
+        // progress: the capture pass is the first half, the quantizer the second
+        ({matrix} = await taskImatrix(model, items, "synthetic.jsonl", {maxTokens: spec.max_input_length + spec.max_target_length,
+            onProgress: (d, t) => run.onProgress("quantize", d / t / 2, 1)}));
+    } finally {
+        model.close();
+    }
+    const output = path.join(work, "quantized.gguf");
+    const r = await quantizeModel(input.file, output, {type: spec.quantize, imatrix: {matrix, kind: "task", file: "synthetic.jsonl"},
+        ...(env.threads ? {threads: env.threads} : {}), onProgress: (d, t) => run.onProgress("quantize", 0.5 + d / t / 2, 1)});
+    const ref = await addArtifact(env, run, output);
+    await fs.promises.rm(output, {force: true});
+    return {artifact: ref, result: {type: r.type, imatrix_entries: matrix.entries.length, size_before: r.bytesIn, size_after: r.bytesOut,
+        model: await modelFacts(env.artifacts.pathOf(ref.sha256), ref.sha256, ref.size)}};
+}
+
+/** The model of the first of `order`'s stages that is done: its artifact, or the source (prune removed nothing). */
+function deliveredModel(env: Pick<PipelineEnv, "artifacts" | "sourceModel">, stages: StageRecord[], order: StageName[]):
+    {file: string; info: JobModelInfo} | undefined {
+    for (const name of order) {
         const s = stages.find((x) => x.name === name);
         if (s?.status === "done") {
             const info = (s.result as {model: JobModelInfo}).model;
@@ -186,6 +221,11 @@ export function finalModel(env: Pick<PipelineEnv, "artifacts" | "sourceModel">, 
         }
     }
     return undefined;
+}
+
+/** The job's final model: the quantized one, else the merged one, else the pruned one. Undefined until the job succeeded. */
+export function finalModel(env: Pick<PipelineEnv, "artifacts" | "sourceModel">, stages: StageRecord[]): {file: string; info: JobModelInfo} | undefined {
+    return deliveredModel(env, stages, ["quantize", "merge", "prune"]);
 }
 
 /**
@@ -198,6 +238,8 @@ export async function runJobStage(env: PipelineEnv, run: StageRun, name: StageNa
     const work = env.workDir(run.job.id);
     await fs.promises.mkdir(work, {recursive: true});
     const stages = await store.stages(run.job.id);
+    if (!hasStageRow(stages, name))
+        return;
     const row = stageOf(stages, name);
     if (row.status === "done" || row.status === "skipped")
         return;
@@ -215,6 +257,7 @@ export async function runJobStage(env: PipelineEnv, run: StageRun, name: StageNa
             case "prune": out = await pruneStage(env, run, stages, work); break;
             case "train": out = await trainStage(env, run, stages, work); break;
             case "merge": out = await mergeStage(env, run, stages, work); break;
+            case "quantize": out = await quantizeStage(env, run, stages, work); break;
         }
     } catch (err) {
         if (run.signal.aborted)
@@ -232,7 +275,7 @@ export async function runJobStage(env: PipelineEnv, run: StageRun, name: StageNa
 /** The first stage of the job that is neither done nor skipped (undefined when the job is complete). */
 export function nextStage(stages: StageRecord[]): StageName | undefined {
     for (const name of stageNames)
-        if (!["done", "skipped"].includes(stageOf(stages, name).status))
+        if (hasStageRow(stages, name) && !["done", "skipped"].includes(stageOf(stages, name).status))
             return name;
     return undefined;
 }

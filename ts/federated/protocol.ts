@@ -46,8 +46,15 @@ export const epsilonRange = {min: 0.1, max: 100} as const;
 export const jobStrategies = ["bi", "top", "even", "odd", "symmetric", "magnitude"] as const;
 export type JobStrategy = (typeof jobStrategies)[number];
 
-export const stageNames = ["synth", "bi", "prune", "train", "merge"] as const;
+export const stageNames = ["synth", "bi", "prune", "train", "merge", "quantize"] as const;
 export type StageName = (typeof stageNames)[number];
+
+/**
+ * Quantization types a job may ask for (llama-quantize's names; ts/quantize): the k-quant mixes and
+ * the plain block types, none of which needs more than the task importance matrix the server computes.
+ */
+export const jobQuantizeTypes = ["q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q3_k_l", "q2_k"] as const;
+export type JobQuantizeType = (typeof jobQuantizeTypes)[number];
 
 export const jobStates = ["queued", "running", "succeeded", "failed", "cancelled"] as const;
 export type JobState = (typeof jobStates)[number];
@@ -104,6 +111,8 @@ export interface JobSpec {
     max_input_length?: number;
     max_target_length?: number;
     seed?: number;
+    /** Quantize the final model (llama.cpp's quantizer, with a task importance matrix from the synthetic items); "none": deliver it as is. */
+    quantize?: JobQuantizeType | "none";
     privacy?: PrivacyDeclaration;
 }
 
@@ -127,6 +136,7 @@ export const jobSpecDefaults: FilledJobSpec = {
     max_input_length: trainDefaults.maxInputLength,
     max_target_length: trainDefaults.maxTargetLength,
     seed: 0,
+    quantize: "none",
 };
 
 /** Fills the defaults of a (validated) spec; the result is what the server records and runs. */
@@ -213,6 +223,8 @@ export interface ServerInfo {
     privacy: {mechanisms: PrivacyMechanism[]; epsilon: {min: number; max: number}};
     limits: {max_body_bytes: number; max_items_per_job: number; max_concurrent_jobs_per_client: number};
     job_spec_defaults: FilledJobSpec;
+    /** What a job's `quantize` may be. */
+    quantization_types: JobQuantizeType[];
     perturbation_kit: {sha256: string; size: number};
 }
 
@@ -258,6 +270,7 @@ export const jobSpecSchema = {
         max_input_length: {type: "integer", minimum: 1, maximum: 8192, default: jobSpecDefaults.max_input_length},
         max_target_length: {type: "integer", minimum: 1, maximum: 8192, default: jobSpecDefaults.max_target_length},
         seed: {type: "integer", minimum: 0, maximum: 4294967295, default: jobSpecDefaults.seed},
+        quantize: {type: "string", enum: ["none", ...jobQuantizeTypes], default: jobSpecDefaults.quantize},
         privacy: privacySchema,
     },
 } as const;
@@ -382,6 +395,7 @@ export const serverInfoSchema = {
         limits: {type: "object", required: ["max_body_bytes", "max_items_per_job", "max_concurrent_jobs_per_client"], properties: {
             max_body_bytes: {type: "integer"}, max_items_per_job: {type: "integer"}, max_concurrent_jobs_per_client: {type: "integer"}}},
         job_spec_defaults: filledSpecSchema,
+        quantization_types: {type: "array", items: {type: "string", enum: [...jobQuantizeTypes]}},
         perturbation_kit: {type: "object", required: ["sha256", "size"], properties: {sha256: sha256Schema, size: {type: "integer"}}},
     },
 } as const;

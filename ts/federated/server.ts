@@ -16,7 +16,7 @@ import {sanitizeMessage} from "./http-wire.js";
 import {makePrivateDir} from "./private-dir.js";
 import {finalModel, type PipelineEnv} from "./pipeline.js";
 import {
-    epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobStatusSchema,
+    epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobQuantizeTypes, jobStatusSchema,
     privacyMechanisms, protocolVersion, routes, serverInfoSchema, submitHeadersSchema, submitJobResponseSchema, submitJobSchema,
     errorSchema, stageNames, terminalJobStates, type JobSpec, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
 } from "./protocol.js";
@@ -279,6 +279,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         privacy: {mechanisms: [...privacyMechanisms], epsilon: {...epsilonRange}},
         limits: {max_body_bytes: maxBodyBytes, max_items_per_job: maxItems, max_concurrent_jobs_per_client: maxActive},
         job_spec_defaults: withinCaps(fillJobSpec(undefined), undefined, jobCaps),
+        quantization_types: [...jobQuantizeTypes],
         perturbation_kit: {sha256: kit.sha256, size: kit.size},
     };
 
@@ -309,9 +310,10 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         return {
             id: job.id, status: job.status, stage: job.status === "running" ? job.stage : null,
             progress: job.status === "running" ? scheduler.progressOf(job.id) : null,
-            stages: stageNames.map((name) => {
-                const s = byName(name)!;
-                return {name, status: s.status, started_at: s.started_at, finished_at: s.finished_at, seconds: s.seconds};
+            // a job recorded before a stage existed (quantize) has no row for it
+            stages: stageNames.flatMap((name) => {
+                const s = byName(name);
+                return s ? [{name, status: s.status, started_at: s.started_at, finished_at: s.finished_at, seconds: s.seconds}] : [];
             }),
             items: job.items, spec: job.spec, created_at: job.created_at, updated_at: job.updated_at,
             // a stage's error may name server paths or the generator's address: not the client's business
@@ -377,6 +379,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 skipped.push("bi");
             if (!spec.server_retraining)
                 skipped.push("train", "merge");
+            if (spec.quantize === "none")
+                skipped.push("quantize");
             await store.createJob({id, client_id: client.id, spec, items: body.items.length, items_sha256: itemsSha, skipped,
                 ...(key !== undefined ? {idempotency: {key, body_sha256: bodySha}} : {})}, new Date().toISOString(), maxActive);
         } catch (err) {
