@@ -35,6 +35,8 @@ export type {FederationConfig, RegisteredClient, RoundState, RoundSummary, Secur
 export {runLocalRound, heldOutAccuracy, clientRoundFiles} from "./prufed/client.js";
 export type {HeldOutSettings, LocalRoundOptions, LocalRoundResult, LocalTrainSettings} from "./prufed/client.js";
 export {simulate, accuracyByDepth, simulationModes} from "./prufed/simulate.js";
+export {compareFederations, compareTable} from "./prufed/compare.js";
+export type {CompareOptions, CompareResult, DepthComparison} from "./prufed/compare.js";
 export {startFlServer} from "./prufed/http-server.js";
 export type {FlServer, FlServerEvent, FlServerOptions} from "./prufed/http-server.js";
 export {runFlClient} from "./prufed/http-client.js";
