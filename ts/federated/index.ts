@@ -40,6 +40,8 @@ export type {HeldOutSettings, LocalRoundOptions, LocalRoundResult, LocalTrainSet
 export {simulate} from "./prufed/simulate.js";
 export type {SimulateOptions, SimulateResult, SimulatedRound, SimulateEvent, SimulationMode} from "./prufed/simulate.js";
 export {prufedDefaults} from "./prufed/defaults.js";
+export {compareFederations} from "./prufed/compare.js";
+export type {CompareOptions, CompareResult, DepthComparison} from "./prufed/compare.js";
 export {startFlServer} from "./prufed/http-server.js";
 export type {FlServer, FlServerEvent, FlServerOptions} from "./prufed/http-server.js";
 export {runFlClient} from "./prufed/http-client.js";

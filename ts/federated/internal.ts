@@ -17,3 +17,4 @@ export {accuracyByDepth, simulationModes} from "./prufed/simulate.js";
 export type {MaskPlan, Advert, SharedBox} from "./prufed/secure.js";
 export {roundsSvg} from "./prufed/plot.js";
 export {SecureRoundError} from "./prufed/secure-host.js";
+export {compareTable} from "./prufed/compare.js";

@@ -69,6 +69,7 @@ function series(result: SimulateResult, indices: number[], scored: "evalSet" | "
     return [result.initial, ...result.rounds.map((r) => r.evaluation)].map(pick);
 }
 
+/** The PruFed paper's comparison over seeds: layerwise on mixed depths vs FedAvg at each depth vs each client alone (cached, resumable). */
 export async function compareFederations(o: CompareOptions): Promise<CompareResult> {
     const started = performance.now();
     if (o.seeds.length === 0)
