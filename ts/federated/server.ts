@@ -388,7 +388,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         const claims = await Promise.all(running.map(async (job) => {
             const stage = (await store.stages(job.id)).find((s) => s.status === "running");
             const p = scheduler.progressOf(job.id);
-            return stage ? [{job_id: job.id, stage: stage.name, queue_job_id: "", claimed_at: stage.started_at ?? job.updated_at,
+            return stage ? [{claim_id: stage.claim_id ?? "", job_id: job.id, stage: stage.name, queue_job_id: "", claimed_at: stage.started_at ?? job.updated_at,
                 progress: p ? {done: p.done, total: p.total} : null}] : [];
         }));
         const now = new Date().toISOString();
