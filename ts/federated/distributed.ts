@@ -177,6 +177,8 @@ interface Claim {
     claim: WorkerClaim;
     /** Its lease was lost: no longer announced in heartbeats, so it cannot start the stage again. */
     lost?: boolean;
+    /** A heartbeat that listed it reached the store (the store starts a stage only under an announced claim). */
+    announced?: boolean;
     controller: AbortController;
     added: Set<string>;
     done: Promise<void>;
@@ -216,8 +218,6 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
     private wake: (() => void)[] = [];
     /** When a store call last failed (a reaper must not judge others by heartbeats it could not see). */
     private lastStoreError = 0;
-    /** Whether the last heartbeat reached the store (a claim counts only once a heartbeat carried it). */
-    private lastBeatOk = false;
     private beating: Promise<void> | undefined;
 
     constructor(private readonly options: StageWorkerOptions) {
@@ -274,9 +274,9 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
     private async beat(): Promise<void> {
         if (this.stopped)
             return;
-        this.lastBeatOk = false;
         try {
-            const alive = await this.store.heartbeat(this.id, this.held(), this.draining);
+            const sent = [...this.claims.values()].filter((c) => !c.lost);
+            const alive = await this.store.heartbeat(this.id, sent.map((c) => c.claim), this.draining);
             if (!alive) {
                 // declared dead while alive (a pause longer than the lease): our claims were handed on
                 this.log(`worker ${this.id}: lost its lease; stopping ${this.claims.size} stage(s) without recording them`);
@@ -287,7 +287,8 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
                 if (!this.draining)
                     await this.register();
             } else
-                this.lastBeatOk = true;
+                for (const c of sent)
+                    c.announced = true;
             // judge only the claims held before the query: a stage claimed while it runs is not in
             // `existing` and would be taken for deleted (completed as cancelled, its job left stuck)
             const checked = [...this.claims.values()];
@@ -381,7 +382,7 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
         try {
             await this.heartbeat(true);
             // the store starts the stage only under a claim a heartbeat announced
-            if (!this.lastBeatOk && !entry.lost)
+            if (!entry.announced && !entry.lost)
                 throw new StoreUnavailableError(`the heartbeat announcing the claim of ${stage} of ${jobId} did not reach the store`);
             const next = await this.runClaimed(stage, queueJobId, jobId, controller, added, claim);
             tell("done");
