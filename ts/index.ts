@@ -86,7 +86,7 @@ export {secureUniform, seededUniform} from "./privacy/rng.js";
 export type {UniformSource} from "./privacy/rng.js";
 export {defaultCacheDir} from "./privacy/cache.js";
 export {releaseItems, idMapPath, readIdMap, writeIdMap, releasedIdPattern} from "./privacy/release.js";
-export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
+export type {ReleasedItem, IdMapEntry} from "./privacy/release.js";
 export {writePerturbationKit, isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
 // The federated layer (job server and client, scale-out workers, PruFed) is the subpath export
 // "ppc-gpt/federated" (ts/federated/index.ts), so importing the stages does not load Fastify, libsql or pg.
