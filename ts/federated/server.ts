@@ -228,8 +228,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
 
     const ownJob = async (request: FastifyRequest, id: string): Promise<JobRecord> => {
         const job = await store.job(id);
-        // another client's job does not exist for this one
-        if (!job || job.client_id !== request.client!.id)
+        // jobs belong to the client's name, not its token: a rotated token keeps them; another client's job does not exist for this one
+        if (!job || job.client_id !== request.client!.name)
             throw new HttpError(404, errorCodes.notFound, `no job ${id}`);
         return job;
     };
@@ -283,7 +283,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             return reply.code(202).header("location", location).send({id, status: "queued", location});
         };
         const replay = async () => {
-            const hit = key === undefined ? undefined : await store.idempotencyHit(client.id, key);
+            const hit = key === undefined ? undefined : await store.idempotencyHit(client.name, key);
             if (!hit)
                 return undefined;
             if (hit.body_sha256 !== bodySha)
@@ -293,7 +293,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         const earlier = await replay();
         if (earlier)
             return earlier;
-        if (await store.activeJobCount(client.id) >= maxActive)
+        if (await store.activeJobCount(client.name) >= maxActive)
             throw new HttpError(429, errorCodes.tooManyJobs, `this client already has ${maxActive} queued or running job(s); wait for one to finish`);
 
         const jsonl = Buffer.from(body.items.map((i) => JSON.stringify({id: i.id, question: i.question, choices: i.choices})).join("\n") + "\n");
@@ -307,7 +307,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 skipped.push("bi");
             if (!spec.server_retraining)
                 skipped.push("train", "merge");
-            await store.createJob({id, client_id: client.id, spec, items: body.items.length, items_sha256: itemsSha, skipped,
+            await store.createJob({id, client_id: client.name, spec, items: body.items.length, items_sha256: itemsSha, skipped,
                 ...(key !== undefined ? {idempotency: {key, body_sha256: bodySha}} : {})}, new Date().toISOString(), maxActive);
         } catch (err) {
             const n = inFlightItems.get(itemsSha)! - 1;
@@ -342,7 +342,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     });
 
     app.get(routes.jobs, {schema: {summary: "This client's jobs", security: [{bearer: []}], response: {200: jobListSchema, 401: errorSchema}}},
-        async (request) => ({jobs: await Promise.all((await store.jobsOf(request.client!.id)).map(jobStatus))}));
+        async (request) => ({jobs: await Promise.all((await store.jobsOf(request.client!.name)).map(jobStatus))}));
 
     const idRoute = `${routes.jobs}/:id`;
     app.get<{Params: {id: string}}>(idRoute, {schema: {summary: "Status of a job", security: [{bearer: []}], params: jobIdParamsSchema,

@@ -171,6 +171,9 @@ export class PostgresJobStore implements JobStore {
                     draining boolean not null default false, claims jsonb not null default '[]');
                 create table if not exists ${s}.settings (key text primary key, value jsonb not null);
                 alter table ${s}.stages add column if not exists claim_id text;
+                -- jobs belong to a client's name (a rotated token keeps them), not to a token id as they once did
+                update ${s}.jobs j set client_id = t.name from ${s}.tokens t where j.client_id = t.id;
+                update ${s}.idempotency_keys k set client_id = t.name from ${s}.tokens t where k.client_id = t.id;
             `);
         });
     }

@@ -168,6 +168,15 @@ create table if not exists idempotency_keys (
 
 type Row = Record<string, unknown>;
 
+/**
+ * Jobs (and idempotency keys) belong to a client's name, so a rotated token keeps them. Databases
+ * made when they belonged to a token id are moved over (a token id names no live client's jobs).
+ */
+const ownerByName = `
+update jobs set client_id = (select name from tokens where tokens.id = jobs.client_id) where client_id in (select id from tokens);
+update idempotency_keys set client_id = (select name from tokens where tokens.id = idempotency_keys.client_id) where client_id in (select id from tokens);
+`;
+
 function tokenOf(r: Row): TokenRecord {
     return {id: String(r.id), name: String(r.name), token_sha256: String(r.token_sha256), admin: Number(r.admin) === 1,
         created_at: String(r.created_at), revoked_at: r.revoked_at == null ? null : String(r.revoked_at)};
@@ -213,6 +222,7 @@ export class SqliteJobStore implements JobStore {
         // databases made before claims were fenced
         if (!(db.prepare("pragma table_info(stages)").all() as Row[]).some((c) => c.name === "claim_id"))
             db.exec("alter table stages add column claim_id text");
+        db.exec(ownerByName);
         return new SqliteJobStore(db);
     }
 
