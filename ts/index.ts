@@ -77,7 +77,7 @@ export type {ExponentialMechanismOptions, PrivacyGuarantee, TokenDistribution, T
 export {seededUniform} from "./random.js";
 export type {UniformSource} from "./random.js";
 export {releaseItems, readIdMap} from "./privacy/release.js";
-export type {ReleasedItem, IdMapEntry, ReleaseOptions} from "./privacy/release.js";
+export type {ReleasedItem, IdMapEntry} from "./privacy/release.js";
 export {writePerturbationKit} from "./privacy/kit.js";
 
 // Experiments: the paper's grid of cells and its tables

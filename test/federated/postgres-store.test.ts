@@ -1,12 +1,14 @@
 // The PostgreSQL job store against a real throwaway cluster: the JobStore contract (tokens, jobs,
 // stages, idempotency keys, the per-client limit under concurrent submissions, deletion), the
 // workers table's lease bookkeeping, and an outage: StoreUnavailableError while the database is
-// down, the same data after it is back, and writes that wait for it when asked to.
+// down, the same data after it is back, and writes that wait for it when asked to. Fencing: a
+// stage is recorded only by the claim that holds it, on both stores.
 import test from "ava";
 import {fillJobSpec} from "../../ts/federated/protocol.js";
 import {stageJobId} from "../../ts/federated/distributed.js";
 import {PostgresJobStore, StoreUnavailableError} from "../../ts/federated/store-postgres.js";
-import {TooManyJobsError, type NewJob} from "../../ts/federated/store.js";
+import {SqliteJobStore, TooManyJobsError, type JobStore, type NewJob} from "../../ts/federated/store.js";
+import {tempDir} from "../helpers.js";
 import {PostgresCluster, skipPostgres} from "./postgres-cluster.js";
 
 const maybe = skipPostgres ? test.skip : test.serial;
@@ -78,7 +80,7 @@ maybe("workers: heartbeats, and only stale ones are reaped, each by one reaper",
     });
     await a.registerWorker({id: "w1", host: "h1", pid: 1, stages: ["train"], concurrency: 1});
     await a.registerWorker({id: "w2", host: "h2", pid: 2, stages: ["bi", "train"], concurrency: 2});
-    const claim = {job_id: "job_1", stage: "train" as const, queue_job_id: stageJobId("job_1", "train"), claimed_at: "2026-01-01T00:00:00.000Z",
+    const claim = {claim_id: "clm_1", job_id: "job_1", stage: "train" as const, queue_job_id: stageJobId("job_1", "train"), claimed_at: "2026-01-01T00:00:00.000Z",
         progress: {done: 3, total: 10}};
     t.true(await a.heartbeat("w1", [claim], false));
     t.deepEqual((await a.workers()).find((w) => w.id === "w1")?.claims, [claim]);
@@ -90,6 +92,54 @@ maybe("workers: heartbeats, and only stale ones are reaped, each by one reaper",
     t.deepEqual([...ra, ...rb][0].claims, [claim]);
     t.false(await a.heartbeat("w1", [], false), "a reaped worker learns it lost its lease");
     t.deepEqual((await a.workers()).map((w) => w.id), ["w2"]);
+});
+
+/**
+ * Claim A starts the train stage, is handed on (the reaper's fenced reset), claim B takes it; A's
+ * late records are refused, B's go through, and the job finishes once. `announce` lists a claim in
+ * a live worker row (PostgreSQL starts stages only under such claims).
+ */
+async function fencing(t: import("ava").ExecutionContext, store: JobStore, announce: (claim: string | undefined) => Promise<void>): Promise<void> {
+    const now = "2026-01-01T00:00:00.000Z";
+    await store.createJob(newJob("job_ffffffff", "c1", {skipped: ["synth", "bi", "prune", "merge"]}), now, 2);
+    await announce("clm_a");
+    t.deepEqual(await store.claimStage("job_ffffffff", "train", "clm_a", now), {previous: null});
+    t.like(await store.job("job_ffffffff"), {status: "running", stage: "train"});
+    t.true(await store.updateStage("job_ffffffff", "train", {status: "pending"}, "clm_a"), "the reaper hands A's claim on");
+    t.false(await store.updateStage("job_ffffffff", "train", {status: "pending"}, "clm_a"), "once");
+    t.false(await store.updateStage("job_ffffffff", "train", {status: "done", artifact_sha256: "a".repeat(64)}, "clm_a"), "A lost it");
+    await announce("clm_b");
+    t.deepEqual(await store.claimStage("job_ffffffff", "train", "clm_b", now), {previous: "clm_a"}, "B continues A's folder");
+    t.false(await store.updateStage("job_ffffffff", "train", {status: "done", artifact_sha256: "a".repeat(64)}, "clm_a"), "A cannot record");
+    t.false(await store.updateStage("job_ffffffff", "train", {status: "failed"}, "clm_a"), "nor fail it");
+    t.false(await store.finishJob("job_ffffffff", now), "a job with a stage left does not finish");
+    t.true(await store.updateStage("job_ffffffff", "train", {status: "done", artifact_sha256: "b".repeat(64)}, "clm_b"));
+    t.like((await store.stages("job_ffffffff")).find((s) => s.name === "train"), {status: "done", artifact_sha256: "b".repeat(64), claim_id: "clm_b"});
+    t.false(await store.updateStage("job_ffffffff", "train", {status: "pending"}, "clm_b"), "a done stage is not handed on");
+    t.is(await store.claimStage("job_ffffffff", "train", "clm_c", now), undefined, "nor claimed again");
+    t.true(await store.finishJob("job_ffffffff", "2026-01-01T00:00:01.000Z"));
+    t.false(await store.finishJob("job_ffffffff", "2026-01-01T00:00:02.000Z"), "a job finishes once");
+    t.like(await store.job("job_ffffffff"), {status: "succeeded", updated_at: "2026-01-01T00:00:01.000Z"});
+}
+
+test("fencing on the embedded store: only the claim holding a stage records it", async (t) => {
+    const store = SqliteJobStore.open(tempDir(t));
+    t.teardown(() => store.close());
+    await fencing(t, store, async () => {});
+});
+
+maybe("fencing on PostgreSQL: only a claim a live worker lists starts a stage, only its holder records it", async (t) => {
+    const pg = await PostgresCluster.create(t);
+    const store = await PostgresJobStore.open(pg.url);
+    t.teardown(() => store.close());
+    await store.registerWorker({id: "w1", host: "h", pid: 1, stages: ["train"], concurrency: 1});
+    const listed = (claim: string) => ({claim_id: claim, job_id: "job_ffffffff", stage: "train" as const, queue_job_id: "q", claimed_at: "x", progress: null});
+    await store.createJob(newJob("job_gggggggg", "c1"), "2026-01-01T00:00:00.000Z", 2);
+    t.is(await store.claimStage("job_gggggggg", "synth", "clm_x", "2026-01-01T00:00:00.000Z"), undefined, "no worker lists clm_x");
+    t.is((await store.stages("job_gggggggg"))[0].status, "pending");
+    await fencing(t, store, async (claim) => {
+        await store.heartbeat("w1", claim ? [listed(claim)] : [], false);
+    });
 });
 
 maybe("an outage: unavailable while down, nothing lost after, waiting writes go through", async (t) => {

@@ -4,7 +4,8 @@
 // finishes the job from the last checkpoint; PostgreSQL stopped and started under a running job
 // pauses the work (the server answers 503 meanwhile) and loses nothing, and a job computed by
 // the workers matches the single-process server's on the same seed. A worker drained by SIGTERM
-// hands its stage back, and a server with --workers 1 finishes it.
+// hands its stage back, and a server with --workers 1 finishes it. A worker paused (SIGSTOP) past
+// its lease and resumed (SIGCONT) after another finished its stage records nothing (fencing).
 import {spawn, type ChildProcess} from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -14,7 +15,7 @@ import type {JobStatus} from "../../ts/federated/protocol.js";
 import {cliPath, hasShared, runCli, stories260K, tempDir} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
 import {PostgresCluster, skipPostgres} from "./postgres-cluster.js";
-import {auth, getJson, items, makeToken, sha256, startServer, submit, waitJob} from "./server-process.js";
+import {auth, claimFile, getJson, items, makeToken, sha256, startServer, submit, waitJob} from "./server-process.js";
 
 const maybe = hasShared && !skipPostgres ? test.serial : test.skip;
 
@@ -115,13 +116,13 @@ maybe("a server and two workers run three jobs; a worker killed -9 mid-training 
     const [long] = ids;
 
     t.is((await getJson(server.url, token, "/v1/workers")).status, 403, "workers are for admin tokens only");
-    const checkpoint = path.join(shared, "jobs", long, "checkpoint", "checkpoint.json");
+    const checkpoint = () => claimFile(shared, long, "checkpoint/checkpoint.json");
     // the worker that claims the long job's training is frozen (SIGSTOP) as soon as a checkpoint is
     // on disk, so that it is mid-training however fast the machine trains, then looked at and killed
     const victim = await until("a worker claiming the long job's training", async () =>
         [w1, w2].find((w) => w.events.some((e) => e.event === "claimed" && e.job_id === long && e.stage === "train")), 150_000);
     const survivor = victim === w1 ? w2 : w1;
-    await until("the long job's first checkpoint on disk", async () => fs.existsSync(checkpoint), 60_000);
+    await until("the long job's first checkpoint on disk", async () => fs.existsSync(checkpoint()), 60_000);
     victim.child.kill("SIGSTOP");
     t.false(victim.events.some((e) => e.job_id === long && e.stage === "train" && e.event !== "claimed"), "still training when frozen");
     const view = (await getJson(server.url, admin, "/v1/workers")).json as WorkersView;
@@ -133,7 +134,7 @@ maybe("a server and two workers run three jobs; a worker killed -9 mid-training 
     t.false(Number.isNaN(Date.parse(claim?.claimed_at ?? "")), "since when");
     victim.child.kill("SIGKILL");
     await victim.exited;
-    const savedStep = JSON.parse(fs.readFileSync(checkpoint, "utf8")).step as number;
+    const savedStep = JSON.parse(fs.readFileSync(checkpoint(), "utf8")).step as number;
     t.true(savedStep > 0 && savedStep < 120, `checkpoint at step ${savedStep}`);
 
     const done: JobStatus[] = [];
@@ -263,10 +264,10 @@ maybe("SIGTERM drains a worker: its training is handed back uncounted; a server 
     const r = await submit(front.url, token, {spec: spec(80), items: items(3)});
     t.is(r.status, 202);
     const id: string = r.json.id;
-    const checkpoint = path.join(shared, "jobs", id, "checkpoint", "checkpoint.json");
+    const checkpoint = () => claimFile(shared, id, "checkpoint/checkpoint.json");
     await until("training with a checkpoint", async () => {
         const s = (await getJson(front.url, token, `/v1/jobs/${id}`)).json as JobStatus;
-        return s.stage === "train" && (s.progress?.done ?? 0) >= 4 && fs.existsSync(checkpoint);
+        return s.stage === "train" && (s.progress?.done ?? 0) >= 4 && fs.existsSync(checkpoint());
     }, 150_000);
     worker.child.kill("SIGTERM");
     t.is(await worker.exited, 0, worker.stderr());
@@ -274,7 +275,7 @@ maybe("SIGTERM drains a worker: its training is handed back uncounted; a server 
     t.deepEqual(worker.events.filter((e) => e.job_id === id).map((e) => `${e.event} ${e.stage}`),
         ["claimed synth", "done synth", "claimed bi", "done bi", "claimed prune", "done prune", "claimed train", "handed-back train"]);
     t.is(worker.events.at(-1)?.event, "stopped");
-    const savedStep = JSON.parse(fs.readFileSync(checkpoint, "utf8")).step as number;
+    const savedStep = JSON.parse(fs.readFileSync(checkpoint(), "utf8")).step as number;
 
     // the queue job is waiting again, and the hand-back did not count as a retry
     const {PostgresJobStore} = await import("../../ts/federated/store-postgres.js");
@@ -316,8 +317,8 @@ maybe("a worker killed -9 during synthesis: another continues from the journal i
     const r = await submit(server.url, token, {spec: {...spec(2), k}, items: items(n)});
     t.is(r.status, 202);
     const id: string = r.json.id;
-    const output = path.join(shared, "jobs", id, "synthetic.jsonl");
-    const lines = () => fs.existsSync(output) ? fs.readFileSync(output, "utf8").split("\n").filter(Boolean).length : 0;
+    const output = () => claimFile(shared, id, "synthetic.jsonl");
+    const lines = () => fs.existsSync(output()) ? fs.readFileSync(output(), "utf8").split("\n").filter(Boolean).length : 0;
     await until("two synthetic items on disk", async () => lines() >= 2);
     first.child.kill("SIGKILL");
     await first.exited;
@@ -336,4 +337,59 @@ maybe("a worker killed -9 during synthesis: another continues from the journal i
     await until("the merge stage's done line", async () => doneStages().includes("merge"), 10_000).catch(() => undefined);
     t.deepEqual(doneStages(), ["synth", "bi", "prune", "train", "merge"], second.stderr());
     await downloadChecked(t, server.url, token, s);
+});
+
+maybe("a worker paused past its lease and resumed after another took its stage records nothing: the job finishes once, with the second's artifact", async (t) => {
+    const pg = await PostgresCluster.create(t);
+    const shared = tempDir(t);
+    const teacher = new Teacher();
+    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
+    t.teardown(() => gen.stop());
+    const token = await pgToken(pg.url, "acme");
+    const server = await startServer(t, shared, ["--store", pg.url, "--model", stories260K, "--generator-url", gen.baseUrl,
+        "--generator-remote-model", "teacher", ...lease]);
+    // the first worker alone takes the job; it is frozen mid-training, once it has a checkpoint
+    const first = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
+    const r = await submit(server.url, token, {spec: spec(30), items: items(3)});
+    t.is(r.status, 202);
+    const id: string = r.json.id;
+    const firstClaim = await until("the first worker's claim of training", async () =>
+        first.events.find((e) => e.event === "claimed" && e.job_id === id && e.stage === "train")?.claim as string | undefined, 150_000);
+    const firstFolder = path.join(shared, "jobs", id, firstClaim);
+    await until("its first checkpoint", async () => fs.existsSync(path.join(firstFolder, "checkpoint", "checkpoint.json")), 60_000);
+    first.child.kill("SIGSTOP");
+    const savedStep = JSON.parse(fs.readFileSync(path.join(firstFolder, "checkpoint", "checkpoint.json"), "utf8")).step as number;
+
+    // a second worker takes the stage once the lease is over, continues from a copy of the checkpoint, finishes the job
+    const second = await startWorkerProcess(t, pg.url, shared, gen.baseUrl);
+    const s = await waitJob(server.url, token, id, () => false, 240_000);
+    t.is(s.status, "succeeded", `${s.error}\n${server.stderr()}\n${second.stderr()}`);
+    const secondClaim = second.events.find((e) => e.event === "claimed" && e.job_id === id && e.stage === "train")?.claim;
+    t.truthy(secondClaim, "the second worker took the training");
+    t.not(secondClaim, firstClaim);
+    const {PostgresJobStore} = await import("../../ts/federated/store-postgres.js");
+    const store = await PostgresJobStore.open(pg.url);
+    t.teardown(() => store.close());
+    const recorded = async () => ({job: await store.job(id), stages: await store.stages(id)});
+    const before = await recorded();
+    const train = before.stages.find((x) => x.name === "train")!;
+    t.is(train.claim_id, secondClaim as string);
+    t.true((train.result as {resumed_from: number | null}).resumed_from! >= savedStep, JSON.stringify(train.result));
+
+    // resumed, the first worker finishes its training before its next heartbeat can tell it that it was
+    // declared dead: heartbeats are held back (a SHARE lock on the workers table) for as long as it takes,
+    // the window every woken worker has, made wide enough to be sure to be used
+    const hold = await store.pool.connect();
+    t.teardown(() => hold.release());
+    await hold.query("begin");
+    await hold.query(`lock table ${store.schema}.workers in share mode`);
+    first.child.kill("SIGCONT");
+    const end = await until("the first worker's end of its training", async () =>
+        first.events.find((e) => e.job_id === id && e.stage === "train" && e.event !== "claimed"), 150_000);
+    await hold.query("commit");
+    t.is(end.event, "lease-lost", `${JSON.stringify(end)}\n${first.stderr()}`);
+    t.deepEqual(await recorded(), before, "nothing of the first worker's is recorded: the job finished once, with the second's artifact");
+    t.false(fs.existsSync(path.join(shared, "jobs", id)), "the first worker's folder went with its lost claim");
+    await downloadChecked(t, server.url, token, s);
+    t.is(first.child.exitCode, null, "the first worker lives on");
 });

@@ -122,9 +122,17 @@ maybe("tokens, ownership, validation, limits and idempotency; rejected requests 
     t.is(revoke.code, 0, revoke.stderr);
     t.is((await getJson(url, alice, "/v1/jobs")).status, 401);
     t.is((await getJson(url, bob, "/v1/jobs")).status, 200);
+    // jobs belong to the client's name: alice's rotated token keeps her jobs; bob's token still does not see them
+    const rotated = await makeToken(dir, "alice");
+    const keptJobs = (await getJson(url, rotated, "/v1/jobs")).json.jobs.map((j: {id: string}) => j.id);
+    t.deepEqual(keptJobs, [id2], "the new token lists the old token's job");
+    t.is((await getJson(url, rotated, `/v1/jobs/${id2}`)).json.status, "running", "and reads it");
+    t.is((await getJson(url, bob, `/v1/jobs/${id2}`)).status, 404, "another client's token does not");
+    t.false(((await getJson(url, bob, "/v1/jobs")).json.jobs as {id: string}[]).some((j) => j.id === id2));
+    t.is((await runCli(["server", "token", "revoke", "alice", "--data-dir", dir])).code, 0);
     const list = await runCli(["server", "token", "list", "--data-dir", dir, "--json"]);
     const tokens = JSON.parse(list.stdout).tokens as {name: string; revoked_at: string | null; token_sha256?: string}[];
-    t.deepEqual(tokens.map((x) => [x.name, x.revoked_at !== null]), [["alice", true], ["bob", false]]);
+    t.deepEqual(tokens.map((x) => [x.name, x.revoked_at !== null]), [["alice", true], ["bob", false], ["alice", true]]);
     t.false(list.stdout.includes(alice), "the token itself is never printed again");
     t.false(tokens.some((x) => "token_sha256" in x));
 

@@ -124,3 +124,14 @@ export function storedState(dataDir: string): {jobs: number; artifacts: string[]
 export function sha256(bytes: Uint8Array): string {
     return crypto.createHash("sha256").update(bytes).digest("hex");
 }
+
+/**
+ * A file in a job's claim folder, `<data dir>/jobs/<job>/<claim>/<rel>` (each claim of a stage
+ * works in its own folder): the most recently written one, or a path that does not exist.
+ */
+export function claimFile(dataDir: string, jobId: string, rel: string): string {
+    const dir = path.join(dataDir, "jobs", jobId);
+    const found = (fs.existsSync(dir) ? fs.readdirSync(dir) : []).map((c) => path.join(dir, c, rel)).filter((f) => fs.existsSync(f));
+    found.sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs);
+    return found[0] ?? path.join(dir, "-", rel);
+}

@@ -7,7 +7,7 @@ import test from "ava";
 import {SqliteJobStore} from "../../ts/federated/store.js";
 import {hasShared, llama2TinyRandom, runCli, stories260K, tempDir} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
-import {auth, getJson, items, makeToken, sha256, startServer, submit, waitJob} from "./server-process.js";
+import {auth, claimFile, getJson, items, makeToken, sha256, startServer, submit, waitJob} from "./server-process.js";
 
 const maybe = hasShared ? test.serial : test.skip;
 
@@ -40,8 +40,8 @@ maybe("kill -9 during synthesis: the restarted server resumes from the journal a
     const r = await submit(first.url, token, {spec: {k, server_steps: 2, batch_size: 2, r: 2, max_input_length: 32, max_target_length: 24}, items: items(n)});
     t.is(r.status, 202);
     const id: string = r.json.id;
-    const output = path.join(dir, "jobs", id, "synthetic.jsonl");
-    const lines = () => fs.existsSync(output) ? fs.readFileSync(output, "utf8").split("\n").filter(Boolean).length : 0;
+    const output = () => claimFile(dir, id, "synthetic.jsonl");
+    const lines = () => fs.existsSync(output()) ? fs.readFileSync(output(), "utf8").split("\n").filter(Boolean).length : 0;
     await until("two synthetic items on disk", () => lines() >= 2);
     const before = lines();
     await first.kill9();
@@ -85,12 +85,12 @@ maybe("kill -9 during training: the restarted server resumes from the last check
         items: items(4)});
     t.is(r.status, 202);
     const id: string = r.json.id;
-    const checkpoint = path.join(dir, "jobs", id, "checkpoint", "checkpoint.json");
-    await until("a training checkpoint", () => fs.existsSync(checkpoint), 90_000);
+    const checkpoint = () => claimFile(dir, id, "checkpoint/checkpoint.json");
+    await until("a training checkpoint", () => fs.existsSync(checkpoint()), 90_000);
     const running = (await getJson(first.url, token, `/v1/jobs/${id}`)).json;
     t.is(running.stage, "train");
     await first.kill9();
-    const savedStep = JSON.parse(fs.readFileSync(checkpoint, "utf8")).step as number;
+    const savedStep = JSON.parse(fs.readFileSync(checkpoint(), "utf8")).step as number;
     t.true(savedStep > 0 && savedStep < steps, `checkpoint at step ${savedStep}`);
 
     const second = await startServer(t, dir, args);

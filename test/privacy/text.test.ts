@@ -1,5 +1,6 @@
 // Text handling: which fields are perturbed, which tokens are kept, decoding, and the privacy
 // report's composition arithmetic.
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
@@ -45,11 +46,13 @@ maybe("records: by default only perturbed texts leave, under fresh random ids in
         for (const c of o.choices)
             t.deepEqual(Object.keys(c).sort(), ["label", "text"]);
     }
+    // (ids are left out: 128 random bits may spell "q1" by chance)
+    const texts = out.map((o) => JSON.stringify({...o, id: ""})).join("\n");
     for (const s of ["q1", "q2", "q3", "photosynthesis", "Which gas do plants absorb?", "\"answer\"", "p9"])
-        t.false(raw.includes(s), `${s} must not be released`);
+        t.false(texts.includes(s), `${s} must not be released`);
     const map = await readIdMap(r.idMap!);
     t.deepEqual(map.map((m) => m.id), out.map((o) => o.id), "the map lists the released ids in the released order");
-    t.deepEqual(new Set(map.map((m) => m.original_id)), new Set(["q1", "q2", "q3"]));
+    t.deepEqual(map.map((m) => m.original_id).sort(), ["q1", "q2", "q3"]);
     const answerOf = Object.fromEntries(items.map((x) => [x.id, x.answer]));
     for (const m of map)
         t.is(m.answer, answerOf[m.original_id]);
@@ -108,9 +111,35 @@ maybe("records: by default only perturbed texts leave, under fresh random ids in
     try {
         const count = (it: typeof items[number]) => [it.question, ...it.choices.map((c) => c.text)]
             .reduce((n, s) => n + model.tokenize(s, {addSpecial: false}).length, 0);
-        t.deepEqual(r.records.map((x) => x.tokens), items.map(count));
+        // records come in the released (shuffled) order: the id map says which item each is
+        t.deepEqual(r.records.map((x) => x.tokens), map.map((m) => count(items.find((x) => x.id === m.original_id)!)));
     } finally {
         model.close();
+    }
+});
+
+maybe("released ids are random whatever the seed: one seed, two runs, the same texts under unrelated ids", async (t) => {
+    const dir = tempDir(t);
+    const input = writeItems(dir);
+    const run = async (name: string) => {
+        const output = path.join(dir, `${name}.jsonl`);
+        const r = await perturbFile({embeddings: stories260K, input, output, epsilon: 1, seed: 5, cacheDir: false});
+        const map = await readIdMap(r.idMap!);
+        const out = fs.readFileSync(output, "utf8").trim().split("\n").map((l) => JSON.parse(l) as {id: string; question: string});
+        return {ids: out.map((o) => o.id), byOriginal: Object.fromEntries(map.map((m, n) => [m.original_id, out[n].question]).sort())};
+    };
+    const [a, b] = [await run("a"), await run("b")];
+    t.deepEqual(a.byOriginal, b.byOriginal, "the seed reproduces the perturbed texts");
+    t.deepEqual(a.ids.filter((id) => b.ids.includes(id)), [], "but not a single id");
+    // nothing derived from a seed (any small one) and a position, as ids were once: a guessed seed cannot be checked against them
+    const derived = new Set<string>();
+    for (let seed = 0; seed <= 1000; seed++)
+        for (let i = 0; i < items.length; i++)
+            derived.add(crypto.createHash("sha256").update(`ppc-gpt/release-id/v1\n${seed}\n${i}\n`).digest().subarray(0, 16).toString("base64url"));
+    for (const id of [...a.ids, ...b.ids]) {
+        t.false(derived.has(id), `${id} is derived from a seed`);
+        t.false(items.some((x) => id === x.id), `${id} is an original id`);
+        t.regex(id, releasedIdPattern);
     }
 });
 

@@ -11,8 +11,15 @@
 //   retries at once: another worker takes the stage and resumes the job from its last finished
 //   stage (training from its last checkpoint, which lives in the shared directory). The expiry
 //   (`expireSeconds`) stays as the backstop for a worker that died between fetch and heartbeat.
-// - A worker that finds its own row gone (it was declared dead: a long pause, a partition) stops
-//   its stages at once without recording anything: their claims were handed on.
+// - Fencing: every claim of a stage has its own id, listed in the worker's row. The stage row is
+//   started only under a claim a live worker row lists, and recorded (done, failed, handed back)
+//   only while it is still running under that claim; a new claim overwrites the id. A worker
+//   declared dead (a long pause, a partition) that wakes up and finishes its stage before its next
+//   heartbeat tells it so finds its record refused and drops it. Each claim works in its own folder
+//   (pipeline.ts), the next one in a copy of it, so the woken worker never writes into the new
+//   owner's files either.
+// - A worker that finds its own row gone stops its stages at once without recording anything:
+//   their claims were handed on.
 // - Graceful drain (SIGTERM): no more fetching; the current stages finish, or after the drain
 //   timeout are stopped and handed back (the pg-boss job is deleted and sent again under the same
 //   id, so the hand-back does not count as a retry).
@@ -20,8 +27,9 @@ import crypto from "node:crypto";
 import {EventEmitter} from "node:events";
 import fs from "node:fs";
 import os from "node:os";
+import path from "node:path";
 import PgBoss from "pg-boss";
-import {JobCancelledError, nextStage, runJobStage, type PipelineEnv} from "./pipeline.js";
+import {ClaimLostError, JobCancelledError, newClaimId, nextStage, runJobStage, type PipelineEnv} from "./pipeline.js";
 import {stageNames, terminalJobStates, type JobProgress, type StageName} from "./protocol.js";
 import type {SchedulerEvents} from "./scheduler.js";
 import type {Generator} from "../synth/generator.js";
@@ -107,7 +115,7 @@ export async function reconcileQueue(store: PostgresJobStore, boss: PgBoss, sett
         const next = await enqueueNextStage(store, boss, job.id, settings);
         if (!next) {
             // every stage done, but its last worker died before saying so
-            await store.updateJob(job.id, {status: "succeeded", stage: null}, new Date().toISOString());
+            await store.finishJob(job.id, new Date().toISOString());
             continue;
         }
         const queued = await store.retry(() => boss.getJobById<StageJobData>(stageQueue(next), stageJobId(job.id, next)));
@@ -138,9 +146,8 @@ export async function reapDeadWorkers(store: PostgresJobStore, boss: PgBoss, set
                 `its ${c.stage} stage of ${c.job_id} goes to another worker`);
             await store.retry(() => boss.fail(stageQueue(c.stage), c.queue_job_id,
                 {error: `worker ${w.id} on ${w.host} stopped sending heartbeats during ${c.stage}`}));
-            const row = (await store.stages(c.job_id)).find((s) => s.name === c.stage);
-            if (row?.status === "running")
-                await store.updateStage(c.job_id, c.stage, {status: "pending"});
+            // only if that claim still holds it (it may have been taken, or finished, meanwhile)
+            await store.updateStage(c.job_id, c.stage, {status: "pending"}, c.claim_id);
         }
     return dead;
 }
@@ -159,6 +166,8 @@ export interface StageEvent {
     event: "claimed" | "done" | "failed" | "handed-back" | "lease-lost" | "cancelled" | "retry-later";
     job_id: string;
     stage: StageName;
+    /** The claim's id (its fencing token and folder name). */
+    claim: string;
     /** Seconds since the claim. */
     seconds: number;
     error?: string;
@@ -166,6 +175,10 @@ export interface StageEvent {
 
 interface Claim {
     claim: WorkerClaim;
+    /** Its lease was lost: no longer announced in heartbeats, so it cannot start the stage again. */
+    lost?: boolean;
+    /** A heartbeat that listed it reached the store (the store starts a stage only under an announced claim). */
+    announced?: boolean;
     controller: AbortController;
     added: Set<string>;
     done: Promise<void>;
@@ -238,7 +251,7 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
 
     /** What this worker holds now. */
     held(): WorkerClaim[] {
-        return [...this.claims.values()].map((c) => c.claim);
+        return [...this.claims.values()].filter((c) => !c.lost).map((c) => c.claim);
     }
 
     progressOf(jobId: string): JobProgress | null {
@@ -262,15 +275,20 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
         if (this.stopped)
             return;
         try {
-            const alive = await this.store.heartbeat(this.id, this.held(), this.draining);
+            const sent = [...this.claims.values()].filter((c) => !c.lost);
+            const alive = await this.store.heartbeat(this.id, sent.map((c) => c.claim), this.draining);
             if (!alive) {
                 // declared dead while alive (a pause longer than the lease): our claims were handed on
                 this.log(`worker ${this.id}: lost its lease; stopping ${this.claims.size} stage(s) without recording them`);
-                for (const c of this.claims.values())
+                for (const c of this.claims.values()) {
+                    c.lost = true;
                     c.controller.abort(new StageStopped("lease-lost"));
+                }
                 if (!this.draining)
                     await this.register();
-            }
+            } else
+                for (const c of sent)
+                    c.announced = true;
             // judge only the claims held before the query: a stage claimed while it runs is not in
             // `existing` and would be taken for deleted (completed as cancelled, its job left stuck)
             const checked = [...this.claims.values()];
@@ -350,7 +368,8 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
     private async run(stage: StageName, queueJobId: string, jobId: string): Promise<StageName | undefined> {
         const controller = new AbortController();
         const added = new Set<string>();
-        const claim: WorkerClaim = {job_id: jobId, stage, queue_job_id: queueJobId, claimed_at: new Date().toISOString(), progress: null};
+        const claim: WorkerClaim = {claim_id: newClaimId(), job_id: jobId, stage, queue_job_id: queueJobId, claimed_at: new Date().toISOString(),
+            progress: null};
         let finish!: () => void;
         const entry: Claim = {claim, controller, added, done: new Promise<void>((r) => finish = r)};
         this.claims.set(queueJobId, entry);
@@ -358,21 +377,26 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
         const store = this.store;
         const t0 = Date.now();
         const tell = (event: StageEvent["event"], error?: string) =>
-            this.emit("stage", {event, job_id: jobId, stage, seconds: (Date.now() - t0) / 1000, ...(error ? {error} : {})});
+            this.emit("stage", {event, job_id: jobId, stage, claim: claim.claim_id, seconds: (Date.now() - t0) / 1000, ...(error ? {error} : {})});
         tell("claimed");
         try {
             await this.heartbeat(true);
+            // the store starts the stage only under a claim a heartbeat announced
+            if (!entry.announced && !entry.lost)
+                throw new StoreUnavailableError(`the heartbeat announcing the claim of ${stage} of ${jobId} did not reach the store`);
             const next = await this.runClaimed(stage, queueJobId, jobId, controller, added, claim);
             tell("done");
             return next;
         } catch (err) {
-            const reason = controller.signal.aborted && controller.signal.reason instanceof StageStopped ? controller.signal.reason.reason : undefined;
+            const reason = err instanceof ClaimLostError || entry.lost ? "lease-lost"
+                : controller.signal.aborted && controller.signal.reason instanceof StageStopped ? controller.signal.reason.reason : undefined;
             try {
                 if (reason === "lease-lost") {
-                    // another worker has it now; write nothing
-                    tell("lease-lost");
+                    // another claim has it now (or will): record nothing, and touch nothing but this claim's own folder
+                    await this.dropLostClaimFolder(jobId, claim.claim_id);
+                    tell("lease-lost", err instanceof ClaimLostError ? err.message : undefined);
                 } else if (reason === "hand-back") {
-                    await store.updateStage(jobId, stage, {status: "pending"});
+                    await store.updateStage(jobId, stage, {status: "pending"}, claim.claim_id);
                     await store.retry(() => this.boss.deleteJob(queue, queueJobId));
                     await store.retry(() => this.boss.send(queue, {job_id: jobId} satisfies StageJobData, {id: queueJobId,
                         retryLimit: this.settings.retryLimit, retryDelay: 0, expireInSeconds: this.settings.expireSeconds}));
@@ -432,11 +456,9 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
             await store.retry(() => this.boss.complete(queue, queueJobId, {skipped: "done"}));
             return pending;
         }
-        if (job.status !== "running")
-            await store.updateJob(jobId, {status: "running", error: null}, new Date().toISOString());
         let last = 0;
         await runJobStage(this.options.env, {
-            job, signal: controller.signal, added,
+            job, signal: controller.signal, added, claim: claim.claim_id,
             onProgress: (s, done, total) => {
                 claim.progress = {done, total};
                 const t = Date.now();
@@ -458,8 +480,22 @@ export class StageWorker extends EventEmitter<SchedulerEvents & {idle: []; stage
     }
 
     private async succeeded(jobId: string): Promise<void> {
-        await this.store.updateJob(jobId, {status: "succeeded", stage: null}, new Date().toISOString());
-        await fs.promises.rm(this.options.env.workDir(jobId), {recursive: true, force: true});
+        if (await this.store.finishJob(jobId, new Date().toISOString()))
+            await fs.promises.rm(this.options.env.workDir(jobId), {recursive: true, force: true});
+    }
+
+    /**
+     * A lost claim's folder, once nobody can continue from it: the job has ended or is gone (else
+     * the next claim copies it and then removes it, pipeline.ts). Artifacts it added are left: the
+     * new owner may have added the same bytes, not yet recorded.
+     */
+    private async dropLostClaimFolder(jobId: string, claimId: string): Promise<void> {
+        const job = await this.store.job(jobId);
+        if (job && !terminalJobStates.includes(job.status))
+            return;
+        const dir = this.options.env.workDir(jobId);
+        await fs.promises.rm(path.join(dir, claimId), {recursive: true, force: true});
+        await fs.promises.rmdir(dir).catch(() => {});
     }
 
     /** A deleted job's artifacts this worker added that no job references. */

@@ -3,6 +3,7 @@
 // marked done before the next stage starts, so a restarted server skips every finished stage;
 // synth resumes mid-way from its journal and train from its last checkpoint (both kept in the
 // job's work folder until the job ends).
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import {readTaskItems} from "../data/jsonl.js";
@@ -47,6 +48,8 @@ export interface StageRun {
     onProgress: (stage: StageName, done: number, total: number) => void;
     /** Artifacts this run added (so that a cancelled job's leftovers can be found). */
     added: Set<string>;
+    /** The claim (fencing token) each stage runs under; default: a new one per stage. */
+    claim?: string;
 }
 
 interface StageOutput {
@@ -56,6 +59,57 @@ interface StageOutput {
 
 export class JobCancelledError extends Error {
     override name = "JobCancelledError";
+}
+
+/** The stage is no longer this claim's (its lease was lost and another claim took it): nothing was recorded. */
+export class ClaimLostError extends Error {
+    override name = "ClaimLostError";
+}
+
+/** A new claim id: random, and a plain folder name. */
+export const newClaimId = (): string => "clm_" + crypto.randomBytes(12).toString("hex");
+
+/** Stages that resume from what an earlier claim left in its folder (synth's journal, train's checkpoint). */
+const resumableStages: StageName[] = ["synth", "train"];
+
+/**
+ * Sets up the folder a claim works in, `<job work dir>/<claim>`: a resumable stage starts from a
+ * copy of the previous claim's folder, never from that folder itself, so a previous holder that is
+ * still alive (declared dead during a pause) writes only into its own folder. The copy may be
+ * taken while such a holder writes: synth drops a torn last line, and train resumes only from a
+ * checkpoint whose files all came along (else it starts the stage afresh).
+ */
+async function claimFolder(jobDir: string, claim: string, previous: string | null, stage: StageName): Promise<string> {
+    const mine = path.join(jobDir, claim);
+    await fs.promises.rm(mine, {recursive: true, force: true});
+    const theirs = previous && previous !== claim ? path.join(jobDir, previous) : undefined;
+    if (theirs && resumableStages.includes(stage) && fs.existsSync(theirs)) {
+        try {
+            await fs.promises.cp(theirs, mine, {recursive: true, force: true});
+        } catch {
+            await fs.promises.rm(mine, {recursive: true, force: true});
+        }
+        if (stage === "train")
+            dropIncompleteCheckpoint(path.join(mine, "checkpoint"));
+    }
+    // nobody continues the previous claim's folder but this one: it is spent
+    if (theirs)
+        await fs.promises.rm(theirs, {recursive: true, force: true});
+    await fs.promises.mkdir(mine, {recursive: true});
+    return mine;
+}
+
+/** A checkpoint copied while it was being replaced may name files that did not come along: train from scratch then. */
+function dropIncompleteCheckpoint(dir: string): void {
+    try {
+        const meta = JSON.parse(fs.readFileSync(path.join(dir, checkpointFile), "utf8")) as {adapter?: string; optimizer?: string};
+        if ([meta.adapter, meta.optimizer].every((f) => typeof f === "string" && fs.existsSync(path.join(dir, path.basename(f)))))
+            return;
+    } catch {
+        if (!fs.existsSync(path.join(dir, checkpointFile)))
+            return;
+    }
+    fs.rmSync(dir, {recursive: true, force: true});
 }
 
 const now = () => new Date().toISOString();
@@ -229,14 +283,14 @@ export function finalModel(env: Pick<PipelineEnv, "artifacts" | "sourceModel">, 
 }
 
 /**
- * Runs one stage of the job (a no-op when it is done or skipped) and records it: running, then
- * done with its artifact and result, or failed. Throws the stage's error, or JobCancelledError when
- * `run.signal` was aborted (the stage row then stays "running" for whoever resumes it).
+ * Runs one stage of the job (a no-op when it is done or skipped) under a claim and records it:
+ * running, then done with its artifact and result, or failed. Every record is conditional on the
+ * claim still holding the stage: a holder that lost it gets ClaimLostError and records nothing.
+ * Throws the stage's error, or JobCancelledError when `run.signal` was aborted (the stage row then
+ * stays "running" for whoever resumes it).
  */
 export async function runJobStage(env: PipelineEnv, run: StageRun, name: StageName, onStageChange: () => void): Promise<void> {
     const store = env.store;
-    const work = env.workDir(run.job.id);
-    await fs.promises.mkdir(work, {recursive: true});
     const stages = await store.stages(run.job.id);
     if (!hasStageRow(stages, name))
         return;
@@ -245,9 +299,12 @@ export async function runJobStage(env: PipelineEnv, run: StageRun, name: StageNa
         return;
     if (run.signal.aborted)
         throw new JobCancelledError("the job was cancelled");
+    const claim = run.claim ?? newClaimId();
     const started = Date.now();
-    await store.updateStage(run.job.id, name, {status: "running", started_at: new Date(started).toISOString(), finished_at: null, seconds: null});
-    await store.updateJob(run.job.id, {stage: name}, now());
+    const held = await store.claimStage(run.job.id, name, claim, new Date(started).toISOString());
+    if (!held)
+        throw new ClaimLostError(`the ${name} stage of ${run.job.id} is no longer this claim's`);
+    const work = await claimFolder(env.workDir(run.job.id), claim, held.previous, name);
     onStageChange();
     let out: StageOutput;
     try {
@@ -262,13 +319,16 @@ export async function runJobStage(env: PipelineEnv, run: StageRun, name: StageNa
     } catch (err) {
         if (run.signal.aborted)
             throw new JobCancelledError("the job was cancelled");
-        await store.updateStage(run.job.id, name, {status: "failed", finished_at: now(), seconds: (Date.now() - started) / 1000});
+        if (!await store.updateStage(run.job.id, name, {status: "failed", finished_at: now(), seconds: (Date.now() - started) / 1000}, claim))
+            throw new ClaimLostError(`the ${name} stage of ${run.job.id} failed after it stopped being this claim's: ${(err as Error).message}`);
         throw new Error(`${name} stage: ${(err as Error).message}`, {cause: err});
     }
     if (run.signal.aborted)
         throw new JobCancelledError("the job was cancelled");
-    await store.updateStage(run.job.id, name, {status: "done", finished_at: now(), seconds: (Date.now() - started) / 1000,
-        artifact_sha256: out.artifact?.sha256 ?? null, result: out.result});
+    if (!await store.updateStage(run.job.id, name, {status: "done", finished_at: now(), seconds: (Date.now() - started) / 1000,
+        artifact_sha256: out.artifact?.sha256 ?? null, result: out.result}, claim))
+        throw new ClaimLostError(`the ${name} stage of ${run.job.id} finished after it stopped being this claim's; its result is dropped`);
+    await fs.promises.rm(work, {recursive: true, force: true});
     onStageChange();
 }
 

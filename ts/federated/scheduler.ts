@@ -35,7 +35,10 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
         this.setMaxListeners(0);
     }
 
-    /** Puts jobs a previous process left running back in the queue, drops orphaned files, starts work. */
+    /**
+     * Puts jobs a previous process left running back in the queue (their stage rows keep the claim
+     * whose folder the next claim continues), drops orphaned files, starts work.
+     */
     async start(): Promise<void> {
         const now = new Date().toISOString();
         for (const job of await this.env.store.jobsIn(["running"])) {
@@ -135,9 +138,8 @@ export class JobScheduler extends EventEmitter<SchedulerEvents> {
                     this.progress.delete(job.id);
                     this.emit("change", job.id);
                 });
-                if (await store.job(job.id))
-                    await store.updateJob(job.id, {status: "succeeded", stage: null}, new Date().toISOString());
-                await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
+                if (await store.finishJob(job.id, new Date().toISOString()))
+                    await fs.promises.rm(this.env.workDir(job.id), {recursive: true, force: true});
             } catch (err) {
                 if ((overBudget !== undefined || !(err instanceof JobCancelledError)) && await store.job(job.id)) {
                     const message = overBudget ?? (err instanceof Error ? err.message : String(err));

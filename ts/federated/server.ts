@@ -294,8 +294,8 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
 
     const ownJob = async (request: FastifyRequest, id: string): Promise<JobRecord> => {
         const job = await store.job(id);
-        // another client's job does not exist for this one
-        if (!job || job.client_id !== request.client!.id)
+        // jobs belong to the client's name, not its token: a rotated token keeps them; another client's job does not exist for this one
+        if (!job || job.client_id !== request.client!.name)
             throw new HttpError(404, errorCodes.notFound, `no job ${id}`);
         return job;
     };
@@ -355,7 +355,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             return reply.code(202).header("location", location).send({id, status: "queued", location});
         };
         const replay = async () => {
-            const hit = key === undefined ? undefined : await store.idempotencyHit(client.id, key);
+            const hit = key === undefined ? undefined : await store.idempotencyHit(client.name, key);
             if (!hit)
                 return undefined;
             if (hit.body_sha256 !== bodySha)
@@ -365,7 +365,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         const earlier = await replay();
         if (earlier)
             return earlier;
-        if (await store.activeJobCount(client.id) >= maxActive)
+        if (await store.activeJobCount(client.name) >= maxActive)
             throw new HttpError(429, errorCodes.tooManyJobs, `this client already has ${maxActive} queued or running job(s); wait for one to finish`);
 
         const jsonl = Buffer.from(body.items.map((i) => JSON.stringify({id: i.id, question: i.question, choices: i.choices})).join("\n") + "\n");
@@ -381,7 +381,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
                 skipped.push("train", "merge");
             if (spec.quantize === "none")
                 skipped.push("quantize");
-            await store.createJob({id, client_id: client.id, spec, items: body.items.length, items_sha256: itemsSha, skipped,
+            await store.createJob({id, client_id: client.name, spec, items: body.items.length, items_sha256: itemsSha, skipped,
                 ...(key !== undefined ? {idempotency: {key, body_sha256: bodySha}} : {})}, new Date().toISOString(), maxActive);
         } catch (err) {
             const n = inFlightItems.get(itemsSha)! - 1;
@@ -416,7 +416,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     });
 
     app.get(routes.jobs, {schema: {summary: "This client's jobs", security: [{bearer: []}], response: {200: jobListSchema, 401: errorSchema}}},
-        async (request) => ({jobs: await Promise.all((await store.jobsOf(request.client!.id)).map(jobStatus))}));
+        async (request) => ({jobs: await Promise.all((await store.jobsOf(request.client!.name)).map(jobStatus))}));
 
     const idRoute = `${routes.jobs}/:id`;
     app.get<{Params: {id: string}}>(idRoute, {schema: {summary: "Status of a job", security: [{bearer: []}], params: jobIdParamsSchema,
@@ -462,7 +462,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         const claims = await Promise.all(running.map(async (job) => {
             const stage = (await store.stages(job.id)).find((s) => s.status === "running");
             const p = scheduler.progressOf(job.id);
-            return stage ? [{job_id: job.id, stage: stage.name, queue_job_id: "", claimed_at: stage.started_at ?? job.updated_at,
+            return stage ? [{claim_id: stage.claim_id ?? "", job_id: job.id, stage: stage.name, queue_job_id: "", claimed_at: stage.started_at ?? job.updated_at,
                 progress: p ? {done: p.done, total: p.total} : null}] : [];
         }));
         const now = new Date().toISOString();

@@ -73,11 +73,13 @@ function stageOf(r: Row): StageRecord {
     return {job_id: String(r.job_id), name: r.name as StageName, status: r.status as StageRecord["status"],
         started_at: r.started_at == null ? null : String(r.started_at), finished_at: r.finished_at == null ? null : String(r.finished_at),
         seconds: r.seconds == null ? null : Number(r.seconds), artifact_sha256: r.artifact_sha256 == null ? null : String(r.artifact_sha256),
-        result: r.result ?? null};
+        result: r.result ?? null, claim_id: r.claim_id == null ? null : String(r.claim_id)};
 }
 
 /** What one worker holds: a stage of a job, claimed at a time, with its progress. */
 export interface WorkerClaim {
+    /** The claim's fencing token: the stage row is recorded only under it (store.claimStage). */
+    claim_id: string;
     job_id: string;
     stage: StageName;
     /** The pg-boss job id of the claim. */
@@ -170,6 +172,10 @@ export class PostgresJobStore implements JobStore {
                     started_at timestamptz not null default now(), last_seen timestamptz not null default now(),
                     draining boolean not null default false, claims jsonb not null default '[]');
                 create table if not exists ${s}.settings (key text primary key, value jsonb not null);
+                alter table ${s}.stages add column if not exists claim_id text;
+                -- jobs belong to a client's name (a rotated token keeps them), not to a token id as they once did
+                update ${s}.jobs j set client_id = t.name from ${s}.tokens t where j.client_id = t.id;
+                update ${s}.idempotency_keys k set client_id = t.name from ${s}.tokens t where k.client_id = t.id;
             `);
         });
     }
@@ -319,14 +325,45 @@ export class PostgresJobStore implements JobStore {
         return (await this.query(`select * from ${this.t("stages")} where job_id = $1 order by position`, [jobId])).rows.map(stageOf);
     }
 
-    async updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name">>): Promise<void> {
+    async updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name" | "claim_id">>, claim?: string): Promise<boolean> {
         const allowed = ["status", "started_at", "finished_at", "seconds", "artifact_sha256", "result"];
         const keys = (Object.keys(fields) as (keyof typeof fields)[]).filter((k) => allowed.includes(k));
         if (keys.length === 0)
-            return;
+            return true;
         const value = (k: keyof typeof fields) => k === "result" ? (fields.result == null ? null : JSON.stringify(fields.result)) : fields[k] ?? null;
-        await this.query(`update ${this.t("stages")} set ${keys.map((k, i) => `${k} = $${i + 1}`).join(", ")} ` +
-            `where job_id = $${keys.length + 1} and name = $${keys.length + 2}`, [...keys.map(value), jobId, name]);
+        const n = keys.length;
+        const r = await this.query(`update ${this.t("stages")} set ${keys.map((k, i) => `${k} = $${i + 1}`).join(", ")} ` +
+            `where job_id = $${n + 1} and name = $${n + 2}` + (claim === undefined ? "" : ` and claim_id = $${n + 3} and status = 'running'`),
+        [...keys.map(value), jobId, name, ...(claim === undefined ? [] : [claim])]);
+        return (r.rowCount ?? 0) > 0;
+    }
+
+    /**
+     * Starts a stage under `claim`, which a live worker row must list (its heartbeat carried it):
+     * a worker declared dead (its row deleted by a reaper) cannot take back a stage it was holding.
+     */
+    async claimStage(jobId: string, name: StageName, claim: string, at: string): Promise<{previous: string | null} | undefined> {
+        return this.transaction(async (q) => {
+            const row = await q.query(`select status, claim_id from ${this.t("stages")} where job_id = $1 and name = $2 for update`, [jobId, name]);
+            const status = row.rows[0]?.status;
+            if (status === undefined || status === "done" || status === "skipped")
+                return undefined;
+            const listed = await q.query(`select 1 from ${this.t("workers")} where claims @> $1::jsonb for share`, [JSON.stringify([{claim_id: claim}])]);
+            if (listed.rowCount === 0)
+                return undefined;
+            await q.query(`update ${this.t("stages")} set status = 'running', claim_id = $3, started_at = $4, finished_at = null, seconds = null ` +
+                "where job_id = $1 and name = $2", [jobId, name, claim, at]);
+            await q.query(`update ${this.t("jobs")} set status = 'running', stage = $2, error = null, updated_at = $3 where id = $1`, [jobId, name, at]);
+            const previous = row.rows[0].claim_id;
+            return {previous: previous == null ? null : String(previous)};
+        });
+    }
+
+    async finishJob(id: string, now: string): Promise<boolean> {
+        const r = await this.query(`update ${this.t("jobs")} j set status = 'succeeded', stage = null, updated_at = $2 ` +
+            `where id = $1 and status in ('queued', 'running') and not exists ` +
+            `(select 1 from ${this.t("stages")} s where s.job_id = j.id and s.status not in ('done', 'skipped'))`, [id, now]);
+        return (r.rowCount ?? 0) > 0;
     }
 
     async deleteJob(id: string): Promise<string[]> {

@@ -43,6 +43,11 @@ export interface StageRecord {
     artifact_sha256: string | null;
     /** Stage-specific result (synth counts, BI report, pruning plan, model facts), JSON. */
     result: unknown;
+    /**
+     * The claim that last started the stage (its fencing token): while the stage is running only
+     * that claim may record it; kept after a hand-back so the next claim knows whose folder to continue.
+     */
+    claim_id: string | null;
 }
 
 export interface NewJob {
@@ -87,7 +92,22 @@ export interface JobStore {
     activeJobCount(clientId: string): Awaitable<number>;
     updateJob(id: string, fields: Partial<Pick<JobRecord, "status" | "stage" | "error">>, now: string): Awaitable<void>;
     stages(jobId: string): Awaitable<StageRecord[]>;
-    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name">>): Awaitable<void>;
+    /**
+     * Updates a stage row. With `claim`, only while that claim holds it (the row is running under
+     * it): false when another claim took the stage or it was handed on (the caller lost its lease).
+     */
+    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name" | "claim_id">>, claim?: string): Awaitable<boolean>;
+    /**
+     * Starts a stage under a new claim, in one transaction: the stage row running under `claim`,
+     * the job running at that stage. Returns the claim that held it before (null: none), or
+     * undefined when the stage is done or skipped, or (PostgreSQL) no live worker lists `claim`.
+     */
+    claimStage(jobId: string, name: StageName, claim: string, at: string): Awaitable<{previous: string | null} | undefined>;
+    /**
+     * Marks the job succeeded when every stage is done or skipped and it is not finished yet;
+     * false when it was not (another claim finished it first, or a stage is left): a job finishes once.
+     */
+    finishJob(id: string, now: string): Awaitable<boolean>;
     /** Deletes the job's rows (job, stages, idempotency keys); returns the artifacts it referenced. */
     deleteJob(id: string): Awaitable<string[]>;
     /** Every artifact some job still references. */
@@ -135,6 +155,7 @@ create table if not exists stages (
     seconds real,
     artifact_sha256 text,
     result text,
+    claim_id text,
     primary key (job_id, name)
 );
 create table if not exists idempotency_keys (
@@ -148,6 +169,15 @@ create table if not exists idempotency_keys (
 `;
 
 type Row = Record<string, unknown>;
+
+/**
+ * Jobs (and idempotency keys) belong to a client's name, so a rotated token keeps them. Databases
+ * made when they belonged to a token id are moved over (a token id names no live client's jobs).
+ */
+const ownerByName = `
+update jobs set client_id = (select name from tokens where tokens.id = jobs.client_id) where client_id in (select id from tokens);
+update idempotency_keys set client_id = (select name from tokens where tokens.id = idempotency_keys.client_id) where client_id in (select id from tokens);
+`;
 
 function tokenOf(r: Row): TokenRecord {
     return {id: String(r.id), name: String(r.name), token_sha256: String(r.token_sha256), admin: Number(r.admin) === 1,
@@ -164,7 +194,7 @@ function stageOf(r: Row): StageRecord {
     return {job_id: String(r.job_id), name: r.name as StageName, status: r.status as StageState,
         started_at: r.started_at == null ? null : String(r.started_at), finished_at: r.finished_at == null ? null : String(r.finished_at),
         seconds: r.seconds == null ? null : Number(r.seconds), artifact_sha256: r.artifact_sha256 == null ? null : String(r.artifact_sha256),
-        result: r.result == null ? null : JSON.parse(String(r.result))};
+        result: r.result == null ? null : JSON.parse(String(r.result)), claim_id: r.claim_id == null ? null : String(r.claim_id)};
 }
 
 /** The embedded job store (libsql) in the server's data directory. */
@@ -192,6 +222,10 @@ export class SqliteJobStore implements JobStore {
         db.pragma("synchronous = FULL");
         db.pragma("foreign_keys = ON");
         db.exec(schema);
+        // databases made before claims were fenced
+        if (!(db.prepare("pragma table_info(stages)").all() as Row[]).some((c) => c.name === "claim_id"))
+            db.exec("alter table stages add column claim_id text");
+        db.exec(ownerByName);
         return new SqliteJobStore(db);
     }
 
@@ -274,13 +308,32 @@ export class SqliteJobStore implements JobStore {
         return (this.db.prepare("select * from stages where job_id = ? order by position").all(jobId) as Row[]).map(stageOf);
     }
 
-    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name">>): void {
-        const keys = Object.keys(fields) as (keyof typeof fields)[];
+    updateStage(jobId: string, name: StageName, fields: Partial<Omit<StageRecord, "job_id" | "name" | "claim_id">>, claim?: string): boolean {
+        const keys = (Object.keys(fields) as (keyof typeof fields)[]).filter((k) => k !== ("claim_id" as never));
         if (keys.length === 0)
-            return;
+            return true;
         const value = (k: keyof typeof fields) => k === "result" ? (fields.result == null ? null : JSON.stringify(fields.result)) : fields[k] ?? null;
-        this.db.prepare(`update stages set ${keys.map((k) => `${k} = ?`).join(", ")} where job_id = ? and name = ?`)
-            .run(...keys.map(value), jobId, name);
+        const r = this.db.prepare(`update stages set ${keys.map((k) => `${k} = ?`).join(", ")} where job_id = ? and name = ?` +
+            (claim === undefined ? "" : " and claim_id = ? and status = 'running'"))
+            .run(...keys.map(value), jobId, name, ...(claim === undefined ? [] : [claim]));
+        return r.changes > 0;
+    }
+
+    claimStage(jobId: string, name: StageName, claim: string, at: string): {previous: string | null} | undefined {
+        return this.db.transaction(() => {
+            const row = this.db.prepare("select status, claim_id from stages where job_id = ? and name = ?").get(jobId, name) as Row | undefined;
+            if (!row || row.status === "done" || row.status === "skipped")
+                return undefined;
+            this.db.prepare("update stages set status = 'running', claim_id = ?, started_at = ?, finished_at = null, seconds = null " +
+                "where job_id = ? and name = ?").run(claim, at, jobId, name);
+            this.db.prepare("update jobs set status = 'running', stage = ?, error = null, updated_at = ? where id = ?").run(name, at, jobId);
+            return {previous: row.claim_id == null ? null : String(row.claim_id)};
+        }).immediate();
+    }
+
+    finishJob(id: string, now: string): boolean {
+        return this.db.prepare("update jobs set status = 'succeeded', stage = null, updated_at = ? where id = ? and status in ('queued', 'running') " +
+            "and not exists (select 1 from stages where job_id = jobs.id and status not in ('done', 'skipped'))").run(now, id).changes > 0;
     }
 
     deleteJob(id: string): string[] {

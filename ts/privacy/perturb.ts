@@ -492,7 +492,7 @@ export async function perturbFile(o: PerturbFileOptions): Promise<PerturbReport>
         const r = await perturber.perturbItems(items, o.onProgress ? (d, t) => o.onProgress!("perturb", d, t) : undefined);
         let records = r.records;
         if (idMap) {
-            const released = releaseItems(r.items, {seed: o.seed});
+            const released = releaseItems(r.items);
             // The id map first: a released file never exists without the map that makes it usable.
             await writeIdMap(idMap, released.idMap);
             await writeJsonlAtomic(o.output, released.items);

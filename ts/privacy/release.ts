@@ -5,7 +5,7 @@ import crypto from "node:crypto";
 import path from "node:path";
 import {DataError, readJsonl, writeJsonlAtomic} from "../data/jsonl.js";
 import type {PerturbedItem} from "./perturb.js";
-import {parseSeed, seededUniform, secureUniform} from "../random.js";
+import {secureUniform} from "../random.js";
 
 /** A released item: nothing but perturbed texts and a random id. */
 export interface ReleasedItem {
@@ -32,28 +32,21 @@ export function idMapPath(output: string): string {
     return path.join(dir, `${stem}.idmap.jsonl`);
 }
 
-export interface ReleaseOptions {
-    /**
-     * Reproducible ids and order (tests and audits only, like the perturbation seed: whoever knows
-     * it can link the released ids to the input order). Default: the OS CSPRNG.
-     */
-    seed?: number | string;
-}
-
 /**
  * Gives each perturbed item a fresh random id, drops its answer (kept in the id map) and
  * shuffles the order, so neither the ids nor the position link a released item to its source.
+ * Ids and order come from the OS CSPRNG always, whatever perturbation seed was given: derived from
+ * that seed, they would let whoever guesses a small seed link the release to the input order and
+ * check the guess (then replay the perturbation noise).
  */
-export function releaseItems(items: readonly PerturbedItem[], o: ReleaseOptions = {}): {
+export function releaseItems(items: readonly PerturbedItem[]): {
     items: ReleasedItem[];
     idMap: IdMapEntry[];
     /** released item n came from items[sourceIndex[n]]. */
     sourceIndex: number[];
 } {
-    const seed = o.seed === undefined ? undefined : parseSeed(o.seed);
-    const rng = seed === undefined ? secureUniform() : seededUniform(seed);
-    const newId = (i: number): string => seed === undefined ? crypto.randomBytes(16).toString("base64url")
-        : crypto.createHash("sha256").update(`ppc-gpt/release-id/v1\n${seed}\n${i}\n`).digest().subarray(0, 16).toString("base64url");
+    const rng = secureUniform();
+    const newId = (): string => crypto.randomBytes(16).toString("base64url");
     const order = Array.from(items.keys());
     for (let i = order.length - 1; i > 0; i--) {
         const j = Math.floor(rng.nextDouble() * (i + 1));
@@ -63,9 +56,9 @@ export function releaseItems(items: readonly PerturbedItem[], o: ReleaseOptions 
     const released: ReleasedItem[] = [], idMap: IdMapEntry[] = [];
     for (const [n, i] of order.entries()) {
         const it = items[i];
-        let id = newId(n);
+        let id = newId();
         while (seen.has(id))
-            id = crypto.randomBytes(16).toString("base64url");
+            id = newId();
         seen.add(id);
         released.push({id, question: it.question, choices: it.choices.map((c) => ({label: c.label, text: c.text}))});
         idMap.push({id, original_id: it.id, ...(it.answer !== undefined ? {answer: it.answer} : {})});

@@ -178,7 +178,7 @@ export async function preparePerturbedUpload(items: PrivateData["train"], embedd
         const fitted = r.items.map((x) => ({...x, question: clip(x.question, questionLimit),
             choices: x.choices.map((c) => ({...c, text: clip(c.text, choiceTextLimit)}))}));
         const kept = fitted.map((x, i) => ({x, i})).filter(({x}) => x.question.trim() !== "");
-        const released = releaseItems(kept.map(({x}) => x), {seed: p.seed});
+        const released = releaseItems(kept.map(({x}) => x));
         const records = released.sourceIndex.map((k, n) => ({...r.records[kept[k].i], id: released.items[n].id}));
         const texts = kept.reduce((n, {x}) => n + 1 + x.choices.length, 0);
         return {items: released.items, idMap: released.idMap, records, dataset: datasetReport(records, texts, perturber.mechanism.epsilon),
