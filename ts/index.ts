@@ -39,7 +39,7 @@ export type {TaskItem, TaskChoice, SyntheticItem} from "./data/task-item.js";
 export {quantizeModel, quantizationTypes} from "./quantize/quantize.js";
 export type {QuantizeModelOptions, QuantizeModelResult, QuantizationType, ImatrixSource} from "./quantize/quantize.js";
 export {readImatrixFile, writeImatrixGguf} from "./quantize/imatrix.js";
-export {taskImatrix, textImatrix} from "./quantize/collect.js";
+export {taskImatrix} from "./quantize/collect.js";
 export type {ImportanceMatrix, ImatrixEntry} from "./quantize/imatrix.js";
 
 // Generation and synthesis
@@ -74,7 +74,6 @@ export type {DatasetReport, MechanismName, MechanismReport, PerturbedItem, Pertu
     RecordReport, TextPerturbation, TextPerturber} from "./privacy/perturb.js";
 export {exponentialMechanism} from "./privacy/mechanism.js";
 export type {ExponentialMechanismOptions, PrivacyGuarantee, TokenDistribution, TokenMechanism, TokenUtilities} from "./privacy/mechanism.js";
-export {seededUniform} from "./random.js";
 export type {UniformSource} from "./random.js";
 export {releaseItems, readIdMap} from "./privacy/release.js";
 export type {ReleasedItem, IdMapEntry} from "./privacy/release.js";
@@ -85,7 +84,6 @@ export {runExperiment} from "./experiment/runner.js";
 export type {ExperimentOptions, ExperimentEvent, ExperimentSummary} from "./experiment/runner.js";
 export {builtinConfigs, loadExperimentConfig} from "./experiment/config.js";
 export type {ExperimentConfig, MethodName, Settings, TaskSpec} from "./experiment/config.js";
-export {writeTables} from "./experiment/tables.js";
 
 // The federated layer (job server and client, scale-out workers, PruFed) is the subpath export
 // "ppc-gpt/federated" (ts/federated/index.ts), so importing the stages does not load Fastify, libsql or pg.

@@ -64,3 +64,7 @@ export {isPerturbationKit, fileSha256, KIT_TENSOR} from "./privacy/kit.js";
 export {quantizationType, quantizationOverrides} from "./quantize/quantize.js";
 export {imatrixValues} from "./quantize/imatrix.js";
 export {imatrixTextChunks} from "./quantize/collect.js";
+// moved from the public surface (issue 23: under 80 stable values)
+export {textImatrix} from "./quantize/collect.js";
+export {seededUniform} from "./random.js";
+export {writeTables} from "./experiment/tables.js";

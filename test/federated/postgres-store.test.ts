@@ -101,7 +101,7 @@ maybe("workers: heartbeats, and only stale ones are reaped, each by one reaper",
  */
 async function fencing(t: import("ava").ExecutionContext, store: JobStore, announce: (claim: string | undefined) => Promise<void>): Promise<void> {
     const now = "2026-01-01T00:00:00.000Z";
-    await store.createJob(newJob("job_ffffffff", "c1", {skipped: ["synth", "bi", "prune", "merge"]}), now, 2);
+    await store.createJob(newJob("job_ffffffff", "c1", {skipped: ["synth", "bi", "prune", "merge", "quantize"]}), now, 2);
     await announce("clm_a");
     t.deepEqual(await store.claimStage("job_ffffffff", "train", "clm_a", now), {previous: null});
     t.like(await store.job("job_ffffffff"), {status: "running", stage: "train"});

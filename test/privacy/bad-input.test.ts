@@ -211,7 +211,9 @@ maybe("a corrupt cache file is reported as a warning and rebuilt; the run still 
     t.regex(r.stderr, /"event":"warning".*ignoring cache file .*not a ppc-gpt index file; rebuilding/);
     const third = JSON.parse(r.stdout);
     t.false(third.mechanism.custext.index.cached);
-    t.deepEqual(third.records, first.records);
+    // released ids are random whatever the seed: the same seed gives the same records under new ids
+    const withoutIds = (records: Record<string, unknown>[]) => records.map(({id: _id, ...rest}) => JSON.stringify(rest)).sort();
+    t.deepEqual(withoutIds(third.records), withoutIds(first.records));
 });
 
 maybe("perturb: an output folder that does not exist is named before anything is written", async (t) => {

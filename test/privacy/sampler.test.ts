@@ -99,9 +99,15 @@ maybe("a fixed seed reproduces the perturbed file byte for byte; another seed, o
         await perturbFile({embeddings: stories260K, input, output, epsilon: 3, seed, cacheDir: false});
         outs.push(fs.readFileSync(output, "utf8"));
     }
-    t.is(outs[0], outs[1]);
-    t.not(outs[0], outs[2]);
-    t.not(outs[3], outs[4]);
+    // released ids and order are random whatever the seed (privacy/release.ts): the seed reproduces the texts
+    const texts = (out: string) => out.trim().split("\n").map((l) => {
+        const {id: _id, ...rest} = JSON.parse(l) as Record<string, unknown>;
+        return JSON.stringify(rest);
+    }).sort().join("\n");
+    t.is(texts(outs[0]), texts(outs[1]));
+    t.not(outs[0], outs[1], "the ids are not derived from the seed");
+    t.not(texts(outs[0]), texts(outs[2]));
+    t.not(texts(outs[3]), texts(outs[4]));
     t.is(secureUniform().description, "secure");
 });
 

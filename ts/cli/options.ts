@@ -31,7 +31,7 @@ export interface OptionSpec {
     verbs: readonly string[];
 }
 
-const modelVerbs = ["train", "eval", "bi", "prune", "perplexity"] as const;
+const modelVerbs = ["train", "eval", "bi", "prune", "perplexity", "quantize"] as const;
 const jsonVerbs = ["train", "eval", "bi", "prune", "perplexity", "perturb", "synth", "merge", "inspect", "experiment", "build", "doctor"] as const;
 
 export const optionTable: readonly OptionSpec[] = [

@@ -18,3 +18,8 @@ export type {MaskPlan, Advert, SharedBox} from "./prufed/secure.js";
 export {roundsSvg} from "./prufed/plot.js";
 export {SecureRoundError} from "./prufed/secure-host.js";
 export {compareTable} from "./prufed/compare.js";
+// moved from the public surface (issue 23: under 80 stable values)
+export {LateUpload} from "./prufed/rounds.js";
+export {flRoutes} from "./prufed/http-protocol.js";
+export {SecureClient, SecureAggregationServer} from "./prufed/secure.js";
+export {SecureRoundHost} from "./prufed/secure-host.js";

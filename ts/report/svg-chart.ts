@@ -96,7 +96,7 @@ function seriesMarks(o: ChartOptions, s: ChartSeries, color: string, sx: (x: num
     }
     for (const p of s.points)
         if (p.err !== undefined && Number.isFinite(p.err) && p.err > 0)
-            parts.push(`<line x1="${sx(p.x)}" y1="${sy(p.y - p.err)}" x2="${sx(p.x)}" y2="${sy(p.y + p.err)}" stroke="${color}"/>`);
+            parts.push(`<line class="stderr" x1="${sx(p.x)}" y1="${sy(p.y - p.err)}" x2="${sx(p.x)}" y2="${sy(p.y + p.err)}" stroke="${color}"/>`);
     return parts;
 }
 
