@@ -10,6 +10,7 @@ import {writePerturbationKit} from "../privacy/kit.js";
 import type {Generator} from "../synth/generator.js";
 import {createRemoteGenerator} from "../synth/remote.js";
 import {ArtifactStore, hashFile, type ArtifactRef} from "./artifacts.js";
+import {lockDataDir} from "./data-dir-lock.js";
 import {sendStoredFile} from "./download.js";
 import {checkCleartextListen, createProtocolApp, HttpError, httpLimitDefaults, openEventStream, TokenSessions, type HttpLimits} from "./http-common.js";
 import {sanitizeMessage} from "./http-wire.js";
@@ -165,41 +166,12 @@ async function sourceModelInfo(model: string): Promise<ServerInfo["model"] & {si
 }
 
 /**
- * Claims the data dir for this process: `server.pid` names the server using it. A pid file whose
- * process is gone (a server killed with -9) is taken over; a live one is an error, because two
- * servers would run the same jobs twice.
+ * Claims the data dir for this process: an exclusive lock that the kernel releases when the
+ * process dies (data-dir-lock.ts), so a server killed with -9 restarts at once; a live holder is an
+ * error naming its pid (`server.pid`), because two servers would run the same jobs twice.
  */
 export function claimDataDir(dataDir: string): () => void {
-    const file = path.join(dataDir, "server.pid");
-    fs.mkdirSync(dataDir, {recursive: true});
-    for (let attempt = 0; attempt < 2; attempt++) {
-        try {
-            fs.writeFileSync(file, `${process.pid}\n`, {flag: "wx"});
-            return () => {
-                try {
-                    if (fs.readFileSync(file, "utf8").trim() === String(process.pid))
-                        fs.rmSync(file, {force: true});
-                } catch {
-                    // already gone
-                }
-            };
-        } catch (err) {
-            if ((err as NodeJS.ErrnoException).code !== "EEXIST")
-                throw err;
-            const pid = Number(fs.readFileSync(file, "utf8").trim());
-            let alive = false;
-            try {
-                process.kill(pid, 0);
-                alive = Number.isInteger(pid) && pid > 0 && pid !== process.pid;
-            } catch (e) {
-                alive = (e as NodeJS.ErrnoException).code === "EPERM";
-            }
-            if (alive)
-                throw new Error(`another server (pid ${pid}) is using ${dataDir}; stop it first, or give another --data-dir`);
-            fs.rmSync(file, {force: true});
-        }
-    }
-    throw new Error(`cannot claim ${dataDir} (${file} keeps reappearing)`);
+    return lockDataDir(dataDir);
 }
 
 /**

@@ -197,7 +197,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     };
     const dataDir = path.resolve(options.dataDir);
     makePrivateDir(dataDir);
-    // one server per data dir (server.pid; a pid file left by a server killed -9 is taken over)
+    // one server per data dir: a lock the kernel releases when a server dies (data-dir-lock.ts)
     const release = claimDataDir(dataDir);
     const store = SqliteJobStore.open(dataDir);
     const federation = fs.existsSync(path.join(dataDir, "state.json"))
