@@ -15,7 +15,7 @@ import {readLoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
-import {writeJsonDurable} from "../../durable-file.js";
+import {writeFileDurable, writeJsonDurable} from "../../durable-file.js";
 import {flProtocol, flRoutes, metricsHeader, roundRoute, secaggVersionHeader, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus,
     type SharesAnswer, type UnmaskAnswer} from "./http-protocol.js";
 import {modelLayerShapes, toBaseNumbering} from "./align.js";
@@ -181,9 +181,7 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
         const body = zlib.gzipSync(await fs.promises.readFile(upload), {level: 1});
         result.bytesUp = body.length;
         result.seconds = result.seconds || (performance.now() - started) / 1000;
-        const tmp = `${doneFile}.tmp-${process.pid}`;
-        fs.writeFileSync(tmp, JSON.stringify(result));
-        fs.renameSync(tmp, doneFile);
+        await writeFileDurable(doneFile, JSON.stringify(result));
         const metrics = {train_loss: result.trainLoss, bytes_down: result.bytesDown, bytes_up: result.bytesUp, seconds: result.seconds,
             ...(result.accuracy !== undefined ? {accuracy: result.accuracy, accuracy_before: result.accuracyBefore} : {})};
         if (cur.secure_aggregation) {
