@@ -37,10 +37,20 @@ export async function commitFile(tmp: string, file: string): Promise<void> {
 
 /** Writes `data` to `file` atomically and durably (temp file in the same folder, fsync, rename, fsync folder). */
 export async function writeFileDurable(file: string, data: string | Uint8Array): Promise<void> {
+    await writeFileDurableWith(file, (fh) => fh.writeFile(data));
+}
+
+/**
+ * Streams a file into place atomically and durably: `write` fills a temporary file in the same
+ * folder through its handle (for outputs too big to hold in memory), then it is fsynced, renamed
+ * over `file` and the folder fsynced. On any error the temporary file is removed and the error
+ * rethrown; `file` is untouched.
+ */
+export async function writeFileDurableWith(file: string, write: (fh: fs.promises.FileHandle) => Promise<void>): Promise<void> {
     const tmp = tempName(file);
     const fh = await fs.promises.open(tmp, "wx");
     try {
-        await fh.writeFile(data);
+        await write(fh);
         await fh.sync();
     } catch (err) {
         await fh.close().catch(() => {});
@@ -49,6 +59,32 @@ export async function writeFileDurable(file: string, data: string | Uint8Array):
     }
     await fh.close();
     await commitFile(tmp, file);
+}
+
+/** writeFileDurable for synchronous callers (caches, state files written between synchronous steps). */
+export function writeFileDurableSync(file: string, data: string | Uint8Array): void {
+    const tmp = tempName(file);
+    const fd = fs.openSync(tmp, "wx");
+    try {
+        fs.writeFileSync(fd, data);
+        fs.fsyncSync(fd);
+    } catch (err) {
+        fs.closeSync(fd);
+        fs.rmSync(tmp, {force: true});
+        throw err;
+    }
+    fs.closeSync(fd);
+    fs.renameSync(tmp, file);
+    try {
+        const dir = fs.openSync(path.dirname(file), "r");
+        try {
+            fs.fsyncSync(dir);
+        } finally {
+            fs.closeSync(dir);
+        }
+    } catch {
+        // some filesystems do not fsync folders; the rename itself is still atomic
+    }
 }
 
 /** JSON of `value` written with writeFileDurable. */

@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import {fileURLToPath} from "node:url";
 import {findSharedLibrary, missingCpuFeatures, nvidiaDriverGpus, nvidiaDriverVersion, nvidiaGpus} from "./host.js";
+import {writeFileDurableSync} from "./durable-file.js";
 
 export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 
@@ -231,7 +232,7 @@ function readVerdicts(): Record<string, CachedVerdict> {
     }
 }
 
-/** Best effort (the cache folder may be read-only): temp file + rename, newest 64 entries. */
+/** Best effort (the cache folder may be read-only): written durably (durable-file.ts), newest 64 entries. */
 function writeVerdict(key: string, verdict: CachedVerdict): void {
     try {
         const all = readVerdicts();
@@ -240,9 +241,7 @@ function writeVerdict(key: string, verdict: CachedVerdict): void {
         const kept = Object.fromEntries(Object.entries(all).slice(-64));
         const file = verdictCacheFile();
         fs.mkdirSync(path.dirname(file), {recursive: true});
-        const tmp = `${file}.${process.pid}.tmp`;
-        fs.writeFileSync(tmp, JSON.stringify(kept, null, 1) + "\n");
-        fs.renameSync(tmp, file);
+        writeFileDurableSync(file, JSON.stringify(kept, null, 1) + "\n");
     } catch {
         // no cache: the next start probes again
     }

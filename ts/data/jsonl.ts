@@ -1,9 +1,9 @@
 // JSON Lines in and out: errors name the file and line; whole-file writes are atomic; appends
 // (for resumable jobs) write whole lines only, and a torn last line is detected on reading.
 import fs from "node:fs";
-import path from "node:path";
 import readline from "node:readline";
 import {taskItemProblem, type TaskItem} from "./task-item.js";
+import {writeFileDurableWith} from "../durable-file.js";
 
 /** A bad input data file, with the file and (1-based) line it concerns. */
 export class DataError extends Error {
@@ -54,29 +54,18 @@ export async function readTaskItems(file: string): Promise<TaskItem[]> {
     return items;
 }
 
-/** Writes values as JSONL to a temporary file beside `file`, then renames it into place. */
+/** Writes values as JSONL atomically and durably (durable-file.ts), streamed in 1 MiB chunks. */
 export async function writeJsonlAtomic(file: string, values: Iterable<unknown>): Promise<void> {
-    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
-    try {
-        const fh = await fs.promises.open(tmp, "wx");
-        try {
-            let chunk = "";
-            for (const v of values) {
-                chunk += JSON.stringify(v) + "\n";
-                if (chunk.length > 1 << 20) {
-                    await fh.write(chunk);
-                    chunk = "";
-                }
-            }
-            if (chunk)
+    await writeFileDurableWith(file, async (fh) => {
+        let chunk = "";
+        for (const v of values) {
+            chunk += JSON.stringify(v) + "\n";
+            if (chunk.length > 1 << 20) {
                 await fh.write(chunk);
-            await fh.sync();
-        } finally {
-            await fh.close();
+                chunk = "";
+            }
         }
-        await fs.promises.rename(tmp, file);
-    } catch (err) {
-        await fs.promises.rm(tmp, {force: true});
-        throw err;
-    }
+        if (chunk)
+            await fh.write(chunk);
+    });
 }

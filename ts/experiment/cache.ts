@@ -4,6 +4,7 @@
 import {createHash} from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import {writeFileDurableSync} from "../durable-file.js";
 
 /** Canonical JSON: object keys sorted, so equal configs hash equally. */
 export function canonicalJson(v: unknown): string {
@@ -19,11 +20,9 @@ export function hashKey(v: unknown): string {
     return createHash("sha256").update(canonicalJson(v)).digest("hex").slice(0, 16);
 }
 
-/** Writes JSON atomically: a temporary file in the same folder, then rename. */
+/** Writes JSON atomically and durably (durable-file.ts); non-finite numbers become null. */
 export function writeJsonAtomic(file: string, value: unknown): void {
-    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
-    fs.writeFileSync(tmp, JSON.stringify(value, (_, x) => (typeof x === "number" && !Number.isFinite(x) ? null : x), 2) + "\n");
-    fs.renameSync(tmp, file);
+    writeFileDurableSync(file, JSON.stringify(value, (_, x) => (typeof x === "number" && !Number.isFinite(x) ? null : x), 2) + "\n");
 }
 
 /** A file's identity in cache keys: its absolute path, size and modification time (a changed file is new work). */

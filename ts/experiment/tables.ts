@@ -8,6 +8,7 @@ import {writeJsonAtomic} from "./cache.js";
 import type {ExperimentConfig, MethodName, Settings} from "./config.js";
 import type {FlowResult} from "./flows.js";
 import {svgChart} from "../report/svg-chart.js";
+import {writeFileDurableSync} from "../durable-file.js";
 
 export interface CellRecord extends FlowResult {
     key: string;
@@ -139,9 +140,7 @@ export function writeTables(config: ExperimentConfig, records: CellRecord[], out
     const write = (name: string, text: string) => {
         const file = path.join(out, name);
         fs.mkdirSync(path.dirname(file), {recursive: true});
-        const tmp = `${file}.tmp-${process.pid}`;
-        fs.writeFileSync(tmp, text);
-        fs.renameSync(tmp, file);
+        writeFileDurableSync(file, text);
         files.push(file);
     };
     write("tables.md", md);

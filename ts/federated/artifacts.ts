@@ -5,7 +5,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import {fileSha256} from "../privacy/kit.js";
-import {fsyncDir, fsyncPath, writeFileDurable} from "../durable-file.js";
+import {commitFile, fsyncPath, writeFileDurable} from "../durable-file.js";
 
 export interface ArtifactRef {
     sha256: string;
@@ -62,8 +62,7 @@ export class ArtifactStore {
             await fs.promises.copyFile(file, tmp);
             await fsyncPath(tmp);
         }
-        await fs.promises.rename(tmp, dest);
-        await fsyncDir(path.dirname(dest));
+        await commitFile(tmp, dest);
         return ref;
     }
 

@@ -1,8 +1,7 @@
 // Writing GGUF files from TypeScript: typed metadata, tensors produced one at a time (so memory
-// holds one tensor, not the model), written to a temporary file and renamed when complete.
-import fs from "node:fs";
-import path from "node:path";
+// holds one tensor, not the model), written durably (durable-file.ts: temporary file, fsync, rename, fsync folder).
 import {native, type GgmlTypeInfo} from "../native.js";
+import {writeFileDurableWith} from "../durable-file.js";
 
 export type GgufScalarType = "uint8" | "int8" | "uint16" | "int16" | "uint32" | "int32" | "float32" | "bool" |
     "string" | "uint64" | "int64" | "float64";
@@ -127,9 +126,7 @@ export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufT
         offset += Math.ceil(bytes / alignment) * alignment;
         return info;
     });
-    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
-    const fh = await fs.promises.open(tmp, "wx");
-    try {
+    await writeFileDurableWith(file, async (fh) => {
         await fh.write(encodeHeader(metadata, infos, alignment));
         for (let i = 0; i < tensors.length; i++) {
             const data = tensors[i].data();
@@ -140,12 +137,5 @@ export async function writeGguf(file: string, metadata: GgufKv[], tensors: GgufT
             if (pad)
                 await fh.write(Buffer.alloc(pad));
         }
-        await fh.sync();
-        await fh.close();
-        await fs.promises.rename(tmp, file);
-    } catch (err) {
-        await fh.close().catch(() => {});
-        await fs.promises.rm(tmp, {force: true});
-        throw err;
-    }
+    });
 }

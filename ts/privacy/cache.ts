@@ -5,6 +5,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import {writeFileDurableSync} from "../durable-file.js";
 
 const MAGIC = Buffer.from("PPCIDX01", "latin1");
 
@@ -27,7 +28,7 @@ interface ArrayEntry {
     offset: number;
 }
 
-/** Writes `meta` and named arrays to `file` atomically (temporary file beside it, then rename). */
+/** Writes `meta` and named arrays to `file` atomically and durably (durable-file.ts). */
 export function writeCacheFile(file: string, meta: Record<string, unknown>, arrays: Record<string, CacheArray>): void {
     fs.mkdirSync(path.dirname(file), {recursive: true});
     const entries: ArrayEntry[] = [];
@@ -53,14 +54,7 @@ export function writeCacheFile(file: string, meta: Record<string, unknown>, arra
     const headerLen = Buffer.alloc(4);
     headerLen.writeUInt32LE(header.length);
     const pad = Buffer.alloc((8 - ((MAGIC.length + 4 + header.length) % 8)) % 8, 0x20);
-    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
-    try {
-        fs.writeFileSync(tmp, Buffer.concat([MAGIC, headerLen, header, pad, payload]));
-        fs.renameSync(tmp, file);
-    } catch (err) {
-        fs.rmSync(tmp, {force: true});
-        throw err;
-    }
+    writeFileDurableSync(file, Buffer.concat([MAGIC, headerLen, header, pad, payload]));
 }
 
 /** Reads a cache file; undefined when it is missing, or with `problem` set when it is unusable. */

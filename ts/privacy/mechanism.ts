@@ -196,28 +196,65 @@ export function normalizeDomain(domain: ArrayLike<number>): Int32Array {
     return d;
 }
 
-/** The general Exponential Mechanism over tokens for a given utility and sensitivity. */
-export function exponentialMechanism(o: ExponentialMechanismOptions): TokenMechanism {
-    checkEpsilon(o.epsilon);
-    if (typeof o.sensitivity !== "number" || !Number.isFinite(o.sensitivity) || o.sensitivity <= 0)
-        throw new RangeError(`sensitivity must be a finite number > 0 (got ${o.sensitivity})`);
-    if (!o.utility && !o.utilities)
-        throw new Error("exponentialMechanism needs a utility or utilities function");
-    const domain = normalizeDomain(o.domain);
+/** Prepared distributions for sampling, at most `capacity` entries in all, evicted oldest first. */
+class PreparedCache {
+    private readonly byInput = new Map<number, Prepared>();
+    private entries = 0;
+
+    constructor(readonly capacity: number) {}
+
+    get(input: number): Prepared | undefined {
+        return this.byInput.get(input);
+    }
+
+    /** Oldest-first eviction: a Map iterates in insertion order. */
+    set(input: number, p: Prepared): void {
+        const n = p.outputs.length;
+        while (this.entries + n > this.capacity && this.byInput.size > 0) {
+            const [oldest, q] = this.byInput.entries().next().value as [number, Prepared];
+            this.byInput.delete(oldest);
+            this.entries -= q.outputs.length;
+        }
+        this.byInput.set(input, p);
+        this.entries += n;
+    }
+}
+
+/**
+ * Positions of `tokens` grouped by token (a counting sort): the positions holding token t are
+ * order[count[t]] .. order[count[t + 1] - 1]; `distinct` lists the tokens present, ascending.
+ */
+function groupByToken(tokens: ArrayLike<number>, tokenCount: number): {count: Int32Array; order: Int32Array; distinct: number[]} {
+    const n = tokens.length;
+    const count = new Int32Array(tokenCount + 1);
+    for (let i = 0; i < n; i++)
+        count[tokens[i] + 1]++;
+    for (let t = 0; t < tokenCount; t++)
+        count[t + 1] += count[t];
+    const order = new Int32Array(n);
+    const fill = count.slice(0, tokenCount);
+    for (let i = 0; i < n; i++)
+        order[fill[tokens[i]]++] = i;
+    const distinct: number[] = [];
+    for (let t = 0; t < tokenCount; t++)
+        if (count[t + 1] > count[t])
+            distinct.push(t);
+    return {count, order, distinct};
+}
+
+/** Membership in a sorted token domain: `has(t)`, and `size`, one past the largest token. */
+function domainMembership(domain: Int32Array): {has: (t: number) => boolean; size: number} {
     const inDomain = new Uint8Array(domain[domain.length - 1] + 1);
     for (const t of domain)
         inDomain[t] = 1;
-    const has = (t: number) => Number.isInteger(t) && t >= 0 && t < inDomain.length && inDomain[t] === 1;
-    const epsilon = o.epsilon, sensitivity = o.sensitivity;
-    const capacity = o.cacheEntries ?? (1 << 24);
-    const maxOutputs = Math.min(o.maxOutputs ?? domain.length, domain.length);
-    // Prepared distributions for sampling, evicted oldest first.
-    const cache = new Map<number, Prepared>();
-    let cachedEntries = 0;
-    const seen = new Int32Array(inDomain.length).fill(-1);
-    let stamp = 0;
+    return {has: (t) => Number.isInteger(t) && t >= 0 && t < inDomain.length && inDomain[t] === 1, size: inDomain.length};
+}
 
-    const checkOutputs = (input: number, u: TokenUtilities) => {
+/** A check that a utility's outputs lie in the domain, each once (the domain itself passes without a scan). */
+function outputsChecker(domain: Int32Array, has: (t: number) => boolean, size: number): (input: number, u: TokenUtilities) => void {
+    const seen = new Int32Array(size).fill(-1);
+    let stamp = 0;
+    return (input, u) => {
         if (u.outputs === domain)
             return;
         stamp++;
@@ -230,6 +267,22 @@ export function exponentialMechanism(o: ExponentialMechanismOptions): TokenMecha
             seen[y] = stamp;
         }
     };
+}
+
+/** The general Exponential Mechanism over tokens for a given utility and sensitivity. */
+export function exponentialMechanism(o: ExponentialMechanismOptions): TokenMechanism {
+    checkEpsilon(o.epsilon);
+    if (typeof o.sensitivity !== "number" || !Number.isFinite(o.sensitivity) || o.sensitivity <= 0)
+        throw new RangeError(`sensitivity must be a finite number > 0 (got ${o.sensitivity})`);
+    if (!o.utility && !o.utilities)
+        throw new Error("exponentialMechanism needs a utility or utilities function");
+    const domain = normalizeDomain(o.domain);
+    const {has, size: domainSize} = domainMembership(domain);
+    const epsilon = o.epsilon, sensitivity = o.sensitivity;
+    const capacity = o.cacheEntries ?? (1 << 24);
+    const maxOutputs = Math.min(o.maxOutputs ?? domain.length, domain.length);
+    const cache = new PreparedCache(capacity);
+    const checkOutputs = outputsChecker(domain, has, domainSize);
 
     const compute = async (inputs: Int32Array): Promise<TokenDistribution[]> => {
         for (const x of inputs)
@@ -242,18 +295,6 @@ export function exponentialMechanism(o: ExponentialMechanismOptions): TokenMecha
             checkOutputs(inputs[i], u);
             return exponentialDistribution(inputs[i], u, epsilon, sensitivity);
         });
-    };
-
-    // Oldest-first eviction: a Map iterates in insertion order.
-    const store = (input: number, p: Prepared) => {
-        const n = p.outputs.length;
-        while (cachedEntries + n > capacity && cache.size > 0) {
-            const [oldest, q] = cache.entries().next().value as [number, Prepared];
-            cache.delete(oldest);
-            cachedEntries -= q.outputs.length;
-        }
-        cache.set(input, p);
-        cachedEntries += n;
     };
 
     const mechanism: TokenMechanism = {
@@ -279,20 +320,7 @@ export function exponentialMechanism(o: ExponentialMechanismOptions): TokenMecha
                     throw new Error(`token ${tokens[i]} at position ${i} is not in the mechanism's domain`);
                 draws[i] = rng.nextDouble();
             }
-            // Counting sort of positions by input token.
-            const count = new Int32Array(inDomain.length + 1);
-            for (let i = 0; i < n; i++)
-                count[tokens[i] + 1]++;
-            for (let t = 0; t < inDomain.length; t++)
-                count[t + 1] += count[t];
-            const order = new Int32Array(n);
-            const fill = count.slice(0, inDomain.length);
-            for (let i = 0; i < n; i++)
-                order[fill[tokens[i]]++] = i;
-            const distinct: number[] = [];
-            for (let t = 0; t < inDomain.length; t++)
-                if (count[t + 1] > count[t])
-                    distinct.push(t);
+            const {count, order, distinct} = groupByToken(tokens, domainSize);
             const out = new Int32Array(n);
             const sampleAll = (x: number, p: Prepared) => {
                 const total = p.cdf[p.cdf.length - 1];
@@ -311,7 +339,7 @@ export function exponentialMechanism(o: ExponentialMechanismOptions): TokenMecha
                     const p = prepare(d);
                     sampleAll(d.input, p);
                     if (p.outputs.length <= capacity)
-                        store(d.input, p);
+                        cache.set(d.input, p);
                 }
                 missing.length = 0;
                 entries = 0;

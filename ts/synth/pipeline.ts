@@ -254,13 +254,19 @@ export async function readParents(input: string, limit?: number): Promise<TaskIt
     return limit === undefined ? items : items.slice(0, limit);
 }
 
-/**
- * Generates synthetic items for every perturbed item of `input` into `output`, resuming from what
- * earlier runs wrote. Throws on a fatal generator error (after recording everything finished so
- * far); the output then stays valid and a re-run continues.
- */
-export async function synthesize(options: SynthesizeOptions): Promise<SynthSummary> {
-    const started = Date.now();
+/** The validated settings of one synthesize() call. */
+interface SynthSettings {
+    k: number;
+    maxAttempts: number;
+    concurrency: number;
+    temperature: SynthTemperatures;
+    maxTokens: SynthMaxTokens;
+    baseSeed: number;
+    generator: Generator;
+    formatFor: () => PromptFormat;
+}
+
+function synthSettings(options: SynthesizeOptions): SynthSettings {
     const k = positiveInt(options.ratio ?? synthDefaults.ratio, "ratio");
     const maxAttempts = positiveInt(options.maxAttempts ?? 2 * k, "maxAttempts");
     if (maxAttempts < k)
@@ -272,17 +278,205 @@ export async function synthesize(options: SynthesizeOptions): Promise<SynthSumma
     const maxTokens = {...defaultMaxTokens, ...options.maxTokens};
     if (path.resolve(options.input) === path.resolve(options.output))
         throw new RangeError("the output must be a different file from the input");
-    const parents = await readParents(options.input, options.limit);
-    const baseSeed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
     const generator = options.generator;
     const formatFor = (): PromptFormat => options.format === "json" || options.format === "lines" ? options.format
         : generator.structuredOutput === "none" ? "lines" : "json";
+    return {k, maxAttempts, concurrency, temperature, maxTokens, generator, formatFor,
+        baseSeed: options.seed ?? Math.floor(Math.random() * 2 ** 32)};
+}
 
+/**
+ * One run over the parents: starts attempts up to the concurrency, records each outcome in the
+ * store and keeps the counters (totals include earlier runs; *ThisRun counts this run only).
+ */
+class SynthesisRun {
+    accepted: number;
+    rejected: number;
+    acceptedThisRun = 0;
+    rejectedThisRun = 0;
+    parentsDone = 0;
+    shortfall = 0;
+    parentsShort = 0;
+    inFlight = 0;
+    requests = 0;
+    promptTokens = 0;
+    completionTokens = 0;
+    readonly reasons: Partial<Record<RejectionReason, number>>;
+    readonly reasonsThisRun: Partial<Record<RejectionReason, number>> = {};
+    readonly formats = new Set<string>();
+    readonly acceptedBefore: number;
+    readonly rejectedBefore: number;
+    /** Accepted items counted towards the target: at most k per parent (an earlier run may have had a larger ratio). */
+    readonly settledBefore: number;
+    readonly running = new Set<Promise<void>>();
+    fatal: unknown;
+
+    constructor(private readonly options: SynthesizeOptions, private readonly s: SynthSettings, private readonly store: SyntheticStore,
+        readonly states: ParentState[], private readonly seen: Set<string>, readonly stop: AbortController) {
+        this.reasons = {...store.recovery.reasons};
+        this.acceptedBefore = states.reduce((sum, p) => sum + p.accepted, 0);
+        this.rejectedBefore = states.reduce((sum, p) => sum + p.used.size - p.accepted, 0);
+        this.accepted = this.acceptedBefore;
+        this.rejected = this.rejectedBefore;
+        this.settledBefore = states.reduce((sum, p) => sum + Math.min(p.accepted, s.k), 0);
+    }
+
+    finishIfDone(p: ParentState): void {
+        if (p.done || p.inFlight.size > 0)
+            return;
+        if (p.accepted >= this.s.k || p.used.size >= this.s.maxAttempts) {
+            p.done = true;
+            this.parentsDone++;
+            if (p.accepted < this.s.k) {
+                this.shortfall += this.s.k - p.accepted;
+                this.parentsShort++;
+            }
+        }
+    }
+
+    progress(): void {
+        this.options.onProgress?.({
+            parents: this.states.length, parentsDone: this.parentsDone, target: this.states.length * this.s.k,
+            settled: this.settledBefore + this.acceptedThisRun + this.shortfall, accepted: this.accepted, rejected: this.rejected,
+            acceptedThisRun: this.acceptedThisRun, rejectedThisRun: this.rejectedThisRun, inFlight: this.inFlight,
+        });
+    }
+
+    /** Keeps `concurrency` attempts running, parents in order, until every parent is done or the run stops. */
+    async drive(): Promise<void> {
+        let cursor = 0;
+        for (;;) {
+            if (!this.stop.signal.aborted) {
+                while (cursor < this.states.length && this.states[cursor].done)
+                    cursor++;
+                for (let i = cursor; i < this.states.length && this.running.size < this.s.concurrency; i++)
+                    while (this.running.size < this.s.concurrency && this.canStart(this.states[i]))
+                        this.start(this.states[i]);
+            }
+            if (this.running.size === 0)
+                break;
+            await Promise.race(this.running);
+        }
+    }
+
+    private canStart(p: ParentState): boolean {
+        return !p.done && p.accepted + p.inFlight.size < this.s.k && p.used.size + p.inFlight.size < this.s.maxAttempts;
+    }
+
+    private start(p: ParentState): void {
+        while (p.used.has(p.nextAttempt) || p.inFlight.has(p.nextAttempt))
+            p.nextAttempt++;
+        const attempt = p.nextAttempt++;
+        p.inFlight.add(attempt);
+        this.inFlight++;
+        const format = this.s.formatFor();
+        this.formats.add(promptVersion(format));
+        const ctx: AttemptContext = {
+            generator: this.s.generator, format, temperature: this.s.temperature, maxTokens: this.s.maxTokens, seen: this.seen,
+            signal: this.stop.signal, seed: deriveSeed(this.s.baseSeed, p.item.id, attempt),
+            onResult: (r) => {
+                this.requests++;
+                this.promptTokens += r.promptTokens;
+                this.completionTokens += r.completionTokens;
+            },
+        };
+        const task = this.attempt(p, attempt, ctx);
+        this.running.add(task);
+        task.finally(() => this.running.delete(task));
+    }
+
+    private setFatal(err: unknown): void {
+        if (this.fatal === undefined && !this.stop.signal.aborted) {
+            this.fatal = err;
+            this.stop.abort(err);
+        }
+    }
+
+    private async attempt(p: ParentState, attempt: number, ctx: AttemptContext): Promise<void> {
+        // the attempt stays "in flight" until its outcome is on disk, so that no other
+        // attempt of this parent starts on counts that are about to change
+        try {
+            let outcome: AttemptOutcome;
+            try {
+                outcome = await synthesizeOne(p.item, attempt, ctx);
+            } catch (err) {
+                this.setFatal(err);
+                return;
+            }
+            if (this.stop.signal.aborted && !outcome.accepted && outcome.reason === "request-failed")
+                return;  // possibly cut short by the stop, not a real outcome (finished ones are still kept)
+            await this.record(p, attempt, outcome);
+        } catch (err) {
+            this.setFatal(err);  // a failed write: stop everything (the files hold whole lines only)
+        } finally {
+            p.inFlight.delete(attempt);
+            this.inFlight--;
+            this.finishIfDone(p);
+            this.progress();
+        }
+    }
+
+    private async record(p: ParentState, attempt: number, outcome: AttemptOutcome): Promise<void> {
+        if (outcome.accepted) {
+            await this.store.appendItem(outcome.item);
+            p.accepted++;
+            this.accepted++;
+            this.acceptedThisRun++;
+        } else {
+            await this.store.appendRejection({parent_id: p.item.id, attempt, reason: outcome.reason, detail: outcome.detail,
+                ...(outcome.question !== undefined ? {question: outcome.question} : {}),
+                ...(outcome.votes !== undefined && outcome.votes.length > 0 ? {votes: outcome.votes} : {})});
+            this.rejected++;
+            this.rejectedThisRun++;
+            this.reasons[outcome.reason] = (this.reasons[outcome.reason] ?? 0) + 1;
+            this.reasonsThisRun[outcome.reason] = (this.reasonsThisRun[outcome.reason] ?? 0) + 1;
+        }
+        p.used.add(attempt);
+    }
+
+    summary(started: number): SynthSummary {
+        const rec = this.store.recovery;
+        return {
+            input: this.options.input,
+            output: this.options.output,
+            journal: this.store.journal,
+            generator: this.s.generator.name,
+            promptVersions: [...this.formats].sort(),
+            ratio: this.s.k,
+            maxAttempts: this.s.maxAttempts,
+            parents: this.states.length,
+            target: this.states.length * this.s.k,
+            accepted: this.accepted,
+            rejected: this.rejected,
+            acceptedThisRun: this.acceptedThisRun,
+            rejectedThisRun: this.rejectedThisRun,
+            reasons: this.reasons,
+            reasonsThisRun: this.reasonsThisRun,
+            parentsShort: this.parentsShort,
+            resumed: {previousRuns: rec.runs, acceptedBefore: this.acceptedBefore, rejectedBefore: this.rejectedBefore,
+                droppedTornLines: rec.droppedTornLines},
+            requests: this.requests,
+            promptTokens: this.promptTokens,
+            completionTokens: this.completionTokens,
+            seconds: (Date.now() - started) / 1000,
+        };
+    }
+}
+
+/**
+ * Generates synthetic items for every perturbed item of `input` into `output`, resuming from what
+ * earlier runs wrote. Throws on a fatal generator error (after recording everything finished so
+ * far); the output then stays valid and a re-run continues.
+ */
+export async function synthesize(options: SynthesizeOptions): Promise<SynthSummary> {
+    const started = Date.now();
+    const settings = synthSettings(options);
+    const parents = await readParents(options.input, options.limit);
     const store = await SyntheticStore.open(options.output);
     const rec = store.recovery;
     try {
-        await store.appendRun({started: new Date(started).toISOString(), input: path.resolve(options.input), generator: generator.name,
-            prompt_version: promptVersion(formatFor()), ratio: k, max_attempts: maxAttempts});
+        await store.appendRun({started: new Date(started).toISOString(), input: path.resolve(options.input), generator: settings.generator.name,
+            prompt_version: promptVersion(settings.formatFor()), ratio: settings.k, max_attempts: settings.maxAttempts});
         const seen = new Set(rec.questionKeys);
         for (const p of parents)
             seen.add(questionKey(p.question));
@@ -292,155 +486,25 @@ export async function synthesize(options: SynthesizeOptions): Promise<SynthSumma
             const used = new Set([...acc, ...rej]);
             return {item, accepted: acc.size, used, inFlight: new Set(), nextAttempt: 0, done: false};
         });
-        const reasons: Partial<Record<RejectionReason, number>> = {...rec.reasons};
-        const reasonsThisRun: Partial<Record<RejectionReason, number>> = {};
-        const formats = new Set<string>();
-        let acceptedThisRun = 0, rejectedThisRun = 0, parentsDone = 0, shortfall = 0, parentsShort = 0, inFlight = 0;
-        let requests = 0, promptTokens = 0, completionTokens = 0;
-        const acceptedBefore = states.reduce((s, p) => s + p.accepted, 0);
-        const rejectedBefore = states.reduce((s, p) => s + p.used.size - p.accepted, 0);
-        let accepted = acceptedBefore, rejected = rejectedBefore;
-        // accepted items counted towards the target: at most k per parent (an earlier run may have had a larger ratio)
-        const settledBefore = states.reduce((s, p) => s + Math.min(p.accepted, k), 0);
-
-        const finishIfDone = (p: ParentState) => {
-            if (p.done || p.inFlight.size > 0)
-                return;
-            if (p.accepted >= k || p.used.size >= maxAttempts) {
-                p.done = true;
-                parentsDone++;
-                if (p.accepted < k) {
-                    shortfall += k - p.accepted;
-                    parentsShort++;
-                }
-            }
-        };
-        states.forEach(finishIfDone);
-        const progress = () => options.onProgress?.({
-            parents: states.length, parentsDone, target: states.length * k,
-            settled: settledBefore + acceptedThisRun + shortfall, accepted, rejected, acceptedThisRun, rejectedThisRun, inFlight,
-        });
-
         const stop = new AbortController();
+        const run = new SynthesisRun(options, settings, store, states, seen, stop);
+        states.forEach((p) => run.finishIfDone(p));
         const onAbort = () => stop.abort(options.signal!.reason);
         options.signal?.addEventListener("abort", onAbort, {once: true});
         if (options.signal?.aborted)
             onAbort();
-        let fatal: unknown;
-
-        const canStart = (p: ParentState) => !p.done && p.accepted + p.inFlight.size < k && p.used.size + p.inFlight.size < maxAttempts;
-        const running = new Set<Promise<void>>();
-        const start = (p: ParentState) => {
-            while (p.used.has(p.nextAttempt) || p.inFlight.has(p.nextAttempt))
-                p.nextAttempt++;
-            const attempt = p.nextAttempt++;
-            p.inFlight.add(attempt);
-            inFlight++;
-            const format = formatFor();
-            formats.add(promptVersion(format));
-            const ctx: AttemptContext = {
-                generator, format, temperature, maxTokens, seen, signal: stop.signal,
-                seed: deriveSeed(baseSeed, p.item.id, attempt),
-                onResult: (r) => {
-                    requests++;
-                    promptTokens += r.promptTokens;
-                    completionTokens += r.completionTokens;
-                },
-            };
-            const setFatal = (err: unknown) => {
-                if (fatal === undefined && !stop.signal.aborted) {
-                    fatal = err;
-                    stop.abort(err);
-                }
-            };
-            const task = (async () => {
-                // the attempt stays "in flight" until its outcome is on disk, so that no other
-                // attempt of this parent starts on counts that are about to change
-                try {
-                    let outcome: AttemptOutcome;
-                    try {
-                        outcome = await synthesizeOne(p.item, attempt, ctx);
-                    } catch (err) {
-                        setFatal(err);
-                        return;
-                    }
-                    if (stop.signal.aborted && !outcome.accepted && outcome.reason === "request-failed")
-                        return;  // possibly cut short by the stop, not a real outcome (finished ones are still kept)
-                    if (outcome.accepted) {
-                        await store.appendItem(outcome.item);
-                        p.accepted++;
-                        accepted++;
-                        acceptedThisRun++;
-                    } else {
-                        await store.appendRejection({parent_id: p.item.id, attempt, reason: outcome.reason, detail: outcome.detail,
-                            ...(outcome.question !== undefined ? {question: outcome.question} : {}),
-                            ...(outcome.votes !== undefined && outcome.votes.length > 0 ? {votes: outcome.votes} : {})});
-                        rejected++;
-                        rejectedThisRun++;
-                        reasons[outcome.reason] = (reasons[outcome.reason] ?? 0) + 1;
-                        reasonsThisRun[outcome.reason] = (reasonsThisRun[outcome.reason] ?? 0) + 1;
-                    }
-                    p.used.add(attempt);
-                } catch (err) {
-                    setFatal(err);  // a failed write: stop everything (the files hold whole lines only)
-                } finally {
-                    p.inFlight.delete(attempt);
-                    inFlight--;
-                    finishIfDone(p);
-                    progress();
-                }
-            })();
-            running.add(task);
-            task.finally(() => running.delete(task));
-        };
-
-        progress();
-        let cursor = 0;
+        run.progress();
         try {
-            for (;;) {
-                if (!stop.signal.aborted) {
-                    while (cursor < states.length && states[cursor].done)
-                        cursor++;
-                    for (let i = cursor; i < states.length && running.size < concurrency; i++)
-                        while (running.size < concurrency && canStart(states[i]))
-                            start(states[i]);
-                }
-                if (running.size === 0)
-                    break;
-                await Promise.race(running);
-            }
+            await run.drive();
         } finally {
             options.signal?.removeEventListener("abort", onAbort);
         }
-        if (fatal !== undefined)
-            throw fatal;
+        if (run.fatal !== undefined)
+            throw run.fatal;
         if (stop.signal.aborted)
             throw stop.signal.reason;
-        progress();
-
-        return {
-            input: options.input,
-            output: options.output,
-            journal: store.journal,
-            generator: generator.name,
-            promptVersions: [...formats].sort(),
-            ratio: k,
-            maxAttempts,
-            parents: states.length,
-            target: states.length * k,
-            accepted,
-            rejected,
-            acceptedThisRun,
-            rejectedThisRun,
-            reasons,
-            reasonsThisRun,
-            parentsShort,
-            resumed: {previousRuns: rec.runs, acceptedBefore, rejectedBefore, droppedTornLines: rec.droppedTornLines},
-            requests,
-            promptTokens,
-            completionTokens,
-            seconds: (Date.now() - started) / 1000,
-        };
+        run.progress();
+        return run.summary(started);
     } finally {
         await store.close();
     }

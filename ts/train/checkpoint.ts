@@ -9,6 +9,7 @@ import {writeGguf} from "../gguf/write.js";
 import type {NativeLoraTensorState} from "../native.js";
 import {readF32Tensors, readLoraAdapter, writeLoraAdapter} from "./adapter.js";
 import type {TrainerState} from "./trainer.js";
+import {writeFileDurable} from "../durable-file.js";
 
 export const checkpointFile = "checkpoint.json";
 
@@ -70,9 +71,7 @@ export async function saveCheckpoint(dir: string, state: TrainerState, adapter: 
     ]));
     const full: CheckpointMeta = {version: 1, step: state.step, adapter: adapterName, optimizer: optimizerName, ...meta};
     const file = path.join(dir, checkpointFile);
-    const tmp = path.join(dir, `.${checkpointFile}.tmp-${process.pid}`);
-    await fs.promises.writeFile(tmp, JSON.stringify(full, null, 2) + "\n");
-    await fs.promises.rename(tmp, file);
+    await writeFileDurable(file, JSON.stringify(full, null, 2) + "\n");
     // older states are no longer referenced
     for (const name of await fs.promises.readdir(dir)) {
         if (/^(adapter|optimizer)-\d+\.gguf$/.test(name) && name !== adapterName && name !== optimizerName)

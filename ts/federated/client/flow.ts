@@ -15,6 +15,7 @@ import {fileDigest, loadPrivateData, type PrivateData, type PrivateDataOptions} 
 import {finishModel, type FinishReport} from "./finish.js";
 import {FederatedClient, FederatedError, type DownloadResult} from "./http.js";
 import {makePrivateDir} from "../private-dir.js";
+import {writeFileDurableSync} from "../../durable-file.js";
 
 export interface PerturbSettings {
     mechanism: PrivacyMechanism;
@@ -88,9 +89,7 @@ export interface RunSummary {
 const stateFile = (dir: string) => path.join(dir, "state.json");
 
 function writeJsonAtomic(file: string, value: unknown): void {
-    const tmp = `${file}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n");
-    fs.renameSync(tmp, file);
+    writeFileDurableSync(file, JSON.stringify(value, null, 2) + "\n");
 }
 
 export function readState(dir: string): ClientState | undefined {

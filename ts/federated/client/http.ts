@@ -11,6 +11,7 @@ import {
     type SubmitJobResponse,
 } from "../protocol.js";
 import {checkServerName, cleartextUrlProblem, EventStreamError, jobIdPattern, readEventStream, sha256Pattern} from "../http-wire.js";
+import {commitFile} from "../../durable-file.js";
 
 /** A non-2xx answer from the server (or a failure to reach it). */
 export class FederatedError extends Error {
@@ -386,7 +387,7 @@ export class FederatedClient {
             fs.rmSync(meta, {force: true});
             throw new FederatedError(`GET ${route}: sha256 ${sha256} does not match the expected ${expected}; the partial file was removed, run again`);
         }
-        fs.renameSync(part, out);
+        await commitFile(part, out); // fsynced above
         fs.rmSync(meta, {force: true});
         return {path: out, sha256, size, resumedFrom, downloaded};
     }

@@ -15,7 +15,7 @@ import {readLoraAdapter} from "../../train/adapter.js";
 import {deriveSeed, Random} from "../../random.js";
 import {FederatedError, serverBase} from "../client/http.js";
 import {runLocalRound, type LocalTrainSettings} from "./client.js";
-import {writeJsonDurable} from "../../durable-file.js";
+import {writeFileDurable, writeJsonDurable} from "../../durable-file.js";
 import {flProtocol, flRoutes, metricsHeader, roundRoute, secaggVersionHeader, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus,
     type SharesAnswer, type UnmaskAnswer} from "./http-protocol.js";
 import {modelLayerShapes, toBaseNumbering} from "./align.js";
@@ -78,9 +78,10 @@ export function splitLocal(items: TaskItem[], share: number, seed: number): {tra
     return {train: shuffled.slice(0, shuffled.length - held), heldOut: shuffled.slice(shuffled.length - held)};
 }
 
-/** A PruFed client over HTTP: register, then train and upload each round it is sampled for. */
-export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClientRound[]; completed: number}> {
-    const emit = o.onEvent ?? (() => {});
+type Failed = (res: Response, what: string) => Promise<never>;
+
+/** The client's HTTP: `call` (bearer token; retries while the server restarts) and `failed` (throws the server's error). */
+function flHttp(o: FlClientOptions): {base: string; call: Call; failed: Failed} {
     const base = serverBase(o.server, {insecure: o.insecure});
     const auth = {authorization: `Bearer ${o.token}`};
     const call = async (route: string, init: RequestInit = {}, retry = true): Promise<Response> => {
@@ -105,7 +106,33 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
         }
         throw new FederatedError(`${what}: HTTP ${res.status}: ${msg}`);
     };
+    return {base, call, failed};
+}
 
+/** Registers with the server and checks its protocol and secure-aggregation answer; returns the registration. */
+async function registerFlClient(o: FlClientOptions, http: {base: string; call: Call; failed: Failed}, gguf: Awaited<ReturnType<typeof readGguf>>,
+    weight: number): Promise<{id: string; rejoined: boolean}> {
+    const {base, call, failed} = http;
+    const reg = await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify({original_layers: gguf.originalLayers, weight, r: o.r, lora_alpha: o.loraAlpha,
+            tensors: modelLayerShapes(gguf)})});
+    if (!reg.ok)
+        await failed(reg, "registration");
+    const regBody = await reg.json() as {id: string; rejoined: boolean; protocol?: string; secure_aggregation?: boolean; secagg_protocol?: string};
+    if (regBody.protocol !== flProtocol)
+        throw new FederatedError(`${base} speaks PruFed protocol ${JSON.stringify(regBody.protocol ?? null)}; this client speaks ${flProtocol}`);
+    if (regBody.secure_aggregation)
+        checkSecaggVersion(regBody.secagg_protocol, base);
+    else if (o.requireSecure)
+        throw new SecureRoundRefused(`${base} does not use secure aggregation; --require-secure-aggregation refuses to send it an update`);
+    return regBody;
+}
+
+/** A PruFed client over HTTP: register, then train and upload each round it is sampled for. */
+export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClientRound[]; completed: number}> {
+    const emit = o.onEvent ?? (() => {});
+    const http = flHttp(o);
+    const {call, failed} = http;
     const gguf = await readGguf(o.model);
     const layers = gguf.originalLayers;
     const items = await readTaskItems(o.data);
@@ -118,18 +145,7 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
         throw new FederatedError(`${o.evalData}: no items to evaluate on`);
     makePrivateDir(o.workDir);
 
-    const reg = await call("/v1/fl/clients", {method: "POST", headers: {"content-type": "application/json"},
-        body: JSON.stringify({original_layers: layers, weight: train.length, r: o.r, lora_alpha: o.loraAlpha,
-            tensors: modelLayerShapes(gguf)})});
-    if (!reg.ok)
-        await failed(reg, "registration");
-    const regBody = await reg.json() as {id: string; rejoined: boolean; protocol?: string; secure_aggregation?: boolean; secagg_protocol?: string};
-    if (regBody.protocol !== flProtocol)
-        throw new FederatedError(`${base} speaks PruFed protocol ${JSON.stringify(regBody.protocol ?? null)}; this client speaks ${flProtocol}`);
-    if (regBody.secure_aggregation)
-        checkSecaggVersion(regBody.secagg_protocol, base);
-    else if (o.requireSecure)
-        throw new SecureRoundRefused(`${base} does not use secure aggregation; --require-secure-aggregation refuses to send it an update`);
+    const regBody = await registerFlClient(o, http, gguf, train.length);
     emit({event: "registered", id: regBody.id, rejoined: regBody.rejoined, layers, train: train.length, held_out: heldOut.length});
 
     const rounds: FlClientRound[] = [];
@@ -164,26 +180,12 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
                 continue; // the round closed meanwhile
             if (!got.ok)
                 await failed(got, `round ${n} adapter`);
-            const raw = Buffer.from(await got.arrayBuffer());
-            const wireDown = Number(got.headers.get("content-length") ?? raw.length);
-            // fetch has already undone the gzip of the wire
-            const received = path.join(o.workDir, `round-${n}-received.gguf.tmp`);
-            await fs.promises.writeFile(received, raw);
-            const start = await readLoraAdapter(received);
-            await fs.promises.rm(received, {force: true});
-            emit({event: "round_started", round: n});
-            const local = await runLocalRound({model: o.model, items: train, heldOut, evalSet, start, round: n, workDir: o.workDir,
-                localSteps: o.localSteps, seed: deriveSeed(seed, "fl-local", n), train: o.train});
-            result = {round: n, trainLoss: local.trainLoss, accuracyBefore: local.accuracyBefore, accuracy: local.accuracy,
-                ...(local.evalSet ? {evalSetBefore: local.evalSetBefore, evalSet: local.evalSet} : {}),
-                bytesDown: wireDown, bytesUp: 0, seconds: 0};
+            result = await trainReceivedRound(o, got, n, {train, heldOut, evalSet, seed, emit});
         }
         const body = zlib.gzipSync(await fs.promises.readFile(upload), {level: 1});
         result.bytesUp = body.length;
         result.seconds = result.seconds || (performance.now() - started) / 1000;
-        const tmp = `${doneFile}.tmp-${process.pid}`;
-        fs.writeFileSync(tmp, JSON.stringify(result));
-        fs.renameSync(tmp, doneFile);
+        await writeFileDurable(doneFile, JSON.stringify(result));
         const metrics = {train_loss: result.trainLoss, bytes_down: result.bytesDown, bytes_up: result.bytesUp, seconds: result.seconds,
             ...(result.accuracy !== undefined ? {accuracy: result.accuracy, accuracy_before: result.accuracyBefore} : {})};
         if (cur.secure_aggregation) {
@@ -208,6 +210,24 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
 }
 
 type Call = (route: string, init?: RequestInit, retry?: boolean) => Promise<Response>;
+
+/** Trains round `n` locally from the adapter the server sent (`got`); the round's record before upload. */
+async function trainReceivedRound(o: FlClientOptions, got: Response, n: number, d: {train: TaskItem[]; heldOut: TaskItem[];
+    evalSet?: TaskItem[]; seed: number; emit: (e: Record<string, unknown>) => void}): Promise<Omit<FlClientRound, "accepted" | "error">> {
+    const raw = Buffer.from(await got.arrayBuffer());
+    const wireDown = Number(got.headers.get("content-length") ?? raw.length);
+    // fetch has already undone the gzip of the wire
+    const received = path.join(o.workDir, `round-${n}-received.gguf.tmp`);
+    await fs.promises.writeFile(received, raw);
+    const start = await readLoraAdapter(received);
+    await fs.promises.rm(received, {force: true});
+    d.emit({event: "round_started", round: n});
+    const local = await runLocalRound({model: o.model, items: d.train, heldOut: d.heldOut, evalSet: d.evalSet, start, round: n,
+        workDir: o.workDir, localSteps: o.localSteps, seed: deriveSeed(d.seed, "fl-local", n), train: o.train});
+    return {round: n, trainLoss: local.trainLoss, accuracyBefore: local.accuracyBefore, accuracy: local.accuracy,
+        ...(local.evalSet ? {evalSetBefore: local.evalSetBefore, evalSet: local.evalSet} : {}),
+        bytesDown: wireDown, bytesUp: 0, seconds: 0};
+}
 
 /** W/round-N.secagg-unmask.json: the unmask answer this client gave in round N (written before it leaves). */
 const unmaskRecordFile = (workDir: string, round: number) => path.join(workDir, `round-${round}.secagg-unmask.json`);
