@@ -342,7 +342,21 @@ Examples:
   ppc-gpt client fetch job_abc --server URL -o model.gguf
   ppc-gpt client finish --model model.gguf --data private.jsonl -o client-lora.gguf`);
 
-    cmd.addCommand(addServerOptions(new Command("info"))
+    cmd.addCommand(clientInfoCommand());
+    cmd.addCommand(clientSubmitCommand());
+    cmd.addCommand(clientStatusCommand());
+    cmd.addCommand(clientJobsCommand());
+    cmd.addCommand(clientCancelCommand());
+    cmd.addCommand(clientWaitCommand());
+    cmd.addCommand(clientFetchCommand());
+    cmd.addCommand(clientFinishCommand());
+    cmd.addCommand(clientRunCommand());
+    return cmd;
+}
+
+/** `client info`: the server's public parameters. */
+function clientInfoCommand(): Command {
+    return addServerOptions(new Command("info"))
         .description("the server's public parameters (no token needed)")
         .addHelpText("after", `\nExamples:\n  ppc-gpt client info --server http://127.0.0.1:8080\n  ppc-gpt client info --server https://models.example:8443 --json`)
         .action(async (o: Opts) => {
@@ -361,9 +375,12 @@ Examples:
                 ["perturbation kit", `${formatBytes(info.perturbation_kit.size)}, sha256 ${info.perturbation_kit.sha256.slice(0, 16)}…`],
                 ["defaults", JSON.stringify(info.job_spec_defaults)],
             ]));
-        }));
+        });
+}
 
-    cmd.addCommand(stateDirOption(addSpecOptions(addPerturbOptions(addDataOptions(addServerOptions(new Command("submit"))))))
+/** `client submit`: perturb locally and submit a job. */
+function clientSubmitCommand(): Command {
+    return stateDirOption(addSpecOptions(addPerturbOptions(addDataOptions(addServerOptions(new Command("submit"))))))
         .description("perturb private data locally and submit a job (prints the job id)")
         .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client submit --server URL --data private.jsonl --epsilon 3 --mechanism custext --ratio 0.3 --k 8 --state-dir acme\n  ppc-gpt client submit --server URL --task arc-easy --limit 500 --epsilon 3 --state-dir acme-arc    # ARC's own files`)
         .option("--threads <n>", "CPU threads for perturbation (default: all cores)")
@@ -374,9 +391,12 @@ Examples:
             if (o.json)
                 return printJson({job, state_dir: settings.stateDir, perturbed: flow.state.perturbed, submitted_bytes: flow.state.submitted_bytes});
             process.stdout.write(`${job}\n`);
-        }));
+        });
+}
 
-    cmd.addCommand(addServerOptions(new Command("status")).argument("<job>", "job id")
+/** `client status`: one job's status. */
+function clientStatusCommand(): Command {
+    return addServerOptions(new Command("status")).argument("<job>", "job id")
         .description("a job's status, stages, pruning plan and model")
         .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client status job_abc --server URL\n  ppc-gpt client status job_abc --server URL --json`)
         .action(async (job: string, o: Opts) => {
@@ -384,9 +404,12 @@ Examples:
             if (o.json)
                 return printJson(s);
             process.stdout.write(kv(statusRows(s)));
-        }));
+        });
+}
 
-    cmd.addCommand(addServerOptions(new Command("jobs"))
+/** `client jobs`: this client's jobs. */
+function clientJobsCommand(): Command {
+    return addServerOptions(new Command("jobs"))
         .description("this client's jobs")
         .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client jobs --server URL`)
         .action(async (o: Opts) => {
@@ -394,9 +417,12 @@ Examples:
             if (o.json)
                 return printJson({jobs});
             process.stdout.write(table(["job", "status", "stage", "items", "created"], jobs.map((j) => [j.id, j.status, j.stage ?? "", j.items, j.created_at])));
-        }));
+        });
+}
 
-    cmd.addCommand(addServerOptions(new Command("cancel")).argument("<job>", "job id")
+/** `client cancel`: cancel and erase a job. */
+function clientCancelCommand(): Command {
+    return addServerOptions(new Command("cancel")).argument("<job>", "job id")
         .description("cancel a job and erase everything the server stored of it")
         .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client cancel job_abc --server URL`)
         .action(async (job: string, o: Opts) => {
@@ -404,9 +430,12 @@ Examples:
             if (o.json)
                 return printJson({job, cancelled: true});
             process.stdout.write(`${job} cancelled and erased\n`);
-        }));
+        });
+}
 
-    cmd.addCommand(addServerOptions(new Command("wait")).argument("<job>", "job id")
+/** `client wait`: follow a job to its end. */
+function clientWaitCommand(): Command {
+    return addServerOptions(new Command("wait")).argument("<job>", "job id")
         .description("follow a job to its end (server-sent events, reconnecting; polling as a fallback); exit 1 unless it succeeded")
         .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client wait job_abc --server URL            # progress bar on a terminal\n  ppc-gpt client wait job_abc --server URL --json     # events as JSON lines on stderr`)
         .action(async (job: string, o: Opts) => {
@@ -417,9 +446,12 @@ Examples:
                 process.stdout.write(kv(statusRows(s)));
             if (s.status !== "succeeded")
                 process.exitCode = 1;
-        }));
+        });
+}
 
-    cmd.addCommand(addServerOptions(new Command("fetch")).argument("<job>", "job id")
+/** `client fetch`: download a job's model. */
+function clientFetchCommand(): Command {
+    return addServerOptions(new Command("fetch")).argument("<job>", "job id")
         .description("download a succeeded job's model (resumes an interrupted download; sha256 verified; atomic)")
         .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client fetch job_abc --server URL -o model.gguf`)
         .option("-o, --output <file>", "where the model goes")
@@ -433,9 +465,12 @@ Examples:
                 return printJson(r);
             process.stdout.write(kv([["model", r.path], ["size", formatBytes(r.size)], ["sha256", `${r.sha256} (verified)`],
                 ["resumed at", r.resumedFrom ? formatBytes(r.resumedFrom) : "-"]]));
-        }));
+        });
+}
 
-    cmd.addCommand(addClientTrainOptions(addClientSpecOptions(addDataOptions(new Command("finish"))))
+/** `client finish`: retrain and evaluate locally. */
+function clientFinishCommand(): Command {
+    return addClientTrainOptions(addClientSpecOptions(addDataOptions(new Command("finish"))))
         .description("label-retrain the received model on the private data and evaluate it on the held-out items (S and C)")
         .addHelpText("after", `\nExamples:\n  ppc-gpt client finish --model model.gguf --data private.jsonl -o client-lora.gguf\n  ppc-gpt client finish --model model.gguf --task arc-easy --limit 500 -o client-lora.gguf --client-steps 50`)
         .option("--model <gguf>", "the model received from the server")
@@ -461,9 +496,12 @@ Examples:
             if (o.json)
                 return printJson(r);
             process.stdout.write(kv(finishRows(r)));
-        }));
+        });
+}
 
-    cmd.addCommand(stateDirOption(addClientTrainOptions(addSpecOptions(addPerturbOptions(addDataOptions(addServerOptions(new Command("run")))))))
+/** `client run`: submit, wait, fetch and finish, resumable. */
+function clientRunCommand(): Command {
+    return stateDirOption(addClientTrainOptions(addSpecOptions(addPerturbOptions(addDataOptions(addServerOptions(new Command("run")))))))
         .description("submit, wait, fetch and finish in one go; killed at any point and re-run with the same arguments, it continues the same job")
         .addHelpText("after", `\nExamples (the token in $${tokenEnvVar} or --token-file):\n  ppc-gpt client run --server URL --task arc-easy --limit 500 --epsilon 3 --state-dir acme-arc\n  ppc-gpt client run --server URL --data private.jsonl --holdout 0.2 --epsilon 3 --k 8 --server-steps 300 --state-dir acme --json`)
         .action(async (o: Opts) => {
@@ -473,6 +511,5 @@ Examples:
             if (o.json)
                 return printJson(summary);
             process.stdout.write(kv(runSummaryRows(summary)));
-        }));
-    return cmd;
+        });
 }

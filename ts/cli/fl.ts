@@ -175,80 +175,99 @@ each D, and every client alone (local), on the same clients and items; it prints
 accuracy per depth with its spread over seeds (also <out>/compare.md, compare.json) and the FL
 round overhead (round time without accuracy measurement / local training time). Each simulation
 is cached under <out>/stages/: a killed comparison resumes where it stopped.`)
-        .action(async (opts: SimulateCliOptions, cmd: Command) => {
-            const batch = aliasedOption(cmd, "batch", "batchSize");
-            const threshold = aliasedOption(cmd, "secaggThreshold", "secureThreshold");
-            const depths = parseIndexList(opts.depths, "--depths", "depths");
-            if (opts.seeds !== undefined && !opts.compare)
-                throw new UsageError("--seeds goes with --compare (one simulation takes --seed)");
-            if (opts.compare)
-                return compareAction(opts, cmd, depths, int(batch.value!, batch.flag));
-            if (fs.existsSync(path.join(opts.out, "server", "state.json")))
-                throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
-            const share = parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)");
-            const json = Boolean(opts.json);
-            // checked here, before anything is written under --out
-            const r = int(opts.r, "--r"), clients = int(opts.clients, "--clients");
-            const ranks = opts.ranks !== undefined ? parseIndexList(opts.ranks, "--ranks", "ranks") : undefined;
-            if (ranks?.some((x) => x < 1 || x > r))
-                throw new UsageError(`--ranks must be integers in [1, --r = ${r}] (got ${opts.ranks})`);
-            const dropAfterMasking = opts.dropAfterMasking?.split(",").map((s) => s.trim()).filter(Boolean);
-            const ids = Array.from({length: clients}, (_, i) => `c${i}-d${depths[i % depths.length]}`);
-            const unknown = dropAfterMasking?.filter((id) => !ids.includes(id)) ?? [];
-            if (unknown.length > 0)
-                throw new UsageError(`--drop-after-masking: no client ${unknown.join(", ")}; the clients are ${ids.join(", ")}`);
-            checkOutputFolder(opts.plot, "--plot");
-            if (opts.evalData !== undefined && !fs.existsSync(opts.evalData))
-                throw new UsageError(`--eval-data ${opts.evalData} does not exist`);
-            const created = !fs.existsSync(opts.out);
-            const result = await simulate({
-                base: opts.base, depths, clients, data: opts.data, evalData: opts.evalData, rounds: int(opts.rounds, "--rounds"),
-                seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
-                aggregation: opts.aggregation, localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
-                clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
-                minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
-                heldOutShare: share, r, loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
-                ranks,
-                targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
-                clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
-                secureAggregation: opts.secureAggregation,
-                secureThreshold: threshold.value !== undefined ? int(threshold.value, threshold.flag) : undefined,
-                dropAfterMasking,
-                train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
-                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x <= 0.99, "a number in [0, 0.99]"),
-                    ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
-                },
-                onEvent: reporter(json),
-            }).catch((err: unknown) => {
-                removeFailedSimulation(opts.out, created);
-                throw err;
-            });
-            const set = result.evalSet ? "evalSet" : "heldOut";
-            if (opts.plot) {
-                const series = accuracyByDepth(result, set).map((s) => ({name: `depth ${s.depth}`, values: s.values, stderr: s.stderr}));
-                const tmp = `${opts.plot}.tmp-${process.pid}`;
-                fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
-                    : "held-out accuracy"} by round (± 1 s.e.)`));
-                fs.renameSync(tmp, opts.plot);
-            }
-            if (json) {
-                printJson(result);
-                return;
-            }
-            const last = result.rounds.at(-1);
-            process.stdout.write(table(["client", "depth", "items", "held-out", "accuracy r0", `accuracy r${last?.round ?? 0}`],
-                result.clients.map((c) => [c.id, c.depth, c.items, c.heldOut,
-                    result.initial.find((x) => x.id === c.id)!.accuracy.toFixed(3),
-                    (last?.evaluation.find((x) => x.id === c.id)?.accuracy ?? NaN).toFixed(3)])));
-            for (const s of accuracyByDepth(result))
-                process.stdout.write(`depth ${s.depth}: mean held-out accuracy by round ${s.values.map((v) => v.toFixed(2)).join(" ")}\n`);
-            if (result.evalSet)
-                for (const s of accuracyByDepth(result, "evalSet"))
-                    process.stdout.write(`depth ${s.depth}: accuracy on the ${result.evalSet.items} --eval-data items by round ` +
-                        `${s.values.map((v, i) => `${v.toFixed(2)}±${s.stderr[i].toFixed(2)}`).join(" ")}\n`);
-            process.stdout.write(`${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(opts.out, "server", "rounds")}\n`);
-        });
+        .action(simulateAction);
+}
+
+/** `fl simulate`: one simulation (or --compare), its plot and its table. */
+async function simulateAction(opts: SimulateCliOptions, cmd: Command): Promise<void> {
+    const batch = aliasedOption(cmd, "batch", "batchSize");
+    const threshold = aliasedOption(cmd, "secaggThreshold", "secureThreshold");
+    const depths = parseIndexList(opts.depths, "--depths", "depths");
+    if (opts.seeds !== undefined && !opts.compare)
+        throw new UsageError("--seeds goes with --compare (one simulation takes --seed)");
+    if (opts.compare)
+        return compareAction(opts, cmd, depths, int(batch.value!, batch.flag));
+    if (fs.existsSync(path.join(opts.out, "server", "state.json")))
+        throw new UsageError(`--out ${opts.out} already holds a simulation; give a new folder`);
+    const options = simulationOptions(opts, depths, batch, threshold);
+    const created = !fs.existsSync(opts.out);
+    const result = await simulate(options).catch((err: unknown) => {
+        removeFailedSimulation(opts.out, created);
+        throw err;
+    });
+    if (opts.plot)
+        writeRoundsPlot(opts.plot, result);
+    if (opts.json) {
+        printJson(result);
+        return;
+    }
+    process.stdout.write(simulationSummary(result, opts.out));
+}
+
+/** The command line as simulate()'s options, checked before anything is written under --out. */
+function simulationOptions(opts: SimulateCliOptions, depths: number[], batch: Aliased, threshold: Aliased): Parameters<typeof simulate>[0] {
+    const share = parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)");
+    const r = int(opts.r, "--r"), clients = int(opts.clients, "--clients");
+    const ranks = opts.ranks !== undefined ? parseIndexList(opts.ranks, "--ranks", "ranks") : undefined;
+    if (ranks?.some((x) => x < 1 || x > r))
+        throw new UsageError(`--ranks must be integers in [1, --r = ${r}] (got ${opts.ranks})`);
+    const dropAfterMasking = opts.dropAfterMasking?.split(",").map((s) => s.trim()).filter(Boolean);
+    const ids = Array.from({length: clients}, (_, i) => `c${i}-d${depths[i % depths.length]}`);
+    const unknown = dropAfterMasking?.filter((id) => !ids.includes(id)) ?? [];
+    if (unknown.length > 0)
+        throw new UsageError(`--drop-after-masking: no client ${unknown.join(", ")}; the clients are ${ids.join(", ")}`);
+    checkOutputFolder(opts.plot, "--plot");
+    if (opts.evalData !== undefined && !fs.existsSync(opts.evalData))
+        throw new UsageError(`--eval-data ${opts.evalData} does not exist`);
+    return {
+        base: opts.base, depths, clients, data: opts.data, evalData: opts.evalData, rounds: int(opts.rounds, "--rounds"),
+        seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
+        aggregation: opts.aggregation, localSteps: int(opts.localSteps, "--local-steps"), outDir: opts.out, strategy: opts.strategy,
+        clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
+        minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
+        heldOutShare: share, r, loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+        ranks,
+        targetModules: opts.targetModules?.split(",").map((s) => s.trim()).filter(Boolean),
+        clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
+        secureAggregation: opts.secureAggregation,
+        secureThreshold: threshold.value !== undefined ? int(threshold.value, threshold.flag) : undefined,
+        dropAfterMasking,
+        train: {
+            learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
+            loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x <= 0.99, "a number in [0, 0.99]"),
+            ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
+        },
+        onEvent: reporter(Boolean(opts.json)),
+    };
+}
+
+type Aliased = ReturnType<typeof aliasedOption>;
+type SimulationResult = Awaited<ReturnType<typeof simulate>>;
+
+/** --plot: accuracy by round, one line per client depth (± 1 s.e.), written atomically. */
+function writeRoundsPlot(file: string, result: SimulationResult): void {
+    const set = result.evalSet ? "evalSet" : "heldOut";
+    const series = accuracyByDepth(result, set).map((s) => ({name: `depth ${s.depth}`, values: s.values, stderr: s.stderr}));
+    const tmp = `${file}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
+        : "held-out accuracy"} by round (± 1 s.e.)`));
+    fs.renameSync(tmp, file);
+}
+
+/** The clients' accuracy before and after, and the mean accuracy by round per depth. */
+function simulationSummary(result: SimulationResult, out: string): string {
+    const last = result.rounds.at(-1);
+    let s = table(["client", "depth", "items", "held-out", "accuracy r0", `accuracy r${last?.round ?? 0}`],
+        result.clients.map((c) => [c.id, c.depth, c.items, c.heldOut,
+            result.initial.find((x) => x.id === c.id)!.accuracy.toFixed(3),
+            (last?.evaluation.find((x) => x.id === c.id)?.accuracy ?? NaN).toFixed(3)]));
+    for (const d of accuracyByDepth(result))
+        s += `depth ${d.depth}: mean held-out accuracy by round ${d.values.map((v) => v.toFixed(2)).join(" ")}\n`;
+    if (result.evalSet)
+        for (const d of accuracyByDepth(result, "evalSet"))
+            s += `depth ${d.depth}: accuracy on the ${result.evalSet.items} --eval-data items by round ` +
+                `${d.values.map((v, i) => `${v.toFixed(2)}±${d.stderr[i].toFixed(2)}`).join(" ")}\n`;
+    return s + `${result.rounds.length} rounds (${result.aggregation}) in ${result.seconds.toFixed(1)} s; round files in ${path.join(out, "server", "rounds")}\n`;
 }
 
 /** `fl simulate --compare`: the set-ups of compare.ts over --seeds, cached under --out. */

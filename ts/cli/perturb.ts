@@ -142,102 +142,11 @@ Examples:
   ppc-gpt perturb --embeddings model.gguf --mechanism custext --epsilon 3 --table --json > table.json
   ppc-gpt perturb --embeddings vectors.npy --tokenizer model.gguf --table --tokens 100-120`)
         .action(async (opts: PerturbCliOptions) => {
-            const mode = {json: Boolean(opts.json)};
-            if (!opts.embeddings)
-                throw new UsageError("--embeddings <file> is required (a GGUF model, or a .npy/text embeddings file with --tokenizer)");
-            if (!opts.tokenizer && !/\.gguf$/i.test(opts.embeddings) && embeddingsFormat(opts.embeddings) !== "gguf")
-                throw new UsageError(`${opts.embeddings} is an embeddings file, not a GGUF model: give the tokenizer with --tokenizer <gguf>`);
-            const epsilon = parseNumber(opts.epsilon, "--epsilon", (x) => x > 0, "a number > 0");
-            const k = opts.k === undefined ? undefined
-                : parseNumber(opts.k, "--k", (x) => Number.isInteger(x) && x >= 1 && x <= 65536, "an integer in [1, 65536]");
-            if (opts.mechanism !== "custext" && (k !== undefined || opts.similarity !== undefined))
-                throw new UsageError("--k and --similarity apply to --mechanism custext only");
-            const threads = opts.threads === undefined ? undefined
-                : parseNumber(opts.threads, "--threads", (x) => Number.isInteger(x) && x >= 1 && x <= 1024, "an integer in [1, 1024]");
-            let seed: number | undefined;
-            if (opts.seed !== undefined) {
-                try {
-                    seed = parseSeed(opts.seed);
-                } catch (err) {
-                    throw new UsageError(`--seed: ${(err as Error).message}`);
-                }
-            }
-            if (opts.keepStopwords && opts.stopwords)
-                throw new UsageError("give --keep-stopwords (built-in English list) or --stopwords <file>, not both");
-            if (opts.cacheDir !== undefined && !opts.cache)
-                throw new UsageError("give --cache-dir or --no-cache, not both");
-            const stopwords = opts.stopwords ? readStopwords(opts.stopwords) : opts.keepStopwords ? true as const : undefined;
-            if (opts.table) {
-                if (opts.in || opts.out || opts.report)
-                    throw new UsageError("--table prints the mechanism's distributions; it takes no --in, --out or --report");
-            } else {
-                if (opts.tokens)
-                    throw new UsageError("--tokens goes with --table");
-                if (!opts.in || !opts.out)
-                    throw new UsageError("--in <file> and --out <file> are required (or --table)");
-                if (!fs.existsSync(opts.in))
-                    throw new DataError(opts.in, undefined, "no such file");
-                if (opts.keepLabels && opts.idMap)
-                    throw new UsageError("--id-map goes with the default release (random ids); --keep-labels writes no id map");
-                checkOutputFolder(opts.out, "--out");
-                checkOutputFolder(opts.idMap, "--id-map");
-                checkOutputFolder(opts.report, "--report");
-            }
-            const bars = new Map<string, ReturnType<typeof progressReporter>>();
-            const finished = new Set<string>();
-            const options: PerturberOptions = {
-                embeddings: opts.embeddings, tokenizer: opts.tokenizer, tensor: opts.tensor, mechanism: opts.mechanism, epsilon, k,
-                similarity: opts.similarity, keepPunctuation: opts.keepPunctuation, stopwords, seed, threads,
-                cacheDir: opts.cache ? opts.cacheDir : false,
-                onProgress: (stage, done, total) => {
-                    if (finished.has(stage))
-                        return;
-                    let bar = bars.get(stage);
-                    if (!bar) {
-                        bar = progressReporter(mode, stage, stage === "embeddings" ? "items" : stage === "index" ? "tokens" : "items");
-                        bars.set(stage, bar);
-                    }
-                    bar.update(done, total);
-                    if (done >= total) {
-                        bar.finish();
-                        finished.add(stage);
-                    }
-                },
-                onWarning: (message) => process.stderr.write(mode.json ? JSON.stringify({event: "warning", message}) + "\n"
-                    : `ppc-gpt perturb: warning: ${message}\n`),
-            };
-
-            if (opts.table) {
-                const tokens = opts.tokens ? parseIndexList(opts.tokens, "--tokens", "token ids") : undefined;
-                const perturber = await createPerturber(options);
-                try {
-                    for (const t of tokens ?? [])
-                        if (!perturber.mechanism.has(t))
-                            throw new UsageError(`--tokens: token ${t} is not in the ${perturber.summary.name} domain ` +
-                                `(${perturber.describeToken(t)}; control, unknown, unused and user-defined tokens are never perturbed` +
-                                `${perturber.summary.keepPunctuation ? ", nor punctuation with --keep-punctuation" : ""})`);
-                    const inputs = tokens ?? Array.from(perturber.mechanism.domain);
-                    if (opts.mechanism === "santext" && inputs.length * perturber.mechanism.domain.length > 5e7)
-                        throw new UsageError(`the santext table of ${formatCount(inputs.length)} inputs x ${formatCount(perturber.mechanism.domain.length)} ` +
-                            `outputs has ${(inputs.length * perturber.mechanism.domain.length).toExponential(1)} entries; choose inputs with --tokens`);
-                    if (mode.json)
-                        return await writeTableJson(perturber.table(inputs));
-                    const v = perturber.vocabulary;
-                    process.stdout.write(`${perturber.summary.guarantee.statement}\n\n`);
-                    for await (const d of perturber.table(inputs)) {
-                        const idx = Array.from(d.outputs.keys()).sort((a, b) => d.probabilities[b] - d.probabilities[a]);
-                        const top = idx.slice(0, 8).map((i) => `${JSON.stringify(v.pieces[d.outputs[i]])}(${d.outputs[i]}) ${d.probabilities[i].toPrecision(3)}`);
-                        process.stdout.write(`${String(d.input).padStart(6)} ${JSON.stringify(v.pieces[d.input]).padEnd(14)} -> ${top.join(", ")}` +
-                            `${idx.length > 8 ? `, … (${idx.length} outputs)` : ""}\n`);
-                    }
-                } finally {
-                    perturber.close();
-                }
-                return;
-            }
-
+            const options = perturberOptions(opts);
+            if (opts.table)
+                return await printDistributions(opts, options);
             if (opts.keepLabels)
-                process.stderr.write(mode.json ? JSON.stringify({event: "warning", message: "--keep-labels: the output keeps answer keys and original ids; it is for local experiments and must not be sent"}) + "\n"
+                process.stderr.write(opts.json ? JSON.stringify({event: "warning", message: "--keep-labels: the output keeps answer keys and original ids; it is for local experiments and must not be sent"}) + "\n"
                     : "ppc-gpt perturb: warning: --keep-labels: the output keeps answer keys and original ids; it is for local experiments and must not be sent to a server\n");
             const report = await perturbFile({...options, input: opts.in!, output: opts.out!, keepLabels: opts.keepLabels, idMap: opts.idMap});
             if (opts.report) {
@@ -245,8 +154,115 @@ Examples:
                 fs.writeFileSync(tmp, JSON.stringify(report, null, 2) + "\n");
                 fs.renameSync(tmp, opts.report);
             }
-            if (mode.json)
+            if (opts.json)
                 return printJson(report);
             process.stdout.write(humanReport(report));
         });
+}
+
+/** The command line as the library's options, after the checks of what goes with what (usage errors). */
+function perturberOptions(opts: PerturbCliOptions): PerturberOptions {
+    if (!opts.embeddings)
+        throw new UsageError("--embeddings <file> is required (a GGUF model, or a .npy/text embeddings file with --tokenizer)");
+    if (!opts.tokenizer && !/\.gguf$/i.test(opts.embeddings) && embeddingsFormat(opts.embeddings) !== "gguf")
+        throw new UsageError(`${opts.embeddings} is an embeddings file, not a GGUF model: give the tokenizer with --tokenizer <gguf>`);
+    const epsilon = parseNumber(opts.epsilon, "--epsilon", (x) => x > 0, "a number > 0");
+    const k = opts.k === undefined ? undefined
+        : parseNumber(opts.k, "--k", (x) => Number.isInteger(x) && x >= 1 && x <= 65536, "an integer in [1, 65536]");
+    if (opts.mechanism !== "custext" && (k !== undefined || opts.similarity !== undefined))
+        throw new UsageError("--k and --similarity apply to --mechanism custext only");
+    const threads = opts.threads === undefined ? undefined
+        : parseNumber(opts.threads, "--threads", (x) => Number.isInteger(x) && x >= 1 && x <= 1024, "an integer in [1, 1024]");
+    let seed: number | undefined;
+    if (opts.seed !== undefined) {
+        try {
+            seed = parseSeed(opts.seed);
+        } catch (err) {
+            throw new UsageError(`--seed: ${(err as Error).message}`);
+        }
+    }
+    if (opts.keepStopwords && opts.stopwords)
+        throw new UsageError("give --keep-stopwords (built-in English list) or --stopwords <file>, not both");
+    if (opts.cacheDir !== undefined && !opts.cache)
+        throw new UsageError("give --cache-dir or --no-cache, not both");
+    const stopwords = opts.stopwords ? readStopwords(opts.stopwords) : opts.keepStopwords ? true as const : undefined;
+    checkFiles(opts);
+    const json = Boolean(opts.json);
+    return {
+        embeddings: opts.embeddings, tokenizer: opts.tokenizer, tensor: opts.tensor, mechanism: opts.mechanism, epsilon, k,
+        similarity: opts.similarity, keepPunctuation: opts.keepPunctuation, stopwords, seed, threads,
+        cacheDir: opts.cache ? opts.cacheDir : false,
+        onProgress: stageBars({json}),
+        onWarning: (message) => process.stderr.write(json ? JSON.stringify({event: "warning", message}) + "\n"
+            : `ppc-gpt perturb: warning: ${message}\n`),
+    };
+}
+
+/** --table takes no files; a release needs --in and --out, in existing folders. */
+function checkFiles(opts: PerturbCliOptions): void {
+    if (opts.table) {
+        if (opts.in || opts.out || opts.report)
+            throw new UsageError("--table prints the mechanism's distributions; it takes no --in, --out or --report");
+        return;
+    }
+    if (opts.tokens)
+        throw new UsageError("--tokens goes with --table");
+    if (!opts.in || !opts.out)
+        throw new UsageError("--in <file> and --out <file> are required (or --table)");
+    if (!fs.existsSync(opts.in))
+        throw new DataError(opts.in, undefined, "no such file");
+    if (opts.keepLabels && opts.idMap)
+        throw new UsageError("--id-map goes with the default release (random ids); --keep-labels writes no id map");
+    checkOutputFolder(opts.out, "--out");
+    checkOutputFolder(opts.idMap, "--id-map");
+    checkOutputFolder(opts.report, "--report");
+}
+
+/** One progress bar per stage (embeddings, index, perturb), finished once its stage is done. */
+function stageBars(mode: {json: boolean}): NonNullable<PerturberOptions["onProgress"]> {
+    const bars = new Map<string, ReturnType<typeof progressReporter>>();
+    const finished = new Set<string>();
+    return (stage, done, total) => {
+        if (finished.has(stage))
+            return;
+        let bar = bars.get(stage);
+        if (!bar) {
+            bar = progressReporter(mode, stage, stage === "embeddings" ? "items" : stage === "index" ? "tokens" : "items");
+            bars.set(stage, bar);
+        }
+        bar.update(done, total);
+        if (done >= total) {
+            bar.finish();
+            finished.add(stage);
+        }
+    };
+}
+
+/** --table: the exact output distribution of every input token (or of --tokens), as JSON or the top 8 per line. */
+async function printDistributions(opts: PerturbCliOptions, options: PerturberOptions): Promise<void> {
+    const tokens = opts.tokens ? parseIndexList(opts.tokens, "--tokens", "token ids") : undefined;
+    const perturber = await createPerturber(options);
+    try {
+        for (const t of tokens ?? [])
+            if (!perturber.mechanism.has(t))
+                throw new UsageError(`--tokens: token ${t} is not in the ${perturber.summary.name} domain ` +
+                    `(${perturber.describeToken(t)}; control, unknown, unused and user-defined tokens are never perturbed` +
+                    `${perturber.summary.keepPunctuation ? ", nor punctuation with --keep-punctuation" : ""})`);
+        const inputs = tokens ?? Array.from(perturber.mechanism.domain);
+        if (opts.mechanism === "santext" && inputs.length * perturber.mechanism.domain.length > 5e7)
+            throw new UsageError(`the santext table of ${formatCount(inputs.length)} inputs x ${formatCount(perturber.mechanism.domain.length)} ` +
+                `outputs has ${(inputs.length * perturber.mechanism.domain.length).toExponential(1)} entries; choose inputs with --tokens`);
+        if (opts.json)
+            return await writeTableJson(perturber.table(inputs));
+        const v = perturber.vocabulary;
+        process.stdout.write(`${perturber.summary.guarantee.statement}\n\n`);
+        for await (const d of perturber.table(inputs)) {
+            const idx = Array.from(d.outputs.keys()).sort((a, b) => d.probabilities[b] - d.probabilities[a]);
+            const top = idx.slice(0, 8).map((i) => `${JSON.stringify(v.pieces[d.outputs[i]])}(${d.outputs[i]}) ${d.probabilities[i].toPrecision(3)}`);
+            process.stdout.write(`${String(d.input).padStart(6)} ${JSON.stringify(v.pieces[d.input]).padEnd(14)} -> ${top.join(", ")}` +
+                `${idx.length > 8 ? `, … (${idx.length} outputs)` : ""}\n`);
+        }
+    } finally {
+        perturber.close();
+    }
 }

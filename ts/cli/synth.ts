@@ -142,83 +142,102 @@ Examples:
       --remote-model local --ratio 4 --format lines --json`)
         .action(async (opts: SynthOptions, cmd: Command) => {
             opts.ratio = aliasedOption(cmd, "ratio", "k").value!;
-            const mode = {json: Boolean(opts.json)};
-            if (!opts.in || !opts.out)
-                throw new UsageError("--in <perturbed.jsonl> and --out <synthetic.jsonl> are required");
-            if ((opts.model === undefined) === (opts.baseUrl === undefined))
-                throw new UsageError("choose the generator: --model <local.gguf> or --base-url <url> --remote-model <name>");
-            if (opts.baseUrl !== undefined && !opts.remoteModel)
-                throw new UsageError("--base-url needs --remote-model <name>");
-            if (opts.model !== undefined && opts.remoteModel !== undefined)
-                throw new UsageError("--remote-model goes with --base-url, not --model");
-            const int = (v: string | undefined, name: string, min: number) => v === undefined ? undefined
-                : parseNumber(v, name, (x) => Number.isInteger(x) && x >= min, min === 0 ? "a non-negative integer" : `an integer >= ${min}`);
-            const ratio = int(opts.ratio, opts.k !== undefined ? "--k" : "--ratio", 1)!;
-            const maxAttempts = int(opts.maxAttempts, "--max-attempts", 1);
-            if (maxAttempts !== undefined && maxAttempts < ratio)
-                throw new UsageError(`--max-attempts (${maxAttempts}) must be at least --ratio (${ratio})`);
-            const concurrency = int(opts.concurrency, "--concurrency", 1);
-            const temperature = opts.temperature === undefined ? undefined
-                : parseNumber(opts.temperature, "--temperature", (x) => x > 0 && x <= 2, "a number in (0, 2]");
-            const seed = opts.seed === undefined ? undefined
-                : parseNumber(opts.seed, "--seed", (x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32, "an integer in [0, 2^32)");
-            const limit = int(opts.limit, "--limit", 1);
-            const maxTokens = int(opts.maxTokens, "--max-tokens", 16);
-            const timeout = parseNumber(opts.timeout, "--timeout", (x) => x > 0, "a positive number of seconds");
-            const retries = int(opts.retries, "--retries", 0)!;
-            const contextSize = int(opts.contextSize, "--context-size", 64);
-            const threads = int(opts.threads, "--threads", 1);
-            const gpuLayers = int(opts.gpuLayers, "--gpu-layers", 0);
-            if (opts.baseUrl !== undefined && (opts.contextSize || opts.threads || opts.gpuLayers))
-                throw new UsageError("--context-size, --threads and --gpu-layers go with --model");
-            if (opts.model !== undefined && opts.apiKeyEnv)
-                throw new UsageError("--api-key-env goes with --base-url");
-
-            const progress = synthProgress(mode);
-            let generator: Generator;
-            if (opts.model !== undefined) {
-                // the model and node-llama-cpp (chat templates, grammars) are loaded only for the embedded backend
-                await checkGgufFile(opts.model, "--model");
-                const {createEmbeddedGenerator} = await import("../synth/embedded.js");
-                generator = await createEmbeddedGenerator({modelPath: opts.model, sequences: concurrency ?? 4, contextSize, threads, gpuLayers});
-            } else {
-                try {
-                    generator = createRemoteGenerator({baseUrl: opts.baseUrl!, model: opts.remoteModel!, apiKeyEnv: opts.apiKeyEnv,
-                        concurrency: concurrency ?? 8, timeoutMs: timeout * 1000, maxRetries: retries, onRetry: progress.retry});
-                } catch (err) {
-                    throw new UsageError((err as Error).message);  // a malformed --base-url
-                }
-            }
-
-            const interrupt = new AbortController();
-            const onSignal = (sig: string) => interrupt.abort(new Error(`interrupted by ${sig}; the output is intact: run the same command again to continue`));
-            const onInt = () => onSignal("SIGINT"), onTerm = () => onSignal("SIGTERM");
-            process.once("SIGINT", onInt);
-            process.once("SIGTERM", onTerm);
-            let summary: SynthSummary;
-            try {
-                summary = await synthesize({
-                    input: opts.in, output: opts.out, generator, ratio, maxAttempts, concurrency, format: opts.format,
-                    temperature: temperature === undefined ? undefined : {answer: temperature}, seed, limit,
-                    maxTokens: maxTokens === undefined ? undefined : {question: maxTokens, answer: maxTokens, rationale: maxTokens},
-                    signal: interrupt.signal, onProgress: progress.update,
-                });
-            } catch (err) {
-                progress.finish();
-                if (err instanceof RangeError)
-                    throw new UsageError(err.message);
-                if (err instanceof GeneratorError && !interrupt.signal.aborted)
-                    throw new Error(`${err.message}\n(everything finished so far is saved in ${opts.out}; run the same command again to continue)`, {cause: err});
-                throw err;
-            } finally {
-                process.off("SIGINT", onInt);
-                process.off("SIGTERM", onTerm);
-                await generator.close();
-            }
-            progress.finish();
-            if (mode.json)
+            const parsed = synthNumbers(opts);
+            const progress = synthProgress({json: Boolean(opts.json)});
+            const generator = await openGenerator(opts, parsed, progress.retry);
+            const summary = await runSynthesis(opts, parsed, generator, progress);
+            if (opts.json)
                 return printJson(summary);
             process.stdout.write(describe(summary));
         });
     return useDefaultSet(cmd, "synthDefaults", synthDefaults);
+}
+
+type SynthNumbers = ReturnType<typeof synthNumbers>;
+
+/** The generator choice checked and the numeric options parsed (usage errors name the flag). */
+function synthNumbers(opts: SynthOptions) {
+    if (!opts.in || !opts.out)
+        throw new UsageError("--in <perturbed.jsonl> and --out <synthetic.jsonl> are required");
+    if ((opts.model === undefined) === (opts.baseUrl === undefined))
+        throw new UsageError("choose the generator: --model <local.gguf> or --base-url <url> --remote-model <name>");
+    if (opts.baseUrl !== undefined && !opts.remoteModel)
+        throw new UsageError("--base-url needs --remote-model <name>");
+    if (opts.model !== undefined && opts.remoteModel !== undefined)
+        throw new UsageError("--remote-model goes with --base-url, not --model");
+    const int = (v: string | undefined, name: string, min: number) => v === undefined ? undefined
+        : parseNumber(v, name, (x) => Number.isInteger(x) && x >= min, min === 0 ? "a non-negative integer" : `an integer >= ${min}`);
+    const ratio = int(opts.ratio, opts.k !== undefined ? "--k" : "--ratio", 1)!;
+    const maxAttempts = int(opts.maxAttempts, "--max-attempts", 1);
+    if (maxAttempts !== undefined && maxAttempts < ratio)
+        throw new UsageError(`--max-attempts (${maxAttempts}) must be at least --ratio (${ratio})`);
+    const parsed = {
+        ratio, maxAttempts,
+        concurrency: int(opts.concurrency, "--concurrency", 1),
+        temperature: opts.temperature === undefined ? undefined
+            : parseNumber(opts.temperature, "--temperature", (x) => x > 0 && x <= 2, "a number in (0, 2]"),
+        seed: opts.seed === undefined ? undefined
+            : parseNumber(opts.seed, "--seed", (x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32, "an integer in [0, 2^32)"),
+        limit: int(opts.limit, "--limit", 1),
+        maxTokens: int(opts.maxTokens, "--max-tokens", 16),
+        timeout: parseNumber(opts.timeout, "--timeout", (x) => x > 0, "a positive number of seconds"),
+        retries: int(opts.retries, "--retries", 0)!,
+        contextSize: int(opts.contextSize, "--context-size", 64),
+        threads: int(opts.threads, "--threads", 1),
+        gpuLayers: int(opts.gpuLayers, "--gpu-layers", 0),
+    };
+    if (opts.baseUrl !== undefined && (opts.contextSize || opts.threads || opts.gpuLayers))
+        throw new UsageError("--context-size, --threads and --gpu-layers go with --model");
+    if (opts.model !== undefined && opts.apiKeyEnv)
+        throw new UsageError("--api-key-env goes with --base-url");
+    return parsed;
+}
+
+/** The local GGUF generator (--model) or the OpenAI-compatible client (--base-url). */
+async function openGenerator(opts: SynthOptions, n: SynthNumbers, onRetry: (info: RetryInfo) => void): Promise<Generator> {
+    if (opts.model !== undefined) {
+        // the model and node-llama-cpp (chat templates, grammars) are loaded only for the embedded backend
+        await checkGgufFile(opts.model, "--model");
+        const {createEmbeddedGenerator} = await import("../synth/embedded.js");
+        return await createEmbeddedGenerator({modelPath: opts.model, sequences: n.concurrency ?? 4, contextSize: n.contextSize,
+            threads: n.threads, gpuLayers: n.gpuLayers});
+    }
+    try {
+        return createRemoteGenerator({baseUrl: opts.baseUrl!, model: opts.remoteModel!, apiKeyEnv: opts.apiKeyEnv,
+            concurrency: n.concurrency ?? 8, timeoutMs: n.timeout * 1000, maxRetries: n.retries, onRetry});
+    } catch (err) {
+        throw new UsageError((err as Error).message);  // a malformed --base-url
+    }
+}
+
+/** Runs the pipeline until done or interrupted (SIGINT/SIGTERM leave the output resumable); closes the generator. */
+async function runSynthesis(opts: SynthOptions, n: SynthNumbers, generator: Generator,
+    progress: ReturnType<typeof synthProgress>): Promise<SynthSummary> {
+    const interrupt = new AbortController();
+    const onSignal = (sig: string) => interrupt.abort(new Error(`interrupted by ${sig}; the output is intact: run the same command again to continue`));
+    const onInt = () => onSignal("SIGINT"), onTerm = () => onSignal("SIGTERM");
+    process.once("SIGINT", onInt);
+    process.once("SIGTERM", onTerm);
+    let summary: SynthSummary;
+    try {
+        summary = await synthesize({
+            input: opts.in!, output: opts.out!, generator, ratio: n.ratio, maxAttempts: n.maxAttempts, concurrency: n.concurrency,
+            format: opts.format, temperature: n.temperature === undefined ? undefined : {answer: n.temperature}, seed: n.seed,
+            limit: n.limit, signal: interrupt.signal, onProgress: progress.update,
+            maxTokens: n.maxTokens === undefined ? undefined : {question: n.maxTokens, answer: n.maxTokens, rationale: n.maxTokens},
+        });
+    } catch (err) {
+        progress.finish();
+        if (err instanceof RangeError)
+            throw new UsageError(err.message);
+        if (err instanceof GeneratorError && !interrupt.signal.aborted)
+            throw new Error(`${err.message}\n(everything finished so far is saved in ${opts.out}; run the same command again to continue)`, {cause: err});
+        throw err;
+    } finally {
+        process.off("SIGINT", onInt);
+        process.off("SIGTERM", onTerm);
+        await generator.close();
+    }
+    progress.finish();
+    return summary;
 }
