@@ -18,7 +18,7 @@ import {finalModel, type PipelineEnv} from "./pipeline.js";
 import {
     epsilonRange, errorCodes, eventNames, fillJobSpec, headers, jobIdParamsSchema, jobItemsProblem, jobListSchema, jobQuantizeTypes, jobStatusSchema,
     privacyMechanisms, protocolVersion, routes, serverInfoSchema, submitHeadersSchema, submitJobResponseSchema, submitJobSchema,
-    errorSchema, stageNames, terminalJobStates, type JobSpec, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
+    errorSchema, stageNames, terminalJobStates, type JobQuantization, type JobSpec, type JobStatus, type ServerInfo, type StageName, type SubmitJobRequest,
 } from "./protocol.js";
 import {JobScheduler} from "./scheduler.js";
 import {DistributedRunner, noGenerator, type QueueSettings} from "./distributed.js";
@@ -136,6 +136,11 @@ export function specOverCap(spec: ReturnType<typeof fillJobSpec>, caps: JobCaps)
 }
 
 /** A stable serialization (sorted keys) for hashing request bodies. */
+/** The quantize stage's record as a status carries it (the stage's result also holds the model's facts). */
+function pickQuantization(q: JobQuantization): JobQuantization {
+    return {type: q.type, imatrix_entries: q.imatrix_entries, size_before: q.size_before, size_after: q.size_after};
+}
+
 function canonicalJson(value: unknown): string {
     if (Array.isArray(value))
         return `[${value.map(canonicalJson).join(",")}]`;
@@ -305,7 +310,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
         const byName = (n: StageName) => stages.find((s) => s.name === n);
         const synth = byName("synth");
         const synthCounts = synth?.status === "done" ? synth.result as {accepted: number; rejected: number} : null;
-        const prune = byName("prune");
+        const prune = byName("prune"), quantize = byName("quantize");
         const model = job.status === "succeeded" ? finalModel(env, stages)?.info ?? null : null;
         return {
             id: job.id, status: job.status, stage: job.status === "running" ? job.stage : null,
@@ -321,6 +326,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             synth: synthCounts ? {accepted: synthCounts.accepted, rejected: synthCounts.rejected} : null,
             bi_report: byName("bi")?.status === "done" ? byName("bi")!.result as Record<string, unknown> : null,
             plan: prune?.status === "done" ? (prune.result as {plan: Record<string, unknown>}).plan : null,
+            quantization: quantize?.status === "done" ? pickQuantization(quantize.result as JobQuantization) : null,
             model,
         };
     };
