@@ -292,6 +292,13 @@ function finishRows(r: FinishReport): (string | number)[][] {
     ];
 }
 
+function quantizationRows(q: RunSummary["quantization"]): string[][] {
+    if (!q)
+        return [];
+    return [["quantized", `${q.type} with a task importance matrix (${q.imatrix_entries} tensors) on the server: ` +
+        `${formatBytes(q.size_before)} -> ${formatBytes(q.size_after)} (${(100 * q.size_after / q.size_before).toFixed(1)}%)`]];
+}
+
 export function runSummaryRows(s: RunSummary): (string | number)[][] {
     const p = s.privacy, st = s.job_status;
     return [
@@ -305,6 +312,7 @@ export function runSummaryRows(s: RunSummary): (string | number)[][] {
             `mean ${p.epsilon_per_record.mean.toFixed(1)}, max ${p.epsilon_per_record.max}; dataset total ${p.epsilon_total}`],
         ["synthetic data", st.synth ? `${st.synth.accepted} items accepted, ${st.synth.rejected} rejected (server side, from the perturbed items)` : "n/a"],
         ["layers", s.layers ? `${s.layers.before} -> ${s.layers.after} (removed ${s.layers.removed.join(", ") || "none"})` : "n/a"],
+        ...quantizationRows(s.quantization),
         ["model received", `${s.model.path} (${formatBytes(s.model.size)}, sha256 ${s.model.sha256.slice(0, 16)}… verified)`],
         ...finishRows(s.finish),
     ];

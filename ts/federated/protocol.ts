@@ -209,7 +209,16 @@ export interface JobStatus {
     bi_report: Record<string, unknown> | null;
     /** The PruningPlan of ts/prune/plan.ts (its local `model` path removed). */
     plan: Record<string, unknown> | null;
+    /** What the quantize stage did, once done: the type, the task imatrix's entries, the model's bytes before and after. */
+    quantization: JobQuantization | null;
     model: JobModelInfo | null;
+}
+
+export interface JobQuantization {
+    type: JobQuantizeType;
+    imatrix_entries: number;
+    size_before: number;
+    size_after: number;
 }
 
 export interface JobList {
@@ -338,7 +347,7 @@ const filledSpecSchema = {
 export const jobStatusSchema = {
     type: "object",
     required: ["id", "status", "stage", "progress", "stages", "items", "spec", "created_at", "updated_at", "error", "synth",
-        "bi_report", "plan", "model"],
+        "bi_report", "plan", "quantization", "model"],
     properties: {
         id: {type: "string"},
         status: {type: "string", enum: [...jobStates]},
@@ -367,6 +376,9 @@ export const jobStatusSchema = {
             properties: {accepted: {type: "integer"}, rejected: {type: "integer"}}}, {type: "null"}]},
         bi_report: {anyOf: [{type: "object", additionalProperties: true}, {type: "null"}]},
         plan: {anyOf: [{type: "object", additionalProperties: true}, {type: "null"}]},
+        quantization: {anyOf: [{type: "object", required: ["type", "imatrix_entries", "size_before", "size_after"],
+            properties: {type: {type: "string", enum: [...jobQuantizeTypes]}, imatrix_entries: {type: "integer"}, size_before: {type: "integer"},
+                size_after: {type: "integer"}}}, {type: "null"}]},
         model: {anyOf: [{type: "object", required: ["sha256", "size", "layers", "parameters"],
             properties: {sha256: sha256Schema, size: {type: "integer"}, layers: {type: "integer"}, parameters: {type: "integer"}}},
         {type: "null"}]},

@@ -9,7 +9,7 @@ import {datasetReport, createPerturber, type DatasetReport, type MechanismReport
 import {readIdMap, releaseItems, writeIdMap, type IdMapEntry, type ReleasedItem} from "../../privacy/release.js";
 import {readJsonl, writeJsonlAtomic} from "../../data/jsonl.js";
 import type {TrainEvent} from "../../train/train.js";
-import {epsilonRange, fillJobSpec, jobItemSchema, protocolVersion, type JobItem, type JobProgress, type JobSpec, type JobStatus, type PrivacyMechanism,
+import {epsilonRange, fillJobSpec, jobItemSchema, protocolVersion, type JobItem, type JobProgress, type JobQuantization, type JobSpec, type JobStatus, type PrivacyMechanism,
     type ServerInfo} from "../protocol.js";
 import {fileDigest, loadPrivateData, type PrivateData, type PrivateDataOptions} from "./data.js";
 import {finishModel, type FinishReport} from "./finish.js";
@@ -82,6 +82,8 @@ export interface RunSummary {
         epsilon_total: number; report: string; id_map: string};
     job_status: JobStatus;
     layers: {before: number; after: number; removed: number[]} | null;
+    /** The server's quantization of the delivered model (job spec `quantize`): type and bytes before and after; null without one. */
+    quantization: JobQuantization | null;
     model: {path: string; sha256: string; size: number};
     finish: FinishReport;
 }
@@ -362,6 +364,8 @@ export class ClientFlow {
             job_status: status,
             layers: plan && plan.layersBefore !== undefined ? {before: plan.layersBefore, after: plan.layersAfter!,
                 removed: plan.originalRemoved ?? plan.removed ?? []} : null,
+            // a server from before the quantize stage sends no quantization
+            quantization: status.quantization ?? null,
             model, finish,
         };
     }

@@ -7,7 +7,7 @@ import type {DistributedRunner} from "../distributed.js";
 import {HttpError, type TokenSessions} from "../http-common.js";
 import type {JobCaps} from "../job-caps.js";
 import {finalModel, type PipelineEnv} from "../pipeline.js";
-import {errorCodes, errorSchema, stageNames, type JobStatus, type ServerInfo, type StageName} from "../protocol.js";
+import {errorCodes, errorSchema, stageNames, type JobQuantization, type JobStatus, type ServerInfo, type StageName} from "../protocol.js";
 import type {JobScheduler} from "../scheduler.js";
 import type {JobRecord, JobStore} from "../store.js";
 
@@ -53,7 +53,7 @@ export async function jobStatus(ctx: JobRoutesContext, job: JobRecord): Promise<
     const byName = (n: StageName) => stages.find((s) => s.name === n);
     const synth = byName("synth");
     const synthCounts = synth?.status === "done" ? synth.result as {accepted: number; rejected: number} : null;
-    const prune = byName("prune");
+    const prune = byName("prune"), quantize = byName("quantize");
     const model = job.status === "succeeded" ? finalModel(ctx.env, stages)?.info ?? null : null;
     return {
         id: job.id, status: job.status, stage: job.status === "running" ? job.stage : null,
@@ -69,9 +69,15 @@ export async function jobStatus(ctx: JobRoutesContext, job: JobRecord): Promise<
         synth: synthCounts ? {accepted: synthCounts.accepted, rejected: synthCounts.rejected} : null,
         bi_report: byName("bi")?.status === "done" ? byName("bi")!.result as Record<string, unknown> : null,
         plan: prune?.status === "done" ? (prune.result as {plan: Record<string, unknown>}).plan : null,
+        quantization: quantize?.status === "done" ? pickQuantization(quantize.result as JobQuantization) : null,
         model,
     };
 }
 
 /** The error responses every route on one job declares. */
 export const jobErrorResponses = {400: errorSchema, 401: errorSchema, 404: errorSchema};
+
+/** The quantize stage's record as a status carries it (the stage's result also holds the model's facts). */
+function pickQuantization(q: JobQuantization): JobQuantization {
+    return {type: q.type, imatrix_entries: q.imatrix_entries, size_before: q.size_before, size_after: q.size_after};
+}
