@@ -4,14 +4,17 @@ import fs from "node:fs";
 import path from "node:path";
 import test from "ava";
 import {canonicalJson, hashKey, StageCache} from "../../ts/experiment/cache.js";
-import {loadExperimentConfig, smallConfig, type ExperimentConfig} from "../../ts/experiment/config.js";
+import {checkConfig, loadExperimentConfig, smallConfig, type ExperimentConfig} from "../../ts/experiment/config.js";
 import {copyWordItems} from "../../ts/experiment/data.js";
 import {estimateGpuTime} from "../../ts/experiment/estimate.js";
 import {cellKey, expandCells} from "../../ts/experiment/runner.js";
 import {itemText, parseItemText} from "../../ts/experiment/stages.js";
 import {ablationSvg, buildTables, type CellRecord} from "../../ts/experiment/tables.js";
 import {paperConfig} from "../../ts/experiment/config.js";
+import {readGguf} from "../../ts/gguf/read.js";
+import {quantizeModel} from "../../ts/quantize/quantize.js";
 import {hasShared, runCli, sharedDir, tempDir} from "../helpers.js";
+import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
 
 test("the grid: every method × task × seed, plus one PPC-GPT cell per new ablation value; keys follow what a method reads", (t) => {
     const cells = expandCells(smallConfig);
@@ -156,4 +159,81 @@ test("a config file with a misspelt field is refused naming it; every real field
     const c = loadExperimentConfig(full);
     t.deepEqual(c.seeds, [4]);
     t.is(c.gpuLayers, 0);
+});
+
+test("the quantization ablation: unquantized, q4_k_m without and with the task imatrix, with sizes; cached and resumable", async (t) => {
+    if (!hasShared)
+        return t.pass("shared fixtures absent");
+    const teacher = new Teacher();
+    const gen = await ScriptedChatServer.start((r) => teacher.reply(r));
+    t.teardown(() => gen.stop());
+    const dir = tempDir(t);
+    const cfg = path.join(dir, "quant.json");
+    fs.writeFileSync(cfg, JSON.stringify({
+        base: "small", description: "test", methods: ["ppc-gpt"], seeds: [1],
+        generator: {url: gen.baseUrl, modelName: "teacher"},
+        tasks: [{name: "copy-word", eval: "mc", source: {generated: "copy-word"}, trainItems: 6, evalItems: 12}],
+        defaults: {...smallConfig.defaults, k: 1}, ablations: {quantize: ["none", "q4_k_m", "q4_k_m+imatrix"]}, ablationTasks: ["copy-word"],
+        train: {...smallConfig.train, server: {...smallConfig.train.server, steps: 2}, client: {...smallConfig.train.client, steps: 2}},
+    }));
+    const out = path.join(dir, "out");
+    const env = {...process.env, PPC_SHARED_DIR: sharedDir};
+    const r = await runCli(["experiment", cfg, "-o", out, "--threads", "2", "--json"], {env});
+    t.is(r.code, 0, r.stderr);
+    const summary = JSON.parse(r.stdout);
+    t.is(summary.cells, 3, "the main cell is the unquantized row");
+    t.is(summary.failed, 0);
+    const tables = JSON.parse(fs.readFileSync(path.join(out, "tables.json"), "utf8"));
+    const cells: CellRecord[] = tables.cells;
+    const q = (s: string) => cells.find((c) => (c.settings.quantize ?? "none") === s)!;
+    const plain = q("q4_k_m").details.quantization as {imatrix: string; imatrixEntries: number; sizeBefore: number; sizeAfter: number};
+    const task = q("q4_k_m+imatrix").details.quantization as typeof plain;
+    t.is(plain.imatrix, "none");
+    t.is(task.imatrix, "task");
+    t.true(task.imatrixEntries > 0);
+    // both quantize the same merged model, which the unquantized cell hands over as it is
+    t.is(plain.sizeBefore, q("none").details.modelBytes as number);
+    t.is(task.sizeBefore, plain.sizeBefore);
+    t.is(q("q4_k_m").details.modelBytes as number, plain.sizeAfter);
+    t.true(plain.sizeAfter < plain.sizeBefore / 2, `${plain.sizeBefore} -> ${plain.sizeAfter}`);
+    for (const c of cells)
+        t.true(c.S !== null && c.C !== null, `${c.settings.quantize}: S and C`);
+    const table = tables.tables.find((x: {rowName: string}) => x.rowName === "quantize");
+    t.deepEqual(table.rows.map((x: {label: string}) => x.label),
+        ["unquantized", "quantized (q4_k_m, no imatrix)", "quantized (q4_k_m, task imatrix)"]);
+    t.deepEqual(table.sizeColumns, ["copy-word model size"]);
+    t.deepEqual(table.rows.map((x: {sizes: number[]}) => x.sizes[0]), [plain.sizeBefore, plain.sizeAfter, task.sizeAfter]);
+    t.is(table.rows[2].cells[0].mean, 100 * q("q4_k_m+imatrix").S!.acc);
+    t.regex(fs.readFileSync(path.join(out, "tables.md"), "utf8"), /\| quantized \(q4_k_m, task imatrix\) \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| [\d.]+ KiB \|/);
+
+    // the stage is llama.cpp's quantizer: without the imatrix, the same bytes as quantizeModel of the merged model
+    const stages = fs.readdirSync(path.join(out, "stages"));
+    const merged = path.join(out, "stages", stages.find((d) => d.startsWith("merge-"))!, "merged.gguf");
+    const quantized = stages.filter((d) => d.startsWith("quantize-")).map((d) => path.join(out, "stages", d, "quantized.gguf"));
+    t.is(quantized.length, 2);
+    const imatrixOf = async (f: string) => (await readGguf(f)).value("ppc_gpt.quantization.imatrix");
+    const byKind = new Map(await Promise.all(quantized.map(async (f) => [await imatrixOf(f), f] as const)));
+    const direct = path.join(dir, "direct.gguf");
+    await quantizeModel(merged, direct, {type: "q4_k_m", threads: 2});
+    t.true(fs.readFileSync(direct).equals(fs.readFileSync(byKind.get("none")!)));
+    t.is((await readGguf(byKind.get("task")!)).value("quantize.imatrix.entries_count"), task.imatrixEntries);
+
+    // resumable: a removed cell runs again, reusing its cached quantize stage
+    const again = JSON.parse((await runCli(["experiment", cfg, "-o", out, "--json"], {env})).stdout);
+    t.is(again.ran, 0);
+    t.is(again.cached, 3);
+    const stamps = () => quantized.map((f) => fs.statSync(path.join(path.dirname(f), "result.json")).mtimeMs);
+    const before = stamps();
+    fs.rmSync(path.join(out, "results", `${q("q4_k_m+imatrix").key}.json`));
+    const third = JSON.parse((await runCli(["experiment", cfg, "-o", out, "--json"], {env})).stdout);
+    t.is(third.ran, 1);
+    t.deepEqual(stamps(), before, "the quantize stages are reused, not run again");
+});
+
+test("a quantize setting that is not a type, type+imatrix or none is refused naming the field", (t) => {
+    const c: ExperimentConfig = {...smallConfig, ablations: {quantize: ["q4_k_m+task"]}};
+    t.throws(() => checkConfig(c), {message: /"quantize" value "q4_k_m\+task" must be "none", a type or a type\+imatrix/});
+    t.throws(() => checkConfig({...smallConfig, defaults: {...smallConfig.defaults, quantize: "q9"}}), {message: /"quantize"/});
+    checkConfig({...smallConfig, defaults: {...smallConfig.defaults, quantize: "q8_0+imatrix"}});
+    t.pass();
 });

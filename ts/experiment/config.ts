@@ -5,6 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type {TaskFormatName} from "../data/prompt.js";
 import type {DatasetName} from "../data/loaders/index.js";
+import {jobQuantizeTypes} from "../federated/protocol.js";
 
 export const methodNames = ["zero-shot", "dense-sft", "plain-c", "dp-instruct-c", "ppc-gpt"] as const;
 export type MethodName = typeof methodNames[number];
@@ -37,6 +38,22 @@ export interface Settings {
     metric: "bi" | "seq";
     /** Share of parameters pruned. */
     ratio: number;
+    /**
+     * Quantization of the model the server hands over (the federated job's quantize stage):
+     * "none" (absent: none), a type such as "q4_k_m" (llama.cpp's quantizer, no importance matrix),
+     * or "q4_k_m+imatrix" (with an importance matrix of the synthetic items, as the job's stage).
+     */
+    quantize?: string;
+}
+
+/** A `quantize` setting read: undefined for none. */
+export function quantizeSetting(value: string | undefined): {type: string; imatrix: boolean} | undefined {
+    if (value === undefined || value === "none")
+        return undefined;
+    const [type, suffix, ...rest] = value.split("+");
+    if (!(jobQuantizeTypes as readonly string[]).includes(type) || (suffix !== undefined && suffix !== "imatrix") || rest.length > 0)
+        throw new RangeError(`quantize "${value}" must be "none", a type or a type+imatrix (types: ${jobQuantizeTypes.join(", ")})`);
+    return {type, imatrix: suffix === "imatrix"};
 }
 
 export interface TrainSettings {
@@ -69,7 +86,8 @@ export interface ExperimentConfig {
     seeds: number[];
     defaults: Settings;
     /** One factor at a time, on `ablationTasks`, PPC-GPT only (as the paper's Tables 3–7). */
-    ablations: {epsilon?: number[]; k?: number[]; rationales?: boolean[]; serverRetrain?: boolean[]; metric?: ("bi" | "seq")[]; ratio?: number[]};
+    ablations: {epsilon?: number[]; k?: number[]; rationales?: boolean[]; serverRetrain?: boolean[]; metric?: ("bi" | "seq")[]; ratio?: number[];
+        quantize?: string[]};
     ablationTasks: string[];
     ablationSeeds: number[];
     train: {server: TrainSettings; client: TrainSettings; dpGenerator: TrainSettings & {delta: number; maxPerExampleGradNorm: number}};
@@ -82,7 +100,10 @@ export interface ExperimentConfig {
     throughput?: {generatorTokensPerSecond: number; trainTokensPerSecond: number; evalTokensPerSecond: number};
 }
 
-const defaults: Settings = {epsilon: 3, k: 8, rationales: true, serverRetrain: true, metric: "bi", ratio: 0.3};
+const defaults: Settings = {epsilon: 3, k: 8, rationales: true, serverRetrain: true, metric: "bi", ratio: 0.3, quantize: "none"};
+
+/** The quantization ablation: unquantized, q4_k_m without and with the task importance matrix. */
+const quantizeAblation = ["none", "q4_k_m", "q4_k_m+imatrix"];
 
 /** Runs here on 2 CPU cores in well under 30 minutes; stories260K is source, generator and DP generator. */
 export const smallConfig: ExperimentConfig = {
@@ -98,7 +119,8 @@ export const smallConfig: ExperimentConfig = {
     methods: [...methodNames],
     seeds: [1, 2],
     defaults: {...defaults, k: 2},
-    ablations: {epsilon: [1, 3, 5, 10], k: [1, 2, 4], rationales: [true, false], serverRetrain: [true, false], metric: ["bi", "seq"], ratio: [0, 0.3, 0.5, 0.7]},
+    ablations: {epsilon: [1, 3, 5, 10], k: [1, 2, 4], rationales: [true, false], serverRetrain: [true, false], metric: ["bi", "seq"], ratio: [0, 0.3, 0.5, 0.7],
+        quantize: quantizeAblation},
     ablationTasks: ["copy-word"],
     ablationSeeds: [1],
     train: {
@@ -129,7 +151,8 @@ export const paperConfig: ExperimentConfig = {
     methods: ["dense-sft", "plain-c", "dp-instruct-c", "ppc-gpt"],
     seeds: [1, 2, 3],
     defaults,
-    ablations: {epsilon: [1, 3, 5, 10], k: [1, 2, 4, 8], rationales: [true, false], serverRetrain: [true, false], metric: ["bi", "seq"], ratio: [0, 0.3, 0.5, 0.7]},
+    ablations: {epsilon: [1, 3, 5, 10], k: [1, 2, 4, 8], rationales: [true, false], serverRetrain: [true, false], metric: ["bi", "seq"], ratio: [0, 0.3, 0.5, 0.7],
+        quantize: quantizeAblation},
     ablationTasks: ["OBQA", "ARC-E"],
     ablationSeeds: [1],
     train: {
@@ -203,4 +226,11 @@ export function checkConfig(c: ExperimentConfig, where = c.name): void {
         fail("epsilon", "must be positive");
     if ([c.defaults.k, ...(c.ablations.k ?? [])].some((x) => !Number.isInteger(x) || x < 1))
         fail("k", "must be positive integers");
+    for (const q of [c.defaults.quantize, ...(c.ablations.quantize ?? [])]) {
+        try {
+            quantizeSetting(q);
+        } catch (err) {
+            fail("quantize", (err as Error).message.replace(/^quantize /, "value "));
+        }
+    }
 }

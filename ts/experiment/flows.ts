@@ -5,7 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import {writeJsonlAtomic} from "../data/jsonl.js";
 import {readTaskItems} from "../data/jsonl.js";
-import type {MethodName, Settings, TaskSpec} from "./config.js";
+import {quantizeSetting, type MethodName, type Settings, type TaskSpec} from "./config.js";
 import {generatorTrainingItems, itemTextPrompt, type Accuracy, type StageRunner} from "./stages.js";
 
 export interface FlowResult {
@@ -117,6 +117,14 @@ const ppcGpt: Flow = async (run, {task, seed, settings}) => {
         server = (await run.merge(pruned.model, s.adapter)).model;
         details.serverSteps = s.steps;
     }
+    const quantize = quantizeSetting(settings.quantize);
+    if (quantize) {
+        // as the federated job: the client receives, retrains and is scored on the quantized model
+        const q = await run.quantize(server, quantize.type, task, quantize.imatrix ? synthetic.file : undefined, settings.rationales);
+        details.quantization = {type: q.type, imatrix: q.imatrix, imatrixEntries: q.imatrixEntries, sizeBefore: q.sizeBefore, sizeAfter: q.sizeAfter};
+        server = q.model;
+    }
+    details.modelBytes = fs.statSync(server).size;
     const S = await run.evaluate(task, server, data.eval);
     const c = await clientStage(run, task, seed, server, data.private, data.eval);
     return {S, C: c.C, details: {...details, removedLayers: pruned.removed, removedRatio: pruned.removedRatio}};

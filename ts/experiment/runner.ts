@@ -40,7 +40,8 @@ export function expandCells(config: ExperimentConfig): Cell[] {
 /** What a cell's result depends on: the method, task, seed, the settings the method reads, models and hyperparameters. */
 export function cellKey(config: ExperimentConfig, cell: Cell): string {
     const s = cell.settings;
-    const used: Partial<Settings> = cell.method === "ppc-gpt" ? s
+    // unquantized is left out of the key: cells cached before the quantize factor existed stay valid
+    const used: Partial<Settings> = cell.method === "ppc-gpt" ? {...s, quantize: s.quantize === "none" ? undefined : s.quantize}
         : cell.method === "dp-instruct-c" ? {epsilon: s.epsilon, k: s.k, metric: s.metric, ratio: s.ratio, serverRetrain: s.serverRetrain}
         : cell.method === "plain-c" ? {metric: s.metric, ratio: s.ratio} : {};
     return hashKey({method: cell.method, task: cell.task, seed: cell.seed, settings: used, source: config.source, generator: config.generator,

@@ -13,6 +13,8 @@ import {perturbFile} from "../privacy/perturb.js";
 import {blockInfluence} from "../prune/block-influence.js";
 import {planPruning} from "../prune/plan.js";
 import {removeLayers} from "../prune/remove.js";
+import {taskImatrix} from "../quantize/collect.js";
+import {quantizeModel, type ImatrixSource} from "../quantize/quantize.js";
 import {createEmbeddedGenerator} from "../synth/embedded.js";
 import type {Generator} from "../synth/generator.js";
 import {synthesize} from "../synth/pipeline.js";
@@ -183,6 +185,34 @@ export class StageRunner {
             const output = path.join(dir, "merged.gguf");
             await mergeLora(model, adapter, output);
             return {model: output};
+        });
+    }
+
+    /**
+     * The federated job's quantize stage: llama.cpp's quantizer, with the importance matrix of
+     * `imatrixFile`'s items (the label and rationale sequences BI scores) when given.
+     */
+    quantize(model: string, type: string, task: TaskSpec, imatrixFile: string | undefined, rationales: boolean) {
+        const key = {model: this.identity(model), type, format: task.eval, imatrix: imatrixFile && this.identity(imatrixFile), rationales};
+        return this.cache.stage("quantize", key, async (dir) => {
+            this.log(`quantize ${type}${imatrixFile ? " with the task importance matrix" : ""}`);
+            let imatrix: ImatrixSource | undefined;
+            if (imatrixFile) {
+                let items = await readTaskItems(imatrixFile);
+                if (!rationales)
+                    items = items.map(({rationale: _, ...rest}) => rest);
+                const m = await loadModel(model, {threads: this.threads, gpuLayers: this.config.gpuLayers});
+                try {
+                    const {matrix} = await taskImatrix(m, items, path.basename(imatrixFile), {format: task.eval});
+                    imatrix = {matrix, kind: "task", file: path.basename(imatrixFile)};
+                } finally {
+                    m.close();
+                }
+            }
+            const output = path.join(dir, "quantized.gguf");
+            const r = await quantizeModel(model, output, {type, imatrix, threads: this.threads});
+            return {model: output, type: r.type, imatrix: r.imatrix, imatrixEntries: imatrix?.matrix.entries.length ?? 0,
+                sizeBefore: r.bytesIn, sizeAfter: r.bytesOut};
         });
     }
 

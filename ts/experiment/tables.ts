@@ -5,10 +5,11 @@
 import fs from "node:fs";
 import path from "node:path";
 import {writeJsonAtomic} from "./cache.js";
-import type {ExperimentConfig, MethodName, Settings} from "./config.js";
+import {quantizeSetting, type ExperimentConfig, type MethodName, type Settings} from "./config.js";
 import type {FlowResult} from "./flows.js";
 import {svgChart} from "../report/svg-chart.js";
 import {writeFileDurableSync} from "../durable-file.js";
+import {formatBytes} from "../cli/output.js";
 
 export interface CellRecord extends FlowResult {
     key: string;
@@ -52,20 +53,39 @@ export interface Table {
     /** Row label column name. */
     rowName: string;
     columns: string[];
-    rows: {label: string; cells: (Stat | null)[]}[];
+    rows: {label: string; cells: (Stat | null)[]; sizes?: (number | null)[]}[];
+    /** Columns after the accuracies giving the rows' `sizes`: the delivered model's bytes (mean over seeds). */
+    sizeColumns?: string[];
     notes: string[];
 }
 
 function markdown(t: Table): string {
-    const head = `| ${t.rowName} | ${t.columns.join(" | ")} |\n|${["", ...t.columns].map(() => "---").join("|")}|\n`;
-    const body = t.rows.map((r) => `| ${r.label} | ${r.cells.map(fmt).join(" | ")} |`).join("\n");
+    const columns = [...t.columns, ...(t.sizeColumns ?? [])];
+    const head = `| ${t.rowName} | ${columns.join(" | ")} |\n|${["", ...columns].map(() => "---").join("|")}|\n`;
+    const sizes = (r: Table["rows"][number]) => (r.sizes ?? []).map((b) => ` ${b === null ? "—" : formatBytes(b)} |`).join("");
+    const body = t.rows.map((r) => `| ${r.label} | ${r.cells.map(fmt).join(" | ")} |${sizes(r)}`).join("\n");
     return `### ${t.title}\n\n${head}${body}\n${t.notes.map((n) => `\n${n}`).join("")}\n`;
 }
 
 const methodLabels: Record<MethodName, string> = {"zero-shot": "Source, zero-shot", "dense-sft": "DenseSFT", "plain-c": "Plain-C",
     "dp-instruct-c": "DP-Instruct-C", "ppc-gpt": "PPC-GPT"};
 const factorTitles: Record<keyof Settings, string> = {epsilon: "privacy budget ε", k: "synthetic ratio k", rationales: "rationales",
-    serverRetrain: "server-side retraining", metric: "layer importance (BI vs Seq)", ratio: "pruning ratio"};
+    serverRetrain: "server-side retraining", metric: "layer importance (BI vs Seq)", ratio: "pruning ratio",
+    quantize: "quantization of the delivered model (what the task importance matrix buys)"};
+
+/** A row of an ablation table: the value, or for quantize what it means. */
+function valueLabel(factor: keyof Settings, v: unknown): string {
+    if (factor !== "quantize")
+        return String(v);
+    const q = quantizeSetting(v as string);
+    return q ? `quantized (${q.type}, ${q.imatrix ? "task imatrix" : "no imatrix"})` : "unquantized";
+}
+
+/** Mean bytes of the model the server handed over, over the records that have it (cells cached before it was recorded do not). */
+function meanModelBytes(records: CellRecord[]): number | null {
+    const xs = records.map((r) => r.details.modelBytes).filter((x): x is number => typeof x === "number");
+    return xs.length ? Math.round(xs.reduce((a, b) => a + b, 0) / xs.length) : null;
+}
 
 /** The tables of a set of cell results. */
 export function buildTables(config: ExperimentConfig, records: CellRecord[]): Table[] {
@@ -96,9 +116,11 @@ export function buildTables(config: ExperimentConfig, records: CellRecord[]): Ta
             rowName: factor,
             columns: config.ablationTasks.flatMap((t) => [`${t} S`, `${t} C`]),
             rows: values.map((v) => ({
-                label: String(v),
+                label: valueLabel(factor, v),
                 cells: config.ablationTasks.flatMap((t) => [stat(at(t, v), "S"), stat(at(t, v), "C")]),
+                ...(factor === "quantize" ? {sizes: config.ablationTasks.map((t) => meanModelBytes(at(t, v)))} : {}),
             })),
+            ...(factor === "quantize" ? {sizeColumns: config.ablationTasks.map((t) => `${t} model size`)} : {}),
             notes: values.flatMap((v) => config.ablationTasks.flatMap((t) => at(t, v).filter((r) => r.error)
                 .map((r) => `- ${factor} = ${v}, ${t}, seed ${r.seed}: ${r.error}`))),
         });
@@ -107,7 +129,10 @@ export function buildTables(config: ExperimentConfig, records: CellRecord[]): Ta
 }
 
 function sameSettings(a: Settings, b: Settings): boolean {
-    return (Object.keys(b) as (keyof Settings)[]).every((k) => a[k] === b[k]);
+    // no quantize (a config or a cell from before the factor) is unquantized
+    const value = (s: Settings, k: keyof Settings) => (k === "quantize" ? s.quantize ?? "none" : s[k]);
+    const keys = new Set([...Object.keys(a), ...Object.keys(b), "quantize"]) as Set<keyof Settings>;
+    return [...keys].every((k) => value(a, k) === value(b, k));
 }
 
 function notesOf(records: CellRecord[]): string[] {
