@@ -198,6 +198,26 @@ async function accuracyWith(client: SimClient, adapter: LoraAdapter, train?: Loc
     }
 }
 
+/** Closes round `n` by secure aggregation of the sampled clients' uploads (as over HTTP, masks and all). */
+async function closeSecureRound(server: FederationServer, sampled: SimClient[], uploads: Map<string, string>, n: number,
+    o: Omit<Parameters<typeof secureAggregateRound>[2], "round">):
+    Promise<{summary: RoundSummary; secure: SecureRoundReport}> {
+    const participants = [];
+    for (const c of sampled)
+        participants.push({id: c.id, weight: c.items.length, layerMap: c.layerMap,
+            adapter: toBaseNumbering(await readLoraAdapter(uploads.get(c.id)!), c.layerMap)});
+    const res = secureAggregateRound(server.globalAdapter, participants, {
+        round: n, threshold: o.threshold, dropAfterMasking: o.dropAfterMasking, method: o.method,
+    });
+    const r = res.report;
+    // recorded as over HTTP, so recomputeRound keeps the single-holder matrices as the round did
+    const summary = await server.closeRoundWith(res.adapter, res.targets, res.contributors, r.aborted, {secure: {threshold: r.threshold,
+        scaleBits: r.scaleBits, roster: r.clients, dropped: r.dropped, contributors: res.contributors,
+        unmasked: r.aborted ? [] : r.clients.filter((id) => !r.dropped.includes(id)), maskedTargets: r.maskedTargets, keptTargets: r.keptTargets,
+        layers: r.layers, ...(r.aborted ? {aborted: r.aborted} : {})}});
+    return {summary, secure: r};
+}
+
 /** PruFed in one process: every client and the server, round by round. */
 export async function simulate(options: SimulateOptions): Promise<SimulateResult> {
     const started = performance.now();
@@ -268,22 +288,8 @@ export async function simulate(options: SimulateOptions): Promise<SimulateResult
         let summary: RoundSummary | undefined;
         let secure: SecureRoundReport | undefined;
         if (options.secureAggregation && !local) {
-            const participants = [];
-            for (const id of open.sampled) {
-                const c = clients.find((x) => x.id === id)!;
-                participants.push({id, weight: c.items.length, layerMap: c.layerMap,
-                    adapter: toBaseNumbering(await readLoraAdapter(uploads.get(id)!), c.layerMap)});
-            }
-            const res = secureAggregateRound(server.globalAdapter, participants, {
-                round: n, threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking, method,
-            });
-            secure = res.report;
-            const r = res.report;
-            // recorded as over HTTP, so recomputeRound keeps the single-holder matrices as the round did
-            summary = await server.closeRoundWith(res.adapter, res.targets, res.contributors, r.aborted, {secure: {threshold: r.threshold,
-                scaleBits: r.scaleBits, roster: r.clients, dropped: r.dropped, contributors: res.contributors,
-                unmasked: r.aborted ? [] : r.clients.filter((id) => !r.dropped.includes(id)), maskedTargets: r.maskedTargets, keptTargets: r.keptTargets,
-                layers: r.layers, ...(r.aborted ? {aborted: r.aborted} : {})}});
+            ({summary, secure} = await closeSecureRound(server, open.sampled.map((id) => clients.find((x) => x.id === id)!), uploads, n,
+                {threshold: options.secureThreshold, dropAfterMasking: options.dropAfterMasking, method}));
         } else {
             summary = await server.closeRound();
         }
