@@ -45,7 +45,8 @@ dp-instruct-c (client DP-SGD-tunes a small generator on its items, samples items
 retrains, fine-tunes), ppc-gpt (perturb -> synthesize -> BI prune -> CoT distillation -> client
 retraining). Each reports S (the model the server hands over) and C (after client retraining).
 Ablations vary one factor of PPC-GPT at a time: ε, k, rationales, server retraining, BI vs Seq,
-pruning ratio. Each cell is keyed by a hash of its settings, models and hyperparameters; stages
+pruning ratio, quantization (unquantized vs q4_k_m without and with the task importance matrix,
+with model sizes). Each cell is keyed by a hash of its settings, models and hyperparameters; stages
 (perturbation, synthesis, pruning, training, scoring) are cached too and shared between cells, so
 an interrupted run resumes and a changed setting reruns only what depends on it.
 
