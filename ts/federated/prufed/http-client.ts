@@ -19,6 +19,7 @@ import {writeFileDurable, writeJsonDurable} from "../../durable-file.js";
 import {flProtocol, flRoutes, metricsHeader, roundRoute, secaggVersionHeader, unmaskToWire, type NotReady, type RosterAnswer, type SecureRoundStatus,
     type SharesAnswer, type UnmaskAnswer} from "./http-protocol.js";
 import {modelLayerShapes, toBaseNumbering} from "./align.js";
+import {prufedDefaults} from "./defaults.js";
 import {SecureClient, type MaskPlan} from "./secure.js";
 import {checkRoster, checkSecaggVersion, checkShareBoxes, checkUnmaskOnce, checkUnmaskRequest, defaultSecurePolicy, secaggProtocol,
     SecureRoundRefused, type SecureClientPolicy, type UnmaskRecord} from "./secure-checks.js";
@@ -34,10 +35,11 @@ export interface FlClientOptions {
     localSteps: number;
     r: number;
     loraAlpha: number;
-    /** Share of the local items held out for accuracy (default 0.25). */
+    /** Share of the local items held out for accuracy (default `prufedDefaults.heldOutShare`). */
     heldOutShare?: number;
     /** One held-out set (task-item JSONL) scored before and after every local round, besides the split of `data`. */
     evalData?: string;
+    /** Seed of the split and local training (default `prufedDefaults.seed`, as `fl client --help` shows). */
     seed?: number;
     train?: LocalTrainSettings;
     /** Long-poll period (s, default 20). */
@@ -136,8 +138,8 @@ export async function runFlClient(o: FlClientOptions): Promise<{rounds: FlClient
     const gguf = await readGguf(o.model);
     const layers = gguf.originalLayers;
     const items = await readTaskItems(o.data);
-    const seed = o.seed ?? 0;
-    const {train, heldOut} = splitLocal(items, o.heldOutShare ?? 0.25, seed);
+    const seed = o.seed ?? prufedDefaults.seed;
+    const {train, heldOut} = splitLocal(items, o.heldOutShare ?? prufedDefaults.heldOutShare, seed);
     if (train.length === 0)
         throw new FederatedError(`${o.data}: no training items left after holding out ${heldOut.length}`);
     const evalSet = o.evalData !== undefined ? await readTaskItems(o.evalData) : undefined;
