@@ -161,6 +161,8 @@ interface JobServerParts {
     artifacts: ArtifactStore;
     source: ServerInfo["model"] & {size: number};
     kit: ArtifactRef;
+    /** Artifacts no collection removes: the kit, and the items of submissions being stored (routes/jobs.ts). */
+    protectedArtifacts: Set<string>;
     generator: Generator;
     env: PipelineEnv;
     scheduler: JobScheduler | DistributedRunner;
@@ -197,15 +199,16 @@ async function openJobServerParts(options: FederatedServerOptions, log: (line: s
         threads: options.threads, checkpointEvery: options.checkpointEvery ?? serverDefaults.checkpointEvery, synthMaxTokens: options.synthMaxTokens,
         workDir: (id) => path.join(dataDir, "jobs", id),
     };
+    const protectedArtifacts = new Set([kit.sha256]);
     const scheduler = distributed
         ? new DistributedRunner({store: store as PostgresJobStore, env, workers: options.workers ?? 0, settings: options.queue,
-            protectedArtifacts: new Set([kit.sha256]), log})
-        : new JobScheduler(env, options.workers ?? serverDefaults.workers, new Set([kit.sha256]),
+            protectedArtifacts, log})
+        : new JobScheduler(env, options.workers ?? serverDefaults.workers, protectedArtifacts,
             {timeBudgetMs: options.jobTimeBudgetSeconds === undefined ? undefined : options.jobTimeBudgetSeconds * 1000});
     if (distributed)
         // workers check their source model against this one
         await (store as PostgresJobStore).setSetting("source", {name: source.name, sha256: source.sha256, kit_sha256: kit.sha256});
-    return {dataDir, distributed, release, store, artifacts, source, kit, generator, env, scheduler};
+    return {dataDir, distributed, release, store, artifacts, source, kit, protectedArtifacts, generator, env, scheduler};
 }
 
 /** What GET /v1/info answers. */
@@ -266,7 +269,7 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
             description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
     });
     const ctx: JobRoutesContext = {
-        store, artifacts: parts.artifacts, env: parts.env, scheduler, info, kit: parts.kit,
+        store, artifacts: parts.artifacts, env: parts.env, scheduler, info, kit: parts.kit, protectedArtifacts: parts.protectedArtifacts,
         sessions: new TokenSessions(store, limits.maxStreamsPerToken), openStreams: new Set(),
         maxItems, maxActive, jobCaps, distributed: parts.distributed, workers: options.workers ?? serverDefaults.workers, startedAt: new Date().toISOString(),
         // a remote generator's name carries its address: clients see it as /v1/info names it

@@ -21,6 +21,8 @@ export interface JobRoutesContext {
     info: ServerInfo;
     /** The perturbation kit's artifact. */
     kit: ArtifactRef;
+    /** Artifacts the scheduler's collection never removes; a submission adds its items while it stores them. */
+    protectedArtifacts: Set<string>;
     /** Open event streams per token (capped, ended when the token is revoked). */
     sessions: TokenSessions;
     /** The end of each open event stream: all are ended when the server stops (they would otherwise hold it open). */

@@ -76,13 +76,20 @@ function skippedStages(spec: FilledJobSpec): StageName[] {
 /** The POST /v1/jobs handler: checks, replays an Idempotency-Key, stores the items and the job, queues it. */
 function submitter(ctx: JobRoutesContext) {
     const {store, artifacts, scheduler, maxActive} = ctx;
-    // submissions being stored right now, by items artifact: never collected while in flight
+    // submissions being stored right now, by items artifact: protected from the scheduler's
+    // collection (a job with the same items erased meanwhile) until the job that references them is stored
     const inFlightItems = new Map<string, number>();
+    const enter = (itemsSha: string) => {
+        inFlightItems.set(itemsSha, (inFlightItems.get(itemsSha) ?? 0) + 1);
+        ctx.protectedArtifacts.add(itemsSha);
+    };
     const leave = (itemsSha: string) => {
         const n = inFlightItems.get(itemsSha)! - 1;
-        if (n === 0)
+        if (n === 0) {
             inFlightItems.delete(itemsSha);
-        else
+            if (itemsSha !== ctx.kit.sha256)
+                ctx.protectedArtifacts.delete(itemsSha);
+        } else
             inFlightItems.set(itemsSha, n);
         return n;
     };
@@ -112,7 +119,7 @@ function submitter(ctx: JobRoutesContext) {
 
         const jsonl = Buffer.from(body.items.map((i) => JSON.stringify({id: i.id, question: i.question, choices: i.choices})).join("\n") + "\n");
         const itemsSha = crypto.createHash("sha256").update(jsonl).digest("hex");
-        inFlightItems.set(itemsSha, (inFlightItems.get(itemsSha) ?? 0) + 1);
+        enter(itemsSha);
         const id = "job_" + crypto.randomBytes(12).toString("base64url");
         try {
             await artifacts.addBytes(jsonl);
