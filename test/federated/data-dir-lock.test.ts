@@ -4,11 +4,13 @@
 // unrelated process does not block).
 import {spawn} from "node:child_process";
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import readline from "node:readline";
 import test from "ava";
 import {cliPath, hasShared, runCli, stories260K, tempDir} from "../helpers.js";
 import {ScriptedChatServer} from "../synth/openai-server.js";
+import {startFederatedServer} from "../../ts/federated/server.js";
 import {startServer} from "./server-process.js";
 import {models, serverArgs, startServer as startFlServer} from "./prufed/http-process.js";
 
@@ -59,6 +61,22 @@ test.serial("fl server: kill -9 and restart at once; a live twin is refused nami
     fs.writeFileSync(path.join(dataDir, "server.pid"), `${process.pid}\n`);
     const third = await startFlServer(t, base, dataDir, []);
     t.is(fs.readFileSync(path.join(dataDir, "server.pid"), "utf8").trim(), String(third.proc.child.pid));
+});
+
+maybe("in process: a start that fails (its port in use) gives the data dir back, so the next start succeeds", async (t) => {
+    const dir = tempDir(t);
+    const gen = await ScriptedChatServer.start(() => ({hang: true}));
+    t.teardown(() => gen.stop());
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    t.teardown(() => taken.close());
+    const port = (taken.address() as net.AddressInfo).port;
+    const options = {model: stories260K, dataDir: path.join(dir, "server"), host: "127.0.0.1", threads: 1, log: () => {},
+        generator: {kind: "remote" as const, baseUrl: gen.baseUrl, model: "teacher"}};
+    await t.throwsAsync(startFederatedServer({...options, port}), {code: "EADDRINUSE"});
+    const server = await startFederatedServer({...options, port: 0});
+    t.teardown(() => server.close());
+    t.is((await fetch(`${server.url}/v1/info`)).status, 200);
 });
 
 // a zombie: the server runs under a shell that execs `sleep`, which never reaps it, so after kill -9

@@ -184,7 +184,22 @@ async function openJobServerParts(options: FederatedServerOptions, log: (line: s
     const distributed = isPostgresUrl(options.store);
     // with PostgreSQL, fronts and workers share the directory by design: no claim on it
     const release = distributed ? () => {} : claimDataDir(dataDir);
-    const store: JobStore = distributed ? await PostgresJobStore.open(options.store!) : SqliteJobStore.open(dataDir);
+    let store: JobStore | undefined;
+    try {
+        store = distributed ? await PostgresJobStore.open(options.store!) : SqliteJobStore.open(dataDir);
+        return await openOnStore(options, {dataDir, distributed, release, store}, log);
+    } catch (err) {
+        // a failed start gives the data dir back, so the same process (the in-process API) can start again
+        await Promise.resolve(store?.close()).catch(() => {});
+        release();
+        throw err;
+    }
+}
+
+/** The rest of openJobServerParts once the store is open: artifacts, kit, generator, scheduler. */
+async function openOnStore(options: FederatedServerOptions, opened: Pick<JobServerParts, "dataDir" | "distributed" | "release" | "store">,
+    log: (line: string) => void): Promise<JobServerParts> {
+    const {dataDir, distributed, store} = opened;
     const artifacts = new ArtifactStore(dataDir);
     const source = await sourceModelInfo(options.model);
     await checkSourceModel(dataDir, store, source.sha256);
@@ -208,7 +223,7 @@ async function openJobServerParts(options: FederatedServerOptions, log: (line: s
     if (distributed)
         // workers check their source model against this one
         await (store as PostgresJobStore).setSetting("source", {name: source.name, sha256: source.sha256, kit_sha256: kit.sha256});
-    return {dataDir, distributed, release, store, artifacts, source, kit, protectedArtifacts, generator, env, scheduler};
+    return {...opened, artifacts, source, kit, protectedArtifacts, generator, env, scheduler};
 }
 
 /** What GET /v1/info answers. */
@@ -247,31 +262,20 @@ function startRetention(parts: JobServerParts, seconds: number, log: (line: stri
     return timer;
 }
 
-/** Starts the server: opens the store, writes the perturbation kit, resumes unfinished jobs, listens. */
-export async function startFederatedServer(options: FederatedServerOptions): Promise<FederatedServer> {
-    const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
-    const maxBodyBytes = options.maxBodyBytes ?? serverDefaults.maxBodyBytes;
-    const maxItems = options.maxItemsPerJob ?? serverDefaults.maxItemsPerJob;
-    const maxActive = options.maxConcurrentJobsPerClient ?? serverDefaults.maxConcurrentJobsPerClient;
-    if (!fs.existsSync(options.model))
-        throw new Error(`source model ${options.model} does not exist`);
-    const host = options.host ?? serverDefaults.host;
-    checkCleartextListen(host, Boolean(options.tls), Boolean(options.insecure), log);
-    const limits = {...httpLimitDefaults, ...options.limits};
-    const jobCaps = {...jobCapDefaults, ...options.jobCaps};
-    const parts = await openJobServerParts(options, log);
-    const {store, scheduler, generator} = parts;
-    const info = serverInfo(options, parts, {max_body_bytes: maxBodyBytes, max_items_per_job: maxItems, max_concurrent_jobs_per_client: maxActive}, jobCaps);
-
+/** The job routes on a protocol app: the context every plugin shares, the plugins in OpenAPI order. */
+async function jobRoutesApp(options: FederatedServerOptions, parts: JobServerParts, info: ServerInfo, limits: HttpLimits,
+    caps: {maxBodyBytes: number; maxItems: number; maxActive: number; jobCaps: JobCaps}, log: (line: string) => void) {
+    const {store, generator} = parts;
     const app = await createProtocolApp({
-        bodyLimit: maxBodyBytes, uploadRoutes: [routes.jobs], limits, tls: options.tls, store, openapiRoute: routes.openapi, publicRoutes: [routes.info], log,
+        bodyLimit: caps.maxBodyBytes, uploadRoutes: [routes.jobs], limits, tls: options.tls, store, openapiRoute: routes.openapi, publicRoutes: [routes.info], log,
         api: {title: "ppc-gpt federated server", version: protocolVersion,
             description: "PPC-GPT server: perturbed items in, a pruned and distilled model out (docs/federated.md)."},
     });
     const ctx: JobRoutesContext = {
-        store, artifacts: parts.artifacts, env: parts.env, scheduler, info, kit: parts.kit, protectedArtifacts: parts.protectedArtifacts,
+        store, artifacts: parts.artifacts, env: parts.env, scheduler: parts.scheduler, info, kit: parts.kit, protectedArtifacts: parts.protectedArtifacts,
         sessions: new TokenSessions(store, limits.maxStreamsPerToken), openStreams: new Set(),
-        maxItems, maxActive, jobCaps, distributed: parts.distributed, workers: options.workers ?? serverDefaults.workers, startedAt: new Date().toISOString(),
+        maxItems: caps.maxItems, maxActive: caps.maxActive, jobCaps: caps.jobCaps, distributed: parts.distributed,
+        workers: options.workers ?? serverDefaults.workers, startedAt: new Date().toISOString(),
         // a remote generator's name carries its address: clients see it as /v1/info names it
         clientMessage: (message) => sanitizeMessage(message.split(generator.name).join(info.generator.name)),
         log,
@@ -279,30 +283,55 @@ export async function startFederatedServer(options: FederatedServerOptions): Pro
     // registered in this order, the OpenAPI document lists the routes as clients read them
     for (const plugin of [infoRoutes, jobRoutes, eventRoutes, modelRoutes, workerRoutes])
         await app.register(plugin, ctx);
+    return {app, ctx};
+}
 
-    await scheduler.start();
-    const retention = startRetention(parts, options.retentionSeconds ?? serverDefaults.retentionSeconds, log);
-    await app.listen({host, port: options.port ?? serverDefaults.port});
+/** Stops what a job server started, in order; after a failed start some parts are not there yet. */
+async function stopJobServer(parts: JobServerParts, served?: {app: FastifyInstance; ctx: JobRoutesContext}, retention?: NodeJS.Timeout): Promise<void> {
+    clearInterval(retention);
+    await parts.scheduler.close();
+    served?.ctx.sessions.close();
+    for (const finish of [...served?.ctx.openStreams ?? []])
+        finish();
+    await served?.app.close();
+    await parts.generator.close();
+    await parts.store.close();
+    parts.release();
+}
+
+/** Starts the server: opens the store, writes the perturbation kit, resumes unfinished jobs, listens. */
+export async function startFederatedServer(options: FederatedServerOptions): Promise<FederatedServer> {
+    const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+    const caps = {
+        maxBodyBytes: options.maxBodyBytes ?? serverDefaults.maxBodyBytes,
+        maxItems: options.maxItemsPerJob ?? serverDefaults.maxItemsPerJob,
+        maxActive: options.maxConcurrentJobsPerClient ?? serverDefaults.maxConcurrentJobsPerClient,
+        jobCaps: {...jobCapDefaults, ...options.jobCaps},
+    };
+    if (!fs.existsSync(options.model))
+        throw new Error(`source model ${options.model} does not exist`);
+    const host = options.host ?? serverDefaults.host;
+    checkCleartextListen(host, Boolean(options.tls), Boolean(options.insecure), log);
+    const limits = {...httpLimitDefaults, ...options.limits};
+    const parts = await openJobServerParts(options, log);
+    const info = serverInfo(options, parts, {max_body_bytes: caps.maxBodyBytes, max_items_per_job: caps.maxItems,
+        max_concurrent_jobs_per_client: caps.maxActive}, caps.jobCaps);
+    let served: {app: FastifyInstance; ctx: JobRoutesContext} | undefined;
+    let retention: NodeJS.Timeout | undefined;
+    try {
+        served = await jobRoutesApp(options, parts, info, limits, caps, log);
+        await parts.scheduler.start();
+        retention = startRetention(parts, options.retentionSeconds ?? serverDefaults.retentionSeconds, log);
+        await served.app.listen({host, port: options.port ?? serverDefaults.port});
+    } catch (err) {
+        // a failed start (a port in use, a store gone) closes what it opened and gives the data dir back
+        await stopJobServer(parts, served, retention).catch(() => {});
+        throw err;
+    }
+    const {app} = served;
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : options.port;
     const url = `${options.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
-
     let closing: Promise<void> | undefined;
-    return {
-        app, url, info, store,
-        close() {
-            closing ??= (async () => {
-                clearInterval(retention);
-                await scheduler.close();
-                ctx.sessions.close();
-                for (const finish of [...ctx.openStreams])
-                    finish();
-                await app.close();
-                await generator.close();
-                await store.close();
-                parts.release();
-            })();
-            return closing;
-        },
-    };
+    return {app, url, info, store: parts.store, close: () => (closing ??= stopJobServer(parts, served, retention))};
 }
