@@ -239,24 +239,21 @@ function readUnmaskRecord(workDir: string, round: number): UnmaskRecord | undefi
     return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, "utf8")) as UnmaskRecord : undefined;
 }
 
-/**
- * This client's side of a secure round (docs/prufed.md "Secure aggregation over HTTP"): keys,
- * sealed shares, masked matrices, unmasking shares, each phase's answer long-polled. Its keys and the
- * shares it holds live in this process only: killed, it is dropped from the round (the others'
- * shares remove its masks) and takes part again from the next round. What the server sends is
- * checked before anything is released (secure-checks.ts); a check that fails throws
- * SecureRoundRefused and nothing more is sent.
- */
-async function secureRound(o: {call: Call; failed: (res: Response, what: string) => Promise<never>; emit: (e: Record<string, unknown>) => void;
+type SecureRoundInput = {call: Call; failed: (res: Response, what: string) => Promise<never>; emit: (e: Record<string, unknown>) => void;
     id: string; round: number; layers: number[]; weight: number; upload: string; metrics: Record<string, number | undefined>; scaleBits: number;
     waitSeconds: number; workDir: string; policy: SecureClientPolicy; shareMetrics: boolean;
-    local: {trainLoss: number; accuracy?: number; accuracyBefore?: number}}): Promise<{accepted: boolean; bytesUp: number; error?: string}> {
+    local: {trainLoss: number; accuracy?: number; accuracyBefore?: number}};
+
+/**
+ * A secure round's HTTP calls: every request carries the secure-aggregation version, every answer's
+ * version is checked; `send` posts one phase's part, `poll` long-polls a phase's answer. Both return
+ * a string when the server takes this client out of the round (dropped, phase over, round closed).
+ */
+function secaggWire(o: SecureRoundInput) {
     const n = o.round;
-    checkUnmaskOnce(readUnmaskRecord(o.workDir, n), o.id, n);
     const version = {[secaggVersionHeader]: secaggProtocol};
-    const json = {"content-type": "application/json", ...version};
     const checkVersion = (res: Response) => checkSecaggVersion(res.headers.get(secaggVersionHeader), `the server's answer on round ${n}`);
-    /** A refusal that takes this client out of the round (dropped, phase over, round closed): not an error of the client. */
+    /** A refusal that takes this client out of the round: not an error of the client. */
     const outOfRound = async (res: Response): Promise<string | undefined> => {
         if (res.status !== 409 && res.status !== 410 && res.status !== 403)
             return undefined;
@@ -264,7 +261,7 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
         return `${b.error} (${b.code})`;
     };
     const send = async (route: string, init: RequestInit, what: string): Promise<string | undefined> => {
-        const res = await o.call(roundRoute(route, n), init);
+        const res = await o.call(roundRoute(route, n), {...init, headers: {...version, ...init.headers as Record<string, string>}});
         if (res.ok) {
             checkVersion(res);
             await res.arrayBuffer();
@@ -272,6 +269,8 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
         }
         return (await outOfRound(res)) ?? await o.failed(res, `round ${n} ${what}`);
     };
+    const sendJson = (route: string, body: unknown, what: string) =>
+        send(route, {method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(body)}, what);
     const poll = async <T>(route: string, what: string): Promise<T | string> => {
         for (;;) {
             const res = await o.call(`${roundRoute(route, n)}?wait=${o.waitSeconds}`, {headers: version});
@@ -283,6 +282,21 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
                 return body as T;
         }
     };
+    return {send, sendJson, poll};
+}
+
+/**
+ * This client's side of a secure round (docs/prufed.md "Secure aggregation over HTTP"): keys,
+ * sealed shares, masked matrices, unmasking shares, each phase's answer long-polled. Its keys and the
+ * shares it holds live in this process only: killed, it is dropped from the round (the others'
+ * shares remove its masks) and takes part again from the next round. What the server sends is
+ * checked before anything is released (secure-checks.ts); a check that fails throws
+ * SecureRoundRefused and nothing more is sent.
+ */
+async function secureRound(o: SecureRoundInput): Promise<{accepted: boolean; bytesUp: number; error?: string}> {
+    const n = o.round;
+    checkUnmaskOnce(readUnmaskRecord(o.workDir, n), o.id, n);
+    const {send, sendJson, poll} = secaggWire(o);
     const out = (error: string, bytesUp = 0) => {
         o.emit({event: "secagg_dropped", round: n, error});
         return {accepted: false, bytesUp, error};
@@ -291,8 +305,7 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     // the loss and accuracies travel as masked coordinates: the server learns only their weighted means
     const client = new SecureClient({id: o.id, weight: o.weight, layerMap: o.layers, adapter}, n, o.scaleBits, o.local);
     const keys = client.advertise();
-    let refused = await send(flRoutes.secaggKeys, {method: "POST", headers: json,
-        body: JSON.stringify({c_pub: keys.cPub.toString("base64"), s_pub: keys.sPub.toString("base64")})}, "keys");
+    let refused = await sendJson(flRoutes.secaggKeys, {c_pub: keys.cPub.toString("base64"), s_pub: keys.sPub.toString("base64")}, "keys");
     if (refused)
         return out(refused);
     o.emit({event: "secagg_keys", round: n});
@@ -302,8 +315,7 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     const members = roster.roster.map((a) => ({id: a.id, x: a.x, cPub: Buffer.from(a.c_pub, "base64"), sPub: Buffer.from(a.s_pub, "base64")}));
     checkRoster(members, keys, roster.threshold, o.policy);
     const boxes = client.shareKeys(members, roster.threshold);
-    refused = await send(flRoutes.secaggShares, {method: "POST", headers: json,
-        body: JSON.stringify({boxes: boxes.map((b) => ({to: b.to, box: b.box.toString("base64")}))})}, "shares");
+    refused = await sendJson(flRoutes.secaggShares, {boxes: boxes.map((b) => ({to: b.to, box: b.box.toString("base64")}))}, "shares");
     if (refused)
         return out(refused);
     o.emit({event: "secagg_shares", round: n, roster: roster.roster.map((a) => a.id)});
@@ -319,7 +331,7 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     const body = Buffer.concat(lanes.map((y) => Buffer.from(y.buffer, y.byteOffset, y.byteLength)));
     // in the clear only what the server sees anyway (sizes, time), unless --share-metrics
     const clear = o.shareMetrics ? o.metrics : {bytes_down: o.metrics.bytes_down, seconds: o.metrics.seconds};
-    refused = await send(flRoutes.secaggMasked, {method: "PUT", body, headers: {"content-type": "application/octet-stream", ...version,
+    refused = await send(flRoutes.secaggMasked, {method: "PUT", body, headers: {"content-type": "application/octet-stream",
         [metricsHeader]: JSON.stringify({...clear, bytes_up: body.length})}}, "masked input");
     if (refused)
         return out(refused);
@@ -333,7 +345,7 @@ async function secureRound(o: {call: Call; failed: (res: Response, what: string)
     // recorded before the answer leaves: a restarted client (or a server asking again) gets no second answer
     await writeJsonDurable(unmaskRecordFile(o.workDir, n), {protocol: secaggProtocol, round: n, survivors: request.survivors,
         dropped: request.dropped} satisfies UnmaskRecord);
-    refused = await send(flRoutes.secaggUnmask, {method: "POST", headers: json, body: JSON.stringify(unmaskToWire(answer))}, "unmasking shares");
+    refused = await sendJson(flRoutes.secaggUnmask, unmaskToWire(answer), "unmasking shares");
     if (refused)
         return out(refused, body.length);
     o.emit({event: "secagg_unmasked", round: n, survivors: request.survivors, dropped: request.dropped});
