@@ -190,44 +190,44 @@ const check = checkOption;
 
 type DefaultedKey = Exclude<keyof ResolvedOptions, "explicitTargets">;
 
-/**
- * One option that `resolveTrainOptions` checks whether or not it is given: its key, its default
- * (undefined: the option is checked only when given, and is not part of ResolvedOptions), the check
- * its value must pass and what OptionError says it must be. In the order they are resolved and
- * checked, which is the order of ResolvedOptions.
- */
-type DefaultedOption = readonly [key: DefaultedKey | "labelPrefix", fallback: unknown, valid: (v: any) => boolean, expected: string];
+/** An option's default, the check its value must pass and what OptionError says it must be. */
+type OptionRow<T> = readonly [fallback: Readonly<T>, valid: (v: any) => boolean, expected: string];
 
-const defaultedOptions: readonly DefaultedOption[] = [
-    ["task", trainDefaults.task, (v) => v === "cot" || v === "label", "\"cot\" or \"label\""],
-    ["format", defaultTaskFormat, (v) => taskFormatNames.includes(v), taskFormatNames.join(" | ")],
-    ["labelPrefix", undefined, (v) => typeof v === "string", "a string"],
-    ["rationaleWeight", trainDefaults.rationaleWeight, (v) => isNum(v, 0, 1e6), "a non-negative number"],
-    ["r", loraDefaults.r, (v) => isInt(v, 1, 4096), "an integer in [1, 4096]"],
-    ["loraAlpha", loraDefaults.loraAlpha, (v) => isNum(v, 1e-9, 1e9), "a positive number"],
-    ["loraDropout", loraDefaults.loraDropout, (v) => isNum(v, 0, 0.99), "a number in [0, 0.99]"],
-    ["targetModules", defaultTargetModules,
+/**
+ * The options that `resolveTrainOptions` checks whether or not they are given, in the order they
+ * are resolved and checked, which is the order of ResolvedOptions; every key of it has a row. A row
+ * whose default is undefined (labelPrefix) is checked only when given, and is not part of it.
+ */
+const defaultedOptions: {readonly [K in DefaultedKey | "labelPrefix"]: OptionRow<K extends DefaultedKey ? ResolvedOptions[K] : undefined>} = {
+    task: [trainDefaults.task, (v) => v === "cot" || v === "label", "\"cot\" or \"label\""],
+    format: [defaultTaskFormat, (v) => taskFormatNames.includes(v), taskFormatNames.join(" | ")],
+    labelPrefix: [undefined, (v) => typeof v === "string", "a string"],
+    rationaleWeight: [trainDefaults.rationaleWeight, (v) => isNum(v, 0, 1e6), "a non-negative number"],
+    r: [loraDefaults.r, (v) => isInt(v, 1, 4096), "an integer in [1, 4096]"],
+    loraAlpha: [loraDefaults.loraAlpha, (v) => isNum(v, 1e-9, 1e9), "a positive number"],
+    loraDropout: [loraDefaults.loraDropout, (v) => isNum(v, 0, 0.99), "a number in [0, 0.99]"],
+    targetModules: [defaultTargetModules,
         (v) => Array.isArray(v) && v.length > 0 && v.every((m) => typeof m === "string" && m !== ""), "a non-empty list of module names"],
-    ["learningRate", trainDefaults.learningRate, (v) => isNum(v, 0, 10) && v > 0, "a positive number"],
-    ["weightDecay", trainDefaults.weightDecay, (v) => isNum(v, 0, 1e3), "a non-negative number"],
-    ["adamBeta1", trainDefaults.adamBeta1, (v) => isNum(v, 0, 0.999999), "in [0, 1)"],
-    ["adamBeta2", trainDefaults.adamBeta2, (v) => isNum(v, 0, 0.999999999), "in [0, 1)"],
-    ["adamEpsilon", trainDefaults.adamEpsilon, (v) => isNum(v, 1e-30, 1), "a positive number"],
-    ["maxGradNorm", trainDefaults.maxGradNorm, (v) => isNum(v, 0, 1e30), "a non-negative number"],
-    ["lrScheduler", trainDefaults.lrScheduler, (v) => lrSchedulers.includes(v), lrSchedulers.join(" | ")],
-    ["batchSize", trainDefaults.batchSize, (v) => isInt(v, 1), "a positive integer"],
-    ["maxInputLength", trainDefaults.maxInputLength, (v) => isInt(v, 1, 1 << 20), "a positive integer"],
-    ["maxTargetLength", trainDefaults.maxTargetLength, (v) => isInt(v, 1, 1 << 20), "a positive integer"],
-    ["microBatchSequences", trainDefaults.microBatchSequences, (v) => isInt(v, 1, 256), "an integer in [1, 256]"],
-    ["seed", trainDefaults.seed, (v) => isInt(v, 0), "a non-negative integer below 2^53"],
-    ["saveEvery", trainDefaults.saveEvery, (v) => isInt(v, 1), "a positive integer"],
-];
+    learningRate: [trainDefaults.learningRate, (v) => isNum(v, 0, 10) && v > 0, "a positive number"],
+    weightDecay: [trainDefaults.weightDecay, (v) => isNum(v, 0, 1e3), "a non-negative number"],
+    adamBeta1: [trainDefaults.adamBeta1, (v) => isNum(v, 0, 0.999999), "in [0, 1)"],
+    adamBeta2: [trainDefaults.adamBeta2, (v) => isNum(v, 0, 0.999999999), "in [0, 1)"],
+    adamEpsilon: [trainDefaults.adamEpsilon, (v) => isNum(v, 1e-30, 1), "a positive number"],
+    maxGradNorm: [trainDefaults.maxGradNorm, (v) => isNum(v, 0, 1e30), "a non-negative number"],
+    lrScheduler: [trainDefaults.lrScheduler, (v) => lrSchedulers.includes(v), lrSchedulers.join(" | ")],
+    batchSize: [trainDefaults.batchSize, (v) => isInt(v, 1), "a positive integer"],
+    maxInputLength: [trainDefaults.maxInputLength, (v) => isInt(v, 1, 1 << 20), "a positive integer"],
+    maxTargetLength: [trainDefaults.maxTargetLength, (v) => isInt(v, 1, 1 << 20), "a positive integer"],
+    microBatchSequences: [trainDefaults.microBatchSequences, (v) => isInt(v, 1, 256), "an integer in [1, 256]"],
+    seed: [trainDefaults.seed, (v) => isInt(v, 0), "a non-negative integer below 2^53"],
+    saveEvery: [trainDefaults.saveEvery, (v) => isInt(v, 1), "a positive integer"],
+};
 
 /** The defaulted options filled in and checked, in the table's order. */
 function resolveDefaulted(o: Omit<TrainOptions, "model" | "data" | "output">): ResolvedOptions {
     const given = o as Record<string, unknown>;
     const r: Record<string, unknown> = {};
-    for (const [key, fallback, valid, expected] of defaultedOptions) {
+    for (const [key, [fallback, valid, expected]] of Object.entries(defaultedOptions)) {
         if (fallback === undefined) {
             if (given[key] !== undefined)
                 check(valid(given[key]), key, expected, given[key]);
