@@ -7,6 +7,7 @@
 #include "addon.h"
 #include "capture/model.h"
 #include "common/async.h"
+#include "common/napi_args.h"
 
 #include "ggml.h"
 #include "ggml-backend.h"
@@ -89,8 +90,8 @@ private:
     Napi::Value tokenize(const Napi::CallbackInfo & info) {
         auto s = live(info.Env());
         const std::string text = arg_string(info, 0, "text");
-        const bool add_special   = info.Length() > 1 && info[1].ToBoolean();
-        const bool parse_special = info.Length() > 2 && info[2].ToBoolean();
+        const bool add_special   = opt_arg_bool(info, 1);
+        const bool parse_special = opt_arg_bool(info, 2);
         const std::vector<llama_token> t = s->tokenize(text, add_special, parse_special);
         Napi::Int32Array out = Napi::Int32Array::New(info.Env(), t.size());
         std::copy(t.begin(), t.end(), out.Data());
@@ -109,8 +110,8 @@ private:
             throw Napi::TypeError::New(info.Env(), "tokens must be an Int32Array");
         }
         Napi::Int32Array ta = info[0].As<Napi::Int32Array>();
-        const bool remove_special  = info.Length() > 1 && info[1].ToBoolean();
-        const bool unparse_special = info.Length() > 2 && info[2].ToBoolean();
+        const bool remove_special  = opt_arg_bool(info, 1);
+        const bool unparse_special = opt_arg_bool(info, 2);
         return Napi::String::New(info.Env(), s->detokenize(std::vector<llama_token>(ta.Data(), ta.Data() + ta.ElementLength()),
                                                            remove_special, unparse_special));
     }
@@ -187,8 +188,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     // not exported: Model objects come from loadModel()
     env.GetInstanceData<addon_data>()->classes["Model"] = Napi::Persistent(Model::define(env));
 
-    exports.Set("systemInfo", Napi::Function::New(env, system_info_js));
-    exports.Set("loadModel", Napi::Function::New(env, load_model_js));
+    export_functions(env, exports, {{"systemInfo", system_info_js}, {"loadModel", load_model_js}});
     register_extensions(env, exports);
     return exports;
 }

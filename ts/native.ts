@@ -103,21 +103,27 @@ export interface NativeLoglikScorer {
         kvCacheType: "f32" | "f16"; adapters: number};
 }
 
+/** The scoring context's options; the defaults are the native scorer's. `LoglikScorerOptions` (eval/loglik.ts) is this. */
 export interface NativeLoglikOptions {
-    /** KV cells of the scoring context: tokens of all items in flight (grows for a larger item); 0: auto. */
+    /** KV cells in flight: the tokens of all requests packed into one pass; grows to fit a larger request.
+     * Default (0): 256 on the CPU, where every token attends to the whole pool and small packs are
+     * fastest; 2048 when the model is offloaded to a GPU. */
     contextSize?: number;
-    /** Tokens per llama_decode. */
+    /** Tokens per llama_decode. Default 512. */
     batchSize?: number;
-    /** Sequences in flight (at least the largest number of choices; at most 256). */
+    /** Sequences in flight (>= the largest number of choices, <= 256). Default 32. */
     sequences?: number;
+    /** CPU threads; default: the model's setting, else all cores. */
     threads?: number;
-    /** false: re-evaluate the context for every continuation (the naive anchor of the benchmark). */
+    /** false re-evaluates the context for every continuation: the naive anchor, for benchmarks. Default true. */
     shareContext?: boolean;
-    /** Flash attention (default false: its CPU kernel's fp16 accumulation makes results depend on batching). */
+    /** Flash attention. Default false: ggml's CPU kernel accumulates in fp16 for small batches, which
+     * makes results depend on how tokens are batched (~1e-3); enable it for speed on GPUs. */
     flashAttention?: boolean;
-    /** KV cache type: "f32" (default, no rounding of keys and values) or "f16" (half the memory). */
+    /** KV cache type. Default "f32": keys and values are not rounded to half precision, which moves
+     * log-likelihoods by up to ~1e-2 on small models; "f16" halves the cache memory. */
     kvCacheType?: "f16" | "f32";
-    /** LoRA adapters applied without merging; scale multiplies alpha/r. */
+    /** LoRA adapters applied to the base weights at run time, never merged; scale multiplies alpha / r. */
     lora?: {path: string; scale?: number}[];
 }
 

@@ -2,6 +2,7 @@
 #include "addon.h"
 #include "capture/layer_scores.h"
 #include "common/async.h"
+#include "common/napi_args.h"
 
 namespace ppc {
 
@@ -60,7 +61,7 @@ Napi::Value layer_scores_js(const Napi::CallbackInfo & info) {
         if (o.Has("imatrix")) params.imatrix = o.Get("imatrix").ToBoolean();
         if (params.max_batch_tokens == 0 || params.max_sequences == 0) throw Napi::RangeError::New(env, "maxBatchTokens and maxSequences must be positive");
     }
-    Napi::Function on_progress = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
+    Napi::Function on_progress = opt_arg_function(info, 3);
     return run_async<layer_score_sums>(env,
         [session, seqs, params](const progress_fn & report) {
             std::lock_guard<std::mutex> lock(session->mutex());
@@ -98,8 +99,7 @@ Napi::Value dump_hidden_states_js(const Napi::CallbackInfo & info) {
 } // namespace
 
 void register_layer_scores(Napi::Env env, Napi::Object exports) {
-    exports.Set("layerScores", Napi::Function::New(env, layer_scores_js));
-    exports.Set("dumpHiddenStates", Napi::Function::New(env, dump_hidden_states_js));
+    export_functions(env, exports, {{"layerScores", layer_scores_js}, {"dumpHiddenStates", dump_hidden_states_js}});
 }
 
 } // namespace ppc

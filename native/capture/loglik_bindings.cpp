@@ -3,6 +3,7 @@
 #include "addon.h"
 #include "capture/loglik.h"
 #include "common/async.h"
+#include "common/napi_args.h"
 
 #include <memory>
 
@@ -142,8 +143,7 @@ private:
         if (info.Length() < 1) throw Napi::TypeError::New(env, "score(requests, onProgress?)");
         std::shared_ptr<loglik_scorer> scorer = live(env);
         auto requests = score_requests(info[0]);
-        Napi::Function on_progress;
-        if (info.Length() > 1 && info[1].IsFunction()) on_progress = info[1].As<Napi::Function>();
+        Napi::Function on_progress = opt_arg_function(info, 1);
         auto cancel = std::make_shared<cancel_token>();
         cancel_ = cancel;
         return run_async<score_output>(env,

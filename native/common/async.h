@@ -4,6 +4,9 @@
 
 #include <napi.h>
 
+// The argument helpers (arg_string, opt_number, ...) that binding files use with run_async.
+#include "common/napi_args.h"
+
 #include <atomic>
 #include <cstdint>
 #include <chrono>
@@ -115,14 +118,5 @@ Napi::Promise run_async(Napi::Env env,
     worker->Queue();
     return promise;
 }
-
-// Argument helpers that throw a JS TypeError naming the argument.
-std::string arg_string(const Napi::CallbackInfo & info, size_t i, const char * name);
-Napi::Object arg_object(const Napi::CallbackInfo & info, size_t i, const char * name);
-Napi::Function opt_function(const Napi::Object & obj, const char * key);
-// An optional number property in [lo, hi] (a whole number if `integer`); `def` when absent.
-double opt_number(const Napi::Object & o, const char * key, double def, double lo, double hi, bool integer = false);
-// An Int32Array (token ids) copied out; `what` names it in the TypeError.
-std::vector<int32_t> int32_tokens(const Napi::Value & v, const std::string & what);
 
 } // namespace ppc

@@ -2,6 +2,7 @@
 // vocabulary with token attributes, exact similarity rows, nearest neighbours and CusText clusters.
 #include "addon.h"
 #include "common/async.h"
+#include "common/napi_args.h"
 #include "embed/neighbours.h"
 #include "embed/tensor_f32.h"
 
@@ -69,10 +70,6 @@ embed_metric arg_metric(const Napi::CallbackInfo & info, size_t i) {
     return (embed_metric) m;
 }
 
-Napi::Function opt_progress(const Napi::CallbackInfo & info, size_t i) {
-    return info.Length() > i && info[i].IsFunction() ? info[i].As<Napi::Function>() : Napi::Function();
-}
-
 template <typename T, typename A>
 A copy_to(Napi::Env env, const std::vector<T> & v) {
     A out = A::New(env, v.size());
@@ -84,7 +81,7 @@ A copy_to(Napi::Env env, const std::vector<T> & v) {
 Napi::Value read_tensor_js(const Napi::CallbackInfo & info) {
     const std::string path = arg_string(info, 0, "path");
     const std::string name = arg_string(info, 1, "tensor name");
-    const int threads = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 0;
+    const int threads = opt_arg_int32(info, 2, 0);
     return run_async<f32_matrix>(info.Env(),
         [=](const progress_fn & report) { return read_tensor_f32(path, name, threads, report); },
         [](Napi::Env env, f32_matrix & m) -> Napi::Value {
@@ -99,7 +96,7 @@ Napi::Value read_tensor_js(const Napi::CallbackInfo & info) {
             o.Set("data", copy_to<float, Napi::Float32Array>(env, m.data));
             return o;
         },
-        opt_progress(info, 3));
+        opt_arg_function(info, 3));
 }
 
 // embedVocab(model) -> {attributes: Int32Array, texts: string[], pieces: string[]}
@@ -161,7 +158,7 @@ Napi::Value nearest_js(const Napi::CallbackInfo & info) {
             o.Set("similarity", copy_to<double, Napi::Float64Array>(env, l.similarity));
             return o;
         },
-        opt_progress(info, 7));
+        opt_arg_function(info, 7));
 }
 
 // embedClusters(data, cols, domain, k, metric, threads, onProgress?) -> Promise<{offsets, members, similarityOffsets, similarities, stats}>
@@ -191,7 +188,7 @@ Napi::Value clusters_js(const Napi::CallbackInfo & info) {
             o.Set("stats", st);
             return o;
         },
-        opt_progress(info, 6));
+        opt_arg_function(info, 6));
 }
 
 // Token sequences of many texts, flattened: text i is tokens[offsets[i] .. offsets[i+1]).
@@ -241,9 +238,9 @@ Napi::Value tokenize_batch_js(const Napi::CallbackInfo & info) {
     if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "expected a Model from loadModel()");
     std::shared_ptr<llama_session> s = unwrap_model(info[0]);
     auto texts = std::make_shared<std::vector<std::string>>(arg_strings(info, 1, "texts"));
-    const bool add_special = info.Length() > 2 && info[2].ToBoolean();
-    const bool parse_special = info.Length() > 3 && info[3].ToBoolean();
-    const int threads = info.Length() > 4 && info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : 0;
+    const bool add_special = opt_arg_bool(info, 2);
+    const bool parse_special = opt_arg_bool(info, 3);
+    const int threads = opt_arg_int32(info, 4, 0);
     return run_async<token_batch>(info.Env(),
         [s, texts, add_special, parse_special, threads](const progress_fn &) {
             std::vector<std::vector<llama_token>> per(texts->size());
@@ -288,9 +285,9 @@ Napi::Value detokenize_batch_js(const Napi::CallbackInfo & info) {
                                              " is outside the vocabulary (" + std::to_string(n_vocab) + " tokens)");
         }
     }
-    const bool remove_special = info.Length() > 3 && info[3].ToBoolean();
-    const bool unparse_special = info.Length() > 4 && info[4].ToBoolean();
-    const int threads = info.Length() > 5 && info[5].IsNumber() ? info[5].As<Napi::Number>().Int32Value() : 0;
+    const bool remove_special = opt_arg_bool(info, 3);
+    const bool unparse_special = opt_arg_bool(info, 4);
+    const int threads = opt_arg_int32(info, 5, 0);
     return run_async<std::vector<std::string>>(env,
         [s, tokens = std::move(tokens), offsets = std::move(offsets), remove_special, unparse_special, threads](const progress_fn &) {
             std::vector<std::string> texts(offsets.size() - 1);
@@ -310,13 +307,15 @@ Napi::Value detokenize_batch_js(const Napi::CallbackInfo & info) {
 } // namespace
 
 void register_embed(Napi::Env env, Napi::Object exports) {
-    exports.Set("embedReadTensor", Napi::Function::New(env, read_tensor_js));
-    exports.Set("embedVocab", Napi::Function::New(env, vocab_js));
-    exports.Set("embedSimilarityRows", Napi::Function::New(env, similarity_rows_js));
-    exports.Set("embedNearest", Napi::Function::New(env, nearest_js));
-    exports.Set("embedClusters", Napi::Function::New(env, clusters_js));
-    exports.Set("embedTokenizeBatch", Napi::Function::New(env, tokenize_batch_js));
-    exports.Set("embedDetokenizeBatch", Napi::Function::New(env, detokenize_batch_js));
+    export_functions(env, exports, {
+        {"embedReadTensor", read_tensor_js},
+        {"embedVocab", vocab_js},
+        {"embedSimilarityRows", similarity_rows_js},
+        {"embedNearest", nearest_js},
+        {"embedClusters", clusters_js},
+        {"embedTokenizeBatch", tokenize_batch_js},
+        {"embedDetokenizeBatch", detokenize_batch_js},
+    });
 }
 
 } // namespace ppc

@@ -2,6 +2,7 @@
 // removal, per-tensor absolute sums, (de)quantization of rows and the ggml type table.
 #include "addon.h"
 #include "common/async.h"
+#include "common/napi_args.h"
 #include "gguf/gguf_file.h"
 #include "gguf/layer_removal.h"
 #include "gguf/tensor_ops.h"
@@ -88,7 +89,7 @@ Napi::Value value_to_js(Napi::Env env, const js_value & v) {
 
 Napi::Value gguf_read(const Napi::CallbackInfo & info) {
     const std::string path = arg_string(info, 0, "path");
-    const uint64_t max_values = info.Length() > 1 && info[1].IsNumber() ? (uint64_t) info[1].As<Napi::Number>().Int64Value() : 64;
+    const uint64_t max_values = (uint64_t) opt_arg_int64(info, 1, 64);
     return run_async<gguf_summary>(info.Env(),
         [path, max_values](const progress_fn &) {
             gguf_file f(path);
@@ -163,7 +164,7 @@ Napi::Value remove_layers_js(const Napi::CallbackInfo & info) {
         if (d != std::floor(d)) throw Napi::TypeError::New(info.Env(), "layer indices must be integers");
         layers.push_back((int64_t) d);
     }
-    Napi::Function on_progress = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
+    Napi::Function on_progress = opt_arg_function(info, 3);
     return run_async<layer_removal_result>(info.Env(),
         [=](const progress_fn & report) { return remove_layers(in_path, out_path, layers, report, nullptr); },
         [](Napi::Env env, layer_removal_result & r) -> Napi::Value {
@@ -190,7 +191,7 @@ Napi::Value tensor_abs_sums_js(const Napi::CallbackInfo & info) {
     Napi::Array arr = info[1].As<Napi::Array>();
     std::vector<std::string> names;
     for (uint32_t i = 0; i < arr.Length(); ++i) names.push_back(arr.Get(i).As<Napi::String>().Utf8Value());
-    Napi::Function on_progress = info.Length() > 2 && info[2].IsFunction() ? info[2].As<Napi::Function>() : Napi::Function();
+    Napi::Function on_progress = opt_arg_function(info, 2);
     return run_async<std::vector<tensor_abs_stats>>(info.Env(),
         [=](const progress_fn & report) { return tensor_abs_sums(path, names, report); },
         [](Napi::Env env, std::vector<tensor_abs_stats> & stats) -> Napi::Value {
@@ -265,12 +266,14 @@ Napi::Value ggml_types_js(const Napi::CallbackInfo & info) {
 } // namespace
 
 void register_gguf(Napi::Env env, Napi::Object exports) {
-    exports.Set("ggufRead", Napi::Function::New(env, gguf_read));
-    exports.Set("removeLayers", Napi::Function::New(env, remove_layers_js));
-    exports.Set("tensorAbsSums", Napi::Function::New(env, tensor_abs_sums_js));
-    exports.Set("quantize", Napi::Function::New(env, quantize_js));
-    exports.Set("dequantize", Napi::Function::New(env, dequantize_js));
-    exports.Set("ggmlTypes", Napi::Function::New(env, ggml_types_js));
+    export_functions(env, exports, {
+        {"ggufRead", gguf_read},
+        {"removeLayers", remove_layers_js},
+        {"tensorAbsSums", tensor_abs_sums_js},
+        {"quantize", quantize_js},
+        {"dequantize", dequantize_js},
+        {"ggmlTypes", ggml_types_js},
+    });
 }
 
 } // namespace ppc

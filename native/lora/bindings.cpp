@@ -2,6 +2,7 @@
 // (lora/infer.h): the LoraTrainer class, loraMerge and loraLogits; every slow call returns a Promise.
 #include "addon.h"
 #include "common/async.h"
+#include "common/napi_args.h"
 #include "lora/infer.h"
 #include "lora/merge.h"
 #include "lora/trainer.h"
@@ -325,8 +326,7 @@ Napi::Value merge_js(const Napi::CallbackInfo & info) {
     const std::string output = arg_string(info, 2, "output");
     float scale = 1.0f;
     if (info.Length() > 3 && info[3].IsObject()) scale = (float) opt_number(info[3].As<Napi::Object>(), "scale", 1.0, -1e6, 1e6);
-    Napi::Function on_progress;
-    if (info.Length() > 4 && info[4].IsFunction()) on_progress = info[4].As<Napi::Function>();
+    Napi::Function on_progress = opt_arg_function(info, 4);
     return run_async<lora_merge_result>(env,
         [base, adapter, output, scale](const progress_fn & progress) {
             return merge_lora(base, adapter, output, scale, progress, nullptr);

@@ -1,6 +1,7 @@
 // Bindings: quantizeModel (llama.cpp's quantizer, off the JS thread) and quantizeTypes.
 #include "addon.h"
 #include "common/async.h"
+#include "common/napi_args.h"
 #include "quantize/quantize_model.h"
 
 namespace ppc {
@@ -67,7 +68,7 @@ Napi::Value quantize_model_js(const Napi::CallbackInfo & info) {
         Napi::Array arr = overrides.As<Napi::Array>();
         for (uint32_t i = 0; i < arr.Length(); ++i) opts.overrides.push_back(kv_from_js(env, arr.Get(i)));
     }
-    Napi::Function on_progress = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
+    Napi::Function on_progress = opt_arg_function(info, 3);
     return run_async<quantize_result>(env,
         [in_path, out_path, opts](const progress_fn & report) { return quantize_model(in_path, out_path, opts, report); },
         [](Napi::Env env, quantize_result & r) -> Napi::Value {
@@ -99,8 +100,7 @@ Napi::Value quantize_types_js(const Napi::CallbackInfo & info) {
 } // namespace
 
 void register_quantize(Napi::Env env, Napi::Object exports) {
-    exports.Set("quantizeModel", Napi::Function::New(env, quantize_model_js));
-    exports.Set("quantizeTypes", Napi::Function::New(env, quantize_types_js));
+    export_functions(env, exports, {{"quantizeModel", quantize_model_js}, {"quantizeTypes", quantize_types_js}});
 }
 
 } // namespace ppc

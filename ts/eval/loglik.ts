@@ -1,7 +1,7 @@
 // Batched log-likelihood scoring over the native scorer: each request's context is evaluated once
 // and shared (KV-cache sequence copy) by all its continuations; many requests go into one decode.
 import type {LoadedModel} from "../model.js";
-import {native, type NativeLoglikScorer} from "../native.js";
+import {native, type NativeLoglikOptions, type NativeLoglikScorer} from "../native.js";
 
 export interface LoraAdapterSpec {
     /** A llama.cpp LoRA adapter GGUF (general.type = adapter, adapter.type = lora). */
@@ -10,25 +10,9 @@ export interface LoraAdapterSpec {
     scale?: number;
 }
 
-export interface LoglikScorerOptions {
-    /** KV cells in flight: the tokens of all requests packed into one pass; grows to fit a larger request.
-     * Default (0): 256 on the CPU, where every token attends to the whole pool and small packs are
-     * fastest; 2048 when the model is offloaded to a GPU. */
-    contextSize?: number;
-    /** Tokens per llama_decode. Default 512. */
-    batchSize?: number;
-    /** Sequences in flight (>= the largest number of choices, <= 256). Default 32. */
-    sequences?: number;
-    /** CPU threads; default: the model's setting, else all cores. */
-    threads?: number;
-    /** false re-evaluates the context for every continuation: the naive anchor, for benchmarks. Default true. */
-    shareContext?: boolean;
-    /** Flash attention. Default false: ggml's CPU kernel accumulates in fp16 for small batches, which
-     * makes results depend on how tokens are batched (~1e-3); enable it for speed on GPUs. */
-    flashAttention?: boolean;
-    /** KV cache type. Default "f32": keys and values are not rounded to half precision, which moves
-     * log-likelihoods by up to ~1e-2 on small models; "f16" halves the cache memory. */
-    kvCacheType?: "f16" | "f32";
+/** A scoring context's options (contextSize, batchSize, sequences, threads, shareContext, flashAttention,
+ * kvCacheType, lora): passed to the native scorer as they are, so they are declared once, with it. */
+export interface LoglikScorerOptions extends NativeLoglikOptions {
     /** LoRA adapters applied to the base weights at run time, never merged. */
     lora?: LoraAdapterSpec[];
 }

@@ -188,58 +188,68 @@ export interface ResolvedOptions {
 
 const check = checkOption;
 
+type DefaultedKey = Exclude<keyof ResolvedOptions, "explicitTargets">;
+
+/** An option's default, the check its value must pass and what OptionError says it must be. */
+type OptionRow<T> = readonly [fallback: Readonly<T>, valid: (v: any) => boolean, expected: string];
+
+/**
+ * The options that `resolveTrainOptions` checks whether or not they are given, in the order they
+ * are resolved and checked, which is the order of ResolvedOptions; every key of it has a row. A row
+ * whose default is undefined (labelPrefix) is checked only when given, and is not part of it.
+ */
+const defaultedOptions: {readonly [K in DefaultedKey | "labelPrefix"]: OptionRow<K extends DefaultedKey ? ResolvedOptions[K] : undefined>} = {
+    task: [trainDefaults.task, (v) => v === "cot" || v === "label", "\"cot\" or \"label\""],
+    format: [defaultTaskFormat, (v) => taskFormatNames.includes(v), taskFormatNames.join(" | ")],
+    labelPrefix: [undefined, (v) => typeof v === "string", "a string"],
+    rationaleWeight: [trainDefaults.rationaleWeight, (v) => isNum(v, 0, 1e6), "a non-negative number"],
+    r: [loraDefaults.r, (v) => isInt(v, 1, 4096), "an integer in [1, 4096]"],
+    loraAlpha: [loraDefaults.loraAlpha, (v) => isNum(v, 1e-9, 1e9), "a positive number"],
+    loraDropout: [loraDefaults.loraDropout, (v) => isNum(v, 0, 0.99), "a number in [0, 0.99]"],
+    targetModules: [defaultTargetModules,
+        (v) => Array.isArray(v) && v.length > 0 && v.every((m) => typeof m === "string" && m !== ""), "a non-empty list of module names"],
+    learningRate: [trainDefaults.learningRate, (v) => isNum(v, 0, 10) && v > 0, "a positive number"],
+    weightDecay: [trainDefaults.weightDecay, (v) => isNum(v, 0, 1e3), "a non-negative number"],
+    adamBeta1: [trainDefaults.adamBeta1, (v) => isNum(v, 0, 0.999999), "in [0, 1)"],
+    adamBeta2: [trainDefaults.adamBeta2, (v) => isNum(v, 0, 0.999999999), "in [0, 1)"],
+    adamEpsilon: [trainDefaults.adamEpsilon, (v) => isNum(v, 1e-30, 1), "a positive number"],
+    maxGradNorm: [trainDefaults.maxGradNorm, (v) => isNum(v, 0, 1e30), "a non-negative number"],
+    lrScheduler: [trainDefaults.lrScheduler, (v) => lrSchedulers.includes(v), lrSchedulers.join(" | ")],
+    batchSize: [trainDefaults.batchSize, (v) => isInt(v, 1), "a positive integer"],
+    maxInputLength: [trainDefaults.maxInputLength, (v) => isInt(v, 1, 1 << 20), "a positive integer"],
+    maxTargetLength: [trainDefaults.maxTargetLength, (v) => isInt(v, 1, 1 << 20), "a positive integer"],
+    microBatchSequences: [trainDefaults.microBatchSequences, (v) => isInt(v, 1, 256), "an integer in [1, 256]"],
+    seed: [trainDefaults.seed, (v) => isInt(v, 0), "a non-negative integer below 2^53"],
+    saveEvery: [trainDefaults.saveEvery, (v) => isInt(v, 1), "a positive integer"],
+};
+
+/** The defaulted options filled in and checked, in the table's order. */
+function resolveDefaulted(o: Omit<TrainOptions, "model" | "data" | "output">): ResolvedOptions {
+    const given = o as Record<string, unknown>;
+    const r: Record<string, unknown> = {};
+    for (const [key, [fallback, valid, expected]] of Object.entries(defaultedOptions)) {
+        if (fallback === undefined) {
+            if (given[key] !== undefined)
+                check(valid(given[key]), key, expected, given[key]);
+            continue;
+        }
+        // a default list is copied, so that the caller's changes to the result do not reach it
+        const value = given[key] ?? (Array.isArray(fallback) ? [...fallback] : fallback);
+        check(valid(value), key, expected, value);
+        r[key] = value;
+        if (key === "targetModules") // explicitTargets stands next to it in ResolvedOptions
+            r.explicitTargets = o.targetModules !== undefined;
+    }
+    return r as unknown as ResolvedOptions;
+}
+
 /**
  * Fills `trainDefaults` and `loraDefaults` into the options and checks every one (the only place
  * they are checked; OptionError names the option): `trainLora` starts with it, and a caller may
  * call it first to refuse bad options before any work.
  */
 export function resolveTrainOptions(o: Omit<TrainOptions, "model" | "data" | "output">): ResolvedOptions {
-    const r: ResolvedOptions = {
-        task: o.task ?? trainDefaults.task,
-        format: o.format ?? defaultTaskFormat,
-        rationaleWeight: o.rationaleWeight ?? trainDefaults.rationaleWeight,
-        r: o.r ?? loraDefaults.r,
-        loraAlpha: o.loraAlpha ?? loraDefaults.loraAlpha,
-        loraDropout: o.loraDropout ?? loraDefaults.loraDropout,
-        targetModules: o.targetModules ?? [...defaultTargetModules],
-        explicitTargets: o.targetModules !== undefined,
-        learningRate: o.learningRate ?? trainDefaults.learningRate,
-        weightDecay: o.weightDecay ?? trainDefaults.weightDecay,
-        adamBeta1: o.adamBeta1 ?? trainDefaults.adamBeta1,
-        adamBeta2: o.adamBeta2 ?? trainDefaults.adamBeta2,
-        adamEpsilon: o.adamEpsilon ?? trainDefaults.adamEpsilon,
-        maxGradNorm: o.maxGradNorm ?? trainDefaults.maxGradNorm,
-        lrScheduler: o.lrScheduler ?? trainDefaults.lrScheduler,
-        batchSize: o.batchSize ?? trainDefaults.batchSize,
-        maxInputLength: o.maxInputLength ?? trainDefaults.maxInputLength,
-        maxTargetLength: o.maxTargetLength ?? trainDefaults.maxTargetLength,
-        microBatchSequences: o.microBatchSequences ?? trainDefaults.microBatchSequences,
-        seed: o.seed ?? trainDefaults.seed,
-        saveEvery: o.saveEvery ?? trainDefaults.saveEvery,
-    };
-    check(r.task === "cot" || r.task === "label", "task", "\"cot\" or \"label\"", r.task);
-    check(taskFormatNames.includes(r.format), "format", taskFormatNames.join(" | "), r.format);
-    if (o.labelPrefix !== undefined)
-        check(typeof o.labelPrefix === "string", "labelPrefix", "a string", o.labelPrefix);
-    check(isNum(r.rationaleWeight, 0, 1e6), "rationaleWeight", "a non-negative number", r.rationaleWeight);
-    check(isInt(r.r, 1, 4096), "r", "an integer in [1, 4096]", r.r);
-    check(isNum(r.loraAlpha, 1e-9, 1e9), "loraAlpha", "a positive number", r.loraAlpha);
-    check(isNum(r.loraDropout, 0, 0.99), "loraDropout", "a number in [0, 0.99]", r.loraDropout);
-    check(Array.isArray(r.targetModules) && r.targetModules.length > 0 && r.targetModules.every((m) => typeof m === "string" && m !== ""),
-        "targetModules", "a non-empty list of module names", r.targetModules);
-    check(isNum(r.learningRate, 0, 10) && r.learningRate > 0, "learningRate", "a positive number", r.learningRate);
-    check(isNum(r.weightDecay, 0, 1e3), "weightDecay", "a non-negative number", r.weightDecay);
-    check(isNum(r.adamBeta1, 0, 0.999999), "adamBeta1", "in [0, 1)", r.adamBeta1);
-    check(isNum(r.adamBeta2, 0, 0.999999999), "adamBeta2", "in [0, 1)", r.adamBeta2);
-    check(isNum(r.adamEpsilon, 1e-30, 1), "adamEpsilon", "a positive number", r.adamEpsilon);
-    check(isNum(r.maxGradNorm, 0, 1e30), "maxGradNorm", "a non-negative number", r.maxGradNorm);
-    check(lrSchedulers.includes(r.lrScheduler), "lrScheduler", lrSchedulers.join(" | "), r.lrScheduler);
-    check(isInt(r.batchSize, 1), "batchSize", "a positive integer", r.batchSize);
-    check(isInt(r.maxInputLength, 1, 1 << 20), "maxInputLength", "a positive integer", r.maxInputLength);
-    check(isInt(r.maxTargetLength, 1, 1 << 20), "maxTargetLength", "a positive integer", r.maxTargetLength);
-    check(isInt(r.microBatchSequences, 1, 256), "microBatchSequences", "an integer in [1, 256]", r.microBatchSequences);
-    check(isInt(r.seed, 0), "seed", "a non-negative integer below 2^53", r.seed);
-    check(isInt(r.saveEvery, 1), "saveEvery", "a positive integer", r.saveEvery);
+    const r = resolveDefaulted(o);
     checkExclusive(o, "steps", "epochs");
     if (o.steps !== undefined)
         check(isInt(o.steps, 1), "steps", "a positive integer", o.steps);

@@ -30,21 +30,21 @@ interface DatasetSpec {
 
 const ai2Aliases = {validation: "dev", valid: "dev"};
 
+/** An AI2 ARC set (Easy or Challenge): the same file names and loader, but for the set's name. */
+function arcDataset(set: "Easy" | "Challenge", name: "arc-easy" | "arc-challenge"): DatasetSpec {
+    const file = (split: string) => `arc/ARC-${set}-${split}.jsonl`;
+    return {
+        description: `AI2 ARC, ${set} set`,
+        defaultSplit: "test",
+        splits: {train: file("Train"), dev: file("Dev"), test: file("Test")},
+        aliases: ai2Aliases,
+        load: (f) => loadArc(f, name),
+    };
+}
+
 export const datasets: Record<DatasetName, DatasetSpec> = {
-    "arc-easy": {
-        description: "AI2 ARC, Easy set",
-        defaultSplit: "test",
-        splits: {train: "arc/ARC-Easy-Train.jsonl", dev: "arc/ARC-Easy-Dev.jsonl", test: "arc/ARC-Easy-Test.jsonl"},
-        aliases: ai2Aliases,
-        load: (f) => loadArc(f, "arc-easy"),
-    },
-    "arc-challenge": {
-        description: "AI2 ARC, Challenge set",
-        defaultSplit: "test",
-        splits: {train: "arc/ARC-Challenge-Train.jsonl", dev: "arc/ARC-Challenge-Dev.jsonl", test: "arc/ARC-Challenge-Test.jsonl"},
-        aliases: ai2Aliases,
-        load: (f) => loadArc(f, "arc-challenge"),
-    },
+    "arc-easy": arcDataset("Easy", "arc-easy"),
+    "arc-challenge": arcDataset("Challenge", "arc-challenge"),
     openbookqa: {
         description: "OpenBookQA (main)",
         defaultSplit: "test",

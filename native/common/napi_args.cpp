@@ -1,4 +1,4 @@
-#include "common/async.h"
+#include "common/napi_args.h"
 
 #include <cmath>
 #include <iomanip>
@@ -19,6 +19,28 @@ Napi::Object arg_object(const Napi::CallbackInfo & info, size_t i, const char * 
     }
     return info[i].As<Napi::Object>();
 }
+
+std::vector<int32_t> int32_tokens(const Napi::Value & v, const std::string & what) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+        throw Napi::TypeError::New(v.Env(), what + " must be an Int32Array");
+    }
+    Napi::Int32Array a = v.As<Napi::Int32Array>();
+    return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+Napi::Function opt_arg_function(const Napi::CallbackInfo & info, size_t i) {
+    return info.Length() > i && info[i].IsFunction() ? info[i].As<Napi::Function>() : Napi::Function();
+}
+
+int32_t opt_arg_int32(const Napi::CallbackInfo & info, size_t i, int32_t def) {
+    return info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().Int32Value() : def;
+}
+
+int64_t opt_arg_int64(const Napi::CallbackInfo & info, size_t i, int64_t def) {
+    return info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().Int64Value() : def;
+}
+
+bool opt_arg_bool(const Napi::CallbackInfo & info, size_t i) { return info.Length() > i && info[i].ToBoolean(); }
 
 Napi::Function opt_function(const Napi::Object & obj, const char * key) {
     if (!obj.Has(key)) return Napi::Function();
@@ -53,12 +75,8 @@ double opt_number(const Napi::Object & o, const char * key, double def, double l
     return d;
 }
 
-std::vector<int32_t> int32_tokens(const Napi::Value & v, const std::string & what) {
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-        throw Napi::TypeError::New(v.Env(), what + " must be an Int32Array");
-    }
-    Napi::Int32Array a = v.As<Napi::Int32Array>();
-    return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+void export_functions(Napi::Env env, Napi::Object exports, std::initializer_list<js_function> functions) {
+    for (const js_function & f : functions) exports.Set(f.name, Napi::Function::New(env, f.callback));
 }
 
 } // namespace ppc
