@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import {Command, Option} from "commander";
 import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
+import {writeFileDurable, writeFileDurableSync} from "../durable-file.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
 import {aliasedOption, checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
@@ -249,10 +250,8 @@ type SimulationResult = Awaited<ReturnType<typeof simulate>>;
 function writeRoundsPlot(file: string, result: SimulationResult): void {
     const set = result.evalSet ? "evalSet" : "heldOut";
     const series = accuracyByDepth(result, set).map((s) => ({name: `depth ${s.depth}`, values: s.values, stderr: s.stderr}));
-    const tmp = `${file}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
+    writeFileDurableSync(file, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
         : "held-out accuracy"} by round (± 1 s.e.)`));
-    fs.renameSync(tmp, file);
 }
 
 /** The clients' accuracy before and after, and the mean accuracy by round per depth. */
@@ -301,14 +300,10 @@ async function compareAction(opts: SimulateCliOptions, cmd: Command, depths: num
             : `${r.setup} seed ${r.seed}: ${r.cached ? "cached" : "done"}\n`),
     });
     const table = compareTable(result);
-    const tmp = path.join(opts.out, `.compare.md.tmp-${process.pid}`);
-    fs.writeFileSync(tmp, table);
-    fs.renameSync(tmp, path.join(opts.out, "compare.md"));
+    await writeFileDurable(path.join(opts.out, "compare.md"), table);
     if (opts.plot) {
         const series = result.rows.map((x) => ({name: `${x.setup === `fedavg-d${x.depth}` ? "fedavg" : x.setup} depth ${x.depth}`, values: x.byRound}));
-        const ptmp = `${opts.plot}.tmp-${process.pid}`;
-        fs.writeFileSync(ptmp, roundsSvg(series, `PruFed comparison: ${result.scored === "evalSet" ? "shared eval set" : "held-out"} accuracy, mean of ${seeds.length} seeds`));
-        fs.renameSync(ptmp, opts.plot);
+        await writeFileDurable(opts.plot, roundsSvg(series, `PruFed comparison: ${result.scored === "evalSet" ? "shared eval set" : "held-out"} accuracy, mean of ${seeds.length} seeds`));
     }
     if (json)
         return printJson(result);
