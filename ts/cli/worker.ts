@@ -75,7 +75,7 @@ async function workerOptionsFrom(opts: WorkerCliOptions): Promise<WorkerOptions>
     };
 }
 
-/** Starts the worker; a start that takes long says what it waits for instead of hanging silently. */
+/** Starts the worker; after 3 s without a start it says on stderr what it waits for. */
 async function startWorkerSaying(options: WorkerOptions, json: boolean): Promise<RunningWorker> {
     // a store that is down is waited for (a worker may start before its database), and a large model takes a while
     // to hash: a start that takes long says what it waits for instead of hanging silently
