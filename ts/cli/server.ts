@@ -233,7 +233,7 @@ async function serverOptionsFrom(opts: ServerCliOptions): Promise<FederatedServe
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */
-export function untilStopSignal(): Promise<void> {
+function untilStopSignal(): Promise<void> {
     return new Promise<void>((resolve) => {
         const stop = () => resolve();
         process.once("SIGINT", stop);

@@ -5,7 +5,7 @@ import {isPostgresUrl, redactUrl} from "../federated/store-postgres.js";
 import {startWorker, type RunningWorker, type WorkerOptions} from "../federated/worker.js";
 import {checkGgufFile} from "./model-options.js";
 import {parseNumber, UsageError} from "./output.js";
-import {addGeneratorOptions, generatorConfig, queueOptions, untilStopSignal, type GeneratorCliOptions} from "./server.js";
+import {addGeneratorOptions, generatorConfig, queueOptions, type GeneratorCliOptions} from "./server.js";
 
 interface WorkerCliOptions extends GeneratorCliOptions {
     store?: string;
