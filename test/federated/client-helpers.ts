@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
 import type {ExecutionContext} from "ava";
+import {stopChild} from "../../ts/cli/run.js";
 import {cliPath, runCli, stories260K} from "../helpers.js";
 import {ScriptedChatServer, Teacher} from "../synth/openai-server.js";
 
@@ -64,15 +65,7 @@ export async function startServer(dataDir: string, generatorUrl: string, extra: 
     });
     return {
         url, child, stderr: () => err,
-        stop: async () => {
-            if (child.exitCode !== null || child.signalCode !== null)
-                return;
-            const exited = new Promise((r) => child.once("exit", r));
-            child.kill("SIGTERM");
-            const t = setTimeout(() => child.kill("SIGKILL"), 10_000);
-            await exited;
-            clearTimeout(t);
-        },
+        stop: () => stopChild(child),
     };
 }
 

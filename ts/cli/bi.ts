@@ -1,4 +1,3 @@
-import fs from "node:fs";
 import path from "node:path";
 import {Command, Option} from "commander";
 import {readTaskItems} from "../data/jsonl.js";
@@ -6,6 +5,7 @@ import {defaultTaskFormat, taskFormatNames, type TaskFormatName} from "../data/p
 import {loadModel} from "../model.js";
 import {blockInfluence, blockInfluenceSvg, layerMetrics, metricValues, modelIdentity, scoreLayers, textSequences,
     type BlockInfluenceReport, type CountedPositions, type LayerMetric} from "../prune/block-influence.js";
+import {writeFileDurable} from "../durable-file.js";
 import {taskImatrix} from "../quantize/collect.js";
 import {imatrixFromCapture, writeImatrixGguf, type ImportanceMatrix} from "../quantize/imatrix.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
@@ -124,19 +124,13 @@ Examples:
                     ...(report.bi_rationale ? [{name: "BI_rationale", values: report.bi_rationale}] : [])]
                 : [{name: opts.metric, values: report.bi}];
             if (opts.plot)
-                writeAtomic(opts.plot, blockInfluenceSvg(series, `${opts.metric} per layer: ${path.basename(model)}`));
+                await writeFileDurable(opts.plot, blockInfluenceSvg(series, `${opts.metric} per layer: ${path.basename(model)}`));
             if (opts.output)
-                writeAtomic(opts.output, JSON.stringify(report, null, 2) + "\n");
+                await writeFileDurable(opts.output, JSON.stringify(report, null, 2) + "\n");
             if (opts.json)
                 return printJson(report);
             const ranks = [...report.bi.keys()].sort((a, b) => report.bi[a] - report.bi[b]);
             process.stdout.write(table(["layer", ...series.map((s) => s.name), "rank (low first)"],
                 report.bi.map((_, i) => [i, ...series.map((s) => s.values[i].toFixed(6)), ranks.indexOf(i)])));
         });
-}
-
-function writeAtomic(file: string, text: string): void {
-    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}`);
-    fs.writeFileSync(tmp, text);
-    fs.renameSync(tmp, file);
 }

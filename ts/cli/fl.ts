@@ -2,11 +2,13 @@ import fs from "node:fs";
 import path from "node:path";
 import {Command, Option} from "commander";
 import {pruningStrategies, type PruningStrategy} from "../prune/plan.js";
+import {writeFileDurable, writeFileDurableSync} from "../durable-file.js";
 import {roundsSvg} from "../federated/prufed/plot.js";
 import {accuracyByDepth, simulate, simulationModes, type SimulateEvent, type SimulationMode} from "../federated/prufed/simulate.js";
 import {aliasedOption, checkOutputFolder, checkTlsFiles, parseIndexList, parseNumber, printJson, table, UsageError} from "./output.js";
 import {aggregationMethods, strategyFor, type AggregationMethod} from "../federated/prufed/aggregate.js";
-import type {FlServerEvent} from "../federated/prufed/http-server.js";
+import type {FlServerOptions} from "../federated/prufed/http-server.js";
+import type {FlClientOptions} from "../federated/prufed/http-client.js";
 import {FederatedError, readToken, serverBase} from "../federated/client/http.js";
 import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
 import {prufedDefaults} from "../federated/prufed/defaults.js";
@@ -248,10 +250,8 @@ type SimulationResult = Awaited<ReturnType<typeof simulate>>;
 function writeRoundsPlot(file: string, result: SimulationResult): void {
     const set = result.evalSet ? "evalSet" : "heldOut";
     const series = accuracyByDepth(result, set).map((s) => ({name: `depth ${s.depth}`, values: s.values, stderr: s.stderr}));
-    const tmp = `${file}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
+    writeFileDurableSync(file, roundsSvg(series, `PruFed ${result.aggregation}: ${result.evalSet ? `accuracy on ${result.evalSet.items} shared items`
         : "held-out accuracy"} by round (± 1 s.e.)`));
-    fs.renameSync(tmp, file);
 }
 
 /** The clients' accuracy before and after, and the mean accuracy by round per depth. */
@@ -300,14 +300,10 @@ async function compareAction(opts: SimulateCliOptions, cmd: Command, depths: num
             : `${r.setup} seed ${r.seed}: ${r.cached ? "cached" : "done"}\n`),
     });
     const table = compareTable(result);
-    const tmp = path.join(opts.out, `.compare.md.tmp-${process.pid}`);
-    fs.writeFileSync(tmp, table);
-    fs.renameSync(tmp, path.join(opts.out, "compare.md"));
+    await writeFileDurable(path.join(opts.out, "compare.md"), table);
     if (opts.plot) {
         const series = result.rows.map((x) => ({name: `${x.setup === `fedavg-d${x.depth}` ? "fedavg" : x.setup} depth ${x.depth}`, values: x.byRound}));
-        const ptmp = `${opts.plot}.tmp-${process.pid}`;
-        fs.writeFileSync(ptmp, roundsSvg(series, `PruFed comparison: ${result.scored === "evalSet" ? "shared eval set" : "held-out"} accuracy, mean of ${seeds.length} seeds`));
-        fs.renameSync(ptmp, opts.plot);
+        await writeFileDurable(opts.plot, roundsSvg(series, `PruFed comparison: ${result.scored === "evalSet" ? "shared eval set" : "held-out"} accuracy, mean of ${seeds.length} seeds`));
     }
     if (json)
         return printJson(result);
@@ -380,7 +376,11 @@ function serverCommand(): Command {
         .option("--plot <rounds.svg>", "held-out accuracy by round, one line per client depth (rewritten after every round)")
         .option("--linger <s>", "seconds to keep answering after the last round, so clients learn it is finished", "3")
         .option("--json", "events as JSON lines on stdout (the first: listening, with the URL)")
-        .addHelpText("after", `
+        .addHelpText("after", FL_SERVER_HELP)
+        .action(flServerAction);
+}
+
+const FL_SERVER_HELP = `
 Clients authenticate with tokens of this data dir; a client's id is its token's name:
   ppc-gpt server token create --data-dir fl --name hospital-a > a.token
 
@@ -400,67 +400,84 @@ left with one surviving holder keeps its previous value (that client's self-mask
 never released) while the other layers are aggregated; round-N.json 'secure.layers' says which.
 Clients need no flag: they learn it from the round (fl client --require-secure-aggregation refuses
 a server without it). A data dir that exists is resumed with its saved configuration: flags that
-differ from it are refused (exit 2), each difference named. See docs/prufed.md.`)
-        .action(async (opts: ServerCliOptions) => {
-            checkTlsFiles(opts.tlsCert, opts.tlsKey);
-            if (!fs.existsSync(opts.base))
-                throw new UsageError(`--base ${opts.base} does not exist`);
-            const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
-            if (opts.secaggThreshold !== undefined && !opts.secureAggregation)
-                throw new UsageError("--secagg-threshold needs --secure-aggregation");
-            if (opts.secaggThreshold !== undefined && !(Number.isInteger(Number(opts.secaggThreshold)) && Number(opts.secaggThreshold) >= 2))
-                throw new UsageError(`--secagg-threshold must be an integer >= 2 (one share would give the server a client's mask seed; got ${opts.secaggThreshold})`);
-            if (opts.secureAggregation && (!strategyFor(opts.aggregation).secureAggregation || opts.clipNorm !== undefined))
-                throw new UsageError("--secure-aggregation sums per-layer factors: use it with --aggregation layerwise or fedavg and without --clip-norm");
-            const json = Boolean(opts.json);
-            const emit = (e: FlServerEvent | Record<string, unknown>) => {
-                if (json)
-                    process.stdout.write(JSON.stringify(e) + "\n");
-                else
-                    process.stderr.write(flEventLine(e) + "\n");
-            };
-            checkOutputFolder(opts.plot, "--plot");
-            // loaded here: a client process never loads the server (Fastify)
-            const {ConfigMismatch, startFlServer} = await import("../federated/prufed/http-server.js");
-            const limits = httpLimitsOf(opts);
-            const server = await startRefusingCleartext(() => startFlServer({
-                dataDir: opts.dataDir, host: opts.host, port, plot: opts.plot, insecure: Boolean(opts.insecure), limits,
-                ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
-                config: {
-                    base: path.resolve(opts.base), aggregation: opts.aggregation, rounds: int(opts.rounds, "--rounds"),
-                    clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
-                    minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
-                    roundTimeout: parseNumber(opts.roundTimeout ?? "600", "--round-timeout", (x) => x > 0, "a positive number of seconds"),
-                    seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
-                    r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
-                    targetModules: opts.targetModules?.split(",").map((x) => x.trim()).filter(Boolean),
-                    clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
-                    maxUploadBytes: Math.floor(parseNumber(opts.maxUploadMb, "--max-upload-mb", (x) => x > 0 && x <= 4096, "in (0, 4096]") * 1024 * 1024),
-                    ...(opts.secureAggregation ? {secureAggregation: true,
-                        secaggPhaseTimeout: parseNumber(opts.secaggPhaseTimeout ?? "60", "--secagg-phase-timeout", (x) => x > 0, "a positive number of seconds"),
-                        ...(opts.secaggThreshold !== undefined ? {secaggThreshold: int(opts.secaggThreshold, "--secagg-threshold")} : {})} : {}),
-                },
-                onEvent: emit,
-            })).catch((err) => {
-                // flags that contradict the data dir's saved configuration are a usage error (exit 2)
-                throw err instanceof ConfigMismatch ? new UsageError(err.message) : err;
-            });
-            if (json)
-                process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, completed: server.federation.completed,
-                    rounds: server.federation.config.rounds, resumed_round: server.federation.current?.round ?? null,
-                    ...(server.federation.config.secureAggregation ? {secure_phase: server.securePhase()} : {})}) + "\n");
-            else
-                process.stdout.write(`ppc-gpt fl server listening on ${server.url} (${server.federation.config.aggregation}, ` +
-                    `${server.federation.completed}/${server.federation.config.rounds} rounds done, data ${opts.dataDir})\n`);
-            const stopped = new Promise<void>((resolve) => {
-                process.once("SIGINT", () => resolve());
-                process.once("SIGTERM", () => resolve());
-            });
-            await Promise.race([server.done.then(() => new Promise((r) => setTimeout(r, 1000 * Number(opts.linger)))), stopped]);
-            await server.close();
-            if (!json)
-                process.stdout.write(`${server.federation.completed} rounds closed; round files in ${path.join(opts.dataDir, "rounds")}\n`);
-        });
+differ from it are refused (exit 2), each difference named. See docs/prufed.md.`;
+
+/** `fl server` and `fl client` events: JSON lines on stdout with --json, else a line each on stderr. */
+function flEventPrinter(json: boolean): (e: Record<string, unknown>) => void {
+    return (e) => {
+        if (json)
+            process.stdout.write(JSON.stringify(e) + "\n");
+        else
+            process.stderr.write(flEventLine(e) + "\n");
+    };
+}
+
+/** The federation's settings from the command line (a resumed data dir must agree with them). */
+function flServerConfigFrom(opts: ServerCliOptions): FlServerOptions["config"] {
+    return {
+        base: path.resolve(opts.base), aggregation: opts.aggregation, rounds: int(opts.rounds, "--rounds"),
+        clientsPerRound: opts.clientsPerRound !== undefined ? int(opts.clientsPerRound, "--clients-per-round") : undefined,
+        minClients: opts.minClients !== undefined ? int(opts.minClients, "--min-clients") : undefined,
+        roundTimeout: parseNumber(opts.roundTimeout ?? "600", "--round-timeout", (x) => x > 0, "a positive number of seconds"),
+        seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
+        r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+        targetModules: opts.targetModules?.split(",").map((x) => x.trim()).filter(Boolean),
+        clipNorm: opts.clipNorm !== undefined ? parseNumber(opts.clipNorm, "--clip-norm", (x) => x > 0, "positive") : undefined,
+        maxUploadBytes: Math.floor(parseNumber(opts.maxUploadMb, "--max-upload-mb", (x) => x > 0 && x <= 4096, "in (0, 4096]") * 1024 * 1024),
+        ...(opts.secureAggregation ? {secureAggregation: true,
+            secaggPhaseTimeout: parseNumber(opts.secaggPhaseTimeout ?? "60", "--secagg-phase-timeout", (x) => x > 0, "a positive number of seconds"),
+            ...(opts.secaggThreshold !== undefined ? {secaggThreshold: int(opts.secaggThreshold, "--secagg-threshold")} : {})} : {}),
+    };
+}
+
+/** The flag checks that need no file or server: the port and secure aggregation's rules. */
+function checkFlServerFlags(opts: ServerCliOptions): number {
+    checkTlsFiles(opts.tlsCert, opts.tlsKey);
+    if (!fs.existsSync(opts.base))
+        throw new UsageError(`--base ${opts.base} does not exist`);
+    const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
+    if (opts.secaggThreshold !== undefined && !opts.secureAggregation)
+        throw new UsageError("--secagg-threshold needs --secure-aggregation");
+    if (opts.secaggThreshold !== undefined && !(Number.isInteger(Number(opts.secaggThreshold)) && Number(opts.secaggThreshold) >= 2))
+        throw new UsageError(`--secagg-threshold must be an integer >= 2 (one share would give the server a client's mask seed; got ${opts.secaggThreshold})`);
+    if (opts.secureAggregation && (!strategyFor(opts.aggregation).secureAggregation || opts.clipNorm !== undefined))
+        throw new UsageError("--secure-aggregation sums per-layer factors: use it with --aggregation layerwise or fedavg and without --clip-norm");
+    return port;
+}
+
+/** `fl server`: serve the rounds, then linger so that clients learn the federation finished. */
+async function flServerAction(opts: ServerCliOptions): Promise<void> {
+    const port = checkFlServerFlags(opts);
+    const json = Boolean(opts.json);
+    checkOutputFolder(opts.plot, "--plot");
+    // loaded here: a client process never loads the server (Fastify)
+    const {ConfigMismatch, startFlServer} = await import("../federated/prufed/http-server.js");
+    const limits = httpLimitsOf(opts);
+    const server = await startRefusingCleartext(() => startFlServer({
+        dataDir: opts.dataDir, host: opts.host, port, plot: opts.plot, insecure: Boolean(opts.insecure), limits,
+        ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
+        config: flServerConfigFrom(opts),
+        onEvent: flEventPrinter(json),
+    })).catch((err) => {
+        // flags that contradict the data dir's saved configuration are a usage error (exit 2)
+        throw err instanceof ConfigMismatch ? new UsageError(err.message) : err;
+    });
+    const federation = server.federation;
+    if (json)
+        process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, completed: federation.completed,
+            rounds: federation.config.rounds, resumed_round: federation.current?.round ?? null,
+            ...(federation.config.secureAggregation ? {secure_phase: server.securePhase()} : {})}) + "\n");
+    else
+        process.stdout.write(`ppc-gpt fl server listening on ${server.url} (${federation.config.aggregation}, ` +
+            `${federation.completed}/${federation.config.rounds} rounds done, data ${opts.dataDir})\n`);
+    const stopped = new Promise<void>((resolve) => {
+        process.once("SIGINT", () => resolve());
+        process.once("SIGTERM", () => resolve());
+    });
+    await Promise.race([server.done.then(() => new Promise((r) => setTimeout(r, 1000 * Number(opts.linger)))), stopped]);
+    await server.close();
+    if (!json)
+        process.stdout.write(`${federation.completed} rounds closed; round files in ${path.join(opts.dataDir, "rounds")}\n`);
 }
 
 interface ClientCliOptions {
@@ -498,7 +515,11 @@ function clientCommand(): Command {
         .option("--secagg-min-threshold <t>", "secure rounds: a threshold to require on top of max(2, floor(n/2) + 1) (raises it, never lowers it)")
         .option("--share-metrics", "secure rounds: send train loss and accuracy in the clear too (default: only masked; the server learns weighted means)")
         .option("--json", "events as JSON lines on stdout, the result last")
-        .addHelpText("after", `
+        .addHelpText("after", FL_CLIENT_HELP)
+        .action(flClientAction);
+}
+
+const FL_CLIENT_HELP = `
 The token is never an argument: PPC_GPT_TOKEN=... or --token-file. The client's id is the token's
 name. Restart the same command after a crash: it re-registers and resumes the open round.
 Against 'fl server --secure-aggregation' it sends its update only masked (keys, sealed shares,
@@ -510,58 +531,76 @@ from at least t - 1 others, one unmask answer per round) and stops with an error
 
 Examples:
   PPC_GPT_TOKEN=$(cat a.token) ppc-gpt fl client --server http://127.0.0.1:8090 --model depth3.gguf \\
-      --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`)
-        .action(async (opts: ClientCliOptions, cmd: Command) => {
-            const batch = aliasedOption(cmd, "batch", "batchSize");
-            for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"], [opts.evalData, "--eval-data"]] as const)
-                if (f !== undefined && !fs.existsSync(f))
-                    throw new UsageError(`${name} ${f} does not exist`);
-            try {
-                serverBase(opts.server, {insecure: opts.insecure});
-            } catch (err) {
-                throw err instanceof FederatedError ? new UsageError(err.message) : err;
-            }
-            const token = readToken(opts.tokenFile);
-            const json = Boolean(opts.json);
-            const {runFlClient} = await import("../federated/prufed/http-client.js");
-            // a server that cannot be reached is retried for a minute (it may be restarting): say so instead of a silent minute
-            let registered = false;
-            const waiting = setTimeout(() => {
-                if (!registered)
-                    process.stderr.write(json ? JSON.stringify({event: "waiting_for_server", server: opts.server}) + "\n"
-                        : `ppc-gpt fl client: no answer from ${opts.server} yet; a server that cannot be reached is retried for up to a minute\n`);
-            }, 5000);
-            const result = await runFlClient({
-                server: opts.server, insecure: Boolean(opts.insecure), token, model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
-                r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
-                heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"), evalData: opts.evalData,
-                seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
-                train: {
-                    learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
-                    loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x <= 0.99, "a number in [0, 0.99]"),
-                    maxInputLength: int(opts.maxInputLength, "--max-input-length"),
-                    ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
-                },
-                requireSecure: Boolean(opts.requireSecureAggregation),
-                securePolicy: {minClients: parseNumber(opts.secaggMinClients, "--secagg-min-clients", (x) => Number.isInteger(x) && x >= 2, "an integer >= 2"),
-                    ...(opts.secaggMinThreshold !== undefined ? {minThreshold: parseNumber(opts.secaggMinThreshold, "--secagg-min-threshold",
-                        (x) => Number.isInteger(x) && x >= 2, "an integer >= 2")} : {})},
-                shareMetrics: Boolean(opts.shareMetrics),
-                onEvent: (e) => {
-                    registered = true;
-                    if (json)
-                        process.stdout.write(JSON.stringify(e) + "\n");
-                    else
-                        process.stderr.write(flEventLine(e) + "\n");
-                },
-            }).finally(() => clearTimeout(waiting));
-            if (json)
-                return printJson({event: "result", ...result});
-            const withStderr = (a?: {acc: number; acc_stderr: number}) => a ? `${a.acc.toFixed(3)}±${a.acc_stderr.toFixed(3)}` : "";
-            process.stdout.write(table(["round", "loss", "acc before", "acc after", ...(opts.evalData ? ["eval-data before", "eval-data after"] : []),
-                "bytes down", "bytes up", "s", "accepted"],
-            result.rounds.map((r) => [r.round, r.trainLoss.toFixed(4), r.accuracyBefore?.toFixed(3) ?? "", r.accuracy?.toFixed(3) ?? "",
-                ...(opts.evalData ? [withStderr(r.evalSetBefore), withStderr(r.evalSet)] : []),
-                r.bytesDown, r.bytesUp, r.seconds.toFixed(1), r.accepted ? "yes" : `no: ${r.error}`])));
-        });
+      --data a.jsonl --work-dir a --local-steps 5 --r 8 --lora-alpha 16`;
+
+/** The command line as runFlClient's options (all but the token and the event handler). */
+function flClientOptionsFrom(opts: ClientCliOptions, batch: Aliased): Omit<FlClientOptions, "token" | "onEvent"> {
+    return {
+        server: opts.server, insecure: Boolean(opts.insecure), model: opts.model, data: opts.data, workDir: opts.workDir, localSteps: int(opts.localSteps, "--local-steps"),
+        r: int(opts.r, "--r"), loraAlpha: parseNumber(opts.loraAlpha, "--lora-alpha", (x) => x > 0, "positive"),
+        heldOutShare: parseNumber(opts.heldOut, "--held-out", (x) => x > 0 && x < 1, "in (0, 1)"), evalData: opts.evalData,
+        seed: parseNumber(opts.seed, "--seed", (x) => Number.isSafeInteger(x) && x >= 0, "a non-negative integer"),
+        train: {
+            learningRate: parseNumber(opts.lr, "--lr", (x) => x > 0, "positive"), batchSize: int(batch.value!, batch.flag),
+            loraDropout: parseNumber(opts.loraDropout, "--lora-dropout", (x) => x >= 0 && x <= 0.99, "a number in [0, 0.99]"),
+            maxInputLength: int(opts.maxInputLength, "--max-input-length"),
+            ...(opts.threads !== undefined ? {threads: int(opts.threads, "--threads")} : {}),
+        },
+        requireSecure: Boolean(opts.requireSecureAggregation),
+        securePolicy: {minClients: parseNumber(opts.secaggMinClients, "--secagg-min-clients", (x) => Number.isInteger(x) && x >= 2, "an integer >= 2"),
+            ...(opts.secaggMinThreshold !== undefined ? {minThreshold: parseNumber(opts.secaggMinThreshold, "--secagg-min-threshold",
+                (x) => Number.isInteger(x) && x >= 2, "an integer >= 2")} : {})},
+        shareMetrics: Boolean(opts.shareMetrics),
+    };
+}
+
+/** The files exist and the server URL is allowed (https://, or loopback, or --insecure). */
+function checkFlClientFlags(opts: ClientCliOptions): void {
+    for (const [f, name] of [[opts.model, "--model"], [opts.data, "--data"], [opts.evalData, "--eval-data"]] as const)
+        if (f !== undefined && !fs.existsSync(f))
+            throw new UsageError(`${name} ${f} does not exist`);
+    try {
+        serverBase(opts.server, {insecure: opts.insecure});
+    } catch (err) {
+        throw err instanceof FederatedError ? new UsageError(err.message) : err;
+    }
+}
+
+type FlClientResult = Awaited<ReturnType<typeof import("../federated/prufed/http-client.js").runFlClient>>;
+
+/** One row per round: loss, accuracy before and after (and on --eval-data), traffic, time. */
+function flClientRoundsTable(result: FlClientResult, evalData: boolean): string {
+    const withStderr = (a?: {acc: number; acc_stderr: number}) => a ? `${a.acc.toFixed(3)}±${a.acc_stderr.toFixed(3)}` : "";
+    return table(["round", "loss", "acc before", "acc after", ...(evalData ? ["eval-data before", "eval-data after"] : []),
+        "bytes down", "bytes up", "s", "accepted"],
+    result.rounds.map((r) => [r.round, r.trainLoss.toFixed(4), r.accuracyBefore?.toFixed(3) ?? "", r.accuracy?.toFixed(3) ?? "",
+        ...(evalData ? [withStderr(r.evalSetBefore), withStderr(r.evalSet)] : []),
+        r.bytesDown, r.bytesUp, r.seconds.toFixed(1), r.accepted ? "yes" : `no: ${r.error}`]));
+}
+
+/** `fl client`: take part in the federation's rounds until it finishes. */
+async function flClientAction(opts: ClientCliOptions, cmd: Command): Promise<void> {
+    const batch = aliasedOption(cmd, "batch", "batchSize");
+    checkFlClientFlags(opts);
+    const token = readToken(opts.tokenFile);
+    const json = Boolean(opts.json);
+    const {runFlClient} = await import("../federated/prufed/http-client.js");
+    // a server that cannot be reached is retried for a minute (it may be restarting): say so instead of a silent minute
+    let registered = false;
+    const waiting = setTimeout(() => {
+        if (!registered)
+            process.stderr.write(json ? JSON.stringify({event: "waiting_for_server", server: opts.server}) + "\n"
+                : `ppc-gpt fl client: no answer from ${opts.server} yet; a server that cannot be reached is retried for up to a minute\n`);
+    }, 5000);
+    const print = flEventPrinter(json);
+    const result = await runFlClient({
+        ...flClientOptionsFrom(opts, batch), token,
+        onEvent: (e) => {
+            registered = true;
+            print(e);
+        },
+    }).finally(() => clearTimeout(waiting));
+    if (json)
+        return printJson({event: "result", ...result});
+    process.stdout.write(flClientRoundsTable(result, Boolean(opts.evalData)));
 }

@@ -130,7 +130,8 @@ function startServer(args: string[], children: Set<ChildProcess>, log: (s: strin
     });
 }
 
-async function stopChild(child: ChildProcess): Promise<void> {
+/** SIGTERM, then SIGKILL after 10 s; resolves once the child exited (at once if it already has). */
+export async function stopChild(child: ChildProcess): Promise<void> {
     if (child.exitCode !== null || child.signalCode !== null)
         return;
     const exited = new Promise((r) => child.once("exit", r));
@@ -147,6 +148,119 @@ function dirBytes(dir: string): number {
         n += e.isDirectory() ? dirBytes(p) : e.isFile() ? fs.statSync(p).size : 0;
     }
     return n;
+}
+
+const RUN_HELP = `
+Steps: a temporary folder; 'ppc-gpt server token create' makes a fresh token; 'ppc-gpt server
+--port 0' listens on a free loopback port with the source model and the generator; 'ppc-gpt
+client run' loads the private items, perturbs them locally with the server's perturbation kit,
+uploads only the perturbed texts under random ids, follows the job (synthetic data, Block
+Influence, pruning, CoT retraining, merge), downloads the model (sha256 checked), retrains it
+on the private labels and evaluates it on held-out items before (S) and after (C). Then both
+processes stop and the folder is removed (unless --keep).
+
+Examples:
+  ppc-gpt run
+  ppc-gpt run --epsilon 1 --limit 32 --json
+  ppc-gpt run --model source.gguf --generator-model big.gguf --k 8 --server-steps 300 --keep`;
+
+/** The source model (--model, else stories260K of the shared folder) once the flags are checked. */
+function checkRunFlags(o: RunOptions): string {
+    const model = o.model ?? path.join(sharedDir(), "models", "stories260K.gguf");
+    if (!fs.existsSync(model))
+        throw new UsageError(`no source model at ${model}: give --model, or set PPC_SHARED_DIR to the folder holding models/stories260K.gguf`);
+    if (o.generatorUrl && o.generatorModel)
+        throw new UsageError("give --generator-model or --generator-url, not both");
+    if (o.generatorUrl && !o.generatorRemoteModel)
+        throw new UsageError("--generator-url needs --generator-remote-model");
+    checkRunNumbers(o);
+    return model;
+}
+
+/** The `server` child's arguments: data dir, source model, generator, threads. */
+function serverArgs(o: RunOptions, model: string, srvDir: string, threads: string[]): string[] {
+    const generator = o.generatorUrl ? ["--generator-url", o.generatorUrl, "--generator-remote-model", o.generatorRemoteModel!]
+        : ["--generator-model", o.generatorModel ?? model];
+    generator.push("--generator-concurrency", o.generatorConcurrency);
+    return ["--data-dir", srvDir, "--model", model, ...generator, ...threads];
+}
+
+/** The `client run` child's arguments: the private data, the perturbation, the job spec and the client's retraining. */
+function clientArgs(o: RunOptions, url: string, state: string, threads: string[]): string[] {
+    const spec = [
+        "--ratio", o.ratio, "--k", o.k, "--server-steps", o.serverSteps, "--batch-size", o.batchSize,
+        ...(o.strategy ? ["--strategy", o.strategy] : []), ...(o.lr ? ["--lr", o.lr] : []), ...(o.r ? ["--r", o.r] : []),
+        ...(o.loraAlpha ? ["--lora-alpha", o.loraAlpha] : []), ...(o.quantize ? ["--quantize", o.quantize] : []),
+    ];
+    return ["client", "run", "--server", url, "--task", o.task, "--split", o.split, "--limit", o.limit,
+        ...(o.evalSplit ? ["--eval-split", o.evalSplit] : []), "--eval-limit", o.evalLimit, "--epsilon", o.epsilon, "--mechanism", o.mechanism, ...spec,
+        "--client-steps", o.clientSteps, ...(o.clientLr ? ["--client-lr", o.clientLr] : []), "--state-dir", state, ...threads,
+        ...(o.json ? ["--json"] : [])];
+}
+
+/** The temporary folder (the server's data dir and the client's state dir in it), the children and the log. */
+interface RunWork {
+    work: string;
+    srvDir: string;
+    state: string;
+    children: Set<ChildProcess>;
+    log: (s: string) => void;
+}
+
+/** A token, the server child, then the client child to its end; the client's stdout (its summary). */
+async function runServerAndClient(o: RunOptions, model: string, w: RunWork): Promise<string> {
+    const threads = o.threads ? ["--threads", o.threads] : [];
+    const tokenOut = await runChild(["server", "token", "create", "--name", "run", "--data-dir", w.srvDir, "--json"],
+        process.env, () => {}, w.children);
+    const token = JSON.parse(tokenOut).token as string;
+    const server = await startServer(serverArgs(o, model, w.srvDir, threads), w.children, w.log);
+    w.log(`server ${server.url} (pid ${server.child.pid}), data ${w.srvDir}`);
+    const args = clientArgs(o, server.url, w.state, threads);
+    w.log(`client: ppc-gpt ${args.join(" ")}`);
+    const out = await runChild(args, {...process.env, [tokenEnvVar]: token}, (line) => process.stderr.write(line + "\n"), w.children);
+    // the server stops before the summary counts its data (a child left running on an error is stopped by runAction)
+    await stopChild(server.child);
+    return out;
+}
+
+/** The client's summary, with the server's data size and the folders' fate. */
+function printRunSummary(o: RunOptions, out: string, w: RunWork): void {
+    if (o.json) {
+        const summary = JSON.parse(out) as RunSummary;
+        return printJson({...summary, server_data_bytes: dirBytes(w.srvDir), work_dir: o.keep ? w.work : undefined});
+    }
+    process.stdout.write(out);
+    process.stdout.write(table(["", ""], [
+        ["server data", `${formatBytes(dirBytes(w.srvDir))} in ${w.srvDir} (jobs, artifacts, perturbed items only)`],
+        ["folders", o.keep ? w.work : "removed (--keep keeps them)"],
+    ]).split("\n").slice(2).join("\n"));
+}
+
+/** `run`: check, then a server and a client child in a temporary folder; their children stop on a signal and at the end. */
+async function runAction(o: RunOptions): Promise<void> {
+    const model = checkRunFlags(o);
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-run-"));
+    const json = Boolean(o.json);
+    const w: RunWork = {
+        work, srvDir: path.join(work, "server"), state: path.join(work, "client"), children: new Set<ChildProcess>(),
+        log: (s: string) => process.stderr.write(json ? JSON.stringify({event: "log", message: s}) + "\n" : `ppc-gpt run: ${s}\n`),
+    };
+    const onSignal = () => {
+        for (const c of w.children)
+            c.kill("SIGTERM");
+    };
+    process.once("SIGINT", onSignal);
+    process.once("SIGTERM", onSignal);
+    try {
+        printRunSummary(o, await runServerAndClient(o, model, w), w);
+    } finally {
+        process.off("SIGINT", onSignal);
+        process.off("SIGTERM", onSignal);
+        for (const c of w.children)
+            await stopChild(c);
+        if (!o.keep)
+            fs.rmSync(work, {recursive: true, force: true});
+    }
 }
 
 export function runCommand(): Command {
@@ -179,84 +293,6 @@ export function runCommand(): Command {
         .option("--threads <n>", "CPU threads of each process (default: all cores)")
         .option("--keep", "keep the temporary folder (server data, client state) and print its path")
         .option("--json", "print the summary as JSON (events as JSON lines on stderr)")
-        .addHelpText("after", `
-Steps: a temporary folder; 'ppc-gpt server token create' makes a fresh token; 'ppc-gpt server
---port 0' listens on a free loopback port with the source model and the generator; 'ppc-gpt
-client run' loads the private items, perturbs them locally with the server's perturbation kit,
-uploads only the perturbed texts under random ids, follows the job (synthetic data, Block
-Influence, pruning, CoT retraining, merge), downloads the model (sha256 checked), retrains it
-on the private labels and evaluates it on held-out items before (S) and after (C). Then both
-processes stop and the folder is removed (unless --keep).
-
-Examples:
-  ppc-gpt run
-  ppc-gpt run --epsilon 1 --limit 32 --json
-  ppc-gpt run --model source.gguf --generator-model big.gguf --k 8 --server-steps 300 --keep`)
-        .action(async (o: RunOptions) => {
-            const shared = sharedDir();
-            const model = o.model ?? path.join(shared, "models", "stories260K.gguf");
-            if (!fs.existsSync(model))
-                throw new UsageError(`no source model at ${model}: give --model, or set PPC_SHARED_DIR to the folder holding models/stories260K.gguf`);
-            if (o.generatorUrl && o.generatorModel)
-                throw new UsageError("give --generator-model or --generator-url, not both");
-            if (o.generatorUrl && !o.generatorRemoteModel)
-                throw new UsageError("--generator-url needs --generator-remote-model");
-            checkRunNumbers(o);
-            const work = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-run-"));
-            const srvDir = path.join(work, "server"), state = path.join(work, "client");
-            const children = new Set<ChildProcess>();
-            const json = Boolean(o.json);
-            const log = (s: string) => process.stderr.write(json ? JSON.stringify({event: "log", message: s}) + "\n" : `ppc-gpt run: ${s}\n`);
-            const onSignal = () => {
-                for (const c of children)
-                    c.kill("SIGTERM");
-            };
-            process.once("SIGINT", onSignal);
-            process.once("SIGTERM", onSignal);
-            let server: {url: string; child: ChildProcess} | undefined;
-            try {
-                const threads = o.threads ? ["--threads", o.threads] : [];
-                const tokenOut = await runChild(["server", "token", "create", "--name", "run", "--data-dir", srvDir, "--json"],
-                    process.env, () => {}, children);
-                const token = JSON.parse(tokenOut).token as string;
-                const generator = o.generatorUrl ? ["--generator-url", o.generatorUrl, "--generator-remote-model", o.generatorRemoteModel!]
-                    : ["--generator-model", o.generatorModel ?? model];
-                generator.push("--generator-concurrency", o.generatorConcurrency);
-                server = await startServer(["--data-dir", srvDir, "--model", model, ...generator, ...threads], children, log);
-                log(`server ${server.url} (pid ${server.child.pid}), data ${srvDir}`);
-                const spec = [
-                    "--ratio", o.ratio, "--k", o.k, "--server-steps", o.serverSteps, "--batch-size", o.batchSize,
-                    ...(o.strategy ? ["--strategy", o.strategy] : []), ...(o.lr ? ["--lr", o.lr] : []), ...(o.r ? ["--r", o.r] : []),
-                    ...(o.loraAlpha ? ["--lora-alpha", o.loraAlpha] : []), ...(o.quantize ? ["--quantize", o.quantize] : []),
-                ];
-                const clientArgs = ["client", "run", "--server", server.url, "--task", o.task, "--split", o.split, "--limit", o.limit,
-                    ...(o.evalSplit ? ["--eval-split", o.evalSplit] : []), "--eval-limit", o.evalLimit, "--epsilon", o.epsilon, "--mechanism", o.mechanism, ...spec,
-                    "--client-steps", o.clientSteps, ...(o.clientLr ? ["--client-lr", o.clientLr] : []), "--state-dir", state, ...threads,
-                    ...(json ? ["--json"] : [])];
-                log(`client: ppc-gpt ${clientArgs.join(" ")}`);
-                const out = await runChild(clientArgs, {...process.env, [tokenEnvVar]: token},
-                    (line) => process.stderr.write(line + "\n"), children);
-                if (json) {
-                    const summary = JSON.parse(out) as RunSummary;
-                    await stopChild(server.child);
-                    return printJson({...summary, server_data_bytes: dirBytes(srvDir), work_dir: o.keep ? work : undefined});
-                }
-                await stopChild(server.child);
-                process.stdout.write(out);
-                process.stdout.write(table(["", ""], [
-                    ["server data", `${formatBytes(dirBytes(srvDir))} in ${srvDir} (jobs, artifacts, perturbed items only)`],
-                    ["folders", o.keep ? work : "removed (--keep keeps them)"],
-                ]).split("\n").slice(2).join("\n"));
-            } finally {
-                process.off("SIGINT", onSignal);
-                process.off("SIGTERM", onSignal);
-                if (server)
-                    await stopChild(server.child);
-                for (const c of children)
-                    await stopChild(c);
-                if (!o.keep)
-                    fs.rmSync(work, {recursive: true, force: true});
-            }
-        }));
+        .addHelpText("after", RUN_HELP)
+        .action(runAction));
 }
-

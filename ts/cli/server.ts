@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import {Command} from "commander";
-import {jobCapDefaults, serverDefaults, startFederatedServer, type GeneratorConfig} from "../federated/server.js";
+import {jobCapDefaults, serverDefaults, startFederatedServer, type FederatedServerOptions, type GeneratorConfig} from "../federated/server.js";
 import {SqliteJobStore, type JobStore} from "../federated/store.js";
 import {isPostgresUrl, PostgresJobStore} from "../federated/store-postgres.js";
 import {queueDefaults, type QueueSettings} from "../federated/distributed.js";
@@ -10,17 +10,32 @@ import {checkGgufFile} from "./model-options.js";
 import {checkTlsFiles, parseNumber, printJson, table, UsageError} from "./output.js";
 import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
 
-interface ServerCliOptions extends HttpLimitCliOptions {
-    host: string;
-    port: string;
-    dataDir?: string;
-    model?: string;
+/** The generator flags `server` and `worker` share (addGeneratorOptions); `generatorConfig` reads them. */
+export interface GeneratorCliOptions {
     generatorModel?: string;
     generatorUrl?: string;
     generatorRemoteModel?: string;
     generatorApiKeyEnv?: string;
     generatorConcurrency?: string;
     contextSize?: string;
+}
+
+/** Declares the generator flags; the embedded model's and the URL's help say which stage uses them. */
+export function addGeneratorOptions(cmd: Command, help: {model: string; url: string}): Command {
+    return cmd
+        .option("--generator-model <big.gguf>", help.model)
+        .option("--generator-url <url>", help.url)
+        .option("--generator-remote-model <name>", "model name to request from --generator-url")
+        .option("--generator-api-key-env <name>", "environment variable holding the generator's API key")
+        .option("--generator-concurrency <n>", "parallel sequences (embedded, default 4) or requests (remote, default 8)")
+        .option("--context-size <n>", "context tokens per sequence of the embedded generator");
+}
+
+interface ServerCliOptions extends HttpLimitCliOptions, GeneratorCliOptions {
+    host: string;
+    port: string;
+    dataDir?: string;
+    model?: string;
     tlsCert?: string;
     tlsKey?: string;
     maxBodyMb: string;
@@ -46,8 +61,7 @@ interface ServerCliOptions extends HttpLimitCliOptions {
 const int = (v: string, name: string, min: number) =>
     parseNumber(v, name, (x) => Number.isInteger(x) && x >= min, min === 0 ? "a non-negative integer" : `an integer >= ${min}`);
 
-export function generatorConfig(opts: Pick<ServerCliOptions, "generatorModel" | "generatorUrl" | "generatorRemoteModel" | "generatorApiKeyEnv" |
-    "generatorConcurrency" | "contextSize">, threads: number | undefined): GeneratorConfig {
+export function generatorConfig(opts: GeneratorCliOptions, threads: number | undefined): GeneratorConfig {
     if ((opts.generatorModel === undefined) === (opts.generatorUrl === undefined))
         throw new UsageError("choose the generator: --generator-model <big.gguf> or --generator-url <url> --generator-remote-model <name>");
     const concurrency = opts.generatorConcurrency === undefined ? undefined : int(opts.generatorConcurrency, "--generator-concurrency", 1);
@@ -167,19 +181,92 @@ function tokenCommand(): Command {
     return token;
 }
 
+const SERVER_HELP = `
+The server holds the source model and the generator, takes jobs from clients (perturbed questions
+and choices, never answers), and runs each job through synth -> bi -> prune -> train -> merge.
+Every stage's output is stored (SQLite + content-addressed files under --data-dir) before the
+next starts; a killed server resumes every unfinished job when started again. Clients need a
+token: create one with 'ppc-gpt server token create'.
+
+Examples:
+  ppc-gpt server token create --name acme --data-dir srv        # prints the token once
+  ppc-gpt server --data-dir srv --model source.gguf --generator-model big.gguf --port 8080
+  ppc-gpt server --data-dir srv --model source.gguf --port 0 --json \\
+      --generator-url http://127.0.0.1:8000/v1 --generator-remote-model qwen2.5-72b-instruct
+  ppc-gpt server token list --data-dir srv
+  ppc-gpt server token revoke acme --data-dir srv
+
+Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
+  ppc-gpt server token create --name ops --admin --store postgres://ppc@db/ppc
+  ppc-gpt server --store postgres://ppc@db/ppc --data-dir /mnt/ppc --model source.gguf \\
+      --generator-url http://gen:8000/v1 --generator-remote-model big
+  ppc-gpt worker --store postgres://ppc@db/ppc --artifacts /mnt/ppc --model source.gguf --stages bi,prune,train,merge`;
+
+/** The command line as startFederatedServer's options, checked before the server starts. */
+async function serverOptionsFrom(opts: ServerCliOptions): Promise<FederatedServerOptions> {
+    const dataDir = dataDirOf(opts);
+    if (!opts.model)
+        throw new UsageError("--model <source.gguf> is required");
+    checkTlsFiles(opts.tlsCert, opts.tlsKey);
+    const threads = opts.threads === undefined ? undefined : int(opts.threads, "--threads", 1);
+    const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
+    const maxBodyMb = parseNumber(opts.maxBodyMb, "--max-body-mb", (x) => x > 0 && x <= 4096, "a number in (0, 4096]");
+    const generator = generatorConfig(opts, threads);
+    if (opts.generatorModel !== undefined)
+        await checkGgufFile(opts.generatorModel, "--generator-model");
+    const limits = httpLimitsOf(opts);
+    const jobCaps = {maxSteps: int(opts.maxSteps, "--max-steps", 1), maxK: int(opts.maxK, "--max-k", 1), maxRank: int(opts.maxRank, "--max-rank", 1),
+        maxBatchSize: int(opts.maxBatchSize, "--max-batch-size", 1), maxSequenceLength: int(opts.maxSequenceLength, "--max-sequence-length", 2)};
+    const positive = (v: string, name: string, what: string) => parseNumber(v, name, (x) => x > 0, `a positive number of ${what}`);
+    return {
+        dataDir, model: opts.model, generator, host: opts.host, port, insecure: Boolean(opts.insecure), limits, jobCaps,
+        retentionSeconds: positive(opts.retention, "--retention", "days") * 86400,
+        ...(opts.jobTimeBudget !== undefined ? {jobTimeBudgetSeconds: positive(opts.jobTimeBudget, "--job-time-budget", "seconds")} : {}),
+        ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
+        maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
+        maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1),
+        workers: opts.workers === undefined ? undefined : int(opts.workers, "--workers", opts.store === undefined ? 1 : 0),
+        ...(opts.store !== undefined ? {store: postgresUrl(opts.store), queue: queueOptions(opts)} : {}),
+        threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
+        synthMaxTokens: opts.synthMaxTokens === undefined ? undefined : int(opts.synthMaxTokens, "--synth-max-tokens", 16),
+    };
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function untilStopSignal(): Promise<void> {
+    return new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+    });
+}
+
+/** `server`: start, say where it listens, serve until a signal. */
+async function serverAction(opts: ServerCliOptions): Promise<void> {
+    const options = await serverOptionsFrom(opts);
+    const server = await startRefusingCleartext(() => startFederatedServer(options));
+    if (opts.json)
+        process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, model: server.info.model,
+            perturbation_kit: server.info.perturbation_kit}) + "\n");
+    else
+        process.stdout.write(`ppc-gpt server listening on ${server.url} (source ${server.info.model.name}, ` +
+            `generator ${server.info.generator.name}, data ${options.dataDir})\n`);
+    await untilStopSignal();
+    // unfinished jobs stay resumable: they continue when the server starts again
+    await server.close();
+}
+
 export function serverCommand(): Command {
     const cmd = new Command("server").enablePositionalOptions()
         .description("Run the PPC-GPT server: perturbed items in, a pruned and distilled model out (HTTP API /v1, docs/federated.md)")
         .option("--host <host>", "address to listen on", serverDefaults.host)
         .option("--port <n>", "port to listen on (0: a free one; the URL is printed)", String(serverDefaults.port))
         .option("--data-dir <dir>", "job store, artifacts and work files (created if missing)")
-        .option("--model <source.gguf>", "the source model M_S that jobs prune and distill")
-        .option("--generator-model <big.gguf>", "generate synthetic data with this local GGUF (embedded llama.cpp)")
-        .option("--generator-url <url>", "or with an OpenAI-compatible server (vLLM, llama-server…), e.g. http://127.0.0.1:8000/v1")
-        .option("--generator-remote-model <name>", "model name to request from --generator-url")
-        .option("--generator-api-key-env <name>", "environment variable holding the generator's API key")
-        .option("--generator-concurrency <n>", "parallel sequences (embedded, default 4) or requests (remote, default 8)")
-        .option("--context-size <n>", "context tokens per sequence of the embedded generator")
+        .option("--model <source.gguf>", "the source model M_S that jobs prune and distill");
+    addGeneratorOptions(cmd, {
+        model: "generate synthetic data with this local GGUF (embedded llama.cpp)",
+        url: "or with an OpenAI-compatible server (vLLM, llama-server…), e.g. http://127.0.0.1:8000/v1",
+    })
         .option("--tls-cert <file>", "serve HTTPS with this PEM certificate (with --tls-key)")
         .option("--tls-key <file>", "PEM private key of --tls-cert")
         .option("--max-body-mb <n>", "largest request body in MiB, after gzip decompression", String(serverDefaults.maxBodyBytes / (1024 * 1024)))
@@ -202,68 +289,8 @@ export function serverCommand(): Command {
             String(serverDefaults.retentionSeconds / 86400))
         .option("--json", "print the listening URL as a JSON line");
     addHttpLimitOptions(cmd)
-        .addHelpText("after", `
-The server holds the source model and the generator, takes jobs from clients (perturbed questions
-and choices, never answers), and runs each job through synth -> bi -> prune -> train -> merge.
-Every stage's output is stored (SQLite + content-addressed files under --data-dir) before the
-next starts; a killed server resumes every unfinished job when started again. Clients need a
-token: create one with 'ppc-gpt server token create'.
-
-Examples:
-  ppc-gpt server token create --name acme --data-dir srv        # prints the token once
-  ppc-gpt server --data-dir srv --model source.gguf --generator-model big.gguf --port 8080
-  ppc-gpt server --data-dir srv --model source.gguf --port 0 --json \\
-      --generator-url http://127.0.0.1:8000/v1 --generator-remote-model qwen2.5-72b-instruct
-  ppc-gpt server token list --data-dir srv
-  ppc-gpt server token revoke acme --data-dir srv
-
-Scale-out: jobs in PostgreSQL, stages on workers that mount the same --data-dir:
-  ppc-gpt server token create --name ops --admin --store postgres://ppc@db/ppc
-  ppc-gpt server --store postgres://ppc@db/ppc --data-dir /mnt/ppc --model source.gguf \\
-      --generator-url http://gen:8000/v1 --generator-remote-model big
-  ppc-gpt worker --store postgres://ppc@db/ppc --artifacts /mnt/ppc --model source.gguf --stages bi,prune,train,merge`)
-        .action(async (opts: ServerCliOptions) => {
-            const dataDir = dataDirOf(opts);
-            if (!opts.model)
-                throw new UsageError("--model <source.gguf> is required");
-            checkTlsFiles(opts.tlsCert, opts.tlsKey);
-            const threads = opts.threads === undefined ? undefined : int(opts.threads, "--threads", 1);
-            const port = parseNumber(opts.port, "--port", (x) => Number.isInteger(x) && x >= 0 && x <= 65535, "an integer in [0, 65535]");
-            const maxBodyMb = parseNumber(opts.maxBodyMb, "--max-body-mb", (x) => x > 0 && x <= 4096, "a number in (0, 4096]");
-            const generator = generatorConfig(opts, threads);
-            if (opts.generatorModel !== undefined)
-                await checkGgufFile(opts.generatorModel, "--generator-model");
-            const limits = httpLimitsOf(opts);
-            const jobCaps = {maxSteps: int(opts.maxSteps, "--max-steps", 1), maxK: int(opts.maxK, "--max-k", 1), maxRank: int(opts.maxRank, "--max-rank", 1),
-                maxBatchSize: int(opts.maxBatchSize, "--max-batch-size", 1), maxSequenceLength: int(opts.maxSequenceLength, "--max-sequence-length", 2)};
-            const positive = (v: string, name: string, what: string) => parseNumber(v, name, (x) => x > 0, `a positive number of ${what}`);
-            const model = opts.model;
-            const server = await startRefusingCleartext(() => startFederatedServer({
-                dataDir, model, generator, host: opts.host, port, insecure: Boolean(opts.insecure), limits, jobCaps,
-                retentionSeconds: positive(opts.retention, "--retention", "days") * 86400,
-                ...(opts.jobTimeBudget !== undefined ? {jobTimeBudgetSeconds: positive(opts.jobTimeBudget, "--job-time-budget", "seconds")} : {}),
-                ...(opts.tlsCert ? {tls: {cert: opts.tlsCert, key: opts.tlsKey!}} : {}),
-                maxBodyBytes: Math.floor(maxBodyMb * 1024 * 1024), maxItemsPerJob: int(opts.maxItems, "--max-items", 1),
-                maxConcurrentJobsPerClient: int(opts.maxConcurrentJobs, "--max-concurrent-jobs", 1),
-                workers: opts.workers === undefined ? undefined : int(opts.workers, "--workers", opts.store === undefined ? 1 : 0),
-                ...(opts.store !== undefined ? {store: postgresUrl(opts.store), queue: queueOptions(opts)} : {}),
-                threads, checkpointEvery: int(opts.checkpointEvery, "--checkpoint-every", 1),
-                synthMaxTokens: opts.synthMaxTokens === undefined ? undefined : int(opts.synthMaxTokens, "--synth-max-tokens", 16),
-            }));
-            if (opts.json)
-                process.stdout.write(JSON.stringify({event: "listening", url: server.url, pid: process.pid, model: server.info.model,
-                    perturbation_kit: server.info.perturbation_kit}) + "\n");
-            else
-                process.stdout.write(`ppc-gpt server listening on ${server.url} (source ${server.info.model.name}, ` +
-                    `generator ${server.info.generator.name}, data ${dataDir})\n`);
-            await new Promise<void>((resolve) => {
-                const stop = () => resolve();
-                process.once("SIGINT", stop);
-                process.once("SIGTERM", stop);
-            });
-            // unfinished jobs stay resumable: they continue when the server starts again
-            await server.close();
-        });
+        .addHelpText("after", SERVER_HELP)
+        .action(serverAction);
     cmd.addCommand(tokenCommand());
     return cmd;
 }
