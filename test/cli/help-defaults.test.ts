@@ -4,6 +4,7 @@
 import test from "ava";
 import {prufedDefaults} from "../../ts/federated/prufed/defaults.js";
 import {loraDefaults, trainDefaults} from "../../ts/train/defaults.js";
+import {optionTable} from "../../ts/cli/options.js";
 import {runCli} from "../helpers.js";
 
 interface Shown {
@@ -111,4 +112,18 @@ test("the Shamir threshold is --secagg-threshold in fl server and fl simulate; -
     const old = await runCli([...base, "--secure-threshold", "0"]);
     t.is(old.code, 2, old.stderr);
     t.regex(old.stderr, /--secure-threshold must be a positive integer/);
+});
+
+test("an option the table gives several verbs reads the same in each verb's --help (declared once, not copied)", async (t) => {
+    const helps = new Map(await allHelp());
+    const flat = (text: string) => text.replace(/\s+/g, " ");
+    let checked = 0;
+    for (const spec of optionTable.filter((s) => s.verbs.length > 1))
+        for (const verb of spec.verbs) {
+            const text = helps.get(verb);
+            t.truthy(text, `${verb} (a verb of ${spec.flags}) has a --help`);
+            t.true(flat(text!).includes(`${spec.flags} ${flat(spec.help)}`), `${verb} --help shows ${spec.flags} with the table's help`);
+            checked++;
+        }
+    t.true(checked > 30, `${checked} verb options checked`);
 });

@@ -12,7 +12,7 @@ import type {FlClientOptions} from "../federated/prufed/http-client.js";
 import {FederatedError, readToken, serverBase} from "../federated/client/http.js";
 import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
 import {prufedDefaults} from "../federated/prufed/defaults.js";
-import {useDefaultSet} from "./options.js";
+import {tableOption, useDefaultSet} from "./options.js";
 
 interface SimulateCliOptions {
     base: string;
@@ -124,7 +124,7 @@ function simulateCommand(): Command {
         .option("--eval-data <items.jsonl>", "one held-out set scored for every client after every round, besides its own split (the plot draws it)")
         .option("--rounds <n>", "federated rounds")
         .option("--seed <n>", "seed of the split, sampling, adapter init and local training")
-        .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks), local (no federation: baseline)")
+        .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks; --r is the global rank), local (no federation: baseline)")
             .choices([...simulationModes]).default("layerwise"))
         .option("--local-steps <n>", "optimizer steps of local training per round (E)")
         .addOption(new Option("--strategy <name>", "pruning strategy of the client models").choices(pruningStrategies.filter((s) => s !== "scores" && s !== "bi"))
@@ -132,20 +132,20 @@ function simulateCommand(): Command {
         .option("--clients-per-round <m>", "clients sampled per round (seeded; default all)")
         .option("--min-clients <q>", "uploads a round needs to be aggregated (default 1)")
         .option("--held-out <share>", "share of each client's items held out for accuracy")
-        .option("--r <n>", "LoRA rank (flexlora: the global rank)")
-        .option("--lora-alpha <a>", "LoRA alpha")
+        .addOption(tableOption("--r", "fl simulate"))
+        .addOption(tableOption("--lora-alpha", "fl simulate"))
         .option("--ranks <list>", "flexlora: each client's own rank, cycled over the clients (alpha scales with it)")
-        .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
-        .option("--lr <x>", "local learning rate (constant)")
-        .option("--batch <n>", "items per local optimizer step")
-        .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
-        .option("--lora-dropout <p>", "LoRA dropout")
+        .addOption(tableOption("--target-modules", "fl simulate"))
+        .addOption(tableOption("--lr", "fl simulate"))
+        .addOption(tableOption("--batch", "fl simulate"))
+        .addOption(tableOption("--batch-size", "fl simulate"))
+        .addOption(tableOption("--lora-dropout", "fl simulate"))
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--secure-aggregation", "pairwise-masked aggregation (X25519 + Shamir): the server sees only per-layer sums")
         .option("--secagg-threshold <t>", "Shamir threshold of secure aggregation (default: a majority of the round's clients)")
         .addOption(new Option("--secure-threshold <t>").hideHelp())  // the old name of --secagg-threshold, still accepted
         .option("--drop-after-masking <ids>", "secure aggregation: these client ids drop out after masking every round (recovered from shares)")
-        .option("--threads <n>", "CPU threads of training and evaluation")
+        .addOption(tableOption("--threads", "fl simulate"))
         .option("--plot <rounds.svg>", "write held-out accuracy by round, one line per client depth")
         .option("--compare", "the paper's comparison: layerwise vs FedAvg with every client at each depth vs each client alone, over --seeds; "
             + "--out is a cache (rerun to resume)")
@@ -358,12 +358,12 @@ function serverCommand(): Command {
         .option("--clients-per-round <m>", "clients sampled per round (seeded); the first round waits for this many registrations")
         .option("--min-clients <q>", "accepted uploads a round needs to be aggregated (quorum, default 1)")
         .option("--round-timeout <s>", "seconds from a round's start to its deadline; later uploads are dropped", "600")
-        .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks)")
+        .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks; --r is the global rank, clients keep their own)")
             .choices([...aggregationMethods]).default("layerwise"))
         .option("--seed <n>", "seed of client sampling and the initial adapter")
-        .option("--r <n>", "LoRA rank of the federation (flexlora: the global rank)")
-        .option("--lora-alpha <a>", "LoRA alpha")
-        .option("--target-modules <list>", "projections to adapt (default attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down)")
+        .addOption(tableOption("--r", "fl server"))
+        .addOption(tableOption("--lora-alpha", "fl server"))
+        .addOption(tableOption("--target-modules", "fl server"))
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--max-upload-mb <n>", "largest upload (decompressed)", "256")
         .option("--secure-aggregation", "masked per-layer sums (layerwise, fedavg): the server never sees one client's update; clients follow it")
@@ -499,17 +499,17 @@ function clientCommand(): Command {
         .option("--token-file <file>", "bearer token (first line); default: the PPC_GPT_TOKEN environment variable")
         .option("--insecure", "allow plain http:// to a server on another machine (the token and updates cross unencrypted)")
         .option("--local-steps <n>", "optimizer steps of local training per round (E)")
-        .option("--r <n>", "LoRA rank (must match the server's unless flexlora)")
-        .option("--lora-alpha <a>", "LoRA alpha")
-        .option("--lr <x>", "learning rate (constant)")
-        .option("--batch <n>", "items per optimizer step")
-        .option("--batch-size <n>", "the same as --batch (the name run, client and train use)")
-        .option("--lora-dropout <p>", "LoRA dropout")
-        .option("--max-input-length <n>", "prompt tokens kept per example")
+        .addOption(tableOption("--r", "fl client"))
+        .addOption(tableOption("--lora-alpha", "fl client"))
+        .addOption(tableOption("--lr", "fl client"))
+        .addOption(tableOption("--batch", "fl client"))
+        .addOption(tableOption("--batch-size", "fl client"))
+        .addOption(tableOption("--lora-dropout", "fl client"))
+        .addOption(tableOption("--max-input-length", "fl client"))
         .option("--held-out <share>", "share of the items held out for accuracy")
         .option("--eval-data <items.jsonl>", "one more held-out set (e.g. the same for every client), scored before and after every local round")
         .option("--seed <n>", "seed of the local split and training")
-        .option("--threads <n>", "CPU threads of training and evaluation")
+        .addOption(tableOption("--threads", "fl client"))
         .option("--require-secure-aggregation", "refuse a server or round without secure aggregation (exit 1, nothing uploaded)")
         .option("--secagg-min-clients <n>", "secure rounds: smallest roster this client takes part in", "3")
         .option("--secagg-min-threshold <t>", "secure rounds: a threshold to require on top of max(2, floor(n/2) + 1) (raises it, never lowers it)")
@@ -522,6 +522,7 @@ function clientCommand(): Command {
 const FL_CLIENT_HELP = `
 The token is never an argument: PPC_GPT_TOKEN=... or --token-file. The client's id is the token's
 name. Restart the same command after a crash: it re-registers and resumes the open round.
+--r must be the server's, unless the server aggregates with flexlora (each client its own rank).
 Against 'fl server --secure-aggregation' it sends its update only masked (keys, sealed shares,
 masked matrices, unmasking shares; docs/prufed.md); killed mid secure round, it is dropped from
 that round and takes part again from the next. Before releasing anything in a secure round it

@@ -32,11 +32,14 @@ export interface OptionSpec {
 }
 
 const modelVerbs = ["train", "eval", "bi", "prune", "perplexity", "quantize"] as const;
+/** PruFed's verbs: the table's LoRA and optimizer options, with prufedDefaults shown as their named default set. */
+const flVerbs = ["fl simulate", "fl server", "fl client"] as const;
+const flTrainingVerbs = ["fl simulate", "fl client"] as const;
 const jsonVerbs = ["train", "eval", "bi", "prune", "perplexity", "perturb", "synth", "merge", "inspect", "experiment", "build", "doctor"] as const;
 
 export const optionTable: readonly OptionSpec[] = [
     // model: how a verb that runs a model loads it
-    {flags: "--threads <n>", key: "threads", group: "model", parse: "int", verbs: modelVerbs,
+    {flags: "--threads <n>", key: "threads", group: "model", parse: "int", verbs: [...modelVerbs, ...flTrainingVerbs],
         help: "CPU threads (default: all cores)"},
     {flags: "--gpu-layers <n>", key: "gpuLayers", group: "model", parse: "int", verbs: modelVerbs,
         help: "layers to offload to the GPU in a CUDA build (default 0; 999 = all)"},
@@ -51,7 +54,7 @@ export const optionTable: readonly OptionSpec[] = [
     {flags: "--rationale-weight <λ>", key: "rationaleWeight", group: "data", parse: "number", default: trainDefaults.rationaleWeight,
         verbs: ["train"], help: "weight of the rationale loss for --task cot"},
     {flags: "--max-input-length <n>", key: "maxInputLength", group: "data", parse: "int", default: trainDefaults.maxInputLength,
-        verbs: ["train"], help: "prompt tokens kept per example (the middle of longer prompts is dropped)"},
+        verbs: ["train", "fl client"], help: "prompt tokens kept per example (the middle of longer prompts is dropped)"},
     {flags: "--max-target-length <n>", key: "maxTargetLength", group: "data", parse: "int", default: trainDefaults.maxTargetLength,
         verbs: ["train"], help: "target tokens kept per example, EOS included"},
     {flags: "--val-data <items.jsonl>", key: "validationData", group: "data", parse: "string", verbs: ["train"],
@@ -61,16 +64,16 @@ export const optionTable: readonly OptionSpec[] = [
     {flags: "--eval-every <n>", key: "evalEvery", group: "data", parse: "int", verbs: ["train"],
         help: "validation loss every N steps (always at the end)"},
     // LoRA: the adapter's shape
-    {flags: "--r <n>", key: "r", group: "lora", parse: "int", default: loraDefaults.r, verbs: ["train"], help: "LoRA rank"},
-    {flags: "--lora-alpha <a>", key: "loraAlpha", group: "lora", parse: "number", default: loraDefaults.loraAlpha, verbs: ["train"],
+    {flags: "--r <n>", key: "r", group: "lora", parse: "int", default: loraDefaults.r, verbs: ["train", ...flVerbs], help: "LoRA rank"},
+    {flags: "--lora-alpha <a>", key: "loraAlpha", group: "lora", parse: "number", default: loraDefaults.loraAlpha, verbs: ["train", ...flVerbs],
         help: "LoRA alpha: the update is scaled by alpha / r"},
-    {flags: "--lora-dropout <p>", key: "loraDropout", group: "lora", parse: "number", default: loraDefaults.loraDropout, verbs: ["train"],
+    {flags: "--lora-dropout <p>", key: "loraDropout", group: "lora", parse: "number", default: loraDefaults.loraDropout, verbs: ["train", ...flTrainingVerbs],
         help: "dropout on the input of every LoRA branch"},
-    {flags: "--target-modules <list>", key: "targetModules", group: "lora", parse: "list", verbs: ["train"],
+    {flags: "--target-modules <list>", key: "targetModules", group: "lora", parse: "list", verbs: ["train", "fl simulate", "fl server"],
         help: `projections to adapt (default ${defaultTargetModules.join(",")}, those the model has)`},
     // optimizer: AdamW, schedule, batching
-    {flags: "--lr <x>", key: "learningRate", group: "optimizer", parse: "number", default: trainDefaults.learningRate, verbs: ["train"],
-        help: "peak learning rate (AdamW)"},
+    {flags: "--lr <x>", key: "learningRate", group: "optimizer", parse: "number", default: trainDefaults.learningRate, verbs: ["train", ...flTrainingVerbs],
+        help: "learning rate (AdamW; the peak when --lr-scheduler decays it)"},
     {flags: "--weight-decay <x>", key: "weightDecay", group: "optimizer", parse: "number", default: trainDefaults.weightDecay,
         verbs: ["train"], help: "AdamW decoupled weight decay"},
     {flags: "--adam-beta1 <x>", key: "adamBeta1", group: "optimizer", parse: "number", default: trainDefaults.adamBeta1, verbs: ["train"],
@@ -87,9 +90,9 @@ export const optionTable: readonly OptionSpec[] = [
         help: "linear warmup from 0 over N steps"},
     {flags: "--warmup-ratio <r>", key: "warmupRatio", group: "optimizer", parse: "number", verbs: ["train"],
         help: "warmup over this share of the steps"},
-    {flags: "--batch <n>", key: "batchSize", group: "optimizer", parse: "int", default: trainDefaults.batchSize, verbs: ["train"],
+    {flags: "--batch <n>", key: "batchSize", group: "optimizer", parse: "int", default: trainDefaults.batchSize, verbs: ["train", ...flTrainingVerbs],
         help: "items per optimizer step (gradients accumulate over its micro-batches)"},
-    {flags: "--batch-size <n>", key: "batchSize", aliasOf: "--batch", group: "optimizer", parse: "int", verbs: ["train"],
+    {flags: "--batch-size <n>", key: "batchSize", aliasOf: "--batch", group: "optimizer", parse: "int", verbs: ["train", ...flTrainingVerbs],
         help: "the same as --batch (the name `run`, `client` and the job spec use)"},
     {flags: "--steps <n>", key: "steps", group: "optimizer", parse: "int", verbs: ["train"],
         help: "optimizer steps (default: --epochs passes over the items)"},
