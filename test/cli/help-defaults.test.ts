@@ -5,6 +5,7 @@ import test from "ava";
 import {prufedDefaults} from "../../ts/federated/prufed/defaults.js";
 import {loraDefaults, trainDefaults} from "../../ts/train/defaults.js";
 import {optionTable} from "../../ts/cli/options.js";
+import {jobSpecDefaults} from "../../ts/federated/protocol.js";
 import {runCli} from "../helpers.js";
 
 interface Shown {
@@ -96,6 +97,19 @@ test("the defaults --help shows are the library's: loraDefaults and trainDefault
             t.is(fl.get(flag)?.set, "prufedDefaults", `${verb} ${flag} names its set`);
         }
     }
+});
+
+test("client run and run show the job spec's defaults, the ones the server fills in", async (t) => {
+    for (const verb of ["client run", "run"]) {
+        const shown = new Map(shownDefaults(verb, await help(verb.split(" "))).map((s) => [s.flag, s]));
+        for (const [flag, value] of [["--r", jobSpecDefaults.r], ["--lora-alpha", jobSpecDefaults.lora_alpha]] as const) {
+            t.is(shown.get(flag)?.value, String(value), `${verb} ${flag}`);
+            t.is(shown.get(flag)?.set, "jobSpecDefaults", `${verb} ${flag} names its set`);
+        }
+    }
+    const client = new Map(shownDefaults("client run", await help(["client", "run"])).map((s) => [s.flag, s]));
+    t.is(client.get("--lr")?.value, String(jobSpecDefaults.learning_rate));
+    t.is(client.get("--server-steps")?.value, String(jobSpecDefaults.server_steps));
 });
 
 test("the Shamir threshold is --secagg-threshold in fl server and fl simulate; --secure-threshold is a hidden old name", async (t) => {

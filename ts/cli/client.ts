@@ -7,6 +7,7 @@ import {finishModel, type FinishReport} from "../federated/client/finish.js";
 import {ClientFlow, fetchModel, waitForJob, type ClientEvent, type ClientSettings, type RunSummary} from "../federated/client/flow.js";
 import {FederatedClient, FederatedError, readToken, type TrafficCounters} from "../federated/client/http.js";
 import {jobQuantizeTypes, jobSpecSchema, jobStrategies, privacyMechanisms, tokenEnvVar, type JobSpec, type JobStatus, type PrivacyMechanism} from "../federated/protocol.js";
+import {specHelp, type SpecDefaultField} from "./options.js";
 import {formatBytes, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 
 type Opts = Record<string, string | boolean | undefined>;
@@ -64,13 +65,13 @@ const clientTrainingFields: readonly (keyof JobSpec)[] = ["r", "lora_alpha", "lo
 
 function addClientSpecOptions(cmd: Command): Command {
     for (const f of specFlags.filter((x) => clientTrainingFields.includes(x.field)))
-        cmd.option(f.flag, f.help);
+        cmd.option(f.flag, specHelp(f.field as SpecDefaultField, f.help));
     return cmd.option("--target-modules <list>", "projections to adapt, e.g. attn_q,attn_v");
 }
 
 function addSpecOptions(cmd: Command): Command {
     for (const f of specFlags)
-        cmd.option(f.flag, f.help);
+        cmd.option(f.flag, specHelp(f.field as SpecDefaultField, f.help));
     return cmd
         .addOption(new Option("--strategy <name>", "pruning strategy").choices([...jobStrategies]))
         .addOption(new Option("--quantize <type>", "quantize the delivered model on the server (task importance matrix); default none")

@@ -6,6 +6,7 @@
 // verb takes stay declared in their verb's file.
 import {Command, Option} from "commander";
 import {defaultTaskFormat, taskFormatNames} from "../data/prompt.js";
+import {jobSpecDefaults} from "../federated/protocol.js";
 import {OptionError} from "../options.js";
 import {defaultTargetModules} from "../train/adapter.js";
 import {loraDefaults, trainDefaults} from "../train/defaults.js";
@@ -238,3 +239,12 @@ export function labelDefaults(setName: string, cmd: Command): Command {
             option.defaultValueDescription = `${option.defaultValue}, ${setName}`;
     return cmd;
 }
+
+/** A job-spec field with a default (`client run`, `run`). */
+export type SpecDefaultField = keyof typeof jobSpecDefaults;
+
+/**
+ * A job-spec flag's help with the default the server fills in when it is left out, named as the set
+ * it comes from; nothing is sent for a flag not given (the server's jobSpecDefaults decide).
+ */
+export const specHelp = (field: SpecDefaultField, help: string) => `${help} (default: ${jobSpecDefaults[field]}, jobSpecDefaults)`;

@@ -11,7 +11,7 @@ import {Command, Option} from "commander";
 import {datasetNames} from "../data/loaders/index.js";
 import type {RunSummary} from "../federated/client/flow.js";
 import {jobStrategies, privacyMechanisms, tokenEnvVar} from "../federated/protocol.js";
-import {labelDefaults} from "./options.js";
+import {labelDefaults, specHelp} from "./options.js";
 import {formatBytes, parseNumber, printJson, table, UsageError} from "./output.js";
 
 const mainJs = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
@@ -286,8 +286,8 @@ export function runCommand(): Command {
         .option("--server-steps <n>", "server CoT retraining steps", "20")
         .option("--batch-size <n>", "server batch size", "8")
         .option("--lr <x>", "server learning rate (the paper uses 5e-5 on 7B models; stories260K needs about 1e-3)", "1e-3")
-        .option("--r <n>", "LoRA rank")
-        .option("--lora-alpha <a>", "LoRA alpha")
+        .option("--r <n>", specHelp("r", "LoRA rank"))
+        .option("--lora-alpha <a>", specHelp("lora_alpha", "LoRA alpha"))
         .option("--client-steps <n>", "client label-retraining steps", "20")
         .option("--client-lr <x>", "client learning rate", "1e-3")
         .option("--threads <n>", "CPU threads of each process (default: all cores)")
