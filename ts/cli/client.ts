@@ -7,7 +7,7 @@ import {finishModel, type FinishReport} from "../federated/client/finish.js";
 import {ClientFlow, fetchModel, waitForJob, type ClientEvent, type ClientSettings, type RunSummary} from "../federated/client/flow.js";
 import {FederatedClient, FederatedError, readToken, type TrafficCounters} from "../federated/client/http.js";
 import {jobQuantizeTypes, jobSpecSchema, jobStrategies, privacyMechanisms, tokenEnvVar, type JobSpec, type JobStatus, type PrivacyMechanism} from "../federated/protocol.js";
-import {specHelp, type SpecDefaultField} from "./options.js";
+import {specHelp, tableOption, type SpecDefaultField} from "./options.js";
 import {formatBytes, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
 
 type Opts = Record<string, string | boolean | undefined>;
@@ -484,7 +484,7 @@ function clientFinishCommand(): Command {
         .addHelpText("after", `\nExamples:\n  ppc-gpt client finish --model model.gguf --data private.jsonl -o client-lora.gguf\n  ppc-gpt client finish --model model.gguf --task arc-easy --limit 500 -o client-lora.gguf --client-steps 50`)
         .option("--model <gguf>", "the model received from the server")
         .option("-o, --output <adapter.gguf>", "the client LoRA adapter to write")
-        .option("--json", "print JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "client finish"))
         .action(async (o: Opts) => {
             if (typeof o.model !== "string" || typeof o.output !== "string")
                 throw new UsageError("--model <gguf> and -o/--output <adapter.gguf> are required");

@@ -36,7 +36,8 @@ const modelVerbs = ["train", "eval", "bi", "prune", "perplexity", "quantize"] as
 /** PruFed's verbs: the table's LoRA and optimizer options, with prufedDefaults shown as their named default set. */
 const flVerbs = ["fl simulate", "fl server", "fl client"] as const;
 const flTrainingVerbs = ["fl simulate", "fl client"] as const;
-const jsonVerbs = ["train", "eval", "bi", "prune", "perplexity", "perturb", "synth", "merge", "inspect", "experiment", "build", "doctor"] as const;
+const jsonVerbs = ["train", "eval", "bi", "prune", "perplexity", "quantize", "perturb", "synth", "merge", "inspect", "experiment", "build", "doctor",
+    "client finish"] as const;
 
 export const optionTable: readonly OptionSpec[] = [
     // model: how a verb that runs a model loads it

@@ -5,6 +5,7 @@ import {defaultImatrixContext, taskImatrix, textImatrix} from "../quantize/colle
 import {readImatrixFile, writeImatrixGguf} from "../quantize/imatrix.js";
 import {quantizationType, quantizationTypes, quantizeModel, type ImatrixSource} from "../quantize/quantize.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
+import {tableOption} from "./options.js";
 import {checkOutputFolder, formatBytes, parseNumber, printJson, progressReporter, readTextFile, UsageError} from "./output.js";
 
 interface QuantizeOptions extends ModelCliOptions {
@@ -64,7 +65,7 @@ export function quantizeCommand(): Command {
         .option("--imatrix-context <n>", `with --imatrix-text: tokens per chunk, as llama-imatrix -c (default ${defaultImatrixContext})`)
         .option("--imatrix-out <file>", "also write the computed importance matrix (llama-imatrix's GGUF format)")
         .option("--allow-requantize", "allow quantizing tensors that are already quantized (loses quality; as llama-quantize)")
-        .option("--json", "print machine-readable JSON (progress as JSON lines on stderr)")
+        .addOption(tableOption("--json", "quantize"))
         .addHelpText("after", `
 Types: ${quantizationTypes().map((t) => t.name).join(", ")}
 
