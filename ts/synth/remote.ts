@@ -88,6 +88,14 @@ export function parseRetryAfter(value: string | null, now = Date.now()): number 
 
 const levels: ResponseFormatLevel[] = ["json_schema", "json_object", "none"];
 
+/** The fields one request still sends, and its retries so far. */
+interface Attempt {
+    level: ResponseFormatLevel;
+    maxTokensField: "max_tokens" | "max_completion_tokens";
+    sendSeed: boolean;
+    retries: number;
+}
+
 interface TryOutcome {
     status: number;
     headers: Headers;
@@ -170,106 +178,120 @@ export class RemoteGenerator implements Generator {
         return {status: res.status, headers: res.headers, body: await res.text()};
     }
 
+    /** One request's tries: sends, retries with backoff, and drops optional fields a server refuses. */
     private async generateNow(request: GenerateRequest): Promise<GenerateResult> {
-        const maxRetries = this.options.maxRetries ?? 6;
-        let level = request.jsonSchema ? this.level : "none";
-        let maxTokensField = this.maxTokensField;
-        let sendSeed = this.sendSeed;
-        let retries = 0;
-        const where = this.url.href;
-
-        const retryOrThrow = async (reason: string, retryAfterMs: number | undefined, fatal: boolean, status?: number) => {
-            if (retries >= maxRetries)
-                throw new GeneratorError(`${where}: gave up after ${retries + 1} tries: ${reason}`, fatal, status);
-            const base = this.options.retryBaseMs ?? 500;
-            const cap = Math.min(this.options.retryMaxMs ?? 30_000, base * 2 ** retries);
-            let delayMs = cap / 2 + Math.random() * cap / 2;  // "equal jitter": spread retries, keep a floor
-            if (retryAfterMs !== undefined)
-                delayMs = Math.max(delayMs, Math.min(retryAfterMs, this.options.maxRetryAfterMs ?? 120_000));
-            retries++;
-            this.stats.retries++;
-            this.options.onRetry?.({retry: retries, delayMs, reason});
-            await sleep(delayMs, AbortSignal.any([this.closed.signal, ...(request.signal ? [request.signal] : [])]));
-        };
-
+        const attempt: Attempt = {level: request.jsonSchema ? this.level : "none", maxTokensField: this.maxTokensField, sendSeed: this.sendSeed, retries: 0};
         for (;;) {
             request.signal?.throwIfAborted();
             let outcome: TryOutcome;
             try {
-                outcome = await this.tryOnce(this.body(request, level, maxTokensField, sendSeed), request.signal);
+                outcome = await this.tryOnce(this.body(request, attempt.level, attempt.maxTokensField, attempt.sendSeed), request.signal);
             } catch (err) {
-                if (request.signal?.aborted)
-                    throw request.signal.reason;
-                if (this.closed.signal.aborted)
-                    throw this.closed.signal.reason;
-                const timedOut = (err as Error)?.name === "TimeoutError";
-                const kind = timedOut ? "timeout" : "network";
-                this.stats.failures[kind] = (this.stats.failures[kind] ?? 0) + 1;
-                const reason = timedOut ? `no reply within ${this.options.timeoutMs ?? 300_000} ms` : networkErrorText(err);
-                await retryOrThrow(reason, undefined, true);
+                await this.afterNetworkError(attempt, request, err);
                 continue;
             }
-
             const {status, headers, body} = outcome;
             if (status >= 200 && status < 300) {
                 const parsed = parseCompletion(body);
-                if (typeof parsed === "string") {
-                    this.stats.failures.protocol = (this.stats.failures.protocol ?? 0) + 1;
-                    await retryOrThrow(`HTTP ${status} but ${parsed}`, undefined, false, status);
-                    continue;
+                if (typeof parsed !== "string") {
+                    this.adopt(attempt, request);
+                    return {...parsed, structured: attempt.level === "json_schema"};
                 }
-                if (request.jsonSchema) {
-                    if (level !== this.level && levels.indexOf(level) > levels.indexOf(this.level)) {
-                        this.stats.downgrades.push(`response_format ${this.level} -> ${level}`);
-                        this.level = level;
-                    }
-                    if (level === this.level && level !== "none")
-                        this.levelConfirmed = true;
-                }
-                if (maxTokensField !== this.maxTokensField) {
-                    this.stats.downgrades.push(`${this.maxTokensField} -> ${maxTokensField}`);
-                    this.maxTokensField = maxTokensField;
-                }
-                if (sendSeed !== this.sendSeed) {
-                    this.stats.downgrades.push("seed dropped");
-                    this.sendSeed = sendSeed;
-                }
-                return {...parsed, structured: level === "json_schema"};
+                this.stats.failures.protocol = (this.stats.failures.protocol ?? 0) + 1;
+                await this.retryOrThrow(attempt, request, `HTTP ${status} but ${parsed}`, undefined, false, status);
+                continue;
             }
-
             this.stats.failures[String(status)] = (this.stats.failures[String(status)] ?? 0) + 1;
             const message = errorMessage(body);
-            if (status === 400 || status === 422) {
-                // A server that refuses an optional field: drop or rename it and try again at once.
-                const m = message.toLowerCase();
-                if (maxTokensField === "max_tokens" && m.includes("max_completion_tokens")) {
-                    maxTokensField = "max_completion_tokens";
-                    continue;
-                }
-                if (sendSeed && request.seed !== undefined && /\bseed\b/.test(m)) {
-                    sendSeed = false;
-                    continue;
-                }
-                if (level !== "none" && !/context|too long|too many tokens|maximum.*length/.test(m)) {
-                    level = levels[levels.indexOf(level) + 1];
-                    continue;
-                }
-                throw new GeneratorError(`${where}: HTTP ${status}: ${message}`, false, status);
-            }
-            if (status === 401 || status === 403)
-                throw new GeneratorError(`${where}: HTTP ${status} (${message}): check the API key ` +
-                    `(environment variable ${[this.options.apiKeyEnv ?? defaultApiKeyEnv].flat().join(" or ")})`, true, status);
-            if (status === 404)
-                throw new GeneratorError(`${where}: HTTP 404 (${message}): check --base-url and the model name "${this.options.model}"`, true, status);
+            if ((status === 400 || status === 422) && this.dropRefusedField(attempt, request, message))
+                continue;
             if (status === 408 || status === 409 || status === 425 || status === 429 || status >= 500) {
                 const retryAfterMs = headers.get("retry-after-ms");  // OpenAI and Azure send milliseconds too
                 const wait = retryAfterMs !== null && /^\d+(\.\d+)?$/.test(retryAfterMs.trim()) ? Number(retryAfterMs)
                     : parseRetryAfter(headers.get("retry-after"));
-                await retryOrThrow(`HTTP ${status}: ${message}`, wait, true, status);
+                await this.retryOrThrow(attempt, request, `HTTP ${status}: ${message}`, wait, true, status);
                 continue;
             }
-            throw new GeneratorError(`${where}: HTTP ${status}: ${message}`, false, status);
+            throw this.refusal(status, message);
         }
+    }
+
+    /** Waits before the next try ("equal jitter" backoff, at least Retry-After), or gives up after maxRetries. */
+    private async retryOrThrow(attempt: Attempt, request: GenerateRequest, reason: string, retryAfterMs: number | undefined, fatal: boolean,
+        status?: number): Promise<void> {
+        if (attempt.retries >= (this.options.maxRetries ?? 6))
+            throw new GeneratorError(`${this.url.href}: gave up after ${attempt.retries + 1} tries: ${reason}`, fatal, status);
+        const base = this.options.retryBaseMs ?? 500;
+        const cap = Math.min(this.options.retryMaxMs ?? 30_000, base * 2 ** attempt.retries);
+        let delayMs = cap / 2 + Math.random() * cap / 2;  // "equal jitter": spread retries, keep a floor
+        if (retryAfterMs !== undefined)
+            delayMs = Math.max(delayMs, Math.min(retryAfterMs, this.options.maxRetryAfterMs ?? 120_000));
+        attempt.retries++;
+        this.stats.retries++;
+        this.options.onRetry?.({retry: attempt.retries, delayMs, reason});
+        await sleep(delayMs, AbortSignal.any([this.closed.signal, ...(request.signal ? [request.signal] : [])]));
+    }
+
+    /** A try that got no reply: the caller's abort or close ends the request; a timeout or network error is retried. */
+    private async afterNetworkError(attempt: Attempt, request: GenerateRequest, err: unknown): Promise<void> {
+        if (request.signal?.aborted)
+            throw request.signal.reason;
+        if (this.closed.signal.aborted)
+            throw this.closed.signal.reason;
+        const timedOut = (err as Error)?.name === "TimeoutError";
+        const kind = timedOut ? "timeout" : "network";
+        this.stats.failures[kind] = (this.stats.failures[kind] ?? 0) + 1;
+        const reason = timedOut ? `no reply within ${this.options.timeoutMs ?? 300_000} ms` : networkErrorText(err);
+        await this.retryOrThrow(attempt, request, reason, undefined, true);
+    }
+
+    /** After a reply: what worked (a lower response_format, the other max-tokens field, no seed) is used from now on. */
+    private adopt(attempt: Attempt, request: GenerateRequest): void {
+        if (request.jsonSchema) {
+            if (attempt.level !== this.level && levels.indexOf(attempt.level) > levels.indexOf(this.level)) {
+                this.stats.downgrades.push(`response_format ${this.level} -> ${attempt.level}`);
+                this.level = attempt.level;
+            }
+            if (attempt.level === this.level && attempt.level !== "none")
+                this.levelConfirmed = true;
+        }
+        if (attempt.maxTokensField !== this.maxTokensField) {
+            this.stats.downgrades.push(`${this.maxTokensField} -> ${attempt.maxTokensField}`);
+            this.maxTokensField = attempt.maxTokensField;
+        }
+        if (attempt.sendSeed !== this.sendSeed) {
+            this.stats.downgrades.push("seed dropped");
+            this.sendSeed = attempt.sendSeed;
+        }
+    }
+
+    /** A 400/422 naming an optional field: drop or rename it and try again at once (true), else not (false). */
+    private dropRefusedField(attempt: Attempt, request: GenerateRequest, message: string): boolean {
+        const m = message.toLowerCase();
+        if (attempt.maxTokensField === "max_tokens" && m.includes("max_completion_tokens")) {
+            attempt.maxTokensField = "max_completion_tokens";
+            return true;
+        }
+        if (attempt.sendSeed && request.seed !== undefined && /\bseed\b/.test(m)) {
+            attempt.sendSeed = false;
+            return true;
+        }
+        if (attempt.level !== "none" && !/context|too long|too many tokens|maximum.*length/.test(m)) {
+            attempt.level = levels[levels.indexOf(attempt.level) + 1];
+            return true;
+        }
+        return false;
+    }
+
+    /** The error of a status no retry mends: the key (401/403), the URL or model (404), or the request itself. */
+    private refusal(status: number, message: string): GeneratorError {
+        const where = this.url.href;
+        if (status === 401 || status === 403)
+            return new GeneratorError(`${where}: HTTP ${status} (${message}): check the API key ` +
+                `(environment variable ${[this.options.apiKeyEnv ?? defaultApiKeyEnv].flat().join(" or ")})`, true, status);
+        if (status === 404)
+            return new GeneratorError(`${where}: HTTP 404 (${message}): check --base-url and the model name "${this.options.model}"`, true, status);
+        return new GeneratorError(`${where}: HTTP ${status}: ${message}`, false, status);
     }
 }
 
