@@ -11,6 +11,7 @@ import test from "ava";
 import {cliPath, hasShared, runCli, stories260K, tempDir} from "../helpers.js";
 import {ScriptedChatServer} from "../synth/openai-server.js";
 import {startFederatedServer} from "../../ts/federated/server.js";
+import {startFlServer as startFlServerInProcess} from "../../ts/federated/prufed/http-server.js";
 import {startServer} from "./server-process.js";
 import {models, serverArgs, startServer as startFlServer} from "./prufed/http-process.js";
 
@@ -77,6 +78,21 @@ maybe("in process: a start that fails (its port in use) gives the data dir back,
     const server = await startFederatedServer({...options, port: 0});
     t.teardown(() => server.close());
     t.is((await fetch(`${server.url}/v1/info`)).status, 200);
+});
+
+test.serial("in process: an fl server start that fails (its port in use) gives the data dir back, so the next start succeeds", async (t) => {
+    const dir = tempDir(t);
+    const {base} = await models(dir);
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    t.teardown(() => taken.close());
+    const port = (taken.address() as net.AddressInfo).port;
+    const options = {dataDir: path.join(dir, "server"), host: "127.0.0.1", log: () => {},
+        config: {base, aggregation: "layerwise" as const, rounds: 1, seed: 5, r: 4, loraAlpha: 8}};
+    await t.throwsAsync(startFlServerInProcess({...options, port}), {code: "EADDRINUSE"});
+    const server = await startFlServerInProcess({...options, port: 0});
+    t.teardown(() => server.close());
+    t.is((await fetch(`${server.url}/v1/openapi.json`)).status, 200);
 });
 
 // a zombie: the server runs under a shell that execs `sleep`, which never reaps it, so after kill -9

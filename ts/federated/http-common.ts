@@ -199,6 +199,17 @@ export async function longPoll<T>(sessions: TokenSessions, request: FastifyReque
 }
 
 /** Throws the refusal to serve plain HTTP off loopback without --insecure; logs the warning when --insecure allows it. */
+/**
+ * Every answer of `scope`'s routes, errors included, carries the header `name: value` (a
+ * sub-protocol's version, e.g. secure aggregation's): an onSend hook scoped to the plugin.
+ */
+export function answerWithHeader(scope: FastifyInstance, name: string, value: string): void {
+    scope.addHook("onSend", async (_request, reply, payload) => {
+        reply.header(name, value);
+        return payload;
+    });
+}
+
 export function checkCleartextListen(host: string, tls: boolean, insecure: boolean, log: (line: string) => void): void {
     const problem = cleartextListenProblem(host, tls, insecure);
     if (problem)

@@ -5,7 +5,7 @@
 import path from "node:path";
 import {sanitizeMessage} from "../http-wire.js";
 import type {RoundSummary, SecureRoundRecord} from "./rounds.js";
-import type {FlServerEvent} from "./http-server.js";
+import type {FlServerEvent} from "./round-machine.js";
 
 /** Who reads: a client (its token's name) or an admin token. */
 export interface Viewer {
