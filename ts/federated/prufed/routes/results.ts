@@ -16,8 +16,11 @@ import {errors, onlyMembers, roundNumber, roundParams, security, viewerOf, type 
 async function compressedGlobal(dataDir: string, n: number): Promise<string> {
     const gz = `${roundFile(dataDir, n)}.gz`;
     if (!fs.existsSync(gz))
-        await writeFileDurableWith(gz, (fh) =>
-            pipeline(fs.createReadStream(roundFile(dataDir, n)), zlib.createGzip({level: 6}), fh.createWriteStream({autoClose: false})));
+        await writeFileDurableWith(gz, (fh) => pipeline(fs.createReadStream(roundFile(dataDir, n)), zlib.createGzip({level: 6}),
+            async (gzipped: AsyncIterable<Buffer>) => {
+                for await (const chunk of gzipped)
+                    await fh.write(chunk);
+            }));
     return gz;
 }
 
