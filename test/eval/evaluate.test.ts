@@ -7,6 +7,7 @@ import test from "ava";
 import {loadTask} from "../../ts/data/loaders/index.js";
 import type {TaskItem} from "../../ts/data/task-item.js";
 import {evaluate, evaluateItems, type EvalItemResult} from "../../ts/eval/evaluate.js";
+import {OptionError} from "../../ts/options.js";
 import {loadModel, type LoadedModel} from "../../ts/model.js";
 import {hasShared, stories260K, tempDir, continuationLogprob} from "../helpers.js";
 
@@ -138,4 +139,21 @@ sharedTest("mc on a task-item file; unlabelled items and long prompts", async (t
         const lp = await continuationLogprob(ref, kept, cont);
         t.true(Math.abs(res.items[0].loglikelihoods[j] - lp) < 1e-4, `truncated choice ${j}: ${res.items[0].loglikelihoods[j]} vs ${lp}`);
     }
+});
+
+test("evaluate checks its options before it loads anything: each out-of-range value is an OptionError naming the option", async (t) => {
+    const missing = "/nonexistent/model.gguf";  // never opened: the checks come first
+    for (const [options, option, message] of [
+        [{sequences: 300}, "sequences", /sequences must be an integer in \[1, 256\] \(got 300\)/],
+        [{batchSize: 0}, "batchSize", /batchSize must be a positive integer/],
+        [{contextSize: 1.5}, "contextSize", /contextSize must be a positive integer/],
+        [{limit: 0}, "limit", /limit must be a positive integer/],
+        [{seed: 2 ** 32}, "seed", /seed must be an integer in \[0, 2\^32\)/],
+        [{maxLength: 1}, "maxLength", /maxLength must be an integer >= 2/],
+        [{data: "a.jsonl", split: "dev"}, "data", /give data or split, not both/],
+    ] as const) {
+        const err = await t.throwsAsync(evaluate(missing, {task: "arc-easy", ...options}), {instanceOf: OptionError, message});
+        t.is(err?.options[0], option);
+    }
+    await t.throwsAsync(evaluate(missing, {task: "mc"}), {instanceOf: OptionError, message: /task mc needs data/});
 });

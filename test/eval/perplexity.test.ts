@@ -2,6 +2,7 @@
 // each decoded as one sequence, log-softmax in double precision.
 import test from "ava";
 import {perplexity, rollingWindows} from "../../ts/eval/perplexity.js";
+import {OptionError} from "../../ts/options.js";
 import {loadModel, type LoadedModel} from "../../ts/model.js";
 import {hasShared, stories260K, continuationLogprob} from "../helpers.js";
 
@@ -85,4 +86,12 @@ sharedTest("perplexity of a text equals the plain rolling computation", async (t
     t.true(Math.abs(strided.loglikelihood - llStrided) < 1e-4, `${strided.loglikelihood} vs ${llStrided}`);
 
     await t.throwsAsync(perplexity(model, "", {}), {message: /no tokens/});
+});
+
+test("perplexity checks its window, stride and scorer options before it loads the model", async (t) => {
+    const missing = "/nonexistent/model.gguf";
+    await t.throwsAsync(perplexity(missing, "text", {window: 0}), {instanceOf: OptionError, message: /window must be a positive integer/});
+    await t.throwsAsync(perplexity(missing, "text", {window: 8, stride: 9}), {instanceOf: OptionError,
+        message: /stride must be a positive integer no larger than window \(got 9\)/});
+    await t.throwsAsync(perplexity(missing, "text", {sequences: 0}), {instanceOf: OptionError, message: /sequences must be an integer in \[1, 256\]/});
 });

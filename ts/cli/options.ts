@@ -6,6 +6,8 @@
 // verb takes stay declared in their verb's file.
 import {Command, Option} from "commander";
 import {defaultTaskFormat, taskFormatNames} from "../data/prompt.js";
+import {maxSequences, scorerDefaults} from "../eval/options.js";
+import {evalTaskNames} from "../eval/tasks.js";
 import {jobSpecDefaults} from "../federated/protocol.js";
 import {OptionError} from "../options.js";
 import {defaultTargetModules} from "../train/adapter.js";
@@ -13,7 +15,7 @@ import {loraDefaults, trainDefaults} from "../train/defaults.js";
 import {lrSchedulers} from "../train/schedule.js";
 import {UsageError} from "./output.js";
 
-export type OptionGroup = "model" | "lora" | "optimizer" | "data" | "checkpoint" | "privacy" | "output";
+export type OptionGroup = "model" | "scoring" | "lora" | "optimizer" | "data" | "checkpoint" | "privacy" | "output";
 
 /** "number" and "int" are read with Number() (the library checks the range); "list" is comma-separated. */
 type Parse = "number" | "int" | "string" | "list" | "flag" | {choices: readonly string[]};
@@ -33,6 +35,7 @@ export interface OptionSpec {
 }
 
 const modelVerbs = ["train", "eval", "bi", "prune", "perplexity", "quantize"] as const;
+const scoringVerbs = ["eval", "perplexity"] as const;
 /** PruFed's verbs: the table's LoRA and optimizer options, with prufedDefaults shown as their named default set. */
 const flVerbs = ["fl simulate", "fl server", "fl client"] as const;
 const flTrainingVerbs = ["fl simulate", "fl client"] as const;
@@ -45,6 +48,31 @@ export const optionTable: readonly OptionSpec[] = [
         help: "CPU threads (default: all cores)"},
     {flags: "--gpu-layers <n>", key: "gpuLayers", group: "model", parse: "int", verbs: modelVerbs,
         help: "layers to offload to the GPU in a CUDA build (default 0; 999 = all)"},
+    // scoring: the log-likelihood context of eval and perplexity
+    {flags: "--batch-size <n>", key: "batchSize", group: "scoring", parse: "int", default: scorerDefaults.batchSize, verbs: scoringVerbs,
+        help: "tokens per decode"},
+    {flags: "--batch-tokens <n>", key: "batchSize", aliasOf: "--batch-size", group: "scoring", parse: "int", verbs: scoringVerbs,
+        help: "the same as --batch-size (the name `bi` and `prune` use)"},
+    {flags: "--context-size <n>", key: "contextSize", group: "scoring", parse: "int", verbs: scoringVerbs,
+        help: "KV cells in flight, i.e. tokens scored together (default 256 on CPU, 2048 with --gpu-layers)"},
+    {flags: "--sequences <n>", key: "sequences", group: "scoring", parse: "int", default: scorerDefaults.sequences, verbs: scoringVerbs,
+        help: `sequences in flight, at least the largest number of choices (at most ${maxSequences})`},
+    // eval's items and encoding; perplexity's windows
+    {flags: "--task <name>", key: "task", group: "data", parse: {choices: evalTaskNames}, verbs: ["eval"], help: "task to evaluate"},
+    {flags: "--data <file>", key: "data", group: "data", parse: "string", verbs: ["eval"],
+        help: "evaluate this file (the task's original format; task-item JSONL for mc) instead of the shared split"},
+    {flags: "--split <name>", key: "split", group: "data", parse: "string", verbs: ["eval"],
+        help: "split of the shared dataset (default: the one lm-evaluation-harness uses)"},
+    {flags: "--limit <n>", key: "limit", group: "data", parse: "int", verbs: ["eval"],
+        help: "evaluate only N items (the first N, or a seeded sample with --seed)"},
+    {flags: "--seed <s>", key: "seed", group: "data", parse: "int", verbs: ["eval"],
+        help: "with --limit: draw a random sample of N items with this seed"},
+    {flags: "--max-length <n>", key: "maxLength", group: "data", parse: "int", verbs: ["eval"],
+        help: "longest sequence the model sees; longer contexts are cut on the left (default: training context)"},
+    {flags: "--window <n>", key: "window", group: "data", parse: "int", verbs: ["perplexity"],
+        help: "tokens the model sees at once (default: training context, at most 2048)"},
+    {flags: "--stride <n>", key: "stride", group: "data", parse: "int", verbs: ["perplexity"],
+        help: "new tokens predicted per window after the first (default: the window; smaller gives every token more context)"},
     // data: what the training examples are
     {flags: "--task <task>", key: "task", group: "data", parse: {choices: ["cot", "label"]}, default: trainDefaults.task, verbs: ["train"],
         help: "cot: L_label + λ·L_rationale (server stage); label: L_label only (client stage)"},

@@ -1,13 +1,12 @@
 import {Command} from "commander";
 import {perplexity} from "../eval/perplexity.js";
 import {addScorerOptions, scorerOptions, type ScorerCliOptions} from "./eval.js";
-import {parseNumber, readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
-import {tableOption} from "./options.js";
+import {readTextFile, printJson, progressReporter, table, UsageError} from "./output.js";
+import {checkPerplexityOptions} from "../eval/options.js";
+import {readOptions, tableOption, withOptionFlags} from "./options.js";
 
 interface PerplexityCliOptions extends ScorerCliOptions {
     text?: string;
-    window?: string;
-    stride?: string;
     json?: boolean;
 }
 
@@ -16,8 +15,8 @@ export function perplexityCommand(): Command {
         .description("Perplexity of a text file (lm-evaluation-harness rolling log-likelihood)")
         .argument("<model>", "GGUF model file")
         .option("--text <file>", "UTF-8 text file to score")
-        .option("--window <n>", "tokens the model sees at once (default: training context, at most 2048)")
-        .option("--stride <n>", "new tokens predicted per window after the first (default: the window; smaller gives every token more context)"))
+        .addOption(tableOption("--window", "perplexity"))
+        .addOption(tableOption("--stride", "perplexity")), "perplexity")
         .addOption(tableOption("--json", "perplexity"))
         .addHelpText("after", `
 Every token of the text is predicted once: the first window from BOS, each later window from the
@@ -31,17 +30,15 @@ Examples:
             const mode = {json: Boolean(opts.json)};
             if (!opts.text)
                 throw new UsageError("--text <file> is required");
-            const window = opts.window === undefined ? undefined
-                : parseNumber(opts.window, "--window", (x) => Number.isInteger(x) && x >= 1, "a positive integer");
-            const stride = opts.stride === undefined ? undefined
-                : parseNumber(opts.stride, "--stride", (x) => Number.isInteger(x) && x >= 1 && (window === undefined || x <= window),
-                    "a positive integer no larger than --window");
+            const windows = readOptions(cmd, "perplexity", ["data"]);
+            // the options are checked before the text is read (a bad --stride is a usage error, whatever the file)
+            await withOptionFlags(cmd, "perplexity", () => checkPerplexityOptions({...windows, ...scorerOptions(opts, cmd, "perplexity")}));
             const text = readTextFile(opts.text);
             if (text.trim() === "")
                 throw new Error(`${opts.text}: the file is empty`);
             const progress = progressReporter(mode, "perplexity", "items");
             const started = performance.now();
-            const r = await perplexity(model, text, {window, stride, ...scorerOptions(opts, cmd), onProgress: progress.update});
+            const r = await perplexity(model, text, {...windows, ...scorerOptions(opts, cmd, "perplexity"), onProgress: progress.update});
             progress.finish();
             const seconds = (performance.now() - started) / 1000;
             if (mode.json)

@@ -1,6 +1,7 @@
 // Zero-shot multiple-choice evaluation in the manner of lm-evaluation-harness: load a task's items,
 // format each as context + choices, score every choice's log-likelihood (the context evaluated once
 // per item), and report acc / acc_norm with standard errors.
+import {checkEvalOptions} from "./options.js";
 import {loadTask, taskFile} from "../data/loaders/index.js";
 import {recordedLabelPrefix} from "../data/prompt.js";
 import type {TaskItem} from "../data/task-item.js";
@@ -201,6 +202,7 @@ function sameTokens(a: Int32Array, b: Int32Array): boolean {
 
 /** Evaluates a model (a GGUF path or a loaded model) on a task. */
 export async function evaluate(model: string | LoadedModel, options: EvaluateOptions): Promise<EvalResult> {
+    checkEvalOptions(options);
     const started = performance.now();
     const {items, file} = await loadEvalItems(options);
     const loaded = typeof model === "string" ? await loadModel(model, {threads: options.threads, gpuLayers: options.gpuLayers}) : model;

@@ -3,6 +3,7 @@
 // from the prefix token (BOS, else EOS), every later one from the tokens before it; each token is
 // predicted exactly once. With `stride` < `window`, each window predicts `stride` new tokens and
 // sees up to window - stride earlier ones as context (llama.cpp's perplexity uses window / 2).
+import {checkPerplexityOptions} from "./options.js";
 import {loadModel, type LoadedModel} from "../model.js";
 import {vocabInfo} from "./encode.js";
 import {LoglikScorer, type LoglikScorerOptions, type TokenRequest} from "./loglik.js";
@@ -62,6 +63,7 @@ export function rollingWindows(tokens: ArrayLike<number>, prefixToken: number, w
 
 /** Perplexity of `text` under a model (a GGUF path or a loaded model). */
 export async function perplexity(model: string | LoadedModel, text: string, options: PerplexityOptions = {}): Promise<PerplexityResult> {
+    checkPerplexityOptions(options);
     const loaded = typeof model === "string" ? await loadModel(model, {threads: options.threads, gpuLayers: options.gpuLayers}) : model;
     try {
         const info = vocabInfo(loaded);
