@@ -4,7 +4,7 @@ import {evaluate} from "../eval/evaluate.js";
 import {evalTasks, evalTaskNames, type EvalTaskName} from "../eval/tasks.js";
 import {addModelOptions, modelLoadOptions, type ModelCliOptions} from "./model-options.js";
 import {checkOutputFolder, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
-import {addOptions, readOptions, tableOption, withOptionFlags} from "./options.js";
+import {addOptions, addTableOptions, readOptions, tableOption, withOptionFlags} from "./options.js";
 
 interface EvalCliOptions extends ScorerCliOptions {
     task?: EvalTaskName;
@@ -49,14 +49,10 @@ export function scorerOptions(opts: ScorerCliOptions, cmd: Command, verb: "eval"
 const fmt = (x: number) => (Number.isFinite(x) ? x.toFixed(4) : "N/A");
 
 export function evalCommand(): Command {
-    return addScorerOptions(new Command("eval")
+    const cmd = addTableOptions(new Command("eval")
         .description("Zero-shot multiple-choice accuracy (acc, acc_norm) in the manner of lm-evaluation-harness")
-        .argument("<model>", "GGUF model file")
-        .addOption(tableOption("--task", "eval"))
-        .addOption(tableOption("--data", "eval"))
-        .addOption(tableOption("--split", "eval"))
-        .addOption(tableOption("--limit", "eval"))
-        .addOption(tableOption("--seed", "eval"))
+        .argument("<model>", "GGUF model file"), "eval", "--task", "--data", "--split", "--limit", "--seed");
+    return addScorerOptions(cmd
         .option("--bos", "prepend BOS to every sequence (default: as the model's GGUF says)")
         .option("--no-bos", "never prepend BOS")
         .addOption(tableOption("--max-length", "eval"))

@@ -12,7 +12,7 @@ import type {FlClientOptions} from "../federated/prufed/http-client.js";
 import {FederatedError, readToken, serverBase} from "../federated/client/http.js";
 import {addHttpLimitOptions, httpLimitsOf, startRefusingCleartext, type HttpLimitCliOptions} from "./http-limits.js";
 import {prufedDefaults} from "../federated/prufed/defaults.js";
-import {tableOption, useDefaultSet} from "./options.js";
+import {addTableOptions, tableOption, useDefaultSet} from "./options.js";
 
 interface SimulateCliOptions {
     base: string;
@@ -113,7 +113,7 @@ function reporter(json: boolean): (e: SimulateEvent) => void {
 }
 
 function simulateCommand(): Command {
-    return new Command("simulate")
+    const cmd = new Command("simulate")
         .exitOverride()
         .description("run a PruFed federation in one process: clients pruned to different depths, local LoRA rounds, aggregation by base layer")
         .requiredOption("--base <model.gguf>", "full-depth base model the clients' models are cut from")
@@ -131,15 +131,9 @@ function simulateCommand(): Command {
             .default("top"))
         .option("--clients-per-round <m>", "clients sampled per round (seeded; default all)")
         .option("--min-clients <q>", "uploads a round needs to be aggregated (default 1)")
-        .option("--held-out <share>", "share of each client's items held out for accuracy")
-        .addOption(tableOption("--r", "fl simulate"))
-        .addOption(tableOption("--lora-alpha", "fl simulate"))
+        .option("--held-out <share>", "share of each client's items held out for accuracy");
+    return addTableOptions(cmd, "fl simulate", "--r", "--lora-alpha", "--target-modules", "--lr", "--batch", "--batch-size", "--lora-dropout")
         .option("--ranks <list>", "flexlora: each client's own rank, cycled over the clients (alpha scales with it)")
-        .addOption(tableOption("--target-modules", "fl simulate"))
-        .addOption(tableOption("--lr", "fl simulate"))
-        .addOption(tableOption("--batch", "fl simulate"))
-        .addOption(tableOption("--batch-size", "fl simulate"))
-        .addOption(tableOption("--lora-dropout", "fl simulate"))
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
         .option("--secure-aggregation", "pairwise-masked aggregation (X25519 + Shamir): the server sees only per-layer sums")
         .option("--secagg-threshold <t>", "Shamir threshold of secure aggregation (default: a majority of the round's clients)")
@@ -489,7 +483,7 @@ interface ClientCliOptions {
 }
 
 function clientCommand(): Command {
-    return new Command("client")
+    const cmd = new Command("client")
         .exitOverride()
         .description("join an 'fl server' federation with a (pruned) model: train local LoRA rounds on private items, upload adapters")
         .requiredOption("--server <url>", "the fl server, e.g. http://127.0.0.1:8090")
@@ -498,14 +492,8 @@ function clientCommand(): Command {
         .requiredOption("--work-dir <dir>", "round-N-start.gguf (received), round-N.gguf (uploaded), round-N.done.json (metrics)")
         .option("--token-file <file>", "bearer token (first line); default: the PPC_GPT_TOKEN environment variable")
         .option("--insecure", "allow plain http:// to a server on another machine (the token and updates cross unencrypted)")
-        .option("--local-steps <n>", "optimizer steps of local training per round (E)")
-        .addOption(tableOption("--r", "fl client"))
-        .addOption(tableOption("--lora-alpha", "fl client"))
-        .addOption(tableOption("--lr", "fl client"))
-        .addOption(tableOption("--batch", "fl client"))
-        .addOption(tableOption("--batch-size", "fl client"))
-        .addOption(tableOption("--lora-dropout", "fl client"))
-        .addOption(tableOption("--max-input-length", "fl client"))
+        .option("--local-steps <n>", "optimizer steps of local training per round (E)");
+    return addTableOptions(cmd, "fl client", "--r", "--lora-alpha", "--lr", "--batch", "--batch-size", "--lora-dropout", "--max-input-length")
         .option("--held-out <share>", "share of the items held out for accuracy")
         .option("--eval-data <items.jsonl>", "one more held-out set (e.g. the same for every client), scored before and after every local round")
         .option("--seed <n>", "seed of the local split and training")

@@ -187,6 +187,13 @@ export function tableOption(long: string, verb: string): Option {
     return optionOf(spec);
 }
 
+/** Several of the table's options of one verb, in the order given: `addTableOptions(cmd, "fl client", "--r", "--lora-alpha")`. */
+export function addTableOptions(cmd: Command, verb: string, ...longs: string[]): Command {
+    for (const long of longs)
+        cmd.addOption(tableOption(long, verb));
+    return cmd;
+}
+
 function parseValue(spec: OptionSpec, value: unknown): unknown {
     if (spec.parse === "number" || spec.parse === "int")
         return String(value).trim() === "" ? NaN : Number(value);
