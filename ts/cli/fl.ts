@@ -126,12 +126,12 @@ function simulateCommand(): Command {
         .option("--seed <n>", "seed of the split, sampling, adapter init and local training")
         .addOption(new Option("--aggregation <method>", "layerwise (PruFed), fedavg (one depth only), flexlora (mixed ranks; --r is the global rank), local (no federation: baseline)")
             .choices([...simulationModes]).default("layerwise"))
-        .option("--local-steps <n>", "optimizer steps of local training per round (E)")
+        .addOption(tableOption("--local-steps", "fl simulate"))
         .addOption(new Option("--strategy <name>", "pruning strategy of the client models").choices(pruningStrategies.filter((s) => s !== "scores" && s !== "bi"))
             .default("top"))
         .option("--clients-per-round <m>", "clients sampled per round (seeded; default all)")
         .option("--min-clients <q>", "uploads a round needs to be aggregated (default 1)")
-        .option("--held-out <share>", "share of each client's items held out for accuracy");
+        .addOption(tableOption("--held-out", "fl simulate"));
     return addTableOptions(cmd, "fl simulate", "--r", "--lora-alpha", "--target-modules", "--lr", "--batch", "--batch-size", "--lora-dropout")
         .option("--ranks <list>", "flexlora: each client's own rank, cycled over the clients (alpha scales with it)")
         .option("--clip-norm <c>", "clip each client's update to this L2 norm (layerwise, fedavg)")
@@ -492,9 +492,9 @@ function clientCommand(): Command {
         .requiredOption("--work-dir <dir>", "round-N-start.gguf (received), round-N.gguf (uploaded), round-N.done.json (metrics)")
         .option("--token-file <file>", "bearer token (first line); default: the PPC_GPT_TOKEN environment variable")
         .option("--insecure", "allow plain http:// to a server on another machine (the token and updates cross unencrypted)")
-        .option("--local-steps <n>", "optimizer steps of local training per round (E)");
-    return addTableOptions(cmd, "fl client", "--r", "--lora-alpha", "--lr", "--batch", "--batch-size", "--lora-dropout", "--max-input-length")
-        .option("--held-out <share>", "share of the items held out for accuracy")
+        .addOption(tableOption("--local-steps", "fl client"));
+    return addTableOptions(cmd, "fl client", "--r", "--lora-alpha", "--lr", "--batch", "--batch-size", "--lora-dropout", "--max-input-length",
+        "--held-out")
         .option("--eval-data <items.jsonl>", "one more held-out set (e.g. the same for every client), scored before and after every local round")
         .option("--seed <n>", "seed of the local split and training")
         .addOption(tableOption("--threads", "fl client"))

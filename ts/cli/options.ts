@@ -93,6 +93,11 @@ export const optionTable: readonly OptionSpec[] = [
         help: "hold out this share of the training items instead (seeded)"},
     {flags: "--eval-every <n>", key: "evalEvery", group: "data", parse: "int", verbs: ["train"],
         help: "validation loss every N steps (always at the end)"},
+    // PruFed's local rounds (defaults: prufedDefaults)
+    {flags: "--local-steps <n>", key: "localSteps", group: "optimizer", parse: "int", verbs: flTrainingVerbs,
+        help: "optimizer steps of local training per round (E)"},
+    {flags: "--held-out <share>", key: "heldOutShare", group: "data", parse: "number", verbs: flTrainingVerbs,
+        help: "share of each client's items held out for accuracy"},
     // LoRA: the adapter's shape
     {flags: "--r <n>", key: "r", group: "lora", parse: "int", default: loraDefaults.r, verbs: ["train", ...flVerbs], help: "LoRA rank"},
     {flags: "--lora-alpha <a>", key: "loraAlpha", group: "lora", parse: "number", default: loraDefaults.loraAlpha, verbs: ["train", ...flVerbs],
