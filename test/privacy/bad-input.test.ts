@@ -5,13 +5,25 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import test from "ava";
-import {createPerturber} from "../../ts/privacy/perturb.js";
+import {OptionError} from "../../ts/options.js";
+import {createPerturber, perturbDefaults, resolvePerturberOptions} from "../../ts/privacy/perturb.js";
 import {loadEmbeddings} from "../../ts/privacy/embeddings.js";
 import {fileHash} from "../gguf-fixtures.js";
 import {cliPath, hasShared, stories260K, tempDir, runCli} from "../helpers.js";
 import {refEmbeddings} from "./reference.js";
 
 const maybe = hasShared ? test : test.skip;
+
+test("resolvePerturberOptions fills perturbDefaults and rejects an out-of-range option with an OptionError naming it", (t) => {
+    t.deepEqual(resolvePerturberOptions({}), {...perturbDefaults, seed: undefined});
+    for (const [o, option] of [[{epsilon: 0}, "epsilon"], [{epsilon: Infinity}, "epsilon"], [{k: 0}, "k"], [{k: 2.5}, "k"],
+        [{threads: 0}, "threads"], [{seed: -1}, "seed"], [{similarity: "l1" as "cosine"}, "similarity"]] as const) {
+        const err = t.throws(() => resolvePerturberOptions(o), {instanceOf: OptionError}, JSON.stringify(o));
+        t.deepEqual(err?.options, [option]);
+    }
+    const both = t.throws(() => resolvePerturberOptions({mechanism: "santext", k: 5}), {instanceOf: OptionError});
+    t.deepEqual(both?.options, ["k", "similarity", "mechanism"]);
+});
 
 // The CLI's default index cache, kept out of the user's home folder.
 const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), "ppc-gpt-cache-test-"));
@@ -54,10 +66,10 @@ maybe("usage errors exit with code 2 and say what to do", async (t) => {
     fs.writeFileSync(vectors, "1 2\n3 4\n");
     const cases: [string[], RegExp][] = [
         [["--in", input, "--out", out], /--embeddings <file> is required/],
-        [[...base, "--epsilon", "0"], /--epsilon must be a number > 0 \(got "0"\)/],
-        [[...base, "--epsilon", "-2"], /--epsilon must be a number > 0/],
-        [[...base, "--epsilon", "abc"], /--epsilon must be a number > 0/],
-        [[...base, "--epsilon", "Infinity"], /--epsilon must be a number > 0/],
+        [[...base, "--epsilon", "0"], /--epsilon must be a finite number > 0 \(got "0"\)/],
+        [[...base, "--epsilon", "-2"], /--epsilon must be a finite number > 0/],
+        [[...base, "--epsilon", "abc"], /--epsilon must be a finite number > 0/],
+        [[...base, "--epsilon", "Infinity"], /--epsilon must be a finite number > 0/],
         [[...base, "--k", "0"], /--k must be an integer in \[1, 65536\]/],
         [[...base, "--k", "2.5"], /--k must be an integer/],
         [[...base, "--mechanism", "santext", "--k", "5"], /--k and --similarity apply to --mechanism custext only/],
@@ -82,7 +94,7 @@ maybe("usage errors exit with code 2 and say what to do", async (t) => {
         t.regex(r.stderr, message, args.join(" "));
     }
     const j = await cli([...base, "--epsilon", "0", "--json"]);
-    t.deepEqual(JSON.parse(j.stdout), {error: "--epsilon must be a number > 0 (got \"0\")", usage: true});
+    t.deepEqual(JSON.parse(j.stdout), {error: "--epsilon must be a finite number > 0 (got \"0\")", usage: true});
     t.false(fs.existsSync(out));
 });
 
@@ -189,7 +201,7 @@ maybe("broken embeddings files fail with a message naming the file and what is w
     for (const [name, message] of cases)
         await t.throwsAsync(createPerturber({embeddings: f(name), tokenizer: stories260K, cacheDir: false}), {message}, name);
     await t.throwsAsync(createPerturber({embeddings: stories260K, tokenizer: f("ragged.txt"), cacheDir: false}), {message: /ragged\.txt: the tokenizer must be a GGUF model/});
-    await t.throwsAsync(createPerturber({embeddings: stories260K, mechanism: "santext", k: 4, cacheDir: false}), {message: /k and similarity only apply to the custext mechanism/});
+    await t.throwsAsync(createPerturber({embeddings: stories260K, mechanism: "santext", k: 4, cacheDir: false}), {message: /k and similarity apply to mechanism custext only/});
     await t.throwsAsync(createPerturber({embeddings: stories260K, epsilon: NaN, cacheDir: false}), {message: /epsilon must be a finite number > 0/});
     await t.throwsAsync(createPerturber({embeddings: stories260K, seed: -3, cacheDir: false}), {message: /seed must be a non-negative integer/});
 });

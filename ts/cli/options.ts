@@ -10,6 +10,7 @@ import {maxSequences, scorerDefaults} from "../eval/options.js";
 import {evalTaskNames} from "../eval/tasks.js";
 import {jobSpecDefaults} from "../federated/protocol.js";
 import {OptionError} from "../options.js";
+import {mechanismNames, perturbDefaults} from "../privacy/defaults.js";
 import {defaultTargetModules} from "../train/adapter.js";
 import {loraDefaults, trainDefaults} from "../train/defaults.js";
 import {lrSchedulers} from "../train/schedule.js";
@@ -44,7 +45,7 @@ const jsonVerbs = ["train", "eval", "bi", "prune", "perplexity", "quantize", "pe
 
 export const optionTable: readonly OptionSpec[] = [
     // model: how a verb that runs a model loads it
-    {flags: "--threads <n>", key: "threads", group: "model", parse: "int", verbs: [...modelVerbs, ...flTrainingVerbs],
+    {flags: "--threads <n>", key: "threads", group: "model", parse: "int", verbs: [...modelVerbs, ...flTrainingVerbs, "perturb"],
         help: "CPU threads (default: all cores)"},
     {flags: "--gpu-layers <n>", key: "gpuLayers", group: "model", parse: "int", verbs: modelVerbs,
         help: "layers to offload to the GPU in a CUDA build (default 0; 999 = all)"},
@@ -155,6 +156,17 @@ export const optionTable: readonly OptionSpec[] = [
         help: "DP-SGD with this noise multiplier (noise std σ·C); the spent ε is reported"},
     {flags: "--max-per-example-grad-norm <C>", key: "maxPerExampleGradNorm", group: "privacy", parse: "number", verbs: ["train"],
         help: `DP-SGD: clip each item's gradient to this L2 norm (default ${trainDefaults.maxPerExampleGradNorm})`},
+    // privacy: perturb's token-level DP mechanism (perturbDefaults)
+    {flags: "--mechanism <name>", key: "mechanism", group: "privacy", parse: {choices: mechanismNames}, default: perturbDefaults.mechanism,
+        verbs: ["perturb"], help: "perturbation mechanism"},
+    {flags: "--epsilon <e>", key: "epsilon", group: "privacy", parse: "number", default: perturbDefaults.epsilon, verbs: ["perturb"],
+        help: "privacy parameter ε per token, > 0"},
+    {flags: "--k <n>", key: "k", group: "privacy", parse: "int", verbs: ["perturb"],
+        help: `custext: cluster size K (default ${perturbDefaults.k})`},
+    {flags: "--similarity <metric>", key: "similarity", group: "privacy", parse: {choices: ["cosine", "euclidean"]}, verbs: ["perturb"],
+        help: `custext: embedding similarity (default ${perturbDefaults.similarity})`},
+    {flags: "--seed <n>", key: "seed", group: "privacy", parse: "string", verbs: ["perturb"],
+        help: "reproducible randomness (tests and audits only; default: OS CSPRNG)"},
     // output
     {flags: "--json", key: "json", group: "output", parse: "flag", verbs: jsonVerbs,
         help: "print the result as JSON (progress as JSON lines on stderr)"},

@@ -1,12 +1,11 @@
 import fs from "node:fs";
-import {Command, Option} from "commander";
+import {Command} from "commander";
 import {DataError} from "../data/jsonl.js";
 import {embeddingsFormat} from "../privacy/embeddings.js";
-import {mechanismNames, perturbFile, readStopwords, createPerturber, type MechanismName, type PerturberOptions,
+import {perturbFile, readStopwords, createPerturber, resolvePerturberOptions, type MechanismName, type PerturberOptions,
     type PerturbReport} from "../privacy/perturb.js";
-import {parseSeed} from "../random.js";
-import {checkOutputFolder, formatCount, parseIndexList, parseNumber, printJson, progressReporter, table, UsageError} from "./output.js";
-import {tableOption} from "./options.js";
+import {checkOutputFolder, formatCount, parseIndexList, printJson, progressReporter, table, UsageError} from "./output.js";
+import {readOptions, tableOption, withOptionFlags} from "./options.js";
 
 interface PerturbCliOptions {
     embeddings?: string;
@@ -114,13 +113,13 @@ export function perturbCommand(): Command {
         .option("--embeddings <file>", "GGUF model (its token_embd tensor, any type) or embeddings file (.npy, or text: one row of numbers per token id)")
         .option("--tokenizer <gguf>", "GGUF model for the tokenizer (default: the --embeddings model)")
         .option("--tensor <name>", "GGUF tensor holding the embeddings (default token_embd.weight)")
-        .addOption(new Option("--mechanism <name>", "perturbation mechanism").choices([...mechanismNames]).default("custext"))
-        .option("--epsilon <e>", "privacy parameter ε per token, > 0", "3")
-        .option("--k <n>", "custext: cluster size K (default 20)")
-        .addOption(new Option("--similarity <metric>", "custext: embedding similarity (default cosine)").choices(["cosine", "euclidean"]))
+        .addOption(tableOption("--mechanism", "perturb"))
+        .addOption(tableOption("--epsilon", "perturb"))
+        .addOption(tableOption("--k", "perturb"))
+        .addOption(tableOption("--similarity", "perturb"))
         .option("--in <file>", "task items JSONL ({id, question, choices:[{label,text}], answer?}); never modified")
         .option("--out <file>", "perturbed JSONL, written atomically")
-        .option("--seed <n>", "reproducible randomness (tests and audits only; default: OS CSPRNG)")
+        .addOption(tableOption("--seed", "perturb"))
         .option("--keep-punctuation", "keep punctuation/symbol/whitespace tokens verbatim (and never emit them)")
         .option("--keep-stopwords", "keep the built-in English stopwords verbatim")
         .option("--stopwords <file>", "keep the words of this file (one per line) verbatim")
@@ -131,7 +130,7 @@ export function perturbCommand(): Command {
         .option("--report <file>", "also write the JSON privacy report to this file")
         .option("--cache-dir <dir>", "neighbour-index cache (default $PPC_GPT_CACHE_DIR, $XDG_CACHE_HOME/ppc-gpt or ~/.cache/ppc-gpt)")
         .option("--no-cache", "build the custext index without reading or writing the cache")
-        .option("--threads <n>", "native threads (default: all cores)")
+        .addOption(tableOption("--threads", "perturb"))
         .addOption(tableOption("--json", "perturb"))
         .addHelpText("after", `${GUARANTEES}
 
@@ -141,8 +140,8 @@ Examples:
   ppc-gpt perturb --embeddings model.gguf --mechanism santext --epsilon 10 --in d.jsonl --out p.jsonl --seed 7
   ppc-gpt perturb --embeddings model.gguf --mechanism custext --epsilon 3 --table --json > table.json
   ppc-gpt perturb --embeddings vectors.npy --tokenizer model.gguf --table --tokens 100-120`)
-        .action(async (opts: PerturbCliOptions) => {
-            const options = perturberOptions(opts);
+        .action(async (opts: PerturbCliOptions, cmd: Command) => withOptionFlags(cmd, "perturb", async () => {
+            const options = perturberOptions(opts, cmd);
             if (opts.table)
                 return await printDistributions(opts, options);
             if (opts.keepLabels)
@@ -157,30 +156,18 @@ Examples:
             if (opts.json)
                 return printJson(report);
             process.stdout.write(humanReport(report));
-        });
+        }));
 }
 
-/** The command line as the library's options, after the checks of what goes with what (usage errors). */
-function perturberOptions(opts: PerturbCliOptions): PerturberOptions {
+/** The command line as the library's options, after the checks of what goes with what (usage errors); the library checks the ranges. */
+function perturberOptions(opts: PerturbCliOptions, cmd: Command): PerturberOptions {
     if (!opts.embeddings)
         throw new UsageError("--embeddings <file> is required (a GGUF model, or a .npy/text embeddings file with --tokenizer)");
     if (!opts.tokenizer && !/\.gguf$/i.test(opts.embeddings) && embeddingsFormat(opts.embeddings) !== "gguf")
         throw new UsageError(`${opts.embeddings} is an embeddings file, not a GGUF model: give the tokenizer with --tokenizer <gguf>`);
-    const epsilon = parseNumber(opts.epsilon, "--epsilon", (x) => x > 0, "a number > 0");
-    const k = opts.k === undefined ? undefined
-        : parseNumber(opts.k, "--k", (x) => Number.isInteger(x) && x >= 1 && x <= 65536, "an integer in [1, 65536]");
-    if (opts.mechanism !== "custext" && (k !== undefined || opts.similarity !== undefined))
-        throw new UsageError("--k and --similarity apply to --mechanism custext only");
-    const threads = opts.threads === undefined ? undefined
-        : parseNumber(opts.threads, "--threads", (x) => Number.isInteger(x) && x >= 1 && x <= 1024, "an integer in [1, 1024]");
-    let seed: number | undefined;
-    if (opts.seed !== undefined) {
-        try {
-            seed = parseSeed(opts.seed);
-        } catch (err) {
-            throw new UsageError(`--seed: ${(err as Error).message}`);
-        }
-    }
+    const {mechanism, epsilon, k, similarity, seed, threads} = readOptions(cmd, "perturb", ["model", "privacy"]) as
+        Pick<PerturberOptions, "mechanism" | "epsilon" | "k" | "similarity" | "seed" | "threads">;
+    resolvePerturberOptions({mechanism, epsilon, k, similarity, seed, threads});  // range errors before any file is read
     if (opts.keepStopwords && opts.stopwords)
         throw new UsageError("give --keep-stopwords (built-in English list) or --stopwords <file>, not both");
     if (opts.cacheDir !== undefined && !opts.cache)
@@ -189,8 +176,8 @@ function perturberOptions(opts: PerturbCliOptions): PerturberOptions {
     checkFiles(opts);
     const json = Boolean(opts.json);
     return {
-        embeddings: opts.embeddings, tokenizer: opts.tokenizer, tensor: opts.tensor, mechanism: opts.mechanism, epsilon, k,
-        similarity: opts.similarity, keepPunctuation: opts.keepPunctuation, stopwords, seed, threads,
+        embeddings: opts.embeddings, tokenizer: opts.tokenizer, tensor: opts.tensor, mechanism, epsilon, k,
+        similarity, keepPunctuation: opts.keepPunctuation, stopwords, seed, threads,
         cacheDir: opts.cache ? opts.cacheDir : false,
         onProgress: stageBars({json}),
         onWarning: (message) => process.stderr.write(json ? JSON.stringify({event: "warning", message}) + "\n"

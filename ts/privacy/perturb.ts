@@ -10,19 +10,61 @@ import fs from "node:fs";
 import path from "node:path";
 import {DataError, readTaskItems, writeJsonlAtomic} from "../data/jsonl.js";
 import type {TaskItem} from "../data/task-item.js";
-import {loadModel, type LoadedModel} from "../model.js";
+import {checkModelLoadOptions, loadModel, type LoadedModel} from "../model.js";
+import {checkOption, isInt, isNum, OptionError} from "../options.js";
 import {native} from "../native.js";
-import {buildCusTextIndex, checkK, checkMetric, clusterSizes, cusTextMechanism, type CusTextIndex, type SimilarityMetric} from "./custext.js";
+import {buildCusTextIndex, clusterSizes, cusTextMechanism, type CusTextIndex, type SimilarityMetric} from "./custext.js";
 import {checkEmbeddingsFinite, embeddingsFormat, loadEmbeddings, type TokenEmbeddings} from "./embeddings.js";
-import {checkEpsilon, type PrivacyGuarantee, type TokenDistribution, type TokenMechanism} from "./mechanism.js";
+import {type PrivacyGuarantee, type TokenDistribution, type TokenMechanism} from "./mechanism.js";
+import {mechanismNames, perturbDefaults, type MechanismName} from "./defaults.js";
 import {idMapPath, releaseItems, writeIdMap} from "./release.js";
 import {parseSeed, secureUniform, seededUniform, type UniformSource} from "../random.js";
 import {sanTextMechanism} from "./santext.js";
 import {englishStopwords} from "./stopwords.js";
 import {isPunctuationToken, perturbationDomain, readVocabulary, type TokenVocabulary} from "./vocab.js";
 
-export const mechanismNames = ["custext", "santext"] as const;
-export type MechanismName = (typeof mechanismNames)[number];
+export {mechanismNames, perturbDefaults, type MechanismName} from "./defaults.js";
+
+export interface ResolvedPerturberOptions {
+    mechanism: MechanismName;
+    epsilon: number;
+    k: number;
+    similarity: SimilarityMetric;
+    /** Undefined: the OS CSPRNG. */
+    seed?: number;
+}
+
+/**
+ * The perturber's options with perturbDefaults filled in, each checked (OptionError names the
+ * option): the one place perturb's ranges are checked, for the CLI and in-process callers alike.
+ */
+export function resolvePerturberOptions(o: Omit<PerturberOptions, "embeddings">): ResolvedPerturberOptions {
+    const r = {
+        mechanism: o.mechanism ?? perturbDefaults.mechanism,
+        epsilon: o.epsilon ?? perturbDefaults.epsilon,
+        k: o.k ?? perturbDefaults.k,
+        similarity: o.similarity ?? perturbDefaults.similarity,
+    };
+    checkOption((mechanismNames as readonly string[]).includes(r.mechanism), "mechanism", `one of ${mechanismNames.join(", ")}`, r.mechanism);
+    checkOption(isNum(r.epsilon, Number.MIN_VALUE, Number.MAX_VALUE), "epsilon", "a finite number > 0", r.epsilon);
+    checkOption(isInt(r.k, 1, 65536), "k", "an integer in [1, 65536]", r.k);
+    checkOption(r.similarity === "cosine" || r.similarity === "euclidean", "similarity", "\"cosine\" or \"euclidean\"", r.similarity);
+    if (r.mechanism !== "custext" && (o.k !== undefined || o.similarity !== undefined))
+        throw new OptionError(["k", "similarity", "mechanism"], ([k, similarity, mechanism]) =>
+            `${k} and ${similarity} apply to ${mechanism} custext only`);
+    checkModelLoadOptions({threads: o.threads});
+    return {...r, seed: o.seed === undefined ? undefined : checkedSeed(o.seed)};
+}
+
+/** The seed as a number; a malformed one is an OptionError saying what parseSeed says. */
+function checkedSeed(seed: number | string): number {
+    try {
+        return parseSeed(seed);
+    } catch (err) {
+        const message = (err as Error).message;
+        throw new OptionError(["seed"], ([name]) => `${name}: ${message}`, seed);
+    }
+}
 
 export interface PerturberOptions {
     /** A GGUF model (its token_embd tensor and tokenizer), or a .npy / text embeddings file (then give `tokenizer`). */
@@ -198,18 +240,8 @@ export class TextPerturber {
 
     /** Loads the tokenizer and embeddings, and builds (or reads from the cache) the mechanism. */
     static async create(o: PerturberOptions): Promise<TextPerturber> {
-        const name = o.mechanism ?? "custext";
-        if (!(mechanismNames as readonly string[]).includes(name))
-            throw new RangeError(`mechanism must be one of ${mechanismNames.join(", ")} (got ${JSON.stringify(name)})`);
-        const epsilon = o.epsilon ?? 3;
-        checkEpsilon(epsilon);
-        const k = o.k ?? 20;
-        checkK(k);
-        const similarity = o.similarity ?? "cosine";
-        checkMetric(similarity);
-        if (name !== "custext" && (o.k !== undefined || o.similarity !== undefined))
-            throw new RangeError("k and similarity only apply to the custext mechanism");
-        const rng = o.seed === undefined ? secureUniform() : seededUniform(parseSeed(o.seed));
+        const {mechanism: name, epsilon, k, similarity, seed} = resolvePerturberOptions(o);
+        const rng = seed === undefined ? secureUniform() : seededUniform(seed);
         const format = embeddingsFormat(o.embeddings);
         if (format !== "gguf" && /\.gguf$/i.test(o.embeddings))
             throw new DataError(o.embeddings, undefined, "not a GGUF file (it does not start with the GGUF magic)");
