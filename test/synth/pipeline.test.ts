@@ -5,7 +5,9 @@ import path from "node:path";
 import test, {type ExecutionContext} from "ava";
 import type {SyntheticItem, TaskItem} from "../../ts/data/task-item.js";
 import {taskItemProblem} from "../../ts/data/task-item.js";
-import {synthesize, type SynthesizeOptions} from "../../ts/synth/pipeline.js";
+import {OptionError} from "../../ts/options.js";
+import {synthDefaults} from "../../ts/synth/defaults.js";
+import {resolveSynthOptions, synthesize, type SynthesizeOptions} from "../../ts/synth/pipeline.js";
 import {createRemoteGenerator} from "../../ts/synth/remote.js";
 import {SyntheticStore} from "../../ts/synth/store.js";
 import {tempDir} from "../helpers.js";
@@ -284,6 +286,18 @@ test("outputs that were not written by synth, and bad inputs, are refused with f
     await t.throwsAsync(synthesize({...opts, input}), {message: /repeats the id "obqa-1"/});
     await t.throwsAsync(synthesize({...opts, output: opts.input}), {message: /different file/});
     await t.throwsAsync(synthesize({...opts, ratio: 0}), {instanceOf: RangeError});
-    await t.throwsAsync(synthesize({...opts, temperature: {answer: 0}}), {message: /temperature must be > 0/});
+    await t.throwsAsync(synthesize({...opts, temperature: {answer: 0}}), {message: /temperature must be a number in \(0, 2\]/});
     t.is(server.requests.length, 0);
+});
+
+test("resolveSynthOptions fills synthDefaults and rejects an out-of-range option with an OptionError naming it", (t) => {
+    const r = resolveSynthOptions({});
+    t.is(r.k, synthDefaults.ratio);
+    t.is(r.maxAttempts, 2 * synthDefaults.ratio);
+    for (const [o, options] of [[{ratio: 0}, ["ratio"]], [{maxAttempts: 0}, ["maxAttempts"]], [{ratio: 4, maxAttempts: 2}, ["maxAttempts", "ratio"]],
+        [{concurrency: 0}, ["concurrency"]], [{temperature: {answer: 0}}, ["temperature"]], [{temperature: {answer: 2.5}}, ["temperature"]],
+        [{maxTokens: {answer: 0}}, ["maxTokens"]], [{seed: -1}, ["seed"]], [{limit: 0}, ["limit"]]] as const) {
+        const err = t.throws(() => resolveSynthOptions(o), {instanceOf: OptionError}, JSON.stringify(o));
+        t.deepEqual(err?.options, options);
+    }
 });

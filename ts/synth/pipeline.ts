@@ -13,6 +13,7 @@ import {answerMessages, answerSchema, promptVersion, questionMessages, questionS
 import {SyntheticStore} from "./store.js";
 import {agreeVotes, questionKey, reject, validateDraft, type Checked, type RejectionReason} from "./validate.js";
 import {synthDefaults} from "./defaults.js";
+import {checkOption, isInt, isNum, OptionError} from "../options.js";
 
 export interface SynthTemperatures {
     /** Question generation (default 0.9: the k questions of one parent should differ). */
@@ -266,16 +267,32 @@ interface SynthSettings {
     formatFor: () => PromptFormat;
 }
 
-function synthSettings(options: SynthesizeOptions): SynthSettings {
-    const k = positiveInt(options.ratio ?? synthDefaults.ratio, "ratio");
-    const maxAttempts = positiveInt(options.maxAttempts ?? 2 * k, "maxAttempts");
+/** synthesize's numeric options with synthDefaults filled in, each checked (OptionError names the option): the one place synth's ranges are checked. */
+export function resolveSynthOptions(options: Pick<SynthesizeOptions, "ratio" | "maxAttempts" | "concurrency" | "temperature" | "maxTokens" | "seed" | "limit">) {
+    const k = options.ratio ?? synthDefaults.ratio;
+    checkOption(isInt(k, 1), "ratio", "an integer >= 1", k);
+    const maxAttempts = options.maxAttempts ?? 2 * k;
+    checkOption(isInt(maxAttempts, 1), "maxAttempts", "an integer >= 1", maxAttempts);
     if (maxAttempts < k)
-        throw new RangeError(`maxAttempts (${maxAttempts}) must be at least the ratio (${k})`);
-    const concurrency = positiveInt(options.concurrency ?? options.generator.concurrency, "concurrency");
+        throw new OptionError(["maxAttempts", "ratio"], ([a, r]) => `${a} (${maxAttempts}) must be at least ${r} (${k})`);
+    if (options.concurrency !== undefined)
+        checkOption(isInt(options.concurrency, 1), "concurrency", "an integer >= 1", options.concurrency);
     const temperature = {...defaultTemperatures, ...options.temperature};
-    if (!(temperature.answer > 0))
-        throw new RangeError(`the answer temperature must be > 0 so that the three votes are independent samples (got ${temperature.answer})`);
+    // the answer is sampled three times: the votes must be independent samples
+    checkOption(isNum(temperature.answer, Number.MIN_VALUE, 2), "temperature", "a number in (0, 2]", temperature.answer);
     const maxTokens = {...defaultMaxTokens, ...options.maxTokens};
+    for (const n of Object.values(maxTokens))
+        checkOption(isInt(n, 1), "maxTokens", "a positive integer", n);
+    if (options.seed !== undefined)
+        checkOption(isInt(options.seed, 0, 2 ** 32 - 1), "seed", "an integer in [0, 2^32)", options.seed);
+    if (options.limit !== undefined)
+        checkOption(isInt(options.limit, 1), "limit", "an integer >= 1", options.limit);
+    return {k, maxAttempts, temperature, maxTokens};
+}
+
+function synthSettings(options: SynthesizeOptions): SynthSettings {
+    const {k, maxAttempts, temperature, maxTokens} = resolveSynthOptions(options);
+    const concurrency = positiveInt(options.concurrency ?? options.generator.concurrency, "concurrency");
     if (path.resolve(options.input) === path.resolve(options.output))
         throw new RangeError("the output must be a different file from the input");
     const generator = options.generator;
