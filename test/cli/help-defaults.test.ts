@@ -3,6 +3,8 @@
 // ("(default: 16, prufedDefaults)"), and the table's defaults are the library's.
 import test from "ava";
 import {prufedDefaults} from "../../ts/federated/prufed/defaults.js";
+import {perturbDefaults} from "../../ts/privacy/defaults.js";
+import {synthDefaults} from "../../ts/synth/defaults.js";
 import {loraDefaults, trainDefaults} from "../../ts/train/defaults.js";
 import {optionTable} from "../../ts/cli/options.js";
 import {jobSpecDefaults} from "../../ts/federated/protocol.js";
@@ -110,6 +112,20 @@ test("client run and run show the job spec's defaults, the ones the server fills
     const client = new Map(shownDefaults("client run", await help(["client", "run"])).map((s) => [s.flag, s]));
     t.is(client.get("--lr")?.value, String(jobSpecDefaults.learning_rate));
     t.is(client.get("--server-steps")?.value, String(jobSpecDefaults.server_steps));
+});
+
+test("perturb's and synth's --help show their library's defaults: perturbDefaults from the table, synthDefaults by name", async (t) => {
+    const of = async (verb: string) => new Map(shownDefaults(verb, await help([verb])).map((s) => [s.flag, s]));
+    const perturb = await of("perturb");
+    for (const [flag, value] of [["--mechanism", perturbDefaults.mechanism], ["--epsilon", perturbDefaults.epsilon]] as const) {
+        t.is(perturb.get(flag)?.value, String(value), `perturb ${flag}`);
+        t.is(perturb.get(flag)?.set, undefined, `perturb ${flag} uses the table's default`);
+    }
+    const synth = await of("synth");
+    for (const [flag, value] of [["--ratio", synthDefaults.ratio], ["--format", synthDefaults.format]] as const) {
+        t.is(synth.get(flag)?.value, String(value), `synth ${flag}`);
+        t.is(synth.get(flag)?.set, "synthDefaults", `synth ${flag} names its set`);
+    }
 });
 
 test("the Shamir threshold is --secagg-threshold in fl server and fl simulate; --secure-threshold is a hidden old name", async (t) => {
