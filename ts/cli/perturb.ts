@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import {Command} from "commander";
 import {DataError} from "../data/jsonl.js";
+import {writeFileDurable} from "../durable-file.js";
 import {embeddingsFormat} from "../privacy/embeddings.js";
 import {perturbFile, readStopwords, createPerturber, resolvePerturberOptions, type MechanismName, type PerturberOptions,
     type PerturbReport} from "../privacy/perturb.js";
@@ -148,11 +149,8 @@ Examples:
                 process.stderr.write(opts.json ? JSON.stringify({event: "warning", message: "--keep-labels: the output keeps answer keys and original ids; it is for local experiments and must not be sent"}) + "\n"
                     : "ppc-gpt perturb: warning: --keep-labels: the output keeps answer keys and original ids; it is for local experiments and must not be sent to a server\n");
             const report = await perturbFile({...options, input: opts.in!, output: opts.out!, keepLabels: opts.keepLabels, idMap: opts.idMap});
-            if (opts.report) {
-                const tmp = `${opts.report}.tmp-${process.pid}`;
-                fs.writeFileSync(tmp, JSON.stringify(report, null, 2) + "\n");
-                fs.renameSync(tmp, opts.report);
-            }
+            if (opts.report)
+                await writeFileDurable(opts.report, JSON.stringify(report, null, 2) + "\n");
             if (opts.json)
                 return printJson(report);
             process.stdout.write(humanReport(report));
