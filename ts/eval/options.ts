@@ -2,6 +2,7 @@
 // scorer applies them, and one check per option, run before any model or item is loaded, so that
 // `evaluate(m, {sequences: 300})` and `ppc-gpt eval --sequences 300` fail the same way (the CLI
 // rewrites the OptionError with its flags, ts/cli/options.ts).
+import {checkModelLoadOptions} from "../model.js";
 import {checkExclusive, checkOption, isInt, OptionError} from "../options.js";
 import type {LoglikScorerOptions} from "./loglik.js";
 
@@ -16,7 +17,7 @@ export const scorerDefaults = {
 /** Largest number of sequences one scoring context holds. */
 export const maxSequences = 256;
 
-/** Checks the scoring context's options (batch, context, sequences, LoRA scales). */
+/** Checks the scoring context's options (batch, context, sequences, threads). */
 export function checkScorerOptions(o: Omit<LoglikScorerOptions, "shareContext">): void {
     if (o.batchSize !== undefined)
         checkOption(isInt(o.batchSize, 1), "batchSize", "a positive integer", o.batchSize);
@@ -24,8 +25,7 @@ export function checkScorerOptions(o: Omit<LoglikScorerOptions, "shareContext">)
         checkOption(isInt(o.contextSize, 1), "contextSize", "a positive integer", o.contextSize);
     if (o.sequences !== undefined)
         checkOption(isInt(o.sequences, 1, maxSequences), "sequences", `an integer in [1, ${maxSequences}]`, o.sequences);
-    if (o.threads !== undefined)
-        checkOption(isInt(o.threads, 1, 1024), "threads", "an integer in [1, 1024]", o.threads);
+    checkModelLoadOptions({threads: o.threads});
 }
 
 /** Checks eval's options: which items (task, data or split, limit, seed), how they are encoded, and the scorer's. */

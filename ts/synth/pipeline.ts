@@ -267,7 +267,7 @@ interface SynthSettings {
     formatFor: () => PromptFormat;
 }
 
-/** synthesize's numeric options with synthDefaults filled in, each checked (OptionError names the option): the one place synth's ranges are checked. */
+/** synthesize's numeric options with synthDefaults filled in, each checked (OptionError names the option). */
 export function resolveSynthOptions(options: Pick<SynthesizeOptions, "ratio" | "maxAttempts" | "concurrency" | "temperature" | "maxTokens" | "seed" | "limit">) {
     const k = options.ratio ?? synthDefaults.ratio;
     checkOption(isInt(k, 1), "ratio", "an integer >= 1", k);
