@@ -30,15 +30,18 @@ Examples:
             const mode = {json: Boolean(opts.json)};
             if (!opts.text)
                 throw new UsageError("--text <file> is required");
-            const windows = readOptions(cmd, "perplexity", ["data"]);
             // the options are checked before the text is read (a bad --stride is a usage error, whatever the file)
-            await withOptionFlags(cmd, "perplexity", () => checkPerplexityOptions({...windows, ...scorerOptions(opts, cmd, "perplexity")}));
+            const options = await withOptionFlags(cmd, "perplexity", () => {
+                const o = {...readOptions(cmd, "perplexity", ["data"]), ...scorerOptions(opts, cmd, "perplexity")};
+                checkPerplexityOptions(o);
+                return o;
+            });
             const text = readTextFile(opts.text);
             if (text.trim() === "")
                 throw new Error(`${opts.text}: the file is empty`);
             const progress = progressReporter(mode, "perplexity", "items");
             const started = performance.now();
-            const r = await perplexity(model, text, {...windows, ...scorerOptions(opts, cmd, "perplexity"), onProgress: progress.update});
+            const r = await perplexity(model, text, {...options, onProgress: progress.update});
             progress.finish();
             const seconds = (performance.now() - started) / 1000;
             if (mode.json)

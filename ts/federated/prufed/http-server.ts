@@ -92,8 +92,18 @@ async function flRoutesApp(options: FlServerOptions, ctx: FlRoutesContext, store
     return app;
 }
 
-/** Stops what a PruFed server started, in order; after a failed start some parts are not there yet. */
-async function stopFlServer(parts: {machine?: RoundMachine; ctx?: FlRoutesContext; app?: FastifyInstance; store: SqliteJobStore; release: () => void}) {
+/** What a PruFed server opens, in order; after a failed start the later parts are not there yet. */
+interface FlServerParts {
+    /** Gives the data dir back. */
+    release: () => void;
+    store: SqliteJobStore;
+    machine?: RoundMachine;
+    ctx?: FlRoutesContext;
+    app?: FastifyInstance;
+}
+
+/** Stops what a PruFed server started, in order. */
+async function stopFlServer(parts: FlServerParts) {
     parts.ctx?.sessions.close();
     for (const finish of [...parts.ctx?.closeStreams ?? []])
         finish();
@@ -111,7 +121,7 @@ export async function startFlServer(options: FlServerOptions): Promise<FlServer>
     const dataDir = path.resolve(options.dataDir);
     makePrivateDir(dataDir);
     // one server per data dir: a lock the kernel releases when a server dies (data-dir-lock.ts)
-    const parts: Parameters<typeof stopFlServer>[0] = {release: claimDataDir(dataDir), store: SqliteJobStore.open(dataDir)};
+    const parts: FlServerParts = {release: claimDataDir(dataDir), store: SqliteJobStore.open(dataDir)};
     try {
         const federation = await openFederation(dataDir, options.config);
         const machine = parts.machine = new RoundMachine({dataDir, federation, plot: options.plot, onEvent: options.onEvent, log});
